@@ -1,0 +1,13 @@
+"""fastext: a fast gRPC inference extension for the LVA/AVA MediaGraphExtension contract."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+#: The one method of the contract, as it travels on the wire.
+METHOD_PATH = (
+    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1"
+    ".MediaGraphExtension/ProcessMediaStream"
+)
+
+__all__ = ["METHOD_PATH", "__version__"]

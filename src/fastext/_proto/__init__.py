@@ -1,0 +1,1 @@
+"""Modules generated from proto/ at build time (do not edit)."""

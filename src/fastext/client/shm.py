@@ -1,0 +1,67 @@
+"""The client's shared-memory file: frames written into slots, reused only after their ack."""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+
+__all__ = ["SlotWriter"]
+
+_counter = itertools.count()
+
+
+class SlotWriter:
+    """A ``/dev/shm`` file cut into equal slots; a slot is free again once its frame is acked."""
+
+    def __init__(self, slot_bytes: int, slots: int, directory: str = "/dev/shm") -> None:
+        if slot_bytes <= 0 or slots <= 0:
+            raise ValueError("slot size and slot count must be positive")
+        self.slot_bytes = slot_bytes
+        self.length = slot_bytes * slots
+        self.name = f"fastext_client_{os.getpid()}_{next(_counter)}"
+        self.path = os.path.join(directory, self.name)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, self.length)
+            self._map = mmap.mmap(fd, self.length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self._free = list(range(slots - 1, -1, -1))
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def write(self, data: bytes | memoryview) -> tuple[int, int]:
+        """Copy a frame into a free slot; returns (slot, offset). Raises if none is free."""
+        if len(data) > self.slot_bytes:
+            raise ValueError(f"frame of {len(data)} bytes exceeds the {self.slot_bytes}-byte slot")
+        if not self._free:
+            raise RuntimeError("no free shared-memory slot (a frame is being written before an ack)")
+        slot = self._free.pop()
+        offset = slot * self.slot_bytes
+        self._map[offset : offset + len(data)] = data
+        return slot, offset
+
+    def release(self, slot: int) -> None:
+        """Return a slot once the server acknowledged the frame in it."""
+        self._free.append(slot)
+
+    def close(self) -> None:
+        """Unmap and unlink (idempotent)."""
+        if not self._map.closed:
+            self._map.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> SlotWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

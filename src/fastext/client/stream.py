@@ -1,0 +1,218 @@
+"""One ProcessMediaStream session from the client side, strictly by the contract.
+
+Sends the descriptor, waits for the server's reply, then streams samples with
+at most ``window`` unacknowledged; with shared memory, a frame's slot is reused
+only after its ack.  Every ack is checked: each sample acknowledged exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from fastext import METHOD_PATH
+from fastext._proto import extension_pb2, media_pb2
+from fastext.client.shm import SlotWriter
+
+__all__ = ["FrameSource", "StreamError", "StreamOptions", "StreamResult", "stream_frames"]
+
+FrameSource = Iterable[bytes]
+Msg = extension_pb2.MediaStreamMessage
+RAW = media_pb2.VideoFrameSampleFormat.RAW
+
+
+class StreamError(Exception):
+    """The session failed: the server ended the call, acks stopped, or an ack was wrong."""
+
+
+@dataclass
+class StreamOptions:
+    target: str
+    width: int
+    height: int
+    encoding: int = RAW
+    pixel_format: int = media_pb2.VideoFrameSampleFormat.RGB24
+    stride: int = 0
+    shm: bool = False
+    shm_slot_bytes: int = 0  # 0: the largest frame is measured from the first one (RAW: exact)
+    window: int = 16
+    timescale: int = 90000
+    fps: float = 0.0  # 0: as fast as the window allows
+    extension_configuration: str = ""
+    graph_instance: str = "fastext-stream"
+    graph_node: str = "inference"
+    ack_timeout_s: float = 30.0
+    metadata: Sequence[tuple[str, str]] = ()
+    max_message_mb: int = 256
+
+
+@dataclass
+class StreamResult:
+    sent: int = 0
+    acked: int = 0
+    samples: dict[int, extension_pb2.MediaSample] = field(default_factory=dict)  # by client seq
+    latencies_s: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    reply: Msg | None = None
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+    @property
+    def fps(self) -> float:
+        return self.acked / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def _descriptor(opts: StreamOptions, shm: SlotWriter | None) -> Msg:
+    desc = extension_pb2.MediaStreamDescriptor(
+        graph_identifier=extension_pb2.GraphIdentifier(
+            media_services_arm_id="", graph_instance_name=opts.graph_instance,
+            graph_node_name=opts.graph_node),
+        extension_configuration=opts.extension_configuration,
+        media_descriptor=media_pb2.MediaDescriptor(
+            timescale=opts.timescale,
+            video_frame_sample_format=media_pb2.VideoFrameSampleFormat(
+                encoding=opts.encoding, pixel_format=opts.pixel_format,
+                dimensions=media_pb2.Dimensions(width=opts.width, height=opts.height),
+                stride_bytes=opts.stride)),
+    )
+    if shm is not None:
+        desc.shared_memory_buffer_transfer_properties.handle_name = shm.name
+        desc.shared_memory_buffer_transfer_properties.length_bytes = shm.length
+    return Msg(sequence_number=1, ack_sequence_number=0, media_stream_descriptor=desc)
+
+
+class _Session:
+    def __init__(self, opts: StreamOptions, call: grpc.aio.StreamStreamCall,
+                 shm: SlotWriter | None, result: StreamResult) -> None:
+        self.opts, self.call, self.shm, self.result = opts, call, shm, result
+        self.window = asyncio.Semaphore(opts.window)
+        self.pending: dict[int, tuple[float, int]] = {}  # seq -> (send time, slot)
+        self.all_sent = asyncio.Event()
+
+    async def send(self, frames: FrameSource) -> None:
+        seq, start = 1, time.monotonic()
+        period = 1.0 / self.opts.fps if self.opts.fps > 0 else 0.0
+        for index, frame in enumerate(frames):
+            await self.window.acquire()
+            if period:
+                delay = start + index * period - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            seq += 1
+            timestamp = index * self.opts.timescale // int(self.opts.fps or 30)
+            sample = extension_pb2.MediaSample(timestamp=timestamp)
+            slot = -1
+            if self.shm is not None:
+                slot, offset = self.shm.write(frame)
+                sample.content_reference.address_offset = offset
+                sample.content_reference.length_bytes = len(frame)
+            else:
+                sample.content_bytes.bytes = frame
+            self.pending[seq] = (time.monotonic(), slot)
+            await self.call.write(Msg(sequence_number=seq, media_sample=sample))
+            self.result.sent += 1
+        self.all_sent.set()
+        await self.call.done_writing()
+
+    async def receive(self) -> None:
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.call.read(), self.opts.ack_timeout_s)
+            except asyncio.TimeoutError:
+                self.call.cancel()
+                raise StreamError(f"no message from the server for {self.opts.ack_timeout_s:g} s "
+                                  f"with {len(self.pending)} frames unacknowledged") from None
+            if msg is grpc.aio.EOF:
+                return
+            self._ack(msg)
+
+    def _ack(self, msg: Msg) -> None:
+        ack = msg.ack_sequence_number
+        entry = self.pending.pop(ack, None)
+        if entry is None:
+            raise StreamError(f"server acknowledged sequence {ack}, which is not in flight "
+                              "(duplicate or unknown ack)")
+        sent_at, slot = entry
+        if self.shm is not None:
+            self.shm.release(slot)
+        self.result.acked += 1
+        self.result.latencies_s.append(time.monotonic() - sent_at)
+        if msg.HasField("media_sample"):
+            self.result.samples[ack] = msg.media_sample
+        self.window.release()
+
+
+async def stream_frames(opts: StreamOptions, frames: FrameSource) -> StreamResult:
+    """Run one session; raises :class:`StreamError` unless every frame was acked once."""
+    result = StreamResult()
+    frames = iter(frames)
+    shm = None
+    first: bytes | None = None
+    if opts.shm:
+        first = next(frames, None)
+        size = opts.shm_slot_bytes or (len(first) if first is not None else 1)
+        shm = SlotWriter(size, max(1, opts.window))
+    limit = opts.max_message_mb * 1024 * 1024
+    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    try:
+        async with grpc.aio.insecure_channel(opts.target, options=options) as channel:
+            method = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+                                           response_deserializer=Msg.FromString)
+            call = method(metadata=tuple(opts.metadata) or None)
+            start = time.monotonic()
+            await _run(call, opts, shm, result, frames, first)
+            result.elapsed_s = time.monotonic() - start
+    finally:
+        if shm is not None:
+            shm.close()
+    return result
+
+
+async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, shm: SlotWriter | None,
+               result: StreamResult, frames: FrameSource, first: bytes | None) -> None:
+    if first is not None:
+        frames = _chain(first, frames)
+    try:
+        await call.write(_descriptor(opts, shm))
+        reply = await asyncio.wait_for(call.read(), opts.ack_timeout_s)
+    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+        raise StreamError(await _status_text(call, exc)) from None
+    if reply is grpc.aio.EOF:
+        raise StreamError(await _status_text(call, None))
+    if reply.ack_sequence_number != 1 or reply.WhichOneof("payload") != "media_stream_descriptor":
+        raise StreamError("the server's first message is not a descriptor reply acknowledging 1")
+    result.reply = reply
+    session = _Session(opts, call, shm, result)
+    sender = asyncio.create_task(session.send(frames))
+    try:
+        await session.receive()
+        await sender
+    except grpc.aio.AioRpcError as exc:
+        raise StreamError(await _status_text(call, exc)) from None
+    finally:
+        sender.cancel()
+    result.code = await call.code()
+    result.details = await call.details()
+    if result.code != grpc.StatusCode.OK:
+        raise StreamError(f"server ended the call: {result.code.name}: {result.details}")
+    if session.pending:
+        raise StreamError(f"{len(session.pending)} frames were never acknowledged")
+
+
+def _chain(first: bytes, rest: FrameSource):  # -> Iterator[bytes]
+    yield first
+    yield from rest
+
+
+async def _status_text(call: grpc.aio.StreamStreamCall, exc: BaseException | None) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"server ended the call: {exc.code().name}: {exc.details()}"
+    if isinstance(exc, asyncio.TimeoutError):
+        call.cancel()
+        return "the server did not answer the descriptor in time"
+    code = await call.code()
+    return f"server ended the call: {code.name}: {await call.details()}"

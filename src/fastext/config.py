@@ -1,0 +1,231 @@
+"""One configuration object for the server, built from layers.
+
+Precedence, lowest first: built-in defaults < ``--config`` JSON file <
+``FASTEXT_*`` environment variables < command-line flags.  Each option is
+declared exactly once, in :data:`OPTIONS`; the command line, the environment
+names, the JSON keys and the README table all come from that declaration.
+
+This is the only module of fastext that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastext.errors import ConfigError
+
+__all__ = ["Config", "OPTIONS", "Option", "add_arguments", "load", "parse_bind"]
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """Split ``tcp://host:port``, ``host:port`` or ``[v6]:port`` into (host, port)."""
+    raw = text.strip()
+    if raw.startswith("tcp://"):
+        raw = raw[len("tcp://") :]
+    elif "://" in raw:
+        raise ConfigError(f"bind address {text!r}: only tcp:// is supported")
+    host, sep, port_text = raw.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"bind address {text!r}: expected host:port or tcp://host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"bind address {text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"bind address {text!r}: port must be 0..65535")
+    return host, port
+
+
+def _bind(text: str) -> str:
+    parse_bind(text)
+    return text.strip()
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ConfigError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ConfigError(f"must be {bound}, got {value}")
+        return value
+
+    return convert
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise ConfigError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"must be within {low}..{high}, got {value}")
+        return value
+
+    return convert
+
+
+def _choice(*names: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = str(text).strip()
+        if value.upper() in names:
+            return value.upper()
+        if value.lower() in names:
+            return value.lower()
+        raise ConfigError(f"must be one of {', '.join(names)}, got {text!r}")
+
+    return convert
+
+
+def _name(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise ConfigError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its field, flag, environment twin, JSON keys and converter."""
+
+    field: str
+    flag: str
+    env: str
+    convert: Callable[[str], Any]
+    help: str
+    aliases: tuple[str, ...] = ()  # extra JSON keys and environment names (the seed's)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("bind", "--bind", "FASTEXT_BIND", _bind,
+           "address to listen on: tcp://host:port or host:port", ("grpcBinding",)),
+    Option("batch_size", "--batch-size", "FASTEXT_BATCH_SIZE", _int_in(1, 1024),
+           "frames of one stream collected before the processor runs", ("batchSize",)),
+    Option("batch_delay_ms", "--batch-delay-ms", "FASTEXT_BATCH_DELAY_MS", _float_in(0.0, 10_000.0),
+           "a partial batch is processed after waiting this long (ms)"),
+    Option("workers", "--workers", "FASTEXT_WORKERS", _int_in(0, 256),
+           "worker processes; 0 processes frames in the server process"),
+    Option("max_inflight", "--max-inflight", "FASTEXT_MAX_INFLIGHT", _int_in(1, 65536),
+           "unacknowledged frames per stream before the server stops reading it"),
+    Option("max_message_mb", "--max-message-mb", "FASTEXT_MAX_MESSAGE_MB", _int_in(4, 2047),
+           "largest gRPC message accepted or sent (MiB)"),
+    Option("processor", "--processor", "FASTEXT_PROCESSOR", _name,
+           "processor used when a session does not choose one"),
+    Option("drain_s", "--drain-s", "FASTEXT_DRAIN_S", _float_in(0.0, 3600.0),
+           "on SIGTERM, seconds allowed for in-flight frames to finish"),
+    Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
+           _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server and its workers are configured with (picklable)."""
+
+    bind: str = "tcp://0.0.0.0:5001"
+    batch_size: int = 1
+    batch_delay_ms: float = 5.0
+    workers: int = 0
+    max_inflight: int = 64
+    max_message_mb: int = 256
+    processor: str = "brightness"
+    drain_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def address(self) -> str:
+        """The bind address in the form grpc's ``add_insecure_port`` takes."""
+        host, port = parse_bind(self.bind)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option as a flag (default None, so unset flags do not override)."""
+    parser.add_argument("--config", metavar="FILE", help="JSON file with settings "
+                        "(fastext's option names or the seed's grpcBinding/batchSize)")
+    for opt in OPTIONS:
+        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.field.upper(),
+                            help=f"{opt.help} [env {opt.env}]")
+
+
+def _apply(values: dict[str, Any], opt: Option, raw: Any, origin: str) -> None:
+    try:
+        values[opt.field] = opt.convert(str(raw))
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _read_file(path: str) -> Mapping[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object")
+    known = {o.field for o in OPTIONS} | {a for o in OPTIONS for a in o.aliases}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Config:
+    """Build a :class:`Config` from defaults < file < environment < flags.
+
+    ``flags`` maps option fields to values (None = not given); ``environ``
+    defaults to ``os.environ``.  Raises :class:`ConfigError` with one line.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file:
+        data = _read_file(config_file)
+        for opt in OPTIONS:
+            for key in (*opt.aliases, opt.field):  # fastext's own name wins over the seed's
+                if key in data and data[key] is not None:
+                    _apply(values, opt, data[key], f"--config {config_file}: {key}")
+    for opt in OPTIONS:
+        for name in (*opt.aliases, opt.env):
+            if env.get(name, "").strip():
+                _apply(values, opt, env[name], name)
+    for opt in OPTIONS:
+        if flags and flags.get(opt.field) is not None:
+            _apply(values, opt, flags[opt.field], opt.flag)
+    return Config(**values)
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """The :class:`Config` for parsed command-line arguments."""
+    return load(vars(args), environ, getattr(args, "config", None))
+
+
+def environ_flag(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Read one non-option environment setting (kept here: the only os.environ reader)."""
+    env = os.environ if environ is None else environ
+    return env.get(name)
+
+
+def option_table() -> Sequence[tuple[str, str, str, str]]:
+    """(flag, environment, default, help) rows, for the README and ``--help``."""
+    defaults = Config()
+    return [(o.flag, o.env, str(getattr(defaults, o.field)), o.help) for o in OPTIONS]

@@ -1,0 +1,74 @@
+"""Run a processor over one batch: payloads → frames → inferences, errors per frame.
+
+Shared by the in-process backend and the worker processes, so a frame is turned
+into a :class:`~fastext.frames.Frame` and judged the same way wherever it runs.
+Nothing here touches gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastext._proto.inferencing_pb2 import Inference
+from fastext.errors import FrameError
+from fastext.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
+from fastext.processors.base import Processor
+
+__all__ = ["FrameFormat", "Outcome", "make_frame", "run_batch"]
+
+log = logging.getLogger("fastext.execute")
+
+#: A frame's result: its inferences, or the reason it has none.
+Outcome = list[Inference] | str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFormat:
+    """What a payload holds (the part of a StreamSpec that frames need)."""
+
+    encoding: int
+    pixel_format: int
+    width: int
+    height: int
+    stride: int
+
+
+def make_frame(fmt: FrameFormat, payload: np.ndarray | bytes, luma_scale: int = 1) -> Frame:
+    """A RAW payload becomes a zero-copy view; an encoded one is decoded to luma."""
+    if fmt.encoding == Encoding.RAW:
+        return frame_from_raw(payload, fmt.pixel_format, fmt.width, fmt.height, fmt.stride)
+    return frame_from_encoded(payload, fmt.encoding, luma_scale=luma_scale)
+
+
+def run_batch(
+    processor: Processor, fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes]
+) -> list[Outcome]:
+    """One outcome per payload; a bad frame or a failing processor never raises."""
+    outcomes: list[Outcome] = ["not processed"] * len(payloads)
+    frames: list[Frame] = []
+    index: list[int] = []
+    for i, payload in enumerate(payloads):
+        try:
+            frames.append(make_frame(fmt, payload, processor.luma_scale))
+            index.append(i)
+        except FrameError as exc:
+            outcomes[i] = str(exc)
+    if not frames:
+        return outcomes
+    try:
+        results = processor.process(frames)
+        if len(results) != len(frames):
+            raise RuntimeError(f"returned {len(results)} results for {len(frames)} frames")
+    except Exception as exc:  # a user's model must not take the stream down
+        log.exception("processor %r failed on a batch of %d frames", processor.name, len(frames))
+        reason = f"processor {processor.name!r} failed: {exc}"
+        for i in index:
+            outcomes[i] = reason
+        return outcomes
+    for i, inferences in zip(index, results):
+        outcomes[i] = list(inferences)
+    return outcomes

@@ -1,0 +1,140 @@
+"""The gRPC server: the MediaGraphExtension service and its lifecycle.
+
+Start: bind (message limits lifted, no stream cap, no SO_REUSEPORT so a taken
+port is an error), then serve.  Stop (SIGTERM/SIGINT): refuse new calls, let
+every session finish and acknowledge what it has read within ``drain_s``, then
+stop the gRPC server and the backend, each step with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from fastext import METHOD_PATH
+from fastext._proto.extension_pb2 import MediaStreamMessage
+from fastext.config import Config
+from fastext.errors import ConfigError
+from fastext.pipeline import Backend, make_backend
+from fastext.session import Session, SessionEnd
+
+__all__ = ["ExtensionServer", "SERVICE_NAME", "serve"]
+
+log = logging.getLogger("fastext.server")
+SERVICE_NAME, _, METHOD_NAME = METHOD_PATH.strip("/").partition("/")
+_STOP_GRACE_S = 1.0
+
+
+class ExtensionServer:
+    """The MediaGraphExtension service on a grpc.aio server."""
+
+    def __init__(self, config: Config, backend: Backend | None = None) -> None:
+        self.config = config
+        self.backend: Backend = backend or make_backend(config)
+        self.port = 0
+        self._sessions: set[Session] = set()
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        limit = config.max_message_mb * 1024 * 1024
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=None,
+        )
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._process_media_stream,
+            request_deserializer=MediaStreamMessage.FromString,
+            response_serializer=MediaStreamMessage.SerializeToString,
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: handler}),)
+        )
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the port (useful with port 0)."""
+        try:
+            self.port = self._server.add_insecure_port(self.config.address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {self.config.bind}: {exc}") from None
+        if not self.port:
+            raise ConfigError(f"cannot listen on {self.config.bind}")
+        await self._server.start()
+        log.info("fastext serving on %s (port %d, workers=%d, batch_size=%d)",
+                 self.config.bind, self.port, self.config.workers, self.config.batch_size)
+        return self.port
+
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Drain sessions within ``drain_s`` seconds, then stop everything."""
+        drain = self.config.drain_s if drain_s is None else drain_s
+        self._draining = True
+        for session in list(self._sessions):
+            session.drain()
+        if self._sessions:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=drain)
+            except asyncio.TimeoutError:
+                log.warning("%d sessions still open after draining %.1f s", len(self._sessions), drain)
+        await self._server.stop(grace=_STOP_GRACE_S)
+        await self.backend.close()
+        log.info("fastext stopped")
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_for_termination()
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def _process_media_stream(
+        self, requests: AsyncIterator[MediaStreamMessage], context: grpc.aio.ServicerContext
+    ) -> None:
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        session = Session(self.config, self.backend, peer=context.peer())
+        self._sessions.add(session)
+        self._idle.clear()
+        try:
+            await session.serve(requests, context.write)
+        except SessionEnd as end:
+            await context.abort(grpc.StatusCode[end.code], str(end))
+        finally:
+            self._sessions.discard(session)
+            if not self._sessions:
+                self._idle.set()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed, else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None:
+    server = ExtensionServer(config)
+    port = await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(port)
+    await stop.wait()
+    log.info("signal received: draining (up to %.1f s)", config.drain_s)
+    await server.stop()
+
+
+def serve(config: Config, on_ready: Callable[[int], None] | None = None) -> None:
+    """Run the server until SIGTERM or SIGINT, then drain and stop."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(_serve(config, on_ready))

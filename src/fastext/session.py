@@ -1,0 +1,302 @@
+"""One ``ProcessMediaStream`` call: handshake, batching, in-order acks, cleanup.
+
+Two tasks share a session: the *reader* validates each sample, turns it into a
+payload (a zero-copy view of shared memory, or the embedded bytes) and groups
+payloads into batches; the *writer* awaits each batch's outcomes in order and
+writes one response per sample.  A sample is acknowledged only once its result
+exists.  At most ``max_inflight`` samples are read ahead of their acks: past
+that the reader stops reading, and gRPC flow control pushes back on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastext._proto.extension_pb2 import MediaStreamMessage
+from fastext.config import Config
+from fastext.errors import DescriptorError, ProtocolViolation, SampleError
+from fastext.execute import FrameFormat, Outcome
+from fastext.pipeline import Backend
+from fastext.processors import create, from_configuration
+from fastext.processors.base import Processor
+from fastext.protocol import StreamSpec, descriptor_reply, sample_response, validate_descriptor
+from fastext.shm import ClientMemory
+
+__all__ = ["Session", "SessionEnd"]
+
+log = logging.getLogger("fastext.session")
+Write = Callable[[MediaStreamMessage], Awaitable[None]]
+_LOUD_INVALID = 10  # invalid samples per session logged at WARNING; the rest at DEBUG
+_CLEANUP_WAIT_S = 30.0  # bound on waiting for running batches before unmapping
+
+
+class SessionEnd(Exception):
+    """End the call with a gRPC status (``code`` is a ``grpc.StatusCode`` name)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Sample:
+    seq: int
+    timestamp: int
+    payload: np.ndarray | bytes | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    samples: list[_Sample]
+    future: asyncio.Future[list[Outcome]] | None  # None when no sample had a payload
+
+
+class Session:
+    """The state of one call; :meth:`serve` runs it to the end."""
+
+    def __init__(self, config: Config, backend: Backend, peer: str = "") -> None:
+        self.config = config
+        self.peer = peer
+        self._backend = backend
+        self._window = asyncio.Semaphore(config.max_inflight)
+        self._queue: asyncio.Queue[_Batch | None] = asyncio.Queue()
+        self._pending: list[_Sample] = []
+        self._running: set[asyncio.Future[list[Outcome]]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._memory: ClientMemory | None = None
+        self._spec: StreamSpec | None = None
+        self._processor: Processor | None = None
+        self._format: FrameFormat | None = None
+        self._out_seq = 0
+        self._last_in_seq = 0
+        self._draining = False
+        self.frames = 0
+        self.invalid = 0
+
+    # -- the call -------------------------------------------------------------
+
+    async def serve(self, requests: AsyncIterator[MediaStreamMessage], write: Write) -> None:
+        """Run the session; raises :class:`SessionEnd` when it must end with a status."""
+        started = time.monotonic()
+        reason = "client closed the stream"
+        try:
+            first = await anext(requests, None)
+            if first is None:
+                reason = "client closed before sending a descriptor"
+                return
+            spec = self._handshake(first)
+            await write(descriptor_reply(self._next_seq(), first.sequence_number, spec))
+            log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
+                     spec.stream_name, spec.describe(), self._processor_name())
+            reason = await self._run(requests, write)
+        except SessionEnd as exc:
+            reason = f"{exc.code}: {exc}"
+            raise
+        except asyncio.CancelledError:
+            reason = "call cancelled (client went away or server stopped)"
+            raise
+        finally:
+            await self._cleanup()
+            if self._spec is not None:
+                log.info("session end peer=%s stream=%s frames=%d invalid=%d seconds=%.1f reason=%s",
+                         self.peer, self._spec.stream_name, self.frames, self.invalid,
+                         time.monotonic() - started, reason)
+
+    def drain(self) -> None:
+        """Stop reading new samples; in-flight ones are still processed and acknowledged."""
+        self._draining = True
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    def _handshake(self, first: MediaStreamMessage) -> StreamSpec:
+        try:
+            spec = validate_descriptor(first)
+            name, params = from_configuration(spec.extension_configuration, self.config.processor)
+            self._processor = create(name, params)
+            if spec.shm_name is not None:
+                self._memory = ClientMemory(spec.shm_name, spec.shm_length)
+        except DescriptorError as exc:
+            raise SessionEnd(exc.code, str(exc)) from None
+        except ValueError as exc:
+            raise SessionEnd("INVALID_ARGUMENT", str(exc)) from None
+        self._spec = spec
+        self._format = FrameFormat(spec.encoding, spec.pixel_format, spec.width, spec.height,
+                                   spec.stride)
+        self._last_in_seq = first.sequence_number
+        return spec
+
+    async def _run(self, requests: AsyncIterator[MediaStreamMessage], write: Write) -> str:
+        reader = self._reader = asyncio.create_task(self._read(requests))
+        writer = asyncio.create_task(self._write_results(write))
+        try:
+            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():  # only an error ends the writer before the end marker
+                reader.cancel()
+                writer.result()
+                raise RuntimeError("writer stopped early")
+            # The reader is done: whatever was read still gets processed and acked.
+            self._dispatch()
+            self._queue.put_nowait(None)
+            await writer
+            if reader.cancelled():
+                raise SessionEnd("UNAVAILABLE", "server is shutting down; every frame "
+                                 "received was acknowledged, reconnect to continue")
+            error = reader.exception()
+            if isinstance(error, ProtocolViolation):
+                raise SessionEnd(error.code, str(error))
+            if error is not None:
+                raise error
+            return "client closed the stream"
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+
+    # -- reading ----------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator[MediaStreamMessage]) -> None:
+        while not self._draining:
+            await self._window.acquire()
+            message = await anext(requests, None)
+            if message is None:
+                self._window.release()
+                return
+            self._accept(message)
+
+    def _accept(self, message: MediaStreamMessage) -> None:
+        kind = message.WhichOneof("payload")
+        seq = message.sequence_number
+        if kind == "media_stream_descriptor":
+            raise ProtocolViolation("INVALID_ARGUMENT", f"message {seq} is a second "
+                                    "media_stream_descriptor; a stream has exactly one, first")
+        if kind != "media_sample":
+            raise ProtocolViolation("INVALID_ARGUMENT",
+                                    f"message {seq} carries neither a descriptor nor a sample")
+        if seq <= self._last_in_seq:
+            raise ProtocolViolation("INVALID_ARGUMENT", f"sample sequence_number {seq} does not "
+                                    f"increase (the previous message was {self._last_in_seq})")
+        self._last_in_seq = seq
+        self.frames += 1
+        sample = message.media_sample
+        try:
+            payload, error = self._payload(sample), None
+        except SampleError as exc:
+            payload, error = None, str(exc)
+        self._pending.append(_Sample(seq, sample.timestamp, payload, error))
+        if len(self._pending) >= self.config.batch_size:
+            self._dispatch()
+        elif self._timer is None:
+            delay = self.config.batch_delay_ms / 1000.0
+            self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
+
+    def _payload(self, sample: object) -> np.ndarray | bytes:
+        spec = self._spec
+        assert spec is not None
+        content = sample.WhichOneof("content")  # type: ignore[attr-defined]
+        if content == "content_bytes":
+            data: bytes = sample.content_bytes.bytes  # type: ignore[attr-defined]
+            if spec.raw:
+                if len(data) < spec.frame_bytes:
+                    raise SampleError(f"embedded frame has {len(data)} bytes; a "
+                                      f"{spec.width}x{spec.height} frame needs {spec.frame_bytes}")
+                return np.frombuffer(data, dtype=np.uint8, count=spec.frame_bytes)
+            if not data:
+                raise SampleError("embedded image is empty")
+            return data
+        if content == "content_reference":
+            if self._memory is None:
+                raise SampleError("sample refers to shared memory, but the descriptor set up none")
+            ref = sample.content_reference  # type: ignore[attr-defined]
+            if spec.raw:
+                return self._memory.frame(ref.address_offset, ref.length_bytes, spec.frame_bytes)
+            return self._memory.content(ref.address_offset, ref.length_bytes)
+        raise SampleError("sample carries no content")
+
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        samples, self._pending = self._pending, []
+        payloads = [s.payload for s in samples if s.error is None]
+        future = None
+        if payloads:
+            assert self._processor is not None and self._format is not None
+            future = self._backend.submit(self._processor, self._format, payloads)
+            self._running.add(future)
+            future.add_done_callback(self._running.discard)
+        self._queue.put_nowait(_Batch(samples, future))
+
+    # -- writing ----------------------------------------------------------------
+
+    async def _write_results(self, write: Write) -> None:
+        while (batch := await self._queue.get()) is not None:
+            outcomes = await self._outcomes(batch)
+            for sample in batch.samples:
+                outcome = sample.error if sample.error is not None else next(outcomes)
+                if isinstance(outcome, str):
+                    self._log_invalid(sample.seq, outcome)
+                    inferences: list = []
+                else:
+                    inferences = outcome
+                await write(sample_response(self._next_seq(), sample.seq, sample.timestamp,
+                                            inferences))
+                self._window.release()
+
+    async def _outcomes(self, batch: _Batch):  # -> Iterator[Outcome]
+        if batch.future is None:
+            return iter(())
+        try:
+            # shield: a cancelled writer must not cancel work that still reads the frames
+            return iter(await asyncio.shield(batch.future))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("batch failed in the backend")
+            count = sum(1 for s in batch.samples if s.error is None)
+            return iter([f"processing failed: {exc}"] * count)
+
+    def _log_invalid(self, seq: int, reason: str) -> None:
+        self.invalid += 1
+        level = logging.WARNING if self.invalid <= _LOUD_INVALID else logging.DEBUG
+        log.log(level, "stream %s: sample %d acknowledged without inference: %s",
+                self._spec.stream_name if self._spec else "?", seq, reason)
+        if self.invalid == _LOUD_INVALID:
+            log.warning("stream %s: further invalid samples are logged at DEBUG",
+                        self._spec.stream_name if self._spec else "?")
+
+    def _next_seq(self) -> int:
+        self._out_seq += 1
+        return self._out_seq
+
+    def _processor_name(self) -> str:
+        return self._processor.name if self._processor is not None else "-"
+
+    # -- the end ----------------------------------------------------------------
+
+    async def _cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending.clear()
+        running = [f for f in self._running if not f.done()]
+        if running:  # frames still being read from the mapping: let them finish first
+            _, late = await asyncio.wait(running, timeout=_CLEANUP_WAIT_S)
+            if late:
+                log.error("%d batches still running after %.0f s at session end",
+                          len(late), _CLEANUP_WAIT_S)
+        self._drop_payloads()
+        if self._memory is not None:
+            self._memory.close()
+
+    def _drop_payloads(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()

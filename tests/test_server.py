@@ -1,0 +1,78 @@
+"""Server lifecycle: drain on stop, refusal while draining, uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from fastext import METHOD_PATH
+from fastext._proto import extension_pb2
+from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.client.synthetic import to_pixel_format
+from fastext.config import Config
+from fastext.server import ExtensionServer, new_event_loop
+from tests.test_session import ORANGE, descriptor, embedded, solid
+
+Msg = extension_pb2.MediaStreamMessage
+
+
+async def _drain_scenario() -> tuple[list[Msg], grpc.StatusCode, str, int]:
+    server = ExtensionServer(Config(bind="127.0.0.1:0", batch_size=4, batch_delay_ms=500.0))
+    port = await server.start()
+    frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+                                     response_deserializer=Msg.FromString)()
+        await call.write(descriptor(32, 32))
+        replies = [await call.read()]
+        for i in range(3):  # a partial batch: would wait 500 ms without the drain
+            await call.write(embedded(i + 2, frame))
+        await asyncio.sleep(0.1)
+        stopping = asyncio.create_task(server.stop(drain_s=5.0))
+        while (msg := await _read(call)) is not None:
+            replies.append(msg)
+        await stopping
+        code, details = await call.code(), await call.details()
+    return replies, code, details, server.active_sessions
+
+
+async def _read(call):
+    try:
+        msg = await call.read()
+    except grpc.aio.AioRpcError:
+        return None
+    return None if msg is grpc.aio.EOF else msg
+
+
+def test_stop_drains_in_flight_frames_then_ends_with_unavailable():
+    replies, code, details, active = asyncio.run(_drain_scenario())
+    assert [r.ack_sequence_number for r in replies] == [1, 2, 3, 4]
+    assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
+    assert active == 0
+
+
+def test_server_runs_on_uvloop():
+    loop = new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+
+        async def roundtrip() -> int:
+            server = ExtensionServer(Config(bind="127.0.0.1:0"))
+            port = await server.start()
+            frame = to_pixel_format(solid(ORANGE, 16, 16), VF.RGB24)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+                                             response_deserializer=Msg.FromString)()
+                await call.write(descriptor(16, 16))
+                await call.write(embedded(2, frame))
+                await call.done_writing()
+                count = 0
+                while (await call.read()) is not grpc.aio.EOF:
+                    count += 1
+            await server.stop(drain_s=1.0)
+            return count
+
+        assert loop.run_until_complete(roundtrip()) == 2
+    finally:
+        loop.close()
