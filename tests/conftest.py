@@ -43,6 +43,8 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         if self.server is not None:
             self.call(self.server.stop(drain_s=2.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -60,7 +62,7 @@ class RunningServer:
 
 @contextmanager
 def running_server(**changes: Any) -> Iterator[RunningServer]:
-    config = Config(bind="127.0.0.1:0", log_level="DEBUG").replace(**changes)
+    config = Config(bind="127.0.0.1:0", log_level="DEBUG", workers=0).replace(**changes)
     srv = RunningServer(config).start()
     try:
         yield srv
@@ -68,9 +70,10 @@ def running_server(**changes: Any) -> Iterator[RunningServer]:
         srv.stop()
 
 
-@pytest.fixture
-def server() -> Iterator[RunningServer]:
-    with running_server() as srv:
+@pytest.fixture(scope="module", params=[0, 2], ids=["inline", "workers"])
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """One server per module and mode: frames in the server process, or in 2 workers."""
+    with running_server(workers=request.param) as srv:
         yield srv
 
 

@@ -233,3 +233,14 @@ def test_huge_embedded_message_is_refused_not_crashing(make_server):
     _, status, _ = exchange(srv.target, [descriptor(W, H), embedded(2, frame)])
     assert status == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert_alive(srv)
+
+
+def test_invalid_sample_logged_once_with_reason(server, caplog):
+    caplog.set_level("WARNING", logger="fastext.session")
+    light = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
+    replies, status, _ = exchange(server.target, [descriptor(W, H), embedded(2, light[:100]),
+                                                  embedded(3, light)])
+    assert status == grpc.StatusCode.OK
+    records = [r for r in caplog.records if "acknowledged without inference" in r.getMessage()]
+    assert len(records) == 1
+    assert "sample 2" in records[0].getMessage() and "needs 9216" in records[0].getMessage()

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastext.errors import ConfigError
@@ -124,6 +124,8 @@ OPTIONS: tuple[Option, ...] = (
            "processor used when a session does not choose one"),
     Option("drain_s", "--drain-s", "FASTEXT_DRAIN_S", _float_in(0.0, 3600.0),
            "on SIGTERM, seconds allowed for in-flight frames to finish"),
+    Option("shm_size_mb", "--shm-size-mb", "FASTEXT_SHM_SIZE_MB", _int_in(1, 65536),
+           "server-owned shared memory that embedded frames are copied into for workers (MiB)"),
     Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
 )
@@ -136,11 +138,12 @@ class Config:
     bind: str = "tcp://0.0.0.0:5001"
     batch_size: int = 1
     batch_delay_ms: float = 5.0
-    workers: int = 0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_inflight: int = 64
     max_message_mb: int = 256
     processor: str = "brightness"
     drain_s: float = 10.0
+    shm_size_mb: int = 64
     log_level: str = "INFO"
 
     @property

@@ -75,7 +75,8 @@ async def _one_pass(port: int, p: Pass, frames_per_stream: int, show: int) -> tu
           f"p50 ack latency {statistics.median(l for r in results for l in r.latencies_s) * 1e3:.2f} ms, "
           f"wrong tags {wrong}")
     first = results[0]
-    for seq in sorted(first.samples)[:show]:
+    seqs = sorted(first.samples)
+    for seq in seqs[:: max(1, len(seqs) // max(1, show))][:show]:
         print(f"   seq {seq}: {sample_to_json(first.samples[seq])}")
     return acked, wrong
 

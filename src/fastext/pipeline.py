@@ -1,37 +1,117 @@
-"""Where batches run: the front's view of the processing backend.
+"""Where batches run: the front's side of the processing backend.
 
-``InlineBackend`` runs batches on a thread pool inside the server process
-(``--workers 0``): numba kernels release the GIL, so streams still run in
-parallel.  The worker-process backend (shared-memory rings) plugs in behind
-the same two calls.
+A session opens a *lane* (:meth:`Backend.open`) and submits batches of
+payloads to it; each submit returns a future holding one outcome per frame.
+A payload is a :class:`~fastext.shm.ShmRef` into the session's client file
+(already bounds-checked) or the embedded bytes.
+
+* :class:`InlineBackend` (``--workers 0``) runs batches on a thread pool of the
+  server process; numba kernels release the GIL, so streams run in parallel.
+* :class:`WorkerBackend` (``--workers N``) hands references to worker processes
+  over per-worker SPSC rings in shared memory.  Embedded frames are copied once
+  into the server's arena.  A batch is resolved only when its worker reports it
+  done; if the worker dies first, the batch runs again elsewhere (bounded), so
+  no frame is lost or acknowledged twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import logging
 import os
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
+from fastext import kernels, records
 from fastext.config import Config
-from fastext.errors import ConfigError
 from fastext.execute import FrameFormat, Outcome, run_batch
+from fastext.processors import create
 from fastext.processors.base import Processor
+from fastext.ring import cleanup_stale_segments, segment_name
+from fastext.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
+from fastext.supervisor import Supervisor, WorkerSlot
 
-__all__ = ["Backend", "InlineBackend", "make_backend"]
+__all__ = ["Backend", "InlineBackend", "Lane", "Payload", "WorkerBackend", "make_backend"]
+
+log = logging.getLogger("fastext.pipeline")
+
+#: What a session submits per frame: a checked region of its client file, or embedded bytes.
+Payload = ShmRef | memoryview
+#: One frame's result as the backend returns it: inferences (objects, or serialized as a
+#: MediaSample's field 10 by a worker), or the reason there are none.
+Result = Outcome | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSpec:
+    """What a backend needs to know about a session."""
+
+    format: FrameFormat
+    processor: str
+    params: dict[str, Any]
+    shm_name: str | None
+    shm_length: int
+
+
+class Lane(Protocol):
+    def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
+        """Start a batch; the future holds one result per payload, in order."""
+
+    def close(self) -> None:
+        """The session is over: nothing more will be submitted."""
 
 
 class Backend(Protocol):
-    def submit(
-        self, processor: Processor, fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes]
-    ) -> asyncio.Future[list[Outcome]]:
-        """Start a batch; the future holds one outcome per payload once every frame is done."""
+    async def start(self) -> None:
+        """Get ready to take batches (compile or load kernels, start workers)."""
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
+        """A lane for one session; ValueError names a bad processor or parameter."""
 
     async def close(self) -> None:
-        """Finish or abandon running batches and release resources."""
+        """Finish or abandon running batches and release every resource."""
+
+
+def make_backend(config: Config) -> Backend:
+    """The backend ``config.workers`` asks for."""
+    if config.workers == 0:
+        return InlineBackend()
+    return WorkerBackend(config)
+
+
+# -- in process -------------------------------------------------------------------
+
+
+class _InlineLane:
+    def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None):
+        self._pool = pool
+        self._format = spec.format
+        self._memory = memory
+        self._processor: Processor = create(spec.processor, spec.params)
+
+    def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, self._run, payloads)
+
+    def _run(self, payloads: Sequence[Payload]) -> list[Result]:
+        arrays: list[np.ndarray | memoryview] = []
+        for p in payloads:
+            if isinstance(p, ShmRef):
+                assert self._memory is not None
+                arrays.append(self._memory.view(p))
+            else:
+                arrays.append(p)
+        return list(run_batch(self._processor, self._format, arrays))
+
+    def close(self) -> None:
+        pass
 
 
 class InlineBackend:
@@ -42,19 +122,251 @@ class InlineBackend:
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="fastext-batch"
         )
 
-    def submit(
-        self, processor: Processor, fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes]
-    ) -> asyncio.Future[list[Outcome]]:
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, run_batch, processor, fmt, payloads)
+    async def start(self) -> None:
+        # The first frame must not pay for numba's compilation (or cache load).
+        await asyncio.to_thread(kernels.warm)
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
+        return _InlineLane(self._pool, spec, memory)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
 
-def make_backend(config: Config) -> Backend:
-    """The backend ``config.workers`` asks for."""
-    if config.workers == 0:
-        return InlineBackend()
-    raise ConfigError(f"--workers {config.workers}: worker processes are not available in this "
-                      "build yet; use --workers 0 (frames are processed in the server process)")
+# -- worker processes -----------------------------------------------------------------
+
+_RING_CAPACITY = 1 << 20  # bytes of records per ring: thousands of batches of references
+_MAX_RETRIES = 2  # runs of a batch whose worker died, before its frames are acked empty
+_READY_TIMEOUT_S = 180.0  # a cold numba cache on a slow ARM board compiles for a while
+
+
+@dataclass(eq=False)
+class _Job:
+    lane: _WorkerLane
+    payloads: Sequence[Payload]
+    future: asyncio.Future[list[Result]]
+    batch_id: int = 0
+    refs: list[tuple[int, int, int]] | None = None
+    blocks: list[list[int]] = field(default_factory=list)
+    runs: int = 0
+
+
+class _WorkerLane:
+    def __init__(self, backend: WorkerBackend, session: int, spec: LaneSpec) -> None:
+        create(spec.processor, spec.params)  # reject bad parameters now, at descriptor time
+        self.backend = backend
+        self.session = session
+        config = json.dumps({"processor": spec.processor, **spec.params})
+        f = spec.format
+        self.open_record = records.pack_open(records.Open(
+            session, f.encoding, f.pixel_format, f.width, f.height, f.stride, spec.shm_name,
+            spec.shm_length, config))
+
+    def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
+        return self.backend._submit(self, payloads)
+
+    def close(self) -> None:
+        self.backend._close_lane(self)
+
+
+@dataclass(eq=False)
+class _WorkerState:
+    """The pipeline's view of one worker slot."""
+
+    slot: WorkerSlot
+    outbox: deque[bytes] = field(default_factory=deque)  # records waiting for ring space
+    jobs: dict[int, _Job] = field(default_factory=dict)  # batch id -> job, sent or waiting
+    sessions: set[int] = field(default_factory=set)  # sessions this process has opened
+    frames: int = 0  # frames in jobs
+
+
+class WorkerBackend:
+    """Batches run in worker processes fed through shared-memory rings."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._ids = itertools.count(1)
+        self._backlog: deque[_Job] = deque()  # waiting for arena space or a ready worker
+        self._arena: Arena | None = None
+        self._alloc: ArenaAllocator | None = None
+        self._supervisor: Supervisor | None = None
+        self._states: list[_WorkerState] = []
+        self._all_ready: asyncio.Event | None = None
+        self.retried = 0  # batches run again after their worker died
+        self.abandoned = 0  # frames acked empty after too many worker deaths
+
+    async def start(self) -> None:
+        removed = cleanup_stale_segments()
+        if removed:
+            log.info("removed %d stale shared-memory segments of dead servers", len(removed))
+        size = self.config.shm_size_mb * 1024 * 1024
+        self._arena = Arena.create(segment_name("arena"), size)
+        self._alloc = ArenaAllocator(size)
+        self._all_ready = asyncio.Event()
+        self._supervisor = Supervisor(
+            self.config.workers, (self._arena.name, size), self.config.log_level,
+            _RING_CAPACITY, self._on_completions, self._on_exit)
+        self._states = [_WorkerState(slot) for slot in self._supervisor.slots]
+        self._supervisor.start()
+        try:
+            await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
+        return _WorkerLane(self, next(self._ids), spec)
+
+    # -- submitting ------------------------------------------------------------------
+
+    def _submit(self, lane: _WorkerLane, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
+        job = _Job(lane, payloads, asyncio.get_running_loop().create_future(),
+                   batch_id=next(self._ids))
+        self._backlog.append(job)
+        self._pump()
+        return job.future
+
+    def _pump(self) -> None:
+        """Place waiting jobs on workers, oldest first; stop at the first that cannot go."""
+        while self._backlog and self._arena is not None:
+            job = self._backlog[0]
+            if job.refs is None and not self._copy_in(job):
+                break  # arena full: frees come with completions
+            state = self._least_loaded()
+            if state is None:
+                break  # no worker ready: READY records resume the pump
+            self._backlog.popleft()
+            self._assign(state, job)
+        for state in self._states:
+            self._flush(state)
+
+    def _copy_in(self, job: _Job) -> bool:
+        """Turn payloads into ring references; embedded bytes are copied into the arena once."""
+        assert self._alloc is not None and self._arena is not None
+        refs: list[tuple[int, int, int]] = []
+        for payload in job.payloads:
+            if isinstance(payload, ShmRef):
+                refs.append((records.SRC_CLIENT, payload.offset, payload.size))
+                continue
+            block = self._alloc.alloc(len(payload))
+            if block is None:
+                if len(payload) > self._alloc.size:
+                    refs.append((records.SRC_ARENA, 0, self._alloc.size + 1))  # worker reports it
+                    continue
+                for b in job.blocks:
+                    self._alloc.free(b)
+                job.blocks.clear()
+                return False
+            self._arena.write(block[0], payload)
+            job.blocks.append(block)
+            refs.append((records.SRC_ARENA, block[0], len(payload)))
+        job.refs = refs
+        job.payloads = ()  # the bytes live in the arena now
+        return True
+
+    def _least_loaded(self) -> _WorkerState | None:
+        ready = [s for s in self._states if s.slot.ready]
+        return min(ready, key=lambda s: s.frames) if ready else None
+
+    def _assign(self, state: _WorkerState, job: _Job) -> None:
+        assert job.refs is not None
+        if job.lane.session not in state.sessions:
+            state.sessions.add(job.lane.session)
+            state.outbox.append(job.lane.open_record)
+        state.outbox.append(records.pack_batch(job.lane.session, job.batch_id, job.refs))
+        state.jobs[job.batch_id] = job
+        state.frames += len(job.refs)
+        job.runs += 1
+
+    def _flush(self, state: _WorkerState) -> None:
+        rings = state.slot.rings
+        if rings is None or not state.slot.alive:
+            return
+        ring = rings.submit.ring
+        while state.outbox and ring.try_push(state.outbox[0]):
+            state.outbox.popleft()
+
+    def _close_lane(self, lane: _WorkerLane) -> None:
+        for state in self._states:
+            if lane.session in state.sessions:
+                state.sessions.discard(lane.session)
+                state.outbox.append(records.pack_close(lane.session))
+                self._flush(state)
+
+    # -- completions and deaths ----------------------------------------------------------
+
+    def _on_completions(self, slot: WorkerSlot) -> None:
+        state = self._states[slot.index]
+        if slot.doorbell is not None:
+            try:
+                os.read(slot.doorbell.fileno(), 65536)
+            except (BlockingIOError, OSError):
+                pass
+        self._drain(state)
+        self._pump()
+
+    def _drain(self, state: _WorkerState) -> None:
+        rings = state.slot.rings
+        if rings is None:
+            return
+        for record in rings.completion.ring.pop_many(1 << 16, 0):
+            kind = record[0]
+            if kind == records.DONE:
+                batch_id, outcomes = records.unpack_done(record)
+                job = state.jobs.pop(batch_id, None)
+                if job is not None:
+                    state.frames -= len(outcomes)
+                    self._finish(job, list(outcomes))
+            elif kind == records.READY:
+                state.slot.ready = True
+                log.info("worker %d ready (pid %d)", state.slot.index, records.unpack_session(record))
+                if self._all_ready is not None and all(s.slot.ready for s in self._states):
+                    self._all_ready.set()
+
+    def _finish(self, job: _Job, outcomes: list[Result]) -> None:
+        assert self._alloc is not None
+        for block in job.blocks:
+            self._alloc.free(block)
+        job.blocks.clear()
+        if not job.future.done():
+            job.future.set_result(outcomes)
+
+    def _on_exit(self, slot: WorkerSlot) -> None:
+        state = self._states[slot.index]
+        self._drain(state)  # what it finished before dying still counts
+        orphans = sorted(state.jobs.values(), key=lambda j: j.batch_id)
+        state.jobs.clear()
+        state.outbox.clear()
+        state.sessions.clear()
+        state.frames = 0
+        for job in reversed(orphans):  # oldest first at the front of the backlog
+            if job.runs > _MAX_RETRIES:
+                self.abandoned += len(job.refs or ())
+                reason = f"worker died while processing this frame ({job.runs} times)"
+                self._finish(job, [reason] * len(job.refs or ()))
+            else:
+                self.retried += 1
+                self._backlog.appendleft(job)
+        if orphans:
+            log.warning("worker %d died holding %d batches: running them again elsewhere",
+                        slot.index, len(orphans))
+        # The supervisor marks the slot dead after this returns: place the orphans then.
+        asyncio.get_running_loop().call_soon(self._pump)
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.stop(self._send_stop, deadline_s=max(1.0, self.config.drain_s))
+            self._supervisor = None
+        for job in self._backlog:
+            if not job.future.done():
+                job.future.set_result(["server stopped before the frame was processed"]
+                                      * len(job.refs or job.payloads))
+        self._backlog.clear()
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
+
+    def _send_stop(self, slot: WorkerSlot) -> None:
+        state = self._states[slot.index]
+        state.outbox.append(records.pack_stop())
+        self._flush(state)

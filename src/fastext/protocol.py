@@ -24,6 +24,7 @@ __all__ = [
     "descriptor_reply",
     "sample_response",
     "sample_to_json",
+    "serialized_sample_response",
     "validate_descriptor",
     "validate_handle_name",
 ]
@@ -181,6 +182,16 @@ def sample_response(
         ack_sequence_number=ack,
         media_sample=extension_pb2.MediaSample(timestamp=timestamp, inferences=inferences),
     )
+
+
+def serialized_sample_response(
+    sequence_number: int, ack: int, timestamp: int, inferences: bytes
+) -> MediaStreamMessage:
+    """As :func:`sample_response`, from inferences already serialized as a MediaSample."""
+    message = MediaStreamMessage(sequence_number=sequence_number, ack_sequence_number=ack)
+    message.media_sample.ParseFromString(inferences)
+    message.media_sample.timestamp = timestamp
+    return message
 
 
 def inference_to_json(inference: inferencing_pb2.Inference) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class ExtensionServer:
         )
 
     async def start(self) -> int:
-        """Bind and start serving; returns the port (useful with port 0)."""
+        """Warm the backend, bind and start serving; returns the port (useful with port 0)."""
+        await self.backend.start()
         try:
             self.port = self._server.add_insecure_port(self.config.address)
         except RuntimeError as exc:

@@ -16,16 +16,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import numpy as np
 
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import DescriptorError, ProtocolViolation, SampleError
-from fastext.execute import FrameFormat, Outcome
-from fastext.pipeline import Backend
-from fastext.processors import create, from_configuration
-from fastext.processors.base import Processor
-from fastext.protocol import StreamSpec, descriptor_reply, sample_response, validate_descriptor
+from fastext.execute import FrameFormat
+from fastext.pipeline import Backend, Lane, LaneSpec, Payload, Result
+from fastext.processors import from_configuration
+from fastext.protocol import (
+    StreamSpec,
+    descriptor_reply,
+    sample_response,
+    serialized_sample_response,
+    validate_descriptor,
+)
 from fastext.shm import ClientMemory
 
 __all__ = ["Session", "SessionEnd"]
@@ -48,14 +52,14 @@ class SessionEnd(Exception):
 class _Sample:
     seq: int
     timestamp: int
-    payload: np.ndarray | bytes | None
+    payload: Payload | None
     error: str | None
 
 
 @dataclass(slots=True)
 class _Batch:
     samples: list[_Sample]
-    future: asyncio.Future[list[Outcome]] | None  # None when no sample had a payload
+    future: asyncio.Future[list[Result]] | None  # None when no sample had a payload
 
 
 class Session:
@@ -68,13 +72,13 @@ class Session:
         self._window = asyncio.Semaphore(config.max_inflight)
         self._queue: asyncio.Queue[_Batch | None] = asyncio.Queue()
         self._pending: list[_Sample] = []
-        self._running: set[asyncio.Future[list[Outcome]]] = set()
+        self._running: set[asyncio.Future[list[Result]]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task[None] | None = None
         self._memory: ClientMemory | None = None
         self._spec: StreamSpec | None = None
-        self._processor: Processor | None = None
-        self._format: FrameFormat | None = None
+        self._lane: Lane | None = None
+        self._processor_name = "-"
         self._out_seq = 0
         self._last_in_seq = 0
         self._draining = False
@@ -95,7 +99,7 @@ class Session:
             spec = self._handshake(first)
             await write(descriptor_reply(self._next_seq(), first.sequence_number, spec))
             log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
-                     spec.stream_name, spec.describe(), self._processor_name())
+                     spec.stream_name, spec.describe(), self._processor_name)
             reason = await self._run(requests, write)
         except SessionEnd as exc:
             reason = f"{exc.code}: {exc}"
@@ -120,16 +124,17 @@ class Session:
         try:
             spec = validate_descriptor(first)
             name, params = from_configuration(spec.extension_configuration, self.config.processor)
-            self._processor = create(name, params)
             if spec.shm_name is not None:
                 self._memory = ClientMemory(spec.shm_name, spec.shm_length)
+            fmt = FrameFormat(spec.encoding, spec.pixel_format, spec.width, spec.height, spec.stride)
+            self._lane = self._backend.open(
+                LaneSpec(fmt, name, params, spec.shm_name, spec.shm_length), self._memory)
         except DescriptorError as exc:
             raise SessionEnd(exc.code, str(exc)) from None
         except ValueError as exc:
             raise SessionEnd("INVALID_ARGUMENT", str(exc)) from None
         self._spec = spec
-        self._format = FrameFormat(spec.encoding, spec.pixel_format, spec.width, spec.height,
-                                   spec.stride)
+        self._processor_name = name
         self._last_in_seq = first.sequence_number
         return spec
 
@@ -196,7 +201,7 @@ class Session:
             delay = self.config.batch_delay_ms / 1000.0
             self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
 
-    def _payload(self, sample: object) -> np.ndarray | bytes:
+    def _payload(self, sample: object) -> Payload:
         spec = self._spec
         assert spec is not None
         content = sample.WhichOneof("content")  # type: ignore[attr-defined]
@@ -206,10 +211,10 @@ class Session:
                 if len(data) < spec.frame_bytes:
                     raise SampleError(f"embedded frame has {len(data)} bytes; a "
                                       f"{spec.width}x{spec.height} frame needs {spec.frame_bytes}")
-                return np.frombuffer(data, dtype=np.uint8, count=spec.frame_bytes)
+                return memoryview(data)[: spec.frame_bytes]
             if not data:
                 raise SampleError("embedded image is empty")
-            return data
+            return memoryview(data)
         if content == "content_reference":
             if self._memory is None:
                 raise SampleError("sample refers to shared memory, but the descriptor set up none")
@@ -229,8 +234,8 @@ class Session:
         payloads = [s.payload for s in samples if s.error is None]
         future = None
         if payloads:
-            assert self._processor is not None and self._format is not None
-            future = self._backend.submit(self._processor, self._format, payloads)
+            assert self._lane is not None
+            future = self._lane.submit(payloads)
             self._running.add(future)
             future.add_done_callback(self._running.discard)
         self._queue.put_nowait(_Batch(samples, future))
@@ -242,13 +247,16 @@ class Session:
             outcomes = await self._outcomes(batch)
             for sample in batch.samples:
                 outcome = sample.error if sample.error is not None else next(outcomes)
-                if isinstance(outcome, str):
-                    self._log_invalid(sample.seq, outcome)
-                    inferences: list = []
+                if isinstance(outcome, bytes):  # serialized by a worker
+                    response = serialized_sample_response(self._next_seq(), sample.seq,
+                                                          sample.timestamp, outcome)
                 else:
-                    inferences = outcome
-                await write(sample_response(self._next_seq(), sample.seq, sample.timestamp,
-                                            inferences))
+                    if isinstance(outcome, str):
+                        self._log_invalid(sample.seq, outcome)
+                        outcome = []
+                    response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
+                                               outcome)
+                await write(response)
                 self._window.release()
 
     async def _outcomes(self, batch: _Batch):  # -> Iterator[Outcome]
@@ -277,9 +285,6 @@ class Session:
         self._out_seq += 1
         return self._out_seq
 
-    def _processor_name(self) -> str:
-        return self._processor.name if self._processor is not None else "-"
-
     # -- the end ----------------------------------------------------------------
 
     async def _cleanup(self) -> None:
@@ -294,6 +299,8 @@ class Session:
                 log.error("%d batches still running after %.0f s at session end",
                           len(late), _CLEANUP_WAIT_S)
         self._drop_payloads()
+        if self._lane is not None:
+            self._lane.close()
         if self._memory is not None:
             self._memory.close()
 

@@ -15,15 +15,25 @@ import logging
 import mmap
 import os
 import stat
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
-from fastext.errors import DescriptorError, SampleError
+from fastext.errors import DescriptorError, FrameError, SampleError
 
-__all__ = ["SHM_DIR", "ClientMemory"]
+__all__ = ["SHM_DIR", "Arena", "ArenaAllocator", "ClientMemory", "ShmRef"]
 
 SHM_DIR = "/dev/shm"
 log = logging.getLogger("fastext.shm")
+
+
+@dataclass(frozen=True, slots=True)
+class ShmRef:
+    """A bounds-checked region of a session's shared memory: ``size`` bytes at ``offset``."""
+
+    offset: int
+    size: int
 
 
 class ClientMemory:
@@ -69,31 +79,36 @@ class ClientMemory:
             return f"shared memory {path} is a symbolic link; it must be a plain file"
         return f"shared memory file {path}: {exc.strerror}"
 
-    def frame(self, offset: int, length: int, need: int) -> np.ndarray:
-        """A zero-copy view of ``need`` bytes at ``offset`` (RAW frames).
+    def frame(self, offset: int, length: int, need: int) -> ShmRef:
+        """The region of a RAW frame: ``need`` bytes at ``offset``.
 
         The reference must claim at least ``need`` bytes; only ``need`` are read,
         so a sloppy client that claims one byte past the file is still served.
         """
         if length < need:
             raise SampleError(f"content_reference covers {length} bytes, the frame needs {need}")
-        return self._slice(offset, need, length)
+        return self._check(offset, need, length)
 
-    def content(self, offset: int, length: int) -> np.ndarray:
-        """A zero-copy view of all ``length`` bytes at ``offset`` (encoded images)."""
+    def content(self, offset: int, length: int) -> ShmRef:
+        """The region of an encoded image: all ``length`` bytes at ``offset``."""
         if length == 0:
             raise SampleError("content_reference.length_bytes is 0")
-        return self._slice(offset, length, length)
+        return self._check(offset, length, length)
 
-    def _slice(self, offset: int, size: int, claimed: int) -> np.ndarray:
-        if self._map is None:
-            raise SampleError("shared memory is closed")
+    def _check(self, offset: int, size: int, claimed: int) -> ShmRef:
         if offset >= self.length or size > self.length - offset:
             raise SampleError(
                 f"content_reference offset {offset} + {claimed} bytes lies outside the "
                 f"{self.length}-byte shared memory"
             )
-        return self._view[offset : offset + size]
+        return ShmRef(offset, size)
+
+    def view(self, ref: ShmRef) -> np.ndarray:
+        """A zero-copy read-only view of a region (checked again: defence in depth)."""
+        if self._map is None:
+            raise SampleError("shared memory is closed")
+        self._check(ref.offset, ref.size, ref.size)
+        return self._view[ref.offset : ref.offset + ref.size]
 
     def close(self) -> None:
         """Unmap; views handed out must be gone (the session awaits its frames first)."""
@@ -117,3 +132,115 @@ class ClientMemory:
     @property
     def closed(self) -> bool:
         return self._map is None
+
+
+class ArenaAllocator:
+    """Space in the arena, handed out in order and returned in any order.
+
+    A ring allocator: blocks are carved at ``head`` and reclaimed from the oldest
+    end once freed, so allocation and free are O(1) amortised and nothing is
+    ever searched.  A block never wraps: when the end of the arena is too short,
+    that stretch becomes padding that is reclaimed with the block before it.
+    """
+
+    ALIGN = 64  # cache-line aligned frames
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._blocks: deque[list[int]] = deque()  # [offset, size, freed]
+        self._head = 0
+        self.used = 0
+
+    def alloc(self, nbytes: int) -> list[int] | None:
+        """A block of at least ``nbytes`` (its offset is ``block[0]``), or None if full now."""
+        need = max(self.ALIGN, -(-nbytes // self.ALIGN) * self.ALIGN)
+        if need > self.size:
+            return None
+        if not self._blocks:
+            self._head = 0
+        tail = self._blocks[0][0] if self._blocks else 0
+        if self._blocks and self._head <= tail:  # the free space is [head, tail)
+            if need > tail - self._head:
+                return None
+        elif need > self.size - self._head:  # free space is [head, size) and [0, tail)
+            if need > tail:
+                return None
+            if self._head < self.size:
+                self._blocks.append([self._head, self.size - self._head, 1])
+                self.used += self.size - self._head
+            self._head = 0
+        block = [self._head, need, 0]
+        self._blocks.append(block)
+        self._head += need
+        self.used += need
+        return block
+
+    def free(self, block: list[int]) -> None:
+        """Return a block; space comes back once every older block is free too."""
+        if block[2]:
+            raise ValueError("arena block freed twice")
+        block[2] = 1
+        while self._blocks and self._blocks[0][2]:
+            self.used -= self._blocks.popleft()[1]
+
+
+class Arena:
+    """Server-owned shared memory for embedded frames: the front writes, workers read.
+
+    The front copies each embedded frame into a block exactly once; the worker
+    maps the same segment read-only by name and reads the frame in place.
+    """
+
+    def __init__(self, name: str, size: int, mapping: mmap.mmap, owner: bool) -> None:
+        self.name, self.size, self._map, self.owner = name, size, mapping, owner
+        self.view = np.frombuffer(mapping, dtype=np.uint8)
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Arena:
+        import posix_ipc
+
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        try:
+            mapping = mmap.mmap(shm.fd, size)
+        except BaseException:
+            shm.unlink()
+            raise
+        finally:
+            shm.close_fd()
+        return cls(name, size, mapping, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, size: int) -> Arena:
+        import posix_ipc
+
+        shm = posix_ipc.SharedMemory(name, read_only=True)
+        try:
+            if shm.size < size:
+                raise FrameError(f"arena {name} is {shm.size} bytes, expected {size}")
+            mapping = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            shm.close_fd()
+        return cls(name, size, mapping, owner=False)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self._map[offset : offset + len(data)] = data
+
+    def read(self, offset: int, size: int) -> np.ndarray:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise FrameError(f"arena reference {offset}+{size} outside the {self.size}-byte arena")
+        return self.view[offset : offset + size]
+
+    def close(self) -> None:
+        del self.view
+        try:
+            self._map.close()
+        except BufferError:
+            gc.collect()
+            self._map.close()
+        if self.owner:
+            import posix_ipc
+
+            try:
+                posix_ipc.unlink_shared_memory(self.name)
+            except posix_ipc.ExistentialError:
+                pass

@@ -1,0 +1,119 @@
+"""The records front and workers exchange over the rings (little-endian structs).
+
+Front → worker (submit ring), in order per worker:
+
+* ``OPEN``  a session: its frame format, the client's shared-memory file (if
+  any) and its processor as JSON.  Sent before the first batch a worker gets.
+* ``BATCH`` frames of one session: (source, offset, size) each — source is the
+  client's file or the server's arena.  Only references travel, never pixels.
+* ``CLOSE`` a session: the worker drops its processor and unmaps the file.
+  Rings are FIFO, so no frame of a session is processed after its close.
+* ``STOP``  the worker exits.
+
+Worker → front (completion ring): ``READY`` once its kernels are warm, and
+``DONE`` for each batch: per frame, serialized inferences or the reason there
+are none.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+__all__ = [
+    "BATCH", "CLOSE", "DONE", "OPEN", "READY", "SRC_ARENA", "SRC_CLIENT", "STOP",
+    "Open", "pack_batch", "pack_close", "pack_done", "pack_open", "pack_ready", "pack_stop",
+    "unpack_batch", "unpack_done", "unpack_open", "unpack_session",
+]
+
+OPEN, BATCH, CLOSE, STOP = 1, 2, 3, 4
+READY, DONE = 10, 11
+SRC_CLIENT, SRC_ARENA = 0, 1
+
+_OPEN = struct.Struct("<BxxxIBBxxIIIQHxxI")  # kind session enc pf w h stride shm_len name_len cfg_len
+_BATCH = struct.Struct("<BxxxIQI")  # kind session batch_id count
+_REF = struct.Struct("<BxxxxxxxQQ")  # source offset size
+_SESSION = struct.Struct("<BxxxI")  # CLOSE: kind session; READY: kind pid
+_DONE = struct.Struct("<BxxxxxxxQI")  # kind batch_id count
+_OUTCOME = struct.Struct("<BxxxI")  # ok length
+
+
+class Open(NamedTuple):
+    session: int
+    encoding: int
+    pixel_format: int
+    width: int
+    height: int
+    stride: int
+    shm_name: str | None
+    shm_length: int
+    processor: str  # JSON: {"processor": name, ...parameters}
+
+
+def pack_open(o: Open) -> bytes:
+    name = (o.shm_name or "").encode()
+    cfg = o.processor.encode()
+    head = _OPEN.pack(OPEN, o.session, o.encoding, o.pixel_format, o.width, o.height, o.stride,
+                      o.shm_length, len(name), len(cfg))
+    return head + name + cfg
+
+
+def unpack_open(buf: bytes) -> Open:
+    (_, session, enc, pf, w, h, stride, shm_len, name_len, cfg_len) = _OPEN.unpack_from(buf)
+    start = _OPEN.size
+    name = buf[start : start + name_len].decode()
+    cfg = buf[start + name_len : start + name_len + cfg_len].decode()
+    return Open(session, enc, pf, w, h, stride, name or None, shm_len, cfg)
+
+
+def pack_batch(session: int, batch_id: int, refs: Sequence[tuple[int, int, int]]) -> bytes:
+    parts = [_BATCH.pack(BATCH, session, batch_id, len(refs))]
+    parts += [_REF.pack(*ref) for ref in refs]
+    return b"".join(parts)
+
+
+def unpack_batch(buf: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    _, session, batch_id, count = _BATCH.unpack_from(buf)
+    refs = [_REF.unpack_from(buf, _BATCH.size + i * _REF.size) for i in range(count)]
+    return session, batch_id, refs
+
+
+def pack_close(session: int) -> bytes:
+    return _SESSION.pack(CLOSE, session)
+
+
+def pack_stop() -> bytes:
+    return _SESSION.pack(STOP, 0)
+
+
+def pack_ready(pid: int) -> bytes:
+    return _SESSION.pack(READY, pid)
+
+
+def unpack_session(buf: bytes) -> int:
+    """The session id of a CLOSE (or the pid of a READY)."""
+    return _SESSION.unpack_from(buf)[1]
+
+
+def pack_done(batch_id: int, outcomes: Sequence[bytes | str]) -> bytes:
+    """bytes: serialized inferences (a MediaSample's field 10); str: why there are none."""
+    parts = [_DONE.pack(DONE, batch_id, len(outcomes))]
+    for outcome in outcomes:
+        ok = isinstance(outcome, bytes)
+        data = outcome if ok else outcome.encode()
+        parts += [_OUTCOME.pack(1 if ok else 0, len(data)), data]
+    return b"".join(parts)
+
+
+def unpack_done(buf: bytes) -> tuple[int, list[bytes | str]]:
+    _, batch_id, count = _DONE.unpack_from(buf)
+    pos, outcomes = _DONE.size, []
+    view = memoryview(buf)
+    for _ in range(count):
+        ok, length = _OUTCOME.unpack_from(buf, pos)
+        pos += _OUTCOME.size
+        data = bytes(view[pos : pos + length])
+        outcomes.append(data if ok else data.decode(errors="replace"))
+        pos += length
+    return batch_id, outcomes

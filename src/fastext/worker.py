@@ -1,0 +1,208 @@
+"""The worker process: pop batches, read frames in place, run the processor, report.
+
+Started with ``spawn`` by the supervisor.  It attaches the two rings and the
+arena by name, warms the numba kernels, then says READY.  It maps each client
+file read-only itself, so only references cross the ring.  A heartbeat thread
+stamps a shared clock (kernels release the GIL, so it ticks during long
+batches); the worker exits when its parent dies.  Never imports grpc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastext import kernels, records
+from fastext.execute import FrameFormat, run_batch
+from fastext.processors import create
+from fastext.processors.base import Processor
+from fastext.ring import RingPair
+from fastext.shm import Arena, ClientMemory, ShmRef
+
+__all__ = ["WorkerSpec", "main"]
+
+log = logging.getLogger("fastext.worker")
+_POLL_S = 0.5  # how often an idle worker checks that its parent is alive
+_HEARTBEAT_S = 0.25
+_PUSH_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to start (pickled by ``spawn``)."""
+
+    index: int
+    rings: tuple[str, str]
+    arena_name: str
+    arena_size: int
+    log_level: str
+    parent_pid: int
+    heartbeat: Any  # multiprocessing RawValue('d'): monotonic time of the last beat
+    doorbell: Any  # multiprocessing Connection (write end): one byte after completions
+
+
+class _Session:
+    def __init__(self, o: records.Open) -> None:
+        self.format = FrameFormat(o.encoding, o.pixel_format, o.width, o.height, o.stride)
+        self.memory: ClientMemory | None = None
+        self.processor: Processor | None = None
+        self.error = ""
+        try:
+            params = json.loads(o.processor)
+            self.processor = create(params.pop("processor"), params)
+            if o.shm_name is not None:
+                self.memory = ClientMemory(o.shm_name, o.shm_length)
+        except Exception as exc:  # the front validated it; this process may still see it fail
+            self.error = f"worker could not open the session: {exc}"
+            log.error("session %d: %s", o.session, self.error)
+
+    def close(self) -> None:
+        if self.memory is not None:
+            self.memory.close()
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.pair = RingPair.attach(spec.rings)
+        self.submit = self.pair.submit.ring
+        self.completion = self.pair.completion.ring
+        self.arena = Arena.attach(spec.arena_name, spec.arena_size)
+        self.sessions: dict[int, _Session] = {}
+        self._doorbell_fd = spec.doorbell.fileno()
+        os.set_blocking(self._doorbell_fd, False)
+
+    def run(self) -> None:
+        kernels.warm()
+        self._push(records.pack_ready(os.getpid()))
+        self._ring()
+        while True:
+            batch = self.submit.pop_many(64, _POLL_S)
+            if not batch:
+                if os.getppid() != self.spec.parent_pid:
+                    log.warning("worker %d: the server is gone; exiting", self.spec.index)
+                    return
+                continue
+            for record in batch:
+                if not self._handle(record):
+                    return
+            self._ring()
+
+    def _handle(self, record: bytes) -> bool:
+        kind = record[0]
+        if kind == records.BATCH:
+            self._push(self._process(record))
+        elif kind == records.OPEN:
+            o = records.unpack_open(record)
+            self.sessions[o.session] = _Session(o)
+        elif kind == records.CLOSE:
+            session = self.sessions.pop(records.unpack_session(record), None)
+            if session is not None:
+                session.close()
+        elif kind == records.STOP:
+            return False
+        else:
+            log.error("worker %d: unknown record kind %d", self.spec.index, kind)
+        return True
+
+    def _process(self, record: bytes) -> bytes:
+        session_id, batch_id, refs = records.unpack_batch(record)
+        session = self.sessions.get(session_id)
+        if session is None or session.processor is None:
+            reason = session.error if session else f"session {session_id} is not open in this worker"
+            return records.pack_done(batch_id, [reason] * len(refs))
+        payloads: list[np.ndarray] = []
+        failed: dict[int, str] = {}
+        for i, (source, offset, size) in enumerate(refs):
+            try:
+                if source == records.SRC_ARENA:
+                    payloads.append(self.arena.read(offset, size))
+                elif session.memory is not None:
+                    payloads.append(session.memory.view(ShmRef(offset, size)))
+                else:
+                    raise ValueError("reference to a client file the session does not have")
+            except Exception as exc:
+                failed[i] = str(exc)
+                payloads.append(np.empty(0, np.uint8))
+        outcomes = run_batch(session.processor, session.format, payloads)
+        del payloads  # views of shared memory: gone before the front learns the batch is done
+        encoded: list[bytes | str] = []
+        for i, outcome in enumerate(outcomes):
+            if i in failed:
+                encoded.append(failed[i])
+            elif isinstance(outcome, str):
+                encoded.append(outcome)
+            else:
+                encoded.append(_serialize(outcome))
+        done = records.pack_done(batch_id, encoded)
+        if len(done) > self.completion.max_record:
+            done = records.pack_done(batch_id, ["result larger than the completion ring allows"]
+                                     * len(refs))
+        return done
+
+    def _push(self, record: bytes) -> None:
+        while not self.completion.push(record, _PUSH_RETRY_S):
+            self._ring()  # the front may be asleep on a full ring: wake it again
+            if os.getppid() != self.spec.parent_pid:
+                raise SystemExit(0)
+
+    def _ring(self) -> None:
+        try:
+            os.write(self._doorbell_fd, b"\x01")
+        except BlockingIOError:
+            pass  # the pipe is full of unread wakes: the front will look anyway
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        self.sessions.clear()
+        self.arena.close()
+        self.pair.close()
+
+
+def _serialize(inferences: list[Any]) -> bytes:
+    from fastext._proto.extension_pb2 import MediaSample
+
+    return MediaSample(inferences=inferences).SerializeToString()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits (no orphans)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _heartbeat(clock: Any) -> None:
+    while True:
+        clock.value = time.monotonic()
+        time.sleep(_HEARTBEAT_S)
+
+
+def main(spec: WorkerSpec) -> None:
+    """Entry point of a spawned worker."""
+    _die_with_parent()
+    if os.getppid() != spec.parent_pid:
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front's to handle
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[{spec.index}]: %(message)s")
+    spec.heartbeat.value = time.monotonic()
+    threading.Thread(target=_heartbeat, args=(spec.heartbeat,), daemon=True,
+                     name="fastext-heartbeat").start()
+    worker = Worker(spec)
+    try:
+        worker.run()
+    finally:
+        worker.close()

@@ -1,0 +1,222 @@
+"""Worker processes: acks after completion, crashes, back-pressure, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+
+from fastext import METHOD_PATH
+from fastext._proto import extension_pb2
+from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.client import StreamOptions, stream_frames
+from fastext.client.synthetic import scenes, to_pixel_format
+from fastext.shm import ArenaAllocator
+from tests.conftest import run_stream
+from tests.test_conformance import start_server
+from tests.test_session import ORANGE, descriptor, referenced, solid, tags_of
+
+Msg = extension_pb2.MediaStreamMessage
+
+
+def worker_pids(srv) -> list[int]:
+    return [s.slot.process.pid for s in srv.server.backend._states if s.slot.process is not None]
+
+
+def test_worker_modules_never_import_grpc():
+    code = ("import sys, fastext.worker; bad = [m for m in sys.modules if m == 'grpc' or "
+            "m.startswith('grpc.')]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_arena_allocator_reuses_space_in_any_free_order():
+    alloc = ArenaAllocator(1024)
+    a, b, c = alloc.alloc(300), alloc.alloc(300), alloc.alloc(300)
+    assert a and b and c and alloc.alloc(300) is None  # 3 x 320 aligned
+    alloc.free(b)
+    assert alloc.alloc(64) is not None  # the 64 bytes left at the end
+    assert alloc.alloc(300) is None  # b's space is not reclaimable before a
+    alloc.free(a)
+    d = alloc.alloc(600)  # a + b reclaimed: wraps to offset 0
+    assert d is not None and d[0] == 0
+    with_pad = alloc.used
+    alloc.free(c)
+    assert alloc.used < with_pad
+    try:
+        alloc.free(c)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("double free accepted")
+    assert alloc.alloc(2048) is None
+
+
+def test_arena_allocator_random_order_never_overlaps():
+    import random
+
+    rng = random.Random(7)
+    alloc = ArenaAllocator(1 << 16)
+    live: list[list[int]] = []
+    for _ in range(20000):
+        if live and (rng.random() < 0.5 or alloc.alloc(0) is None):
+            alloc.free(live.pop(rng.randrange(len(live))))
+            continue
+        block = alloc.alloc(rng.randrange(1, 5000))
+        if block is not None:
+            live.append(block)
+        spans = sorted((b[0], b[0] + b[1]) for b in live)
+        assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+        assert all(0 <= s and e <= alloc.size for s, e in spans)
+
+
+def test_embedded_back_pressure_through_a_small_arena(make_server):
+    srv = make_server(workers=2, shm_size_mb=1)  # ~2 frames of 416x416x3 fit at once
+    made = list(scenes(416, 416, 60, period=3))
+    opts = StreamOptions(target=srv.target, width=416, height=416, window=16)
+    result = run_stream(opts, [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made])
+    assert result.acked == 60
+    assert {s: tags_of(x) for s, x in result.samples.items()} == {
+        i + 2: ["light" if made[i][1] else "dark"] for i in range(60)}
+
+
+def test_frame_larger_than_the_arena_is_acked_empty(make_server):
+    srv = make_server(workers=1, shm_size_mb=1)
+    frame = to_pixel_format(solid(ORANGE, 1024, 512), VF.RGB24)  # 1.5 MiB
+    opts = StreamOptions(target=srv.target, width=1024, height=512)
+    result = run_stream(opts, [frame, frame])
+    assert result.acked == 2 and all(tags_of(s) == [] for s in result.samples.values())
+
+
+def test_worker_killed_mid_stream_loses_nothing(make_server):
+    srv = make_server(workers=2, batch_size=4)
+    made = list(scenes(320, 240, 40, period=2))
+    encoded = [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made]
+    victim = worker_pids(srv)[0]
+
+    def frames():  # the kill lands while frames are in flight
+        for i in range(400):
+            if i == 150:
+                os.kill(victim, signal.SIGKILL)
+            yield encoded[i % 40]
+
+    result = run_stream(StreamOptions(target=srv.target, width=320, height=240, window=32),
+                        frames())
+    assert result.acked == result.sent == 400
+    assert sorted(result.samples) == list(range(2, 402))
+    for seq, sample in result.samples.items():
+        assert tags_of(sample) == ["light" if made[(seq - 2) % 40][1] else "dark"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(worker_pids(srv)) < 2:
+        time.sleep(0.05)
+    assert srv.server.backend._supervisor.slots[0].restarts >= 1
+    assert len(worker_pids(srv)) == 2
+
+
+def test_session_end_unmaps_in_every_worker(make_server, shm_file):
+    srv = make_server(workers=2, batch_size=1)
+    w, h = 64, 48
+    size = w * h * 3 * 4
+    name, path = shm_file(size, to_pixel_format(solid(ORANGE, w, h), VF.RGB24) * 4)
+
+    async def vanish():
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+                                         response_deserializer=Msg.FromString)()
+            await call.write(descriptor(w, h, shm=(name, size)))
+            await call.read()
+            for i in range(8):
+                await call.write(referenced(i + 2, (i % 4) * w * h * 3, w * h * 3))
+            for _ in range(3):
+                await call.read()
+            call.cancel()
+
+    asyncio.run(vanish())
+    pids = worker_pids(srv)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if srv.sessions() == 0 and not any(_maps(pid, path) for pid in pids + [os.getpid()]):
+            break
+        time.sleep(0.05)
+    assert srv.sessions() == 0
+    assert [pid for pid in pids + [os.getpid()] if _maps(pid, path)] == []
+
+
+def _maps(pid: int, path: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            return any(path in line for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+def _segments(pid: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"fastext_{pid}_")]
+
+
+def test_sigkilled_front_leaves_nothing_after_next_start():
+    proc, _ = start_server("--workers", "2")
+    pid = proc.pid
+    assert len(_segments(pid)) == 5  # an arena and two rings per worker
+    proc.kill()
+    proc.wait(10)
+    proc.stderr.close()
+    # the workers die with their parent (PR_SET_PDEATHSIG)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _children_alive(pid):
+        time.sleep(0.05)
+    assert not _children_alive(pid)
+    assert _segments(pid), "nothing to clean: the test proves nothing"
+    second, _ = start_server("--workers", "1")
+    try:
+        assert _segments(pid) == []
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+    assert _segments(second.pid) == []
+
+
+def _children_alive(ppid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[1]) == ppid and fields[0] != "Z":
+                return True
+    return False
+
+
+def test_stop_with_workers_unlinks_every_segment(make_server):
+    srv = make_server(workers=2)
+    pid = os.getpid()
+    assert len(_segments(pid)) >= 5
+    result = run_stream(StreamOptions(target=srv.target, width=32, height=32),
+                        [to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)] * 10)
+    assert result.acked == 10
+    srv.stop()
+    assert _segments(pid) == []
+
+
+def test_many_streams_through_workers(make_server):
+    srv = make_server(workers=2, batch_size=3)
+    frames = [to_pixel_format(solid(c, 96, 64), VF.BGR24) for c in (ORANGE, (0, 100, 255))]
+
+    async def many():
+        return await asyncio.gather(*(
+            stream_frames(StreamOptions(target=srv.target, width=96, height=64,
+                                        pixel_format=VF.BGR24, shm=i % 2 == 1,
+                                        graph_instance=f"s{i}"), [frames[j % 2] for j in range(60)])
+            for i in range(8)))
+
+    for result in asyncio.run(many()):
+        assert result.acked == 60
+        assert all(tags_of(s) == ["light" if (seq - 2) % 2 == 0 else "dark"]
+                   for seq, s in result.samples.items())
