@@ -34,14 +34,16 @@ def generate_protos() -> None:
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     PROTO_OUT.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={PROTO_OUT}"]
+    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={PROTO_OUT}",
+            f"--pyi_out={PROTO_OUT}"]
     args += [str(PROTO_DIR / name) for name in PROTO_FILES]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on proto/*.proto")
     for name in PROTO_FILES:
-        out = PROTO_OUT / name.replace(".proto", "_pb2.py")
-        text = _IMPORT_RE.sub(r"from fastext._proto import \1 as \2", out.read_text())
-        out.write_text(text)
+        for suffix in ("_pb2.py", "_pb2.pyi"):
+            out = PROTO_OUT / name.replace(".proto", suffix)
+            text = _IMPORT_RE.sub(r"from fastext._proto import \1 as \2", out.read_text())
+            out.write_text(text)
     init = PROTO_OUT / "__init__.py"
     if not init.exists():
         init.write_text('"""Modules generated from proto/ at build time (do not edit)."""\n')

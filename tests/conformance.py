@@ -17,7 +17,6 @@ import sys
 import threading
 
 import grpc
-import numpy as np
 
 from fastext._proto import extension_pb2 as ext
 from fastext._proto import media_pb2 as media

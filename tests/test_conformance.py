@@ -34,13 +34,14 @@ def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subproc
     raise AssertionError(f"server did not start: {proc.stderr.read()}")
 
 
-def shm_files() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(("fastext", "conformance"))}
+def owned_segments(pid: int) -> set[str]:
+    """Shared memory a server process owns (named fastext_<pid>_...)."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"fastext_{pid}_")}
 
 
-@pytest.mark.parametrize("extra", [(), ("--batch-size", "4")], ids=["default", "batch4"])
+@pytest.mark.parametrize("extra", [(), ("--batch-size", "4"), ("--workers", "0")],
+                         ids=["workers-default", "batch4", "inline"])
 def test_serve_passes_conformance_and_stops_cleanly(extra):
-    before = shm_files()
     proc, port = start_server(*extra)
     try:
         errors = conformance.run(f"127.0.0.1:{port}")
@@ -54,7 +55,8 @@ def test_serve_passes_conformance_and_stops_cleanly(extra):
             raise
     assert proc.returncode == 0, err
     assert "fastext stopped" in err
-    assert shm_files() <= before
+    assert owned_segments(proc.pid) == set()
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"conformance_{os.getpid()}_")]
 
 
 def test_conformance_script_runs_standalone():

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from fastext import METHOD_PATH
-from fastext._proto import extension_pb2, media_pb2
+from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import encode, scene, to_pixel_format
 from tests.conftest import exchange

@@ -71,7 +71,7 @@ def test_arena_allocator_random_order_never_overlaps():
         if block is not None:
             live.append(block)
         spans = sorted((b[0], b[0] + b[1]) for b in live)
-        assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+        assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:], strict=False))
         assert all(0 <= s and e <= alloc.size for s, e in spans)
 
 

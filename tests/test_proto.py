@@ -169,3 +169,16 @@ def test_generated_imports_are_absolute():
     source = inspect.getsource(extension_pb2)
     assert "from fastext._proto import inferencing_pb2" in source
     assert "\nimport media_pb2" not in source
+
+
+@pytest.mark.parametrize(("seq", "ack", "ts"), [(1, 1, 0), (2, 5, 90000), (300, 2**40, 2**63), (7, 0, 1)])
+def test_serialized_sample_response_equals_protobuf(seq, ack, ts):
+    from fastext.protocol import sample_response, serialized_sample_response
+
+    inf = inferencing_pb2.Inference(type=inferencing_pb2.Inference.CLASSIFICATION,
+                                    classification=inferencing_pb2.Classification(
+                                        tag=inferencing_pb2.Tag(value="dark", confidence=1.0)))
+    blob = extension_pb2.MediaSample(inferences=[inf, inf]).SerializeToString()
+    want = sample_response(seq, ack, ts, [inf, inf]).SerializeToString()
+    assert serialized_sample_response(seq, ack, ts, blob) == want
+    assert serialized_sample_response(seq, ack, ts, b"") == sample_response(seq, ack, ts).SerializeToString()

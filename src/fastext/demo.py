@@ -72,7 +72,7 @@ async def _one_pass(port: int, p: Pass, frames_per_stream: int, show: int) -> tu
                 wrong += 1
     acked = sum(r.acked for r in results)
     print(f"\n== {p.title}: {acked} frames in {elapsed:.2f} s = {acked / elapsed:.0f} frames/s, "
-          f"p50 ack latency {statistics.median(l for r in results for l in r.latencies_s) * 1e3:.2f} ms, "
+          f"p50 ack latency {statistics.median(t for r in results for t in r.latencies_s) * 1e3:.2f} ms, "
           f"wrong tags {wrong}")
     first = results[0]
     seqs = sorted(first.samples)

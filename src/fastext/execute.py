@@ -37,7 +37,8 @@ class FrameFormat:
     stride: int
 
 
-def make_frame(fmt: FrameFormat, payload: np.ndarray | bytes, luma_scale: int = 1) -> Frame:
+def make_frame(fmt: FrameFormat, payload: np.ndarray | bytes | memoryview,
+               luma_scale: int = 1) -> Frame:
     """A RAW payload becomes a zero-copy view; an encoded one is decoded to luma."""
     if fmt.encoding == Encoding.RAW:
         return frame_from_raw(payload, fmt.pixel_format, fmt.width, fmt.height, fmt.stride)
@@ -45,7 +46,7 @@ def make_frame(fmt: FrameFormat, payload: np.ndarray | bytes, luma_scale: int = 
 
 
 def run_batch(
-    processor: Processor, fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes]
+    processor: Processor, fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview]
 ) -> list[Outcome]:
     """One outcome per payload; a bad frame or a failing processor never raises."""
     outcomes: list[Outcome] = ["not processed"] * len(payloads)
@@ -69,6 +70,6 @@ def run_batch(
         for i in index:
             outcomes[i] = reason
         return outcomes
-    for i, inferences in zip(index, results):
+    for i, inferences in zip(index, results, strict=True):
         outcomes[i] = list(inferences)
     return outcomes

@@ -192,6 +192,7 @@ class WorkerBackend:
         self._supervisor: Supervisor | None = None
         self._states: list[_WorkerState] = []
         self._all_ready: asyncio.Event | None = None
+        self._pump_scheduled = False
         self.retried = 0  # batches run again after their worker died
         self.abandoned = 0  # frames acked empty after too many worker deaths
 
@@ -220,14 +221,19 @@ class WorkerBackend:
     # -- submitting ------------------------------------------------------------------
 
     def _submit(self, lane: _WorkerLane, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
-        job = _Job(lane, payloads, asyncio.get_running_loop().create_future(),
-                   batch_id=next(self._ids))
+        loop = asyncio.get_running_loop()
+        job = _Job(lane, payloads, loop.create_future(), batch_id=next(self._ids))
         self._backlog.append(job)
-        self._pump()
+        if not self._pump_scheduled:
+            # Place everything submitted in this loop iteration together: one ring
+            # publish and at most one futex wake per worker, not one per frame.
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
         return job.future
 
     def _pump(self) -> None:
         """Place waiting jobs on workers, oldest first; stop at the first that cannot go."""
+        self._pump_scheduled = False
         while self._backlog and self._arena is not None:
             job = self._backlog[0]
             if job.refs is None and not self._copy_in(job):
@@ -280,7 +286,7 @@ class WorkerBackend:
 
     def _flush(self, state: _WorkerState) -> None:
         rings = state.slot.rings
-        if rings is None or not state.slot.alive:
+        if rings is None or not state.outbox:
             return
         ring = rings.submit.ring
         while state.outbox and ring.try_push(state.outbox[0]):

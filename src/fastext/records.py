@@ -100,9 +100,11 @@ def pack_done(batch_id: int, outcomes: Sequence[bytes | str]) -> bytes:
     """bytes: serialized inferences (a MediaSample's field 10); str: why there are none."""
     parts = [_DONE.pack(DONE, batch_id, len(outcomes))]
     for outcome in outcomes:
-        ok = isinstance(outcome, bytes)
-        data = outcome if ok else outcome.encode()
-        parts += [_OUTCOME.pack(1 if ok else 0, len(data)), data]
+        if isinstance(outcome, bytes):
+            parts += [_OUTCOME.pack(1, len(outcome)), outcome]
+        else:
+            reason = outcome.encode()
+            parts += [_OUTCOME.pack(0, len(reason)), reason]
     return b"".join(parts)
 
 

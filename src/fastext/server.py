@@ -52,7 +52,7 @@ class ExtensionServer:
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
             request_deserializer=MediaStreamMessage.FromString,
-            response_serializer=MediaStreamMessage.SerializeToString,
+            response_serializer=_serialize,
         )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: handler}),)
@@ -110,6 +110,11 @@ class ExtensionServer:
             self._sessions.discard(session)
             if not self._sessions:
                 self._idle.set()
+
+
+def _serialize(message: MediaStreamMessage | bytes) -> bytes:
+    """Responses are messages, or bytes the session already assembled."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import DescriptorError, ProtocolViolation, SampleError
@@ -35,7 +34,7 @@ from fastext.shm import ClientMemory
 __all__ = ["Session", "SessionEnd"]
 
 log = logging.getLogger("fastext.session")
-Write = Callable[[MediaStreamMessage], Awaitable[None]]
+Write = Callable[[MediaStreamMessage | bytes], Awaitable[None]]
 _LOUD_INVALID = 10  # invalid samples per session logged at WARNING; the rest at DEBUG
 _CLEANUP_WAIT_S = 30.0  # bound on waiting for running batches before unmapping
 
@@ -231,7 +230,7 @@ class Session:
         if not self._pending:
             return
         samples, self._pending = self._pending, []
-        payloads = [s.payload for s in samples if s.error is None]
+        payloads = [s.payload for s in samples if s.payload is not None]
         future = None
         if payloads:
             assert self._lane is not None

@@ -75,7 +75,8 @@ def _descriptor(opts: StreamOptions, shm: SlotWriter | None) -> Msg:
         media_descriptor=media_pb2.MediaDescriptor(
             timescale=opts.timescale,
             video_frame_sample_format=media_pb2.VideoFrameSampleFormat(
-                encoding=opts.encoding, pixel_format=opts.pixel_format,
+                # the stubs want enum members; any int is valid on the wire
+                encoding=opts.encoding, pixel_format=opts.pixel_format,  # type: ignore[arg-type]
                 dimensions=media_pb2.Dimensions(width=opts.width, height=opts.height),
                 stride_bytes=opts.stride)),
     )

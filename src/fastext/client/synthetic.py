@@ -14,7 +14,7 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 
 __all__ = ["encode", "scene", "scenes", "to_pixel_format"]
 
-_CHANNELS = {  # pixel format -> order of R, G, B, A ("x") bytes
+_CHANNELS: dict[int, str] = {  # pixel format -> order of R, G, B, A ("x") bytes
     VF.RGB24: "rgb", VF.BGR24: "bgr", VF.ARGB: "xrgb", VF.RGBA: "rgbx",
     VF.ABGR: "xbgr", VF.BGRA: "bgrx",
 }

@@ -1,0 +1,107 @@
+"""Benchmark fixtures: servers in their own processes, on 127.0.0.1, stopped at the end.
+
+Every figure is measured side by side in one run against its baseline; results
+carry host, arch, commit and date through pytest-benchmark's own JSON
+(``--benchmark-json FILE`` or ``--benchmark-autosave``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server's own (front) process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0) -> ServerProcess:
+    """Start a server and wait (bounded) for the line that names its port."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:  # keeps draining, so the server never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if not line:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return ServerProcess(name, proc, int(match.group(1)))
+    proc.kill()
+    proc.communicate()
+    raise RuntimeError(f"{name} did not start: {''.join(seen[-20:])}")
+
+
+def fastext_server(*args: str) -> ServerProcess:
+    return start("fastext " + " ".join(args),
+                 [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
+                  "--log-level", "INFO", *args],
+                 r"fastext serving on \S+ \(port (\d+)")
+
+
+def bare_server() -> ServerProcess:
+    return start("bare grpc.aio", [sys.executable, str(HERE / "bare_server.py")], r"port (\d+)")
+
+
+@pytest.fixture(scope="module")
+def servers(request: pytest.FixtureRequest) -> Iterator[dict[str, ServerProcess]]:
+    """The servers a module names in ``SERVERS = {key: (factory, args)}``."""
+    wanted = request.module.SERVERS
+    started: dict[str, ServerProcess] = {}
+    try:
+        for key, (factory, args) in wanted.items():
+            started[key] = factory(*args)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
