@@ -12,6 +12,7 @@ frames/s is ``extra_info.fps``; pytest-benchmark's time is per round of frames.
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import pytest
 
@@ -52,15 +53,24 @@ def _measure(benchmark, server, **kw) -> None:
     frames = kw.pop("frames")
     per_stream = kw.pop("per_stream", ROUND_FRAMES)
     total = kw["streams"] * per_stream
-    cpu_before = server.cpu_seconds()
-    acked = benchmark.pedantic(_run, args=(server.target, frames), kwargs={**kw, "per_stream": per_stream},
+    before = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
+    acked = benchmark.pedantic(_run, args=(server.target, frames),
+                               kwargs={**kw, "per_stream": per_stream},
                                rounds=3, iterations=1, warmup_rounds=1)
-    cpu = server.cpu_seconds() - cpu_before
+    after = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
     assert acked == total
-    rounds = benchmark.stats.stats.rounds + 1  # + the warm-up round
+    frames_run = total * (benchmark.stats.stats.rounds + 1)  # + the warm-up round
+    per_frame = [round((a - b) / frames_run * 1e6, 1) for a, b in zip(after, before, strict=True)]
     benchmark.extra_info["server"] = server.name
     benchmark.extra_info["fps"] = round(total / benchmark.stats.stats.median, 1)
-    benchmark.extra_info["front_cpu_us_per_frame"] = round(cpu / (total * rounds) * 1e6, 1)
+    benchmark.extra_info["front_cpu_us_per_frame"] = per_frame[0]
+    benchmark.extra_info["workers_cpu_us_per_frame"] = per_frame[1]
+    benchmark.extra_info["client_cpu_us_per_frame"] = per_frame[2]
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 @pytest.mark.benchmark(group="e2e shm 416x416 RGB24, 2 streams x 16 in flight")

@@ -36,10 +36,21 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server's own (front) process so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return _cpu(self.proc.pid)
+
+    def children_cpu_seconds(self) -> float:
+        """User + system CPU of the server's live child processes (its workers)."""
+        total = 0.0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if int(fh.read().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                            total += _cpu(int(entry))
+                except (OSError, ValueError, IndexError):
+                    continue
+        return total
+
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -50,6 +61,12 @@ class ServerProcess:
             self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0) -> ServerProcess:
