@@ -374,6 +374,10 @@ def test_blocked_pop_releases_the_gil_and_wakes_on_push(make_ring) -> None:
 
 def test_blocked_pop_without_timeout_is_interrupted_by_sigint() -> None:
     script = (
+        # A job started in the background inherits SIGINT as ignored (CI may run us so):
+        # install Python's handler explicitly, which is what this test is about.
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from fastext.ring import SharedRing\n"
         "with SharedRing.create(256, tag='sigint') as owner:\n"
         "    print(owner.name, flush=True)\n"
@@ -397,6 +401,9 @@ def test_blocked_pop_without_timeout_is_interrupted_by_sigint() -> None:
     finally:
         child.kill()
         child.wait(timeout=10)
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
     assert "KeyboardInterrupt" in err
     assert not os.path.exists("/dev/shm" + name)  # the owner still cleaned up
 
