@@ -59,6 +59,8 @@ def _measure(benchmark, server, **kw) -> None:
                                rounds=3, iterations=1, warmup_rounds=1)
     after = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
     assert acked == total
+    if benchmark.disabled:  # --benchmark-disable: the round ran and every frame was acked
+        return
     frames_run = total * (benchmark.stats.stats.rounds + 1)  # + the warm-up round
     per_frame = [round((a - b) / frames_run * 1e6, 1) for a, b in zip(after, before, strict=True)]
     benchmark.extra_info["server"] = server.name
