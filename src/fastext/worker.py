@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fastext import kernels, records
+from fastext._proto.extension_pb2 import MediaSample
 from fastext.execute import FrameFormat, run_batch
 from fastext.processors import create
 from fastext.processors.base import Processor
@@ -171,8 +172,6 @@ class Worker:
 
 
 def _serialize(inferences: list[Any]) -> bytes:
-    from fastext._proto.extension_pb2 import MediaSample
-
     return MediaSample(inferences=inferences).SerializeToString()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -17,6 +18,12 @@ _BUILTINS: dict[str, type[Processor]] = {Brightness.name: Brightness}
 
 def available() -> dict[str, type[Processor]]:
     """Built-ins plus those installed under the ``fastext.processors`` entry-point group."""
+    return dict(_discover())
+
+
+@lru_cache(maxsize=1)
+def _discover() -> dict[str, type[Processor]]:
+    # Scanning installed distributions takes milliseconds: once per process, not per session.
     found = dict(_BUILTINS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found:
