@@ -1,4 +1,4 @@
-"""The ``fastext`` command: ``serve`` and ``demo``."""
+"""The ``fastext`` command: ``serve``, ``demo`` and ``stream``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fastext import __version__
 from fastext.config import Config, add_arguments, from_args
@@ -32,6 +33,80 @@ def _cmd_demo(config: Config, args: argparse.Namespace) -> int:
     return run_demo(config, frames=args.frames, show=args.show)
 
 
+def _cmd_stream(config: Config | None, args: argparse.Namespace) -> int:
+    from fastext.client.imagenode import ENCODINGS, PIXEL_FORMATS, ImageNode
+    from fastext.client.run import StreamCommand, run_stream_command
+
+    node = ImageNode(width=args.width, height=args.height, scale=args.scale,
+                     encoding=ENCODINGS[args.encoding], pixel_format=PIXEL_FORMATS[args.pixel_format],
+                     jpeg_quality=args.jpeg_quality)
+    cmd = StreamCommand(
+        source=args.source, target=args.target, node=node, streams=args.streams, shm=args.shm,
+        shm_size_mb=args.shm_size_mb, window=args.window, fps=args.fps, loop=args.loop,
+        max_frames=args.max_frames, ext_config=args.ext_config, auth=args.auth,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name, output=args.output, summary_json=args.summary_json,
+        ack_timeout_s=args.ack_timeout, graph_instance=args.graph_instance,
+        progress=False if args.quiet else None)
+    return run_stream_command(cmd)
+
+
+def _positive(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+        return value
+    return convert
+
+
+def _add_stream(sub: Any) -> None:
+    from fastext.client.imagenode import ENCODINGS, PIXEL_FORMATS, SCALE_MODES
+
+    p = sub.add_parser("stream", help="stream a video, images or a synthetic pattern to any "
+                       "MediaGraphExtension server, as LVA/AVA would")
+    p.add_argument("source", help="video file or URL, image file, folder of images, or "
+                   "synthetic:dark-light|gradient|noise|scene")
+    p.add_argument("--target", required=True, help="extension address, HOST:PORT")
+    node = p.add_argument_group("image node (what LVA did before the extension)")
+    node.add_argument("--width", type=_positive(int), default=0, help="output width (0: source's)")
+    node.add_argument("--height", type=_positive(int), default=0, help="output height (0: source's)")
+    node.add_argument("--scale", choices=SCALE_MODES, default="pad", help="how to fit the size")
+    node.add_argument("--encoding", choices=sorted(ENCODINGS), default="raw")
+    node.add_argument("--pixel-format", choices=sorted(PIXEL_FORMATS), default="rgb24",
+                      help="RAW pixel format")
+    node.add_argument("--jpeg-quality", type=int, default=90, choices=range(1, 101), metavar="1..100")
+    play = p.add_argument_group("playback")
+    play.add_argument("--fps", type=_positive(float), default=0.0,
+                      help="real-time pacing (0: as fast as acks allow)")
+    play.add_argument("--loop", type=_positive(int), default=1, help="play the source N times (0: forever)")
+    play.add_argument("--max-frames", type=_positive(int), default=0, help="frames per stream (0: all)")
+    play.add_argument("--streams", type=int, default=1, choices=range(1, 1025), metavar="N",
+                      help="parallel sessions, each its own graph instance")
+    play.add_argument("--window", type=int, default=16, choices=range(1, 65537), metavar="N",
+                      help="frames in flight per stream")
+    play.add_argument("--graph-instance", default="fastext-stream", help="graph instance name")
+    play.add_argument("--ext-config", default="", help="extension_configuration (JSON) per session")
+    transfer = p.add_argument_group("transfer")
+    transfer.add_argument("--shm", action="store_true", help="frames by shared memory in /dev/shm")
+    transfer.add_argument("--shm-size-mb", type=int, default=64, help="shared memory per stream for "
+                          "encoded images (RAW uses exactly one frame per slot)")
+    security = p.add_argument_group("security")
+    security.add_argument("--auth", default="", metavar="USER:PASSWORD",
+                          help="send x-ms-authentication: Basic ...")
+    security.add_argument("--tls-ca", default="", metavar="FILE", help="CA bundle: use TLS")
+    security.add_argument("--tls-cert", default="", metavar="FILE", help="client certificate (mTLS)")
+    security.add_argument("--tls-key", default="", metavar="FILE", help="client key (mTLS)")
+    security.add_argument("--tls-server-name", default="", help="expected server certificate name")
+    output = p.add_argument_group("output")
+    output.add_argument("--output", default="", metavar="FILE.jsonl", help="one JSON line per frame")
+    output.add_argument("--summary-json", default="", metavar="FILE", help="the summary as JSON")
+    output.add_argument("--ack-timeout", type=float, default=30.0,
+                        help="fail when no ack arrives for this many seconds")
+    output.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(run=_cmd_stream, needs_config=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastext", description="A fast gRPC inference extension "
                                      "for the LVA/AVA MediaGraphExtension contract.")
@@ -45,18 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=200, help="frames per stream and pass")
     demo.add_argument("--show", type=int, default=3, help="inferences printed per pass")
     demo.set_defaults(run=_cmd_demo)
+    _add_stream(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        config = from_args(args)
-    except ConfigError as exc:
-        print(f"fastext: error: {exc}", file=sys.stderr)
-        return 2
-    _setup_logging(config.log_level if args.command == "serve" else "WARNING")
+    config = None
+    if getattr(args, "needs_config", True):
+        try:
+            config = from_args(args)
+        except ConfigError as exc:
+            print(f"fastext: error: {exc}", file=sys.stderr)
+            return 2
+    _setup_logging(config.log_level if config is not None and args.command == "serve" else "WARNING")
     try:
         return int(args.run(config, args))
     except ConfigError as exc:

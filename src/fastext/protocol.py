@@ -3,16 +3,11 @@
 * :func:`validate_descriptor` turns a client's first message into an immutable
   :class:`StreamSpec` or raises :class:`DescriptorError` naming the problem.
 * :func:`descriptor_reply` / :func:`sample_response` build the server's messages.
-* :func:`sample_to_json` renders results in the inference-metadata JSON form.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
-
-from google.protobuf.json_format import MessageToDict
 
 from fastext._proto import extension_pb2, inferencing_pb2, media_pb2
 from fastext.errors import DescriptorError
@@ -23,7 +18,6 @@ __all__ = [
     "StreamSpec",
     "descriptor_reply",
     "sample_response",
-    "sample_to_json",
     "serialized_sample_response",
     "validate_descriptor",
     "validate_handle_name",
@@ -206,18 +200,3 @@ def serialized_sample_response(sequence_number: int, ack: int, timestamp: int,
     if ack:
         head += b"\x10" + _varint(ack)  # ack_sequence_number = 2
     return head + b"\x32" + _varint(len(sample)) + sample  # media_sample = 6
-
-
-def inference_to_json(inference: inferencing_pb2.Inference) -> dict[str, Any]:
-    """One inference in the metadata form: lowercase type, camelCase keys, no empty lists."""
-    data = MessageToDict(inference, preserving_proto_field_name=False)
-    data["type"] = inferencing_pb2.Inference.InferenceType.Name(inference.type).lower()
-    return data
-
-
-def sample_to_json(sample: extension_pb2.MediaSample) -> str:
-    """``{"timestamp": …, "inferences": […]}`` for one sample (inferences omitted when empty)."""
-    out: dict[str, Any] = {"timestamp": sample.timestamp}
-    if sample.inferences:
-        out["inferences"] = [inference_to_json(i) for i in sample.inferences]
-    return json.dumps(out, separators=(",", ":"))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -48,6 +49,9 @@ class StreamOptions:
     ack_timeout_s: float = 30.0
     metadata: Sequence[tuple[str, str]] = ()
     max_message_mb: int = 256
+    credentials: grpc.ChannelCredentials | None = None  # TLS; None: plaintext
+    tls_server_name: str = ""  # expected certificate name, when it differs from the target host
+    on_ack: Callable[[int, extension_pb2.MediaSample | None], None] | None = None  # (seq, result)
 
 
 @dataclass
@@ -142,14 +146,25 @@ class _Session:
             self.shm.release(slot)
         self.result.acked += 1
         self.result.latencies_s.append(time.monotonic() - sent_at)
-        if msg.HasField("media_sample"):
-            self.result.samples[ack] = msg.media_sample
+        sample = msg.media_sample if msg.HasField("media_sample") else None
+        if sample is not None:
+            self.result.samples[ack] = sample
+        if self.opts.on_ack is not None:
+            self.opts.on_ack(ack, sample)
         self.window.release()
 
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
 
-async def stream_frames(opts: StreamOptions, frames: FrameSource) -> StreamResult:
-    """Run one session; raises :class:`StreamError` unless every frame was acked once."""
-    result = StreamResult()
+
+async def stream_frames(opts: StreamOptions, frames: FrameSource,
+                        result: StreamResult | None = None) -> StreamResult:
+    """Run one session; raises :class:`StreamError` unless every frame was acked once.
+
+    Pass ``result`` to watch the counters while the session runs.
+    """
+    result = StreamResult() if result is None else result
     frames = iter(frames)
     shm = None
     first: bytes | None = None
@@ -158,9 +173,16 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource) -> StreamResul
         size = opts.shm_slot_bytes or (len(first) if first is not None else 1)
         shm = SlotWriter(size, max(1, opts.window))
     limit = opts.max_message_mb * 1024 * 1024
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
+                                      ("grpc.max_receive_message_length", limit)]
     try:
-        async with grpc.aio.insecure_channel(opts.target, options=options) as channel:
+        if opts.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", opts.tls_server_name))
+        if opts.credentials is not None:
+            channel = grpc.aio.secure_channel(opts.target, opts.credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(opts.target, options=options)
+        async with channel:
             method = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
                                            response_deserializer=Msg.FromString)
             call = method(metadata=tuple(opts.metadata) or None)

@@ -1,0 +1,226 @@
+"""``fastext stream``: play a source through the LVA image node into any extension.
+
+Opens ``--streams`` sessions (each with its own graph instance name and, with
+``--shm``, its own ``/dev/shm`` file), writes one JSON line per acknowledged
+frame to ``--output``, shows a live progress line on a terminal, and ends with
+a summary.  Exit status 0 only when every frame sent was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import grpc
+import numpy as np
+
+from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.client.imagenode import ImageNode
+from fastext.client.sources import SourceError, frames_from
+from fastext.client.stream import StreamError, StreamOptions, StreamResult, stream_frames
+from fastext.metadata import sample_to_dict
+
+__all__ = ["StreamCommand", "run_stream_command"]
+
+
+@dataclass
+class StreamCommand:
+    source: str
+    target: str
+    node: ImageNode = field(default_factory=ImageNode)
+    streams: int = 1
+    shm: bool = False
+    shm_size_mb: int = 64
+    window: int = 16
+    fps: float = 0.0
+    loop: int = 1
+    max_frames: int = 0  # per stream; 0: the whole source
+    ext_config: str = ""
+    auth: str = ""  # user:password
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+    output: str = ""
+    summary_json: str = ""
+    ack_timeout_s: float = 30.0
+    graph_instance: str = "fastext-stream"
+    progress: bool | None = None  # None: on when stderr is a terminal
+
+
+def _credentials(cmd: StreamCommand) -> grpc.ChannelCredentials | None:
+    if not (cmd.tls_ca or cmd.tls_cert):
+        return None
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    return grpc.ssl_channel_credentials(read(cmd.tls_ca), read(cmd.tls_key), read(cmd.tls_cert))
+
+
+def _metadata(cmd: StreamCommand) -> tuple[tuple[str, str], ...]:
+    if not cmd.auth:
+        return ()
+    if ":" not in cmd.auth:
+        raise ValueError("--auth takes user:password")
+    token = base64.b64encode(cmd.auth.encode()).decode()
+    return (("x-ms-authentication", f"Basic {token}"),)
+
+
+def _encoded(cmd: StreamCommand, stream: int) -> tuple[Iterator[bytes], int, int]:
+    """The stream's encoded frames, and the frame size they come out at."""
+    raw = frames_from(cmd.source, loop=cmd.loop, seed=stream)
+    if cmd.max_frames:
+        raw = itertools.islice(raw, cmd.max_frames)
+    first: np.ndarray | None = next(raw, None)
+    if first is None:
+        raise SourceError(f"{cmd.source}: no frames")
+    width, height = cmd.node.output_size(first.shape[1], first.shape[0])
+    frames = itertools.chain([first], raw)
+    if cmd.source.startswith("synthetic:"):
+        return _encode_once(cmd.node, frames), width, height
+    return (cmd.node.encode_frame(f) for f in frames), width, height
+
+
+def _encode_once(node: ImageNode, frames: Iterator[np.ndarray]) -> Iterator[bytes]:
+    """Synthetic sources replay the same arrays: scale and encode each one once."""
+    cache: dict[int, bytes] = {}
+    for frame in frames:
+        data = cache.get(id(frame))  # the source keeps every array alive, so ids are stable
+        if data is None:
+            data = cache[id(frame)] = node.encode_frame(frame)
+        yield data
+
+
+class _Report:
+    """Progress, JSON lines and the summary, shared by every stream."""
+
+    def __init__(self, cmd: StreamCommand, out: IO[str] | None) -> None:
+        self.cmd, self.out = cmd, out
+        self.results: list[StreamResult] = []
+        self.empty = 0
+        self.started = time.monotonic()
+
+    def on_ack(self, stream: int) -> Any:
+        def record(seq: int, sample: Any) -> None:
+            if sample is None or not sample.inferences:
+                self.empty += 1
+            if self.out is not None:
+                line = sample_to_dict(sample) if sample is not None else {}
+                line.setdefault("timestamp", 0)
+                if self.cmd.streams > 1:
+                    line["stream"] = stream
+                self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        return record
+
+    def progress_line(self) -> str:
+        acked = sum(r.acked for r in self.results)
+        sent = sum(r.sent for r in self.results)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return f"\rframes {acked}  {acked / elapsed:7.1f} fps  in flight {sent - acked:3d}"
+
+    def summary(self, errors: list[str]) -> dict[str, Any]:
+        sent = sum(r.sent for r in self.results)
+        acked = sum(r.acked for r in self.results)
+        elapsed = time.monotonic() - self.started
+        lat = sorted(t for r in self.results for t in r.latencies_s)
+
+        def pct(p: float) -> float | None:
+            if not lat:
+                return None
+            return round(statistics.quantiles(lat, n=100)[int(p) - 1] * 1e3, 3) if len(lat) > 1 \
+                else round(lat[0] * 1e3, 3)
+
+        return {"target": self.cmd.target, "streams": self.cmd.streams, "sent": sent,
+                "acked": acked, "without_inference": self.empty, "errors": errors,
+                "seconds": round(elapsed, 3), "fps": round(acked / elapsed, 1) if elapsed else 0.0,
+                "ack_latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99)}}
+
+
+async def _run(cmd: StreamCommand, report: _Report) -> list[str]:
+    credentials, metadata = _credentials(cmd), _metadata(cmd)
+    sessions = []
+    for k in range(cmd.streams):
+        frames, width, height = _encoded(cmd, k)
+        window = max(1, cmd.window)
+        slot = 0
+        if cmd.shm and cmd.node.encoding != VF.RAW:  # encoded images vary in size
+            slot = max(1, cmd.shm_size_mb * 1024 * 1024 // window)
+        opts = StreamOptions(
+            target=cmd.target, width=width, height=height, encoding=cmd.node.encoding,
+            pixel_format=cmd.node.pixel_format if cmd.node.encoding == VF.RAW else VF.NONE,
+            shm=cmd.shm, shm_slot_bytes=slot, window=window, fps=cmd.fps,
+            extension_configuration=cmd.ext_config,
+            graph_instance=cmd.graph_instance if cmd.streams == 1 else f"{cmd.graph_instance}-{k}",
+            ack_timeout_s=cmd.ack_timeout_s, metadata=metadata, credentials=credentials,
+            tls_server_name=cmd.tls_server_name, on_ack=report.on_ack(k))
+        result = StreamResult()
+        report.results.append(result)
+        sessions.append(stream_frames(opts, frames, result))
+    show = sys.stderr.isatty() if cmd.progress is None else cmd.progress
+    ticker = asyncio.create_task(_progress(report)) if show else None
+    outcomes = await asyncio.gather(*sessions, return_exceptions=True)
+    if ticker is not None:
+        ticker.cancel()
+        sys.stderr.write(report.progress_line() + "\n")
+    errors = []
+    for k, outcome in enumerate(outcomes):
+        if isinstance(outcome, BaseException):
+            prefix = f"stream {k}: " if cmd.streams > 1 else ""
+            errors.append(prefix + (str(outcome) if isinstance(outcome, StreamError | SourceError)
+                                    else repr(outcome)))
+    return errors
+
+
+async def _progress(report: _Report) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        sys.stderr.write(report.progress_line())
+        sys.stderr.flush()
+
+
+def run_stream_command(cmd: StreamCommand) -> int:
+    """Run every stream to its end; print the summary; 0 when every frame was acked."""
+    out = open(cmd.output, "w", encoding="utf-8") if cmd.output else None  # noqa: SIM115
+    report = _Report(cmd, out)
+    try:
+        errors = asyncio.run(_main(cmd, report))
+    except (SourceError, ValueError, OSError) as exc:
+        errors = [str(exc)]
+    finally:
+        if out is not None:
+            out.close()
+    summary = report.summary(errors)
+    lat = summary["ack_latency_ms"]
+    print(f"sent {summary['sent']}, acked {summary['acked']} "
+          f"({summary['without_inference']} without inference), {summary['fps']} frames/s, "
+          f"ack latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms")
+    for error in errors:
+        print(f"fastext stream: error: {error}", file=sys.stderr)
+    if cmd.summary_json:
+        with open(cmd.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=1)
+    return 0 if not errors and summary["sent"] == summary["acked"] else 1
+
+
+async def _main(cmd: StreamCommand, report: _Report) -> list[str]:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:  # SIGTERM unwinds like Ctrl-C: shared-memory files are unlinked
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _run(cmd, report)
+    except asyncio.CancelledError:
+        return ["interrupted"]

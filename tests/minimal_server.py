@@ -1,0 +1,75 @@
+"""A minimal, independent MediaGraphExtension server, for testing the client.
+
+Written from the contract only (gRPC + generated messages; nothing of fastext's
+server): a synchronous grpc server that answers the descriptor, then acks each
+sample with one ENTITY inference.  Behaviours for failure tests:
+``abort_after`` ends the call with ABORTED after N samples; ``stall_after``
+stops acking (but keeps the call open) after N samples.  ``metadata`` records
+each call's invocation metadata.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+
+from fastext._proto import extension_pb2 as ext
+from fastext._proto import inferencing_pb2 as inf
+
+SERVICE = "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.MediaGraphExtension"
+
+
+class MinimalServer:
+    def __init__(self, abort_after: int = 0, stall_after: int = 0) -> None:
+        self.abort_after, self.stall_after = abort_after, stall_after
+        self.metadata: list[dict[str, str]] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._process, request_deserializer=ext.MediaStreamMessage.FromString,
+            response_serializer=ext.MediaStreamMessage.SerializeToString)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"ProcessMediaStream": handler}),))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    def __enter__(self) -> MinimalServer:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._server.stop(grace=1).wait(5)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _process(self, requests, context):
+        self.metadata.append(dict(context.invocation_metadata()))
+        out_seq = 0
+        count = 0
+        for message in requests:
+            out_seq += 1
+            if message.HasField("media_stream_descriptor"):
+                yield ext.MediaStreamMessage(
+                    sequence_number=out_seq, ack_sequence_number=message.sequence_number,
+                    media_stream_descriptor=ext.MediaStreamDescriptor(extension_identifier="minimal"))
+                continue
+            count += 1
+            self.samples += 1
+            if self.abort_after and count > self.abort_after:
+                context.abort(grpc.StatusCode.ABORTED, "minimal server: enough frames")
+            if self.stall_after and count > self.stall_after:
+                self._stop.wait(30)  # keep the call open, ack nothing
+                return
+            entity = inf.Inference(type=inf.Inference.ENTITY, entity=inf.Entity(
+                tag=inf.Tag(value="thing", confidence=0.5),
+                box=inf.Rectangle(l=0.1, t=0.2, w=0.3, h=0.4)))
+            yield ext.MediaStreamMessage(
+                sequence_number=out_seq, ack_sequence_number=message.sequence_number,
+                media_sample=ext.MediaSample(timestamp=message.media_sample.timestamp,
+                                             inferences=[entity]))

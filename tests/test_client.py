@@ -1,0 +1,183 @@
+"""`fastext stream`: the LVA-side client, against fastext and against an independent server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.client.imagenode import ImageNode
+from fastext.client.sources import SourceError, expected_dark_light, frames_from
+from fastext.client.synthetic import scene
+from tests.minimal_server import MinimalServer
+
+SCHEMA = json.loads((Path(__file__).parent / "inference_metadata.schema.json").read_text())
+
+
+def stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fastext", "stream", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def frame_index(line: dict) -> int:
+    return line["timestamp"] * 30 // 90000  # the client stamps frames at 30 fps, 90 kHz
+
+
+@pytest.mark.parametrize("shm", [True, False], ids=["shm", "embedded"])
+def test_stream_synthetic_dark_light_every_frame_tagged(make_server, tmp_path, shm):
+    srv = make_server(workers=2)
+    out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    args = ["synthetic:dark-light", "--target", srv.target, "--streams", "4", "--max-frames", "60",
+            "--width", "320", "--height", "240", "--output", str(out), "--summary-json", str(summary)]
+    proc = stream(*args, *(["--shm"] if shm else []))
+    assert proc.returncode == 0, proc.stderr
+    got = lines(out)
+    assert len(got) == 240
+    per_stream: dict[int, list[int]] = {}
+    for line in got:
+        per_stream.setdefault(line["stream"], []).append(frame_index(line))
+        tags = [i["classification"]["tag"]["value"] for i in line["inferences"]]
+        assert tags == [expected_dark_light(frame_index(line))]
+    assert {k: sorted(v) for k, v in per_stream.items()} == {k: list(range(60)) for k in range(4)}
+    report = json.loads(summary.read_text())
+    assert report["sent"] == report["acked"] == 240 and report["errors"] == []
+    assert report["ack_latency_ms"]["p50"] is not None
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith("fastext_client_")]
+
+
+def test_output_lines_match_the_metadata_schema(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    out = tmp_path / "r.jsonl"
+    with MinimalServer() as srv:
+        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "5",
+                      "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for line in lines(out):
+        validator.validate(line)
+        assert line["inferences"][0]["entity"]["box"] == {"l": pytest.approx(0.1), "t": pytest.approx(0.2),
+                                                           "w": pytest.approx(0.3), "h": pytest.approx(0.4)}
+    bad = {"timestamp": 1, "inferences": [{"type": "entity", "entity": {"tag": {"value": "x"}}}]}
+    assert not validator.is_valid(bad)  # an entity needs a box: the schema has teeth
+    assert not validator.is_valid({"timestamp": 1, "inferences": []})
+
+
+def test_stream_against_an_independent_server_with_auth(tmp_path):
+    with MinimalServer() as srv:
+        proc = stream("synthetic:gradient", "--target", srv.target, "--max-frames", "20",
+                      "--encoding", "jpg", "--width", "160", "--height", "120", "--shm",
+                      "--auth", "lva:s3cret", "--summary-json", str(tmp_path / "s.json"))
+        assert proc.returncode == 0, proc.stderr
+        assert srv.samples == 20
+        token = base64.b64encode(b"lva:s3cret").decode()
+        assert srv.metadata[0]["x-ms-authentication"] == f"Basic {token}"
+    assert "sent 20, acked 20" in proc.stdout
+
+
+def test_exit_status_when_the_server_ends_the_call():
+    with MinimalServer(abort_after=5) as srv:
+        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "50", "--window", "1")
+    assert proc.returncode == 1
+    assert "ABORTED: minimal server: enough frames" in proc.stderr
+
+
+def test_exit_status_when_acks_stop():
+    with MinimalServer(stall_after=3) as srv:
+        started = time.monotonic()
+        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "20",
+                      "--ack-timeout", "1.5", "--shm")
+        took = time.monotonic() - started
+    assert proc.returncode == 1
+    assert "no message from the server for 1.5 s" in proc.stderr
+    assert took < 30
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith("fastext_client_")]
+
+
+def test_sigterm_unlinks_the_shared_memory_file():
+    with MinimalServer(stall_after=2) as srv:
+        proc = subprocess.Popen([sys.executable, "-m", "fastext", "stream", "synthetic:noise",
+                                 "--target", srv.target, "--shm", "--ack-timeout", "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        mine = f"fastext_client_{proc.pid}_"
+        while time.monotonic() < deadline and not any(n.startswith(mine) for n in os.listdir("/dev/shm")):
+            time.sleep(0.05)
+        assert any(n.startswith(mine) for n in os.listdir("/dev/shm"))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "interrupted" in err
+    assert not any(n.startswith(mine) for n in os.listdir("/dev/shm"))
+
+
+def test_stream_a_real_video_file(make_server, tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(scene(320, 240, i, light=(i // 10) % 2 == 0), "rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    srv = make_server(workers=1)
+    out = tmp_path / "r.jsonl"
+    proc = stream(str(path), "--target", srv.target, "--output", str(out), "--shm", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    got = lines(out)
+    assert len(got) == 40
+    for line in got:
+        tag = line["inferences"][0]["classification"]["tag"]["value"]
+        assert tag == expected_dark_light(frame_index(line))
+
+
+@pytest.mark.parametrize(("scale", "size"), [("pad", (416, 416)), ("stretch", (416, 416)),
+                                             ("preserveAspectRatio", (416, 312))])
+def test_image_node_scale_modes(scale, size):
+    node = ImageNode(width=416, height=416, scale=scale)
+    rgb = np.full((480, 640, 3), 200, np.uint8)
+    assert node.output_size(640, 480) == size
+    out = node.scale_frame(rgb)
+    assert out.shape == (size[1], size[0], 3)
+    if scale == "pad":  # letterbox: black bars above and below, picture in the middle
+        assert out[0].max() == 0 and out[-1].max() == 0 and out[208].min() == 200
+    else:
+        assert out.min() == 200
+
+
+def test_image_node_encodings_and_one_sided_size():
+    rgb = scene(64, 48, 0, light=True)
+    assert ImageNode(width=32).output_size(64, 48) == (32, 24)
+    assert len(ImageNode(width=32, height=24, pixel_format=VF.BGRA).encode_frame(rgb)) == 32 * 24 * 4
+    assert ImageNode(encoding=VF.JPG).encode_frame(rgb)[:2] == b"\xff\xd8"
+    assert ImageNode(encoding=VF.PNG).encode_frame(rgb)[:4] == b"\x89PNG"
+
+
+def test_sources(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(scene(32, 24, i, light=True)).save(tmp_path / f"{i}.png")
+    assert len(list(frames_from(str(tmp_path), loop=2))) == 6
+    assert next(frames_from(str(tmp_path / "0.png"))).shape == (24, 32, 3)
+    with pytest.raises(SourceError, match="unknown pattern"):
+        frames_from("synthetic:plaid")
+    with pytest.raises(SourceError, match="no such file"):
+        frames_from(str(tmp_path / "missing.mp4"))
+    noise = frames_from("synthetic:noise")
+    assert next(noise).shape == (480, 640, 3)
