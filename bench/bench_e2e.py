@@ -1,73 +1,103 @@
-"""End to end through a real server process, each figure beside its baseline.
+"""End to end through real server processes, each figure beside its baselines.
 
-* shared memory, 416x416 RGB24, 2 streams x 16 frames in flight: fastext with 2
-  workers vs the ceiling, a bare grpc.aio server that acks without reading
-  (same client, same run); fastext's front-process CPU per frame is recorded.
-* embedded 1080p JPEG: fastext with 1 worker vs 2 workers.
+Servers (each its own process, started once per run):
+  bare        grpc.aio server that acks without reading: the ceiling
+  naive       one process that decodes and classifies in its handler: the simplest
+              correct server, what a typical sample does
+  fastext     ``fastext serve --workers 2`` (and ``--workers 1`` for the JPEG scaling case)
+
+Cases: shared memory 416x416 RGB24, embedded 416x416 RGB24, embedded 1080p JPEG, with 1,
+4 and 16 streams; latency under a realistic load (4 streams x 30 fps, shared memory
+416x416); embedded 1080p JPEG with 1 and 2 workers.
 
 Run: ``pytest --benchmark`` (or ``pytest bench/bench_e2e.py --benchmark-only``).
-frames/s is ``extra_info.fps``; pytest-benchmark's time is per round of frames.
+``extra_info`` holds frames/s (``fps``), ack latency p50/p99 (ms), and CPU per frame of
+the server's front process, its workers and the client; ``client_offer_fps`` is the
+rate the client alone could offer on one core (1 s / its CPU per frame).
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import statistics
 
 import pytest
 
-from bench.conftest import bare_server, fastext_server
+from bench.conftest import bare_server, fastext_server, naive_server
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
-from fastext.client import StreamOptions, stream_frames
+from fastext.client import StreamOptions, StreamResult, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 
 SERVERS = {
     "bare": (bare_server, ()),
-    "fastext-2w": (fastext_server, ("--workers", "2")),
+    "naive": (naive_server, ()),
+    "fastext": (fastext_server, ("--workers", "2")),
     "fastext-1w": (fastext_server, ("--workers", "1")),
 }
-ROUND_FRAMES = 400  # per stream and round
+MODES = {  # name: (encoding, width, height, shm, frames per stream and round at 1 stream)
+    "shm-416-rgb24": (VF.RAW, 416, 416, True, 600),
+    "embedded-416-rgb24": (VF.RAW, 416, 416, False, 600),
+    "embedded-1080p-jpeg": (VF.JPG, 1920, 1080, False, 90),
+}
+_FRAMES: dict[tuple[int, int, int], list[bytes]] = {}
 
 
-def _frames(encoding: int, width: int, height: int) -> list[bytes]:
-    made = [rgb for rgb, _ in scenes(width, height, 8, period=2)]
-    if encoding == VF.RAW:
-        return [to_pixel_format(rgb, VF.RGB24) for rgb in made]
-    return [encode(rgb, encoding) for rgb in made]
+def frames_for(encoding: int, width: int, height: int) -> list[bytes]:
+    key = (encoding, width, height)
+    if key not in _FRAMES:
+        made = [rgb for rgb, _ in scenes(width, height, 8, period=2)]
+        _FRAMES[key] = [to_pixel_format(rgb, VF.RGB24) if encoding == VF.RAW
+                        else encode(rgb, encoding) for rgb in made]
+    return _FRAMES[key]
 
 
-def _run(target: str, frames: list[bytes], width: int, height: int, encoding: int, shm: bool,
-         streams: int, window: int, per_stream: int) -> int:
-    async def go() -> int:
+def run_round(target: str, mode: str, streams: int, per_stream: int, window: int,
+              fps: float = 0.0) -> list[StreamResult]:
+    encoding, width, height, shm, _ = MODES[mode]
+    frames = frames_for(encoding, width, height)
+
+    async def go() -> list[StreamResult]:
         opts = [StreamOptions(target=target, width=width, height=height, encoding=encoding,
                               pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE, shm=shm,
-                              window=window, graph_instance=f"bench-{k}") for k in range(streams)]
-        results = await asyncio.gather(*(
-            stream_frames(o, (frames[i % len(frames)] for i in range(per_stream))) for o in opts))
-        return sum(r.acked for r in results)
+                              window=window, fps=fps, graph_instance=f"bench-{k}")
+                for k in range(streams)]
+        return list(await asyncio.gather(*(
+            stream_frames(o, (frames[i % len(frames)] for i in range(per_stream))) for o in opts)))
 
     return asyncio.run(go())
 
 
-def _measure(benchmark, server, **kw) -> None:
-    frames = kw.pop("frames")
-    per_stream = kw.pop("per_stream", ROUND_FRAMES)
-    total = kw["streams"] * per_stream
+def measure(benchmark, server, mode: str, streams: int, window: int = 16, fps: float = 0.0,
+            per_stream: int | None = None) -> None:
+    if per_stream is None:  # keep rounds near a second whatever the stream count
+        per_stream = max(20, MODES[mode][4] // streams)
+    total = streams * per_stream
+    results: list[list[StreamResult]] = []
+    frames_for(*MODES[mode][:3])  # made before the clocks start: not the client's cost
     before = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
-    acked = benchmark.pedantic(_run, args=(server.target, frames),
-                               kwargs={**kw, "per_stream": per_stream},
-                               rounds=3, iterations=1, warmup_rounds=1)
+
+    def one_round() -> None:
+        results.append(run_round(server.target, mode, streams, per_stream, window, fps))
+
+    benchmark.pedantic(one_round, rounds=3, iterations=1, warmup_rounds=1)
     after = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
-    assert acked == total
+    for round_results in results:
+        assert sum(r.acked for r in round_results) == total
     if benchmark.disabled:  # --benchmark-disable: the round ran and every frame was acked
         return
-    frames_run = total * (benchmark.stats.stats.rounds + 1)  # + the warm-up round
-    per_frame = [round((a - b) / frames_run * 1e6, 1) for a, b in zip(after, before, strict=True)]
-    benchmark.extra_info["server"] = server.name
-    benchmark.extra_info["fps"] = round(total / benchmark.stats.stats.median, 1)
-    benchmark.extra_info["front_cpu_us_per_frame"] = per_frame[0]
-    benchmark.extra_info["workers_cpu_us_per_frame"] = per_frame[1]
-    benchmark.extra_info["client_cpu_us_per_frame"] = per_frame[2]
+    frames_run = total * len(results)
+    cpu = [(a - b) / frames_run * 1e6 for a, b in zip(after, before, strict=True)]
+    latencies = sorted(t for rr in results[1:] for r in rr for t in r.latencies_s)
+    cuts = statistics.quantiles(latencies, n=100)
+    benchmark.extra_info.update({
+        "server": server.name, "mode": mode, "streams": streams, "window": window,
+        "fps": round(total / benchmark.stats.stats.median, 1),
+        "ack_p50_ms": round(cuts[49] * 1e3, 2), "ack_p99_ms": round(cuts[98] * 1e3, 2),
+        "front_cpu_us_per_frame": round(cpu[0], 1), "workers_cpu_us_per_frame": round(cpu[1], 1),
+        "client_cpu_us_per_frame": round(cpu[2], 1),
+        "client_offer_fps": round(1e6 / cpu[2]) if cpu[2] > 0 else None,
+    })
 
 
 def _own_cpu() -> float:
@@ -75,15 +105,28 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-@pytest.mark.benchmark(group="e2e shm 416x416 RGB24, 2 streams x 16 in flight")
-@pytest.mark.parametrize("key", ["bare", "fastext-2w"])
-def bench_shm_416_rgb24(benchmark, servers, key):
-    _measure(benchmark, servers[key], frames=_frames(VF.RAW, 416, 416), width=416, height=416,
-             encoding=VF.RAW, shm=True, streams=2, window=16)
+@pytest.mark.parametrize("server_key", ["bare", "naive", "fastext"])
+@pytest.mark.parametrize("streams", [1, 4, 16])
+@pytest.mark.parametrize("mode", list(MODES))
+def bench_throughput(benchmark, servers, mode, streams, server_key):
+    benchmark.group = f"e2e {mode}, {streams} stream(s)"
+    measure(benchmark, servers[server_key], mode, streams)
 
 
-@pytest.mark.benchmark(group="e2e embedded 1080p JPEG, 2 streams x 8 in flight")
-@pytest.mark.parametrize("key", ["fastext-1w", "fastext-2w"])
-def bench_jpeg_1080p_workers(benchmark, servers, key):
-    _measure(benchmark, servers[key], frames=_frames(VF.JPG, 1920, 1080), width=1920, height=1080,
-             encoding=VF.JPG, shm=False, streams=2, window=8, per_stream=60)
+@pytest.mark.parametrize("server_key", ["bare", "naive", "fastext"])
+def bench_latency_4_streams_30fps(benchmark, servers, server_key):
+    benchmark.group = "latency: 4 streams x 30 fps, shm 416x416 RGB24"
+    measure(benchmark, servers[server_key], "shm-416-rgb24", streams=4, fps=30.0, per_stream=45)
+
+
+@pytest.mark.parametrize("server_key", ["bare", "fastext"])
+def bench_shm_416_two_streams_16_in_flight(benchmark, servers, server_key):
+    benchmark.group = "fastext 2 workers vs ceiling: shm 416x416 RGB24, 2 streams x 16 in flight"
+    measure(benchmark, servers[server_key], "shm-416-rgb24", streams=2, window=16, per_stream=400)
+
+
+@pytest.mark.parametrize("server_key", ["fastext-1w", "fastext"])
+def bench_jpeg_1080p_one_vs_two_workers(benchmark, servers, server_key):
+    benchmark.group = "embedded 1080p JPEG: 1 vs 2 workers, 2 streams x 8 in flight"
+    measure(benchmark, servers[server_key], "embedded-1080p-jpeg", streams=2, window=8,
+            per_stream=60)

@@ -106,6 +106,11 @@ def fastext_server(*args: str) -> ServerProcess:
                  r"fastext serving on \S+ \(port (\d+)")
 
 
+def naive_server() -> ServerProcess:
+    return start("naive single-process", [sys.executable, str(HERE / "naive_server.py")],
+                 r"port (\d+)")
+
+
 def bare_server() -> ServerProcess:
     return start("bare grpc.aio", [sys.executable, str(HERE / "bare_server.py")], r"port (\d+)")
 
