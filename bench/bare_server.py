@@ -8,16 +8,13 @@ then answers each sample with its ack and timestamp and no inference.  Run:
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
-import grpc
+from _serve import serve  # run as a script: bench/ is on sys.path
 
-from fastext import METHOD_PATH
 from fastext._proto import extension_pb2
 
 Msg = extension_pb2.MediaStreamMessage
-SERVICE, _, METHOD = METHOD_PATH.strip("/").partition("/")
 
 
 async def process(requests, context) -> None:
@@ -35,24 +32,6 @@ async def process(requests, context) -> None:
         await context.write(reply)
 
 
-async def main() -> None:
-    limit = 256 * 1024 * 1024
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
-    handler = grpc.stream_stream_rpc_method_handler(
-        process, request_deserializer=Msg.FromString, response_serializer=Msg.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"port {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
-
-
 if __name__ == "__main__":
     try:
         import uvloop
@@ -60,5 +39,5 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(main())
+    asyncio.run(serve(process))
     sys.exit(0)

@@ -13,18 +13,15 @@ import asyncio
 import io
 import mmap
 import os
-import signal
 
-import grpc
 import numpy as np
+from _serve import serve  # run as a script: bench/ is on sys.path
 from PIL import Image
 
-from fastext import METHOD_PATH
 from fastext._proto import extension_pb2, inferencing_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 
 Msg = extension_pb2.MediaStreamMessage
-SERVICE, _, METHOD = METHOD_PATH.strip("/").partition("/")
 MODES = {VF.RGB24: "RGB", VF.BGR24: "BGR"}  # what this baseline supports
 
 
@@ -73,22 +70,5 @@ async def process(requests, context) -> None:
             shm.close()
 
 
-async def main() -> None:
-    limit = 256 * 1024 * 1024
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
-    handler = grpc.stream_stream_rpc_method_handler(
-        process, request_deserializer=Msg.FromString, response_serializer=Msg.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"port {port}", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(serve(process))

@@ -96,6 +96,12 @@ def run_stream(opts: StreamOptions, frames: Any) -> StreamResult:
     return asyncio.run(stream_frames(opts, frames))
 
 
+def open_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+    """A raw ProcessMediaStream call on an aio channel, for tests that drive it by hand."""
+    return channel.stream_stream(METHOD_PATH, request_serializer=MediaStreamMessage.SerializeToString,
+                                 response_deserializer=MediaStreamMessage.FromString)()
+
+
 def exchange(target: str, messages: list[MediaStreamMessage], timeout: float = 20.0,
              ) -> tuple[list[MediaStreamMessage], grpc.StatusCode, str]:
     """Send raw messages (then half-close) and collect every reply and the final status."""

@@ -8,11 +8,10 @@ import os
 import grpc
 import pytest
 
-from fastext import METHOD_PATH
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import encode, scene, to_pixel_format
-from tests.conftest import exchange
+from tests.conftest import exchange, open_call
 from tests.test_session import AZURE, ORANGE, descriptor, embedded, referenced, solid, tags
 
 Msg = extension_pb2.MediaStreamMessage
@@ -188,8 +187,7 @@ def test_client_vanishes_with_frames_in_flight(make_server, shm_file):
 
     async def vanish():
         async with grpc.aio.insecure_channel(srv.target) as channel:
-            call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
-                                         response_deserializer=Msg.FromString)()
+            call = open_call(channel)
             await call.write(descriptor(W, H, shm=(name, size)))
             assert (await call.read()).ack_sequence_number == 1
             for i in range(5):

@@ -11,13 +11,12 @@ import time
 
 import grpc
 
-from fastext import METHOD_PATH
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.synthetic import scenes, to_pixel_format
 from fastext.shm import ArenaAllocator
-from tests.conftest import run_stream
+from tests.conftest import open_call, run_stream
 from tests.test_conformance import start_server
 from tests.test_session import ORANGE, descriptor, referenced, solid, tags_of
 
@@ -126,8 +125,7 @@ def test_session_end_unmaps_in_every_worker(make_server, shm_file):
 
     async def vanish():
         async with grpc.aio.insecure_channel(srv.target) as channel:
-            call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
-                                         response_deserializer=Msg.FromString)()
+            call = open_call(channel)
             await call.write(descriptor(w, h, shm=(name, size)))
             await call.read()
             for i in range(8):
@@ -220,3 +218,12 @@ def test_many_streams_through_workers(make_server):
         assert result.acked == 60
         assert all(tags_of(s) == ["light" if (seq - 2) % 2 == 0 else "dark"]
                    for seq, s in result.samples.items())
+
+
+def test_sigterm_right_after_ready_still_cleans_up():
+    for _ in range(3):  # the window this guards is small: try it a few times
+        proc, _ = start_server("--workers", "1")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert _segments(proc.pid) == []

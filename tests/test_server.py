@@ -6,12 +6,12 @@ import asyncio
 
 import grpc
 
-from fastext import METHOD_PATH
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.config import Config
 from fastext.server import ExtensionServer, new_event_loop
+from tests.conftest import open_call
 from tests.test_session import ORANGE, descriptor, embedded, solid
 
 Msg = extension_pb2.MediaStreamMessage
@@ -22,8 +22,7 @@ async def _drain_scenario() -> tuple[list[Msg], grpc.StatusCode, str, int]:
     port = await server.start()
     frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
-                                     response_deserializer=Msg.FromString)()
+        call = open_call(channel)
         await call.write(descriptor(32, 32))
         replies = [await call.read()]
         for i in range(3):  # a partial batch: would wait 500 ms without the drain
@@ -62,8 +61,7 @@ def test_server_runs_on_uvloop():
             port = await server.start()
             frame = to_pixel_format(solid(ORANGE, 16, 16), VF.RGB24)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
-                                             response_deserializer=Msg.FromString)()
+                call = open_call(channel)
                 await call.write(descriptor(16, 16))
                 await call.write(embedded(2, frame))
                 await call.done_writing()

@@ -59,14 +59,17 @@ class ExtensionServer:
         )
 
     async def start(self) -> int:
-        """Warm the backend, bind and start serving; returns the port (useful with port 0)."""
-        await self.backend.start()
+        """Bind, warm the backend, then serve; returns the port (useful with port 0).
+
+        Binding comes first so a taken port fails at once, before any worker starts.
+        """
         try:
             self.port = self._server.add_insecure_port(self.config.address)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {self.config.bind}: {exc}") from None
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.bind}")
+        await self.backend.start()
         await self._server.start()
         log.info("fastext serving on %s (port %d, workers=%d, batch_size=%d)",
                  self.config.bind, self.port, self.config.workers, self.config.batch_size)
@@ -127,12 +130,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None:
-    server = ExtensionServer(config)
-    port = await server.start()
+    # Handlers first: a SIGTERM during start-up must still drain and unlink, not kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = ExtensionServer(config)
+    try:
+        port = await server.start()
+    except BaseException:
+        await server.stop(drain_s=0.0)
+        raise
     if on_ready is not None:
         on_ready(port)
     await stop.wait()
