@@ -103,14 +103,18 @@ def open_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
 
 
 def exchange(target: str, messages: list[MediaStreamMessage], timeout: float = 20.0,
+             metadata: tuple[tuple[str, str], ...] | None = None,
+             credentials: grpc.ChannelCredentials | None = None,
              ) -> tuple[list[MediaStreamMessage], grpc.StatusCode, str]:
     """Send raw messages (then half-close) and collect every reply and the final status."""
-    with grpc.insecure_channel(target) as channel:
+    channel = (grpc.secure_channel(target, credentials) if credentials is not None
+               else grpc.insecure_channel(target))
+    with channel:
         method = channel.stream_stream(METHOD_PATH,
                                        request_serializer=MediaStreamMessage.SerializeToString,
                                        response_deserializer=MediaStreamMessage.FromString)
         replies: list[MediaStreamMessage] = []
-        call = method(iter(messages), timeout=timeout)
+        call = method(iter(messages), timeout=timeout, metadata=metadata)
         try:
             for reply in call:
                 replies.append(reply)

@@ -79,9 +79,35 @@ def test_config_file_errors(tmp_path):
 
 
 def test_option_table_covers_every_field():
-    flags = {row[0] for row in option_table()}
-    fields = {f.replace("_", "-") for f in Config.__dataclass_fields__}
-    assert {f"--{f}" for f in fields} == flags
+    flags = {row[0] for row in option_table()} - {""}
+    fields = {f.replace("_", "-") for f in Config.__dataclass_fields__} - {"auth-password"}
+    assert {f"--{f}" for f in fields} == flags  # the password is environment-only
+
+
+def test_readme_documents_every_flag_and_variable():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for flag, env, _, _ in option_table():
+        assert env in readme, env
+        if flag:
+            assert f"`{flag}`" in readme, flag
+
+
+def test_secrets_and_pairs(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    cfg = load({"auth_username": "lva", "auth_password_file": str(secret)}, {})
+    assert cfg.auth_password == "hunter2"
+    assert "hunter2" not in repr(cfg)
+    with pytest.raises(ConfigError, match="no password"):
+        load({"auth_username": "lva"}, {})
+    with pytest.raises(ConfigError, match="no user name"):
+        load({}, {"FASTEXT_AUTH_PASSWORD": "x"})
+    with pytest.raises(ConfigError, match="go together"):
+        load({"tls_cert": "c.pem"}, {})
+    with pytest.raises(ConfigError, match="auth-password-file"):
+        load({"auth_username": "lva", "auth_password_file": str(tmp_path / "none")}, {})
 
 
 def test_cli_bad_configuration_exits_with_one_line():

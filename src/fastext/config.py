@@ -88,6 +88,14 @@ def _choice(*names: str) -> Callable[[str], str]:
     return convert
 
 
+def _path(text: str) -> str:
+    return str(text).strip()
+
+
+def _text(text: str) -> str:
+    return str(text)
+
+
 def _name(text: str) -> str:
     value = str(text).strip()
     if not value:
@@ -126,6 +134,16 @@ OPTIONS: tuple[Option, ...] = (
            "on SIGTERM, seconds allowed for in-flight frames to finish"),
     Option("shm_size_mb", "--shm-size-mb", "FASTEXT_SHM_SIZE_MB", _int_in(1, 65536),
            "server-owned shared memory that embedded frames are copied into for workers (MiB)"),
+    Option("auth_username", "--auth-username", "FASTEXT_AUTH_USERNAME", _text,
+           "require x-ms-authentication Basic credentials with this user name"),
+    Option("auth_password", "", "FASTEXT_AUTH_PASSWORD", _text,
+           "the password (environment only: never on a command line)"),
+    Option("auth_password_file", "--auth-password-file", "FASTEXT_AUTH_PASSWORD_FILE", _path,
+           "file holding the password (first line)"),
+    Option("tls_cert", "--tls-cert", "FASTEXT_TLS_CERT", _path, "server certificate (PEM): serve TLS"),
+    Option("tls_key", "--tls-key", "FASTEXT_TLS_KEY", _path, "server private key (PEM)"),
+    Option("tls_client_ca", "--tls-client-ca", "FASTEXT_TLS_CLIENT_CA", _path,
+           "CA bundle (PEM): require client certificates signed by it (mutual TLS)"),
     Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
 )
@@ -144,6 +162,12 @@ class Config:
     processor: str = "brightness"
     drain_s: float = 10.0
     shm_size_mb: int = 64
+    auth_username: str = ""
+    auth_password: str = field(default="", repr=False)  # never printed, never logged
+    auth_password_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     log_level: str = "INFO"
 
     @property
@@ -161,8 +185,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="JSON file with settings "
                         "(fastext's option names or the seed's grpcBinding/batchSize)")
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.field.upper(),
-                            help=f"{opt.help} [env {opt.env}]")
+        if opt.flag:  # environment-only options (secrets) have no flag
+            parser.add_argument(opt.flag, dest=opt.field, default=None,
+                                metavar=opt.field.upper(), help=f"{opt.help} [env {opt.env}]")
 
 
 def _apply(values: dict[str, Any], opt: Option, raw: Any, origin: str) -> None:
@@ -212,9 +237,31 @@ def load(
             if env.get(name, "").strip():
                 _apply(values, opt, env[name], name)
     for opt in OPTIONS:
-        if flags and flags.get(opt.field) is not None:
+        if flags and opt.flag and flags.get(opt.field) is not None:
             _apply(values, opt, flags[opt.field], opt.flag)
-    return Config(**values)
+    return _checked(Config(**values))
+
+
+def _checked(config: Config) -> Config:
+    """Settings that only make sense together."""
+    if config.auth_password_file and not config.auth_password:
+        try:
+            with open(config.auth_password_file, encoding="utf-8") as fh:
+                password = fh.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"--auth-password-file {config.auth_password_file}: "
+                              f"{exc.strerror or exc}") from None
+        config = config.replace(auth_password=password)
+    if config.auth_username and not config.auth_password:
+        raise ConfigError("FASTEXT_AUTH_USERNAME is set but no password: set "
+                          "FASTEXT_AUTH_PASSWORD or --auth-password-file")
+    if config.auth_password and not config.auth_username:
+        raise ConfigError("a password is set but no user name: set FASTEXT_AUTH_USERNAME")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    return config
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
@@ -232,3 +279,12 @@ def option_table() -> Sequence[tuple[str, str, str, str]]:
     """(flag, environment, default, help) rows, for the README and ``--help``."""
     defaults = Config()
     return [(o.flag, o.env, str(getattr(defaults, o.field)), o.help) for o in OPTIONS]
+
+
+def read_file(path: str, what: str) -> bytes:
+    """A file the configuration names (certificates, keys), or a ConfigError naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None

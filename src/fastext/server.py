@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from fastext import METHOD_PATH
+from fastext import METHOD_PATH, security
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import ConfigError
@@ -48,6 +48,7 @@ class ExtensionServer:
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=None,
+            interceptors=security.interceptors(config),
         )
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
@@ -63,16 +64,22 @@ class ExtensionServer:
 
         Binding comes first so a taken port fails at once, before any worker starts.
         """
+        credentials = security.server_credentials(self.config)
         try:
-            self.port = self._server.add_insecure_port(self.config.address)
+            if credentials is not None:
+                self.port = self._server.add_secure_port(self.config.address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(self.config.address)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {self.config.bind}: {exc}") from None
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.bind}")
         await self.backend.start()
         await self._server.start()
-        log.info("fastext serving on %s (port %d, workers=%d, batch_size=%d)",
-                 self.config.bind, self.port, self.config.workers, self.config.batch_size)
+        log.info("fastext serving on %s (port %d, workers=%d, batch_size=%d, tls=%s, auth=%s)",
+                 self.config.bind, self.port, self.config.workers, self.config.batch_size,
+                 "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
+                 "on" if self.config.auth_username else "off")
         return self.port
 
     async def stop(self, drain_s: float | None = None) -> None:
