@@ -51,6 +51,24 @@ def _cmd_stream(config: Config | None, args: argparse.Namespace) -> int:
     return run_stream_command(cmd)
 
 
+def _cmd_health(config: Config | None, args: argparse.Namespace) -> int:
+    from fastext.client.health import check
+
+    status = check(args.target, args.service, args.timeout, args.tls_ca)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _add_health(sub: Any) -> None:
+    p = sub.add_parser("health", help="ask a server's grpc.health.v1 service; exit 0 when SERVING "
+                       "(for container health checks)")
+    p.add_argument("--target", default="127.0.0.1:5001", help="HOST:PORT")
+    p.add_argument("--service", default="", help="service name ('' = the whole server)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    p.add_argument("--tls-ca", default="", metavar="FILE", help="CA bundle: connect with TLS")
+    p.set_defaults(run=_cmd_health, needs_config=False)
+
+
 def _positive(kind: type) -> Any:
     def convert(text: str) -> Any:
         value = kind(text)
@@ -121,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=int, default=3, help="inferences printed per pass")
     demo.set_defaults(run=_cmd_demo)
     _add_stream(sub)
+    _add_health(sub)
     return parser
 
 

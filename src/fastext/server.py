@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fastext import METHOD_PATH, security
 from fastext._proto.extension_pb2 import MediaStreamMessage
@@ -27,6 +28,7 @@ __all__ = ["ExtensionServer", "SERVICE_NAME", "serve"]
 log = logging.getLogger("fastext.server")
 SERVICE_NAME, _, METHOD_NAME = METHOD_PATH.strip("/").partition("/")
 _STOP_GRACE_S = 1.0
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 class ExtensionServer:
@@ -48,8 +50,12 @@ class ExtensionServer:
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=None,
-            interceptors=security.interceptors(config),
+            interceptors=security.interceptors(config, exempt=(HEALTH_PREFIX,)),
         )
+        # grpc.health.v1 on the same port: NOT_SERVING until the backend is warm,
+        # SERVING after, NOT_SERVING again while draining.
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
             request_deserializer=MediaStreamMessage.FromString,
@@ -74,8 +80,10 @@ class ExtensionServer:
             raise ConfigError(f"cannot listen on {self.config.bind}: {exc}") from None
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.bind}")
-        await self.backend.start()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        await self.backend.start()  # sessions arriving meanwhile wait for the workers
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("fastext serving on %s (port %d, workers=%d, batch_size=%d, tls=%s, auth=%s)",
                  self.config.bind, self.port, self.config.workers, self.config.batch_size,
                  "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
@@ -86,6 +94,7 @@ class ExtensionServer:
         """Drain sessions within ``drain_s`` seconds, then stop everything."""
         drain = self.config.drain_s if drain_s is None else drain_s
         self._draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         for session in list(self._sessions):
             session.drain()
         if self._sessions:
@@ -96,6 +105,10 @@ class ExtensionServer:
         await self._server.stop(grace=_STOP_GRACE_S)
         await self.backend.close()
         log.info("fastext stopped")
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):  # "" is the server as a whole
+            await self.health.set(name, status)
 
     async def wait_closed(self) -> None:
         await self._server.wait_for_termination()
