@@ -93,7 +93,9 @@ def test_frame_larger_than_the_arena_is_acked_empty(make_server):
 
 
 def test_worker_killed_mid_stream_loses_nothing(make_server):
-    srv = make_server(workers=2, batch_size=4)
+    from tests.test_metrics import free_port
+
+    srv = make_server(workers=2, batch_size=4, metrics_port=free_port())
     made = list(scenes(320, 240, 40, period=2))
     encoded = [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made]
     victim = worker_pids(srv)[0]
@@ -115,6 +117,7 @@ def test_worker_killed_mid_stream_loses_nothing(make_server):
         time.sleep(0.05)
     assert srv.server.backend._supervisor.slots[0].restarts >= 1
     assert len(worker_pids(srv)) == 2
+    assert srv.server.metrics.value("fastext_worker_restarts_total") >= 1
 
 
 def test_session_end_unmaps_in_every_worker(make_server, shm_file):

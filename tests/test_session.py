@@ -169,3 +169,22 @@ def test_partial_batch_flushes_after_delay(make_server):
     opts = StreamOptions(target=srv.target, width=32, height=32, window=1, ack_timeout_s=5.0)
     result = run_stream(opts, [to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)] * 5)
     assert result.acked == 5
+
+
+@pytest.mark.parametrize("policy", ["block", "drop"])
+def test_overload_policy(make_server, policy):
+    srv = make_server(overload=policy, max_inflight=1, batch_size=4, batch_delay_ms=30.0)
+    frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
+    msgs = [descriptor(32, 32)] + [embedded(i + 2, frame) for i in range(30)]
+    replies, code, _ = exchange(srv.target, msgs)
+    assert code.name == "OK"
+    acks = sorted(r.ack_sequence_number for r in replies[1:])
+    assert acks == list(range(2, 32))  # every frame acked exactly once, either way
+    tagged = [r for r in replies[1:] if tags(r) == ["light"]]
+    empty = [r for r in replies[1:] if tags(r) == []]
+    assert len(tagged) + len(empty) == 30
+    if policy == "block":
+        assert not empty
+    else:
+        assert empty and tagged  # frames beyond the window were dropped, the first was not
+        assert replies[1].ack_sequence_number == 2 and tags(replies[1]) == ["light"]

@@ -128,6 +128,9 @@ OPTIONS: tuple[Option, ...] = (
            "unacknowledged frames per stream before the server stops reading it"),
     Option("max_message_mb", "--max-message-mb", "FASTEXT_MAX_MESSAGE_MB", _int_in(4, 2047),
            "largest gRPC message accepted or sent (MiB)"),
+    Option("overload", "--overload", "FASTEXT_OVERLOAD", _choice("block", "drop"),
+           "a stream's window full: block (stop reading it) or drop (ack new frames at once, "
+           "without inference)"),
     Option("processor", "--processor", "FASTEXT_PROCESSOR", _name,
            "processor used when a session does not choose one"),
     Option("drain_s", "--drain-s", "FASTEXT_DRAIN_S", _float_in(0.0, 3600.0),
@@ -144,6 +147,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_key", "--tls-key", "FASTEXT_TLS_KEY", _path, "server private key (PEM)"),
     Option("tls_client_ca", "--tls-client-ca", "FASTEXT_TLS_CLIENT_CA", _path,
            "CA bundle (PEM): require client certificates signed by it (mutual TLS)"),
+    Option("metrics_port", "--metrics-port", "FASTEXT_METRICS_PORT", _int_in(0, 65535),
+           "serve Prometheus metrics on this port (0: off)"),
     Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
 )
@@ -159,6 +164,7 @@ class Config:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_inflight: int = 64
     max_message_mb: int = 256
+    overload: str = "block"
     processor: str = "brightness"
     drain_s: float = 10.0
     shm_size_mb: int = 64
@@ -168,6 +174,7 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    metrics_port: int = 0
     log_level: str = "INFO"
 
     @property

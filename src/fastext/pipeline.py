@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ import numpy as np
 from fastext import kernels, records
 from fastext.config import Config
 from fastext.execute import FrameFormat, Outcome, run_batch
+from fastext.metrics import NullMetrics
 from fastext.processors import create
 from fastext.processors.base import Processor
 from fastext.ring import cleanup_stale_segments, segment_name
@@ -79,28 +81,48 @@ class Backend(Protocol):
         """Finish or abandon running batches and release every resource."""
 
 
-def make_backend(config: Config) -> Backend:
+def make_backend(config: Config, metrics: NullMetrics | None = None) -> Backend:
     """The backend ``config.workers`` asks for."""
+    metrics = metrics if metrics is not None else NullMetrics()
     if config.workers == 0:
-        return InlineBackend()
-    return WorkerBackend(config)
+        return InlineBackend(metrics=metrics)
+    return WorkerBackend(config, metrics)
 
 
 # -- in process -------------------------------------------------------------------
 
 
 class _InlineLane:
-    def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None):
+    def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None,
+                 metrics: NullMetrics) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._format = spec.format
         self._memory = memory
         self._processor: Processor = create(spec.processor, spec.params)
+        # A stateful processor (per-stream background, tracks) sees its frames in order:
+        # each batch waits for the one before it. Stateless ones run batches in parallel.
+        self._ordered = bool(getattr(self._processor, "stateful", False))
+        self._last: asyncio.Future[list[Result]] | None = None
 
     def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, self._run, payloads)
+        if not self._ordered:
+            return loop.run_in_executor(self._pool, self._run, payloads, time.perf_counter())
+        future = asyncio.ensure_future(self._after(self._last, payloads))
+        self._last = future
+        return future
 
-    def _run(self, payloads: Sequence[Payload]) -> list[Result]:
+    async def _after(self, previous: asyncio.Future[list[Result]] | None,
+                     payloads: Sequence[Payload]) -> list[Result]:
+        submitted = time.perf_counter()
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is the session's business, not ours
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, payloads,
+                                                                submitted)
+
+    def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
+        started = time.perf_counter()
         arrays: list[np.ndarray | memoryview] = []
         for p in payloads:
             if isinstance(p, ShmRef):
@@ -108,7 +130,9 @@ class _InlineLane:
                 arrays.append(self._memory.view(p))
             else:
                 arrays.append(p)
-        return list(run_batch(self._processor, self._format, arrays))
+        outcomes: list[Result] = list(run_batch(self._processor, self._format, arrays))
+        self._metrics.batch_done(started - submitted, time.perf_counter() - started)
+        return outcomes
 
     def close(self) -> None:
         pass
@@ -117,7 +141,8 @@ class _InlineLane:
 class InlineBackend:
     """Runs batches on a thread pool of the server process."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, metrics: NullMetrics | None = None) -> None:
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._pool = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="fastext-batch"
         )
@@ -127,7 +152,7 @@ class InlineBackend:
         await asyncio.to_thread(kernels.warm)
 
     def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
-        return _InlineLane(self._pool, spec, memory)
+        return _InlineLane(self._pool, spec, memory, self._metrics)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
@@ -149,13 +174,19 @@ class _Job:
     refs: list[tuple[int, int, int]] | None = None
     blocks: list[list[int]] = field(default_factory=list)
     runs: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
 
 
 class _WorkerLane:
     def __init__(self, backend: WorkerBackend, session: int, spec: LaneSpec) -> None:
-        create(spec.processor, spec.params)  # reject bad parameters now, at descriptor time
+        # Reject bad parameters now, at descriptor time; workers make their own instances.
+        processor = create(spec.processor, spec.params)
         self.backend = backend
         self.session = session
+        # A stateful processor keeps per-stream state in one worker's instance: every batch
+        # of the session goes to that worker, whose ring keeps them in order.
+        self.stateful = bool(getattr(processor, "stateful", False))
+        self.pinned: _WorkerState | None = None
         config = json.dumps({"processor": spec.processor, **spec.params})
         f = spec.format
         self.open_record = records.pack_open(records.Open(
@@ -183,8 +214,9 @@ class _WorkerState:
 class WorkerBackend:
     """Batches run in worker processes fed through shared-memory rings."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: NullMetrics | None = None) -> None:
         self.config = config
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._ids = itertools.count(1)
         self._backlog: deque[_Job] = deque()  # waiting for arena space or a ready worker
         self._arena: Arena | None = None
@@ -238,13 +270,14 @@ class WorkerBackend:
             job = self._backlog[0]
             if job.refs is None and not self._copy_in(job):
                 break  # arena full: frees come with completions
-            state = self._least_loaded()
+            state = self._worker_for(job.lane)
             if state is None:
                 break  # no worker ready: READY records resume the pump
             self._backlog.popleft()
             self._assign(state, job)
         for state in self._states:
             self._flush(state)
+        self._metrics.queue_depth(len(self._backlog) + sum(len(s.outbox) for s in self._states))
 
     def _copy_in(self, job: _Job) -> bool:
         """Turn payloads into ring references; embedded bytes are copied into the arena once."""
@@ -269,6 +302,14 @@ class WorkerBackend:
         job.refs = refs
         job.payloads = ()  # the bytes live in the arena now
         return True
+
+    def _worker_for(self, lane: _WorkerLane) -> _WorkerState | None:
+        if not lane.stateful:
+            return self._least_loaded()
+        if lane.pinned is None or not lane.pinned.slot.ready:
+            # first batch, or its worker died (its state died too): pin to a live one
+            lane.pinned = self._least_loaded()
+        return lane.pinned
 
     def _least_loaded(self) -> _WorkerState | None:
         ready = [s for s in self._states if s.slot.ready]
@@ -318,10 +359,13 @@ class WorkerBackend:
         for record in rings.completion.ring.pop_many(1 << 16, 0):
             kind = record[0]
             if kind == records.DONE:
-                batch_id, outcomes = records.unpack_done(record)
+                batch_id, outcomes, processing_us = records.unpack_done(record)
                 job = state.jobs.pop(batch_id, None)
                 if job is not None:
                     state.frames -= len(outcomes)
+                    processing = processing_us / 1e6
+                    self._metrics.batch_done(time.perf_counter() - job.submitted - processing,
+                                             processing)
                     self._finish(job, list(outcomes))
             elif kind == records.READY:
                 state.slot.ready = True
@@ -339,6 +383,8 @@ class WorkerBackend:
 
     def _on_exit(self, slot: WorkerSlot) -> None:
         state = self._states[slot.index]
+        if self._supervisor is not None and not self._supervisor.stopping:
+            self._metrics.worker_restarted()
         self._drain(state)  # what it finished before dying still counts
         orphans = sorted(state.jobs.values(), key=lambda j: j.batch_id)
         state.jobs.clear()

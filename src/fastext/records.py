@@ -35,7 +35,7 @@ _OPEN = struct.Struct("<BxxxIBBxxIIIQHxxI")  # kind session enc pf w h stride sh
 _BATCH = struct.Struct("<BxxxIQI")  # kind session batch_id count
 _REF = struct.Struct("<BxxxxxxxQQ")  # source offset size
 _SESSION = struct.Struct("<BxxxI")  # CLOSE: kind session; READY: kind pid
-_DONE = struct.Struct("<BxxxxxxxQI")  # kind batch_id count
+_DONE = struct.Struct("<BxxxIQI")  # kind processing_us batch_id count
 _OUTCOME = struct.Struct("<BxxxI")  # ok length
 
 
@@ -96,9 +96,9 @@ def unpack_session(buf: bytes) -> int:
     return _SESSION.unpack_from(buf)[1]
 
 
-def pack_done(batch_id: int, outcomes: Sequence[bytes | str]) -> bytes:
+def pack_done(batch_id: int, outcomes: Sequence[bytes | str], processing_us: int = 0) -> bytes:
     """bytes: serialized inferences (a MediaSample's field 10); str: why there are none."""
-    parts = [_DONE.pack(DONE, batch_id, len(outcomes))]
+    parts = [_DONE.pack(DONE, min(processing_us, 0xFFFFFFFF), batch_id, len(outcomes))]
     for outcome in outcomes:
         if isinstance(outcome, bytes):
             parts += [_OUTCOME.pack(1, len(outcome)), outcome]
@@ -108,8 +108,9 @@ def pack_done(batch_id: int, outcomes: Sequence[bytes | str]) -> bytes:
     return b"".join(parts)
 
 
-def unpack_done(buf: bytes) -> tuple[int, list[bytes | str]]:
-    _, batch_id, count = _DONE.unpack_from(buf)
+def unpack_done(buf: bytes) -> tuple[int, list[bytes | str], int]:
+    """(batch id, outcomes, processing time in microseconds)."""
+    _, processing_us, batch_id, count = _DONE.unpack_from(buf)
     pos, outcomes = _DONE.size, []
     view = memoryview(buf)
     for _ in range(count):
@@ -118,4 +119,4 @@ def unpack_done(buf: bytes) -> tuple[int, list[bytes | str]]:
         data = bytes(view[pos : pos + length])
         outcomes.append(data if ok else data.decode(errors="replace"))
         pos += length
-    return batch_id, outcomes
+    return batch_id, outcomes, processing_us

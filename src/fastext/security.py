@@ -28,11 +28,13 @@ AUTH_HEADER = "x-ms-authentication"
 class BasicAuth(grpc.aio.ServerInterceptor):
     """Admits a call only with the configured Basic credentials."""
 
-    def __init__(self, username: str, password: str, exempt: tuple[str, ...] = ()) -> None:
+    def __init__(self, username: str, password: str, exempt: tuple[str, ...] = (),
+                 on_failure: Callable[[], None] = lambda: None) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self._expected = f"Basic {token}".encode()
         self._exempt = exempt  # method path prefixes open to all (health checks)
         self.failures = 0
+        self._on_failure = on_failure
         self._deny = grpc.stream_stream_rpc_method_handler(self._reject)
 
     async def intercept_service(
@@ -48,6 +50,7 @@ class BasicAuth(grpc.aio.ServerInterceptor):
         if hmac.compare_digest(given, self._expected):
             return await continuation(details)
         self.failures += 1
+        self._on_failure()
         log.warning("call to %s refused: %s x-ms-authentication header", details.method,
                     "wrong" if given else "no")
         return self._deny
@@ -58,10 +61,11 @@ class BasicAuth(grpc.aio.ServerInterceptor):
                             "missing or invalid x-ms-authentication credentials")
 
 
-def interceptors(config: Config, exempt: tuple[str, ...] = ()) -> list[grpc.aio.ServerInterceptor]:
+def interceptors(config: Config, exempt: tuple[str, ...] = (),
+                 on_failure: Callable[[], None] = lambda: None) -> list[grpc.aio.ServerInterceptor]:
     if not config.auth_username:
         return []
-    return [BasicAuth(config.auth_username, config.auth_password, exempt)]
+    return [BasicAuth(config.auth_username, config.auth_password, exempt, on_failure)]
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials | None:

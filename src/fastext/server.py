@@ -20,6 +20,7 @@ from fastext import METHOD_PATH, security
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import ConfigError
+from fastext.metrics import NullMetrics, make_metrics
 from fastext.pipeline import Backend, make_backend
 from fastext.session import Session, SessionEnd
 
@@ -34,9 +35,11 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 class ExtensionServer:
     """The MediaGraphExtension service on a grpc.aio server."""
 
-    def __init__(self, config: Config, backend: Backend | None = None) -> None:
+    def __init__(self, config: Config, backend: Backend | None = None,
+                 metrics: NullMetrics | None = None) -> None:
         self.config = config
-        self.backend: Backend = backend or make_backend(config)
+        self.metrics = metrics if metrics is not None else make_metrics(config.metrics_port)
+        self.backend: Backend = backend or make_backend(config, self.metrics)
         self.port = 0
         self._sessions: set[Session] = set()
         self._draining = False
@@ -50,7 +53,8 @@ class ExtensionServer:
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=None,
-            interceptors=security.interceptors(config, exempt=(HEALTH_PREFIX,)),
+            interceptors=security.interceptors(config, exempt=(HEALTH_PREFIX,),
+                                               on_failure=self.metrics.auth_failed),
         )
         # grpc.health.v1 on the same port: NOT_SERVING until the backend is warm,
         # SERVING after, NOT_SERVING again while draining.
@@ -104,6 +108,7 @@ class ExtensionServer:
                 log.warning("%d sessions still open after draining %.1f s", len(self._sessions), drain)
         await self._server.stop(grace=_STOP_GRACE_S)
         await self.backend.close()
+        self.metrics.close()
         log.info("fastext stopped")
 
     async def _set_health(self, status: int) -> None:
@@ -122,7 +127,7 @@ class ExtensionServer:
     ) -> None:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        session = Session(self.config, self.backend, peer=context.peer())
+        session = Session(self.config, self.backend, peer=context.peer(), metrics=self.metrics)
         self._sessions.add(session)
         self._idle.clear()
         try:

@@ -20,6 +20,7 @@ from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import DescriptorError, ProtocolViolation, SampleError
 from fastext.execute import FrameFormat
+from fastext.metrics import NullMetrics
 from fastext.pipeline import Backend, Lane, LaneSpec, Payload, Result
 from fastext.processors import from_configuration
 from fastext.protocol import (
@@ -37,6 +38,7 @@ log = logging.getLogger("fastext.session")
 Write = Callable[[MediaStreamMessage | bytes], Awaitable[None]]
 _LOUD_INVALID = 10  # invalid samples per session logged at WARNING; the rest at DEBUG
 _CLEANUP_WAIT_S = 30.0  # bound on waiting for running batches before unmapping
+DROPPED = "dropped: the stream's window was full (overload policy drop)"
 
 
 class SessionEnd(Exception):
@@ -53,6 +55,8 @@ class _Sample:
     timestamp: int
     payload: Payload | None
     error: str | None
+    holds_permit: bool = True  # a dropped frame is acked without taking a window permit
+    arrived: float = 0.0  # time.monotonic() when read
 
 
 @dataclass(slots=True)
@@ -64,8 +68,10 @@ class _Batch:
 class Session:
     """The state of one call; :meth:`serve` runs it to the end."""
 
-    def __init__(self, config: Config, backend: Backend, peer: str = "") -> None:
+    def __init__(self, config: Config, backend: Backend, peer: str = "",
+                 metrics: NullMetrics | None = None) -> None:
         self.config = config
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self.peer = peer
         self._backend = backend
         self._window = asyncio.Semaphore(config.max_inflight)
@@ -83,6 +89,7 @@ class Session:
         self._draining = False
         self.frames = 0
         self.invalid = 0
+        self.dropped = 0
 
     # -- the call -------------------------------------------------------------
 
@@ -90,6 +97,7 @@ class Session:
         """Run the session; raises :class:`SessionEnd` when it must end with a status."""
         started = time.monotonic()
         reason = "client closed the stream"
+        counted = -1  # shared-memory bytes reported at stream start; -1: not started
         try:
             first = await anext(requests, None)
             if first is None:
@@ -97,6 +105,8 @@ class Session:
                 return
             spec = self._handshake(first)
             await write(descriptor_reply(self._next_seq(), first.sequence_number, spec))
+            self._metrics.stream_started(spec.shm_length)
+            counted = spec.shm_length
             log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
                      spec.stream_name, spec.describe(), self._processor_name)
             reason = await self._run(requests, write)
@@ -108,10 +118,12 @@ class Session:
             raise
         finally:
             await self._cleanup()
+            if counted >= 0:
+                self._metrics.stream_ended(counted)
             if self._spec is not None:
-                log.info("session end peer=%s stream=%s frames=%d invalid=%d seconds=%.1f reason=%s",
-                         self.peer, self._spec.stream_name, self.frames, self.invalid,
-                         time.monotonic() - started, reason)
+                log.info("session end peer=%s stream=%s frames=%d invalid=%d dropped=%d "
+                         "seconds=%.1f reason=%s", self.peer, self._spec.stream_name, self.frames,
+                         self.invalid, self.dropped, time.monotonic() - started, reason)
 
     def drain(self) -> None:
         """Stop reading new samples; in-flight ones are still processed and acknowledged."""
@@ -166,15 +178,30 @@ class Session:
     # -- reading ----------------------------------------------------------------
 
     async def _read(self, requests: AsyncIterator[MediaStreamMessage]) -> None:
+        if self.config.overload == "drop":
+            return await self._read_dropping(requests)
         while not self._draining:
-            await self._window.acquire()
+            await self._window.acquire()  # window full: stop reading (back-pressure)
             message = await anext(requests, None)
             if message is None:
                 self._window.release()
                 return
             self._accept(message)
 
-    def _accept(self, message: MediaStreamMessage) -> None:
+    async def _read_dropping(self, requests: AsyncIterator[MediaStreamMessage]) -> None:
+        """Overload policy ``drop``: never stop reading; a frame that finds the window
+        full is acknowledged at once (after the frames before it) without inference."""
+        while not self._draining:
+            message = await anext(requests, None)
+            if message is None:
+                return
+            if self._window.locked():
+                self._accept(message, dropped=True)
+                continue
+            await self._window.acquire()
+            self._accept(message)
+
+    def _accept(self, message: MediaStreamMessage, dropped: bool = False) -> None:
         kind = message.WhichOneof("payload")
         seq = message.sequence_number
         if kind == "media_stream_descriptor":
@@ -189,11 +216,18 @@ class Session:
         self._last_in_seq = seq
         self.frames += 1
         sample = message.media_sample
+        now = time.monotonic()
+        if dropped:
+            self.dropped += 1
+            self._pending.append(_Sample(seq, sample.timestamp, None, DROPPED, False, now))
+            self._dispatch()  # ack it as soon as the frames before it are acked
+            return
         try:
             payload, error = self._payload(sample), None
         except SampleError as exc:
             payload, error = None, str(exc)
-        self._pending.append(_Sample(seq, sample.timestamp, payload, error))
+        self._pending.append(_Sample(seq, sample.timestamp, payload, error, True, now))
+        self._metrics.frame_accepted()
         if len(self._pending) >= self.config.batch_size:
             self._dispatch()
         elif self._timer is None:
@@ -246,17 +280,24 @@ class Session:
             outcomes = await self._outcomes(batch)
             for sample in batch.samples:
                 outcome = sample.error if sample.error is not None else next(outcomes)
-                if isinstance(outcome, bytes):  # serialized by a worker
+                if outcome is DROPPED:
+                    kind, outcome = "dropped", []
+                elif isinstance(outcome, str):
+                    self._log_invalid(sample.seq, outcome)
+                    kind, outcome = "invalid", []
+                else:
+                    kind = "inferred" if outcome else "empty"
+                if isinstance(outcome, bytes):  # serialized by a worker; b"": no inference
                     response = serialized_sample_response(self._next_seq(), sample.seq,
                                                           sample.timestamp, outcome)
                 else:
-                    if isinstance(outcome, str):
-                        self._log_invalid(sample.seq, outcome)
-                        outcome = []
                     response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
                                                outcome)
                 await write(response)
-                self._window.release()
+                self._metrics.frame_acked(kind, time.monotonic() - sample.arrived,
+                                          sample.holds_permit)
+                if sample.holds_permit:
+                    self._window.release()
 
     async def _outcomes(self, batch: _Batch):  # -> Iterator[Outcome]
         if batch.future is None:

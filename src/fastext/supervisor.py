@@ -72,6 +72,10 @@ class Supervisor:
         self._watch: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for slot in self.slots:

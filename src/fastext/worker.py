@@ -135,7 +135,9 @@ class Worker:
             except Exception as exc:
                 failed[i] = str(exc)
                 payloads.append(np.empty(0, np.uint8))
+        started = time.perf_counter()
         outcomes = run_batch(session.processor, session.format, payloads)
+        processing_us = int((time.perf_counter() - started) * 1e6)
         del payloads  # views of shared memory: gone before the front learns the batch is done
         encoded: list[bytes | str] = []
         for i, outcome in enumerate(outcomes):
@@ -145,7 +147,7 @@ class Worker:
                 encoded.append(outcome)
             else:
                 encoded.append(_serialize(outcome))
-        done = records.pack_done(batch_id, encoded)
+        done = records.pack_done(batch_id, encoded, processing_us)
         if len(done) > self.completion.max_record:
             done = records.pack_done(batch_id, ["result larger than the completion ring allows"]
                                      * len(refs))

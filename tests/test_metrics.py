@@ -1,0 +1,84 @@
+"""Prometheus metrics: values after a known number of frames, scraped over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import grpc
+import pytest
+
+from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.client.synthetic import to_pixel_format
+from fastext.metrics import Metrics, NullMetrics, make_metrics
+from tests.conftest import exchange
+from tests.test_session import AZURE, ORANGE, descriptor, embedded, solid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
+def test_metrics_after_known_frames(make_server, workers):
+    port = free_port()
+    srv = make_server(workers=workers, metrics_port=port)
+    light = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
+    dark = to_pixel_format(solid(AZURE, 32, 32), VF.RGB24)
+    msgs = [descriptor(32, 32)] + [embedded(i + 2, light if i % 2 else dark) for i in range(17)]
+    msgs.append(embedded(19, light[:10]))  # one invalid: too short
+    replies, code, _ = exchange(srv.target, msgs)
+    assert code == grpc.StatusCode.OK and len(replies) == 19
+    m = scrape(port)
+    assert m['fastext_frames_total{outcome="inferred"}'] == 17
+    assert m['fastext_frames_total{outcome="invalid"}'] == 1
+    assert m['fastext_frames_total{outcome="dropped"}'] == 0
+    assert m["fastext_frame_latency_seconds_count"] == 18
+    assert m["fastext_frames_in_flight"] == 0
+    assert m["fastext_streams_active"] == 0
+    assert m["fastext_processing_seconds_count"] >= 1
+    assert m["fastext_queue_wait_seconds_count"] == m["fastext_processing_seconds_count"]
+    assert m["fastext_worker_restarts_total"] == 0
+    assert m["fastext_shared_memory_mapped_bytes"] == 0
+
+
+def test_auth_failures_and_drops_are_counted(make_server):
+    port = free_port()
+    srv = make_server(metrics_port=port, auth_username="lva", auth_password="pw",
+                      overload="drop", max_inflight=1, batch_size=4, batch_delay_ms=30.0)
+    frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
+    _, code, _ = exchange(srv.target, [descriptor(32, 32)])
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    import base64
+
+    auth = (("x-ms-authentication", "Basic " + base64.b64encode(b"lva:pw").decode()),)
+    msgs = [descriptor(32, 32)] + [embedded(i + 2, frame) for i in range(20)]
+    replies, code, _ = exchange(srv.target, msgs, metadata=auth)
+    assert code == grpc.StatusCode.OK
+    m = scrape(port)
+    assert m["fastext_auth_failures_total"] == 1
+    empty = sum(1 for r in replies[1:] if not r.media_sample.inferences)
+    assert m['fastext_frames_total{outcome="dropped"}'] == empty > 0
+    assert m['fastext_frames_total{outcome="inferred"}'] == 20 - empty
+
+
+def test_metrics_off_is_a_null_object():
+    assert type(make_metrics(0)) is NullMetrics
+    on = make_metrics(0, enabled=True)
+    assert isinstance(on, Metrics)
+    on.frame_accepted()
+    on.frame_acked("empty", 0.001, True)
+    assert on.value("fastext_frames_total", {"outcome": "empty"}) == 1
+    assert on.value("fastext_frames_in_flight") == 0
