@@ -21,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import resource
 import statistics
+import time
 
 import pytest
 
-from bench.conftest import bare_server, fastext_server, naive_server
+from bench.conftest import bare_server, fastext_server, free_port, naive_server
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, StreamResult, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 
 SERVERS = {
     "bare": (bare_server, ()),
+    "fastext-metrics": (fastext_server, ("--workers", "2", "--metrics-port", str(free_port()))),
     "naive": (naive_server, ()),
     "fastext": (fastext_server, ("--workers", "2")),
     "fastext-1w": (fastext_server, ("--workers", "1")),
@@ -130,3 +132,37 @@ def bench_jpeg_1080p_one_vs_two_workers(benchmark, servers, server_key):
     benchmark.group = "embedded 1080p JPEG: 1 vs 2 workers, 2 streams x 8 in flight"
     measure(benchmark, servers[server_key], "embedded-1080p-jpeg", streams=2, window=8,
             per_stream=60)
+
+
+def bench_metrics_overhead(benchmark, servers):
+    """Metrics on vs off, rounds alternated so drift hits both alike (shm 416x416, 2 x 16)."""
+    benchmark.group = "metrics on vs off: shm 416x416 RGB24, 2 streams x 16 in flight"
+    off, on = servers["fastext"], servers["fastext-metrics"]
+    per_stream = 2500  # CPU is read from /proc in 10 ms ticks: rounds long enough to resolve 1 %
+    fps: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    flip = [False]
+
+    def pair() -> None:
+        order = [("off", off), ("on", on)]
+        flip[0] = not flip[0]
+        for key, server in (order if flip[0] else order[::-1]):
+            before = server.cpu_seconds()
+            start = time.perf_counter()
+            results = run_round(server.target, "shm-416-rgb24", 2, per_stream, 16)
+            elapsed = time.perf_counter() - start
+            assert sum(r.acked for r in results) == 2 * per_stream
+            fps[key].append(2 * per_stream / elapsed)
+            cpu[key].append((server.cpu_seconds() - before) / (2 * per_stream) * 1e6)
+
+    benchmark.pedantic(pair, rounds=6, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:
+        return
+    med = {k: statistics.median(v[1:]) for k, v in fps.items()}
+    med_cpu = {k: statistics.median(v[1:]) for k, v in cpu.items()}
+    benchmark.extra_info.update({
+        "fps_off": round(med["off"], 1), "fps_on": round(med["on"], 1),
+        "throughput_cost": round(1 - med["on"] / med["off"], 4),
+        "front_cpu_us_off": round(med_cpu["off"], 1), "front_cpu_us_on": round(med_cpu["on"], 1),
+        "front_cpu_cost": round(med_cpu["on"] / med_cpu["off"] - 1, 4),
+    })

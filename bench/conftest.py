@@ -63,6 +63,15 @@ class ServerProcess:
             self.proc.stdout.close()
 
 
+def free_port() -> int:
+    """A loopback port free right now (for servers that take a fixed port, like metrics)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()

@@ -18,15 +18,19 @@ HERE = Path(__file__).resolve().parent
 
 
 def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``fastext serve`` on a free port; the log lines read while waiting are kept in
+    ``proc.startup_lines``."""
     proc = subprocess.Popen([sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
                              *args], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 60
     assert proc.stderr is not None
+    proc.startup_lines = []  # type: ignore[attr-defined]
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
             break
+        proc.startup_lines.append(line)  # type: ignore[attr-defined]
         match = re.search(r"fastext serving on \S+ \(port (\d+)", line)
         if match:
             return proc, int(match.group(1))

@@ -74,3 +74,29 @@ def test_server_runs_on_uvloop():
         assert loop.run_until_complete(roundtrip()) == 2
     finally:
         loop.close()
+
+
+def test_json_logs_one_object_per_line_with_session_fields():
+    import json
+    import signal
+
+    from tests import conformance
+    from tests.test_conformance import start_server
+
+    proc, port = start_server("--workers", "1", "--log-format", "json")
+    try:
+        errors = conformance.run(f"127.0.0.1:{port}")
+        assert errors == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    lines = [*proc.startup_lines, *err.splitlines()]  # type: ignore[attr-defined]
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    starts = [r for r in records if r.get("event") == "session_start"]
+    ends = [r for r in records if r.get("event") == "session_end"]
+    assert len(starts) == len(ends) == 9  # the conformance client's sessions
+    assert {r["transfer"] for r in starts} == {"embedded", "shared_memory"}
+    assert all(r["processor"] == "brightness" and r["peer"] for r in starts)
+    assert sum(r["frames"] for r in ends) == 92 and all(r["invalid"] == 0 for r in ends)
+    assert any(r.get("worker") == 0 for r in records)  # worker lines are JSON too

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fastext import __version__
+from fastext import __version__, logs
 from fastext.config import Config, add_arguments, from_args
 from fastext.errors import ConfigError
 
 __all__ = ["main"]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -153,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"fastext: error: {exc}", file=sys.stderr)
             return 2
-    _setup_logging(config.log_level if config is not None and args.command == "serve" else "WARNING")
+    if config is not None and args.command == "serve":
+        logs.setup(config.log_level, config.log_format)
+    else:
+        logs.setup("WARNING")
     try:
         return int(args.run(config, args))
     except ConfigError as exc:

@@ -151,6 +151,8 @@ OPTIONS: tuple[Option, ...] = (
            "serve Prometheus metrics on this port (0: off)"),
     Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
+    Option("log_format", "--log-format", "FASTEXT_LOG_FORMAT", _choice("text", "json"),
+           "log lines as readable text or one JSON object per line"),
 )
 
 
@@ -176,6 +178,7 @@ class Config:
     tls_client_ca: str = ""
     metrics_port: int = 0
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def address(self) -> str:

@@ -1,14 +1,18 @@
 """Prometheus metrics, cheap on the hot path.
 
 Every event is one method call on a :class:`Metrics`; with metrics off
-(``--metrics-port 0``) it is a :class:`NullMetrics`, whose methods do nothing,
-so "off" costs a call and "on" costs a few lock-protected additions.  Each
-server has its own registry (tests run several servers in one process).
+(``--metrics-port 0``) it is a :class:`NullMetrics`, whose methods do nothing.
+"On" costs a few integer additions per frame: the Prometheus families are built
+only when scraped.  Each server has its own registry (tests run several servers
+in one process).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["Metrics", "NullMetrics", "make_metrics"]
@@ -31,71 +35,116 @@ class NullMetrics:
     def close(self) -> None: ...
 
 
+class _Histogram:
+    """Bucket counts kept as plain integers; turned into a Prometheus family at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, doc: str) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
 class Metrics(NullMetrics):
-    """The server's Prometheus metrics, served over HTTP on ``port`` (0: not served)."""
+    """The server's Prometheus metrics, served over HTTP on ``port`` (0: not served).
+
+    The hot path only adds to integers owned by the event loop (batch timings from
+    the in-process thread pool take a lock, once per batch); ``prometheus_client``
+    builds the metric families from them when scraped.
+    """
 
     def __init__(self, port: int = 0, addr: str = "0.0.0.0") -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry
 
-        self.registry = r = CollectorRegistry()
-        frames = Counter("fastext_frames", "Frames acknowledged, by outcome: inferred (with "
-                         "inferences), empty (processed, nothing found), invalid (bad sample), "
-                         "dropped (overload policy drop)", ["outcome"], registry=r)
-        self._outcomes = {name: frames.labels(name)
-                          for name in ("inferred", "empty", "invalid", "dropped")}
-        self._streams = Gauge("fastext_streams_active", "Open ProcessMediaStream calls", registry=r)
-        self._in_flight = Gauge("fastext_frames_in_flight", "Frames read but not yet acknowledged",
-                                registry=r)
-        self._queue = Gauge("fastext_queue_depth", "Batches waiting for a worker or arena space",
-                            registry=r)
-        self._wait = Histogram("fastext_queue_wait_seconds", "Time a batch waited before a worker "
-                               "started it", buckets=_LATENCY_BUCKETS, registry=r)
-        self._processing = Histogram("fastext_processing_seconds", "Time a worker spent on a batch",
-                                     buckets=_LATENCY_BUCKETS, registry=r)
-        self._latency = Histogram("fastext_frame_latency_seconds", "From a sample's arrival to its "
-                                  "acknowledgement", buckets=_LATENCY_BUCKETS, registry=r)
-        self._restarts = Counter("fastext_worker_restarts", "Worker processes restarted after "
-                                 "they died", registry=r)
-        self._shm = Gauge("fastext_shared_memory_mapped_bytes", "Bytes of clients' shared memory "
-                          "mapped by open sessions", registry=r)
-        self._auth = Counter("fastext_auth_failures", "Calls refused for missing or wrong "
-                             "x-ms-authentication credentials", registry=r)
+        self.outcomes = {name: 0 for name in ("inferred", "empty", "invalid", "dropped")}
+        self.streams = self.in_flight = self.queue = self.restarts = self.shm = self.auth = 0
+        self.latency = _Histogram(_LATENCY_BUCKETS)
+        self.wait = _Histogram(_LATENCY_BUCKETS)
+        self.processing = _Histogram(_LATENCY_BUCKETS)
+        self._lock = threading.Lock()
+        self.registry = CollectorRegistry()
+        self.registry.register(self)  # collect() below
         self._http: Any = None
         if port:
             from prometheus_client import start_http_server
 
-            self._http, _ = start_http_server(port, addr=addr, registry=r)
+            self._http, _ = start_http_server(port, addr=addr, registry=self.registry)
             log.info("metrics on http://%s:%d/metrics", addr, port)
 
     def frame_acked(self, outcome: str, latency_s: float, held_permit: bool) -> None:
-        self._outcomes[outcome].inc()
-        self._latency.observe(latency_s)
+        self.outcomes[outcome] += 1
+        self.latency.observe(latency_s)
         if held_permit:
-            self._in_flight.dec()
+            self.in_flight -= 1
 
     def frame_accepted(self) -> None:
-        self._in_flight.inc()
+        self.in_flight += 1
 
     def batch_done(self, queue_wait_s: float, processing_s: float) -> None:
-        self._wait.observe(max(queue_wait_s, 0.0))
-        self._processing.observe(processing_s)
+        with self._lock:  # called from the in-process pool's threads too
+            self.wait.observe(max(queue_wait_s, 0.0))
+            self.processing.observe(processing_s)
 
     def queue_depth(self, depth: int) -> None:
-        self._queue.set(depth)
+        self.queue = depth
 
     def stream_started(self, shm_bytes: int) -> None:
-        self._streams.inc()
-        self._shm.inc(shm_bytes)
+        self.streams += 1
+        self.shm += shm_bytes
 
     def stream_ended(self, shm_bytes: int) -> None:
-        self._streams.dec()
-        self._shm.dec(shm_bytes)
+        self.streams -= 1
+        self.shm -= shm_bytes
 
     def worker_restarted(self) -> None:
-        self._restarts.inc()
+        self.restarts += 1
 
     def auth_failed(self) -> None:
-        self._auth.inc()
+        self.auth += 1
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        frames = CounterMetricFamily(
+            "fastext_frames", "Frames acknowledged, by outcome: inferred (with inferences), "
+            "empty (processed, nothing found), invalid (bad sample), dropped (overload drop)",
+            labels=["outcome"])
+        for name, count in self.outcomes.items():
+            frames.add_metric([name], count)
+        yield frames
+        yield GaugeMetricFamily("fastext_streams_active", "Open ProcessMediaStream calls",
+                                value=self.streams)
+        yield GaugeMetricFamily("fastext_frames_in_flight", "Frames read but not yet acknowledged",
+                                value=self.in_flight)
+        yield GaugeMetricFamily("fastext_queue_depth", "Batches waiting for a worker or arena "
+                                "space", value=self.queue)
+        yield GaugeMetricFamily("fastext_shared_memory_mapped_bytes", "Bytes of clients' shared "
+                                "memory mapped by open sessions", value=self.shm)
+        yield CounterMetricFamily("fastext_worker_restarts", "Worker processes restarted after "
+                                  "they died", value=self.restarts)
+        yield CounterMetricFamily("fastext_auth_failures", "Calls refused for missing or wrong "
+                                  "x-ms-authentication credentials", value=self.auth)
+        with self._lock:
+            yield self.wait.family("fastext_queue_wait_seconds",
+                                   "Time a batch waited before a worker started it")
+            yield self.processing.family("fastext_processing_seconds",
+                                         "Time a worker spent on a batch")
+        yield self.latency.family("fastext_frame_latency_seconds",
+                                  "From a sample's arrival to its acknowledgement")
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value (for tests and the benchmark)."""

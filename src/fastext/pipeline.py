@@ -238,7 +238,7 @@ class WorkerBackend:
         self._all_ready = asyncio.Event()
         self._supervisor = Supervisor(
             self.config.workers, (self._arena.name, size), self.config.log_level,
-            _RING_CAPACITY, self._on_completions, self._on_exit)
+            self.config.log_format, _RING_CAPACITY, self._on_completions, self._on_exit)
         self._states = [_WorkerState(slot) for slot in self._supervisor.slots]
         self._supervisor.start()
         try:

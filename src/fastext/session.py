@@ -108,7 +108,11 @@ class Session:
             self._metrics.stream_started(spec.shm_length)
             counted = spec.shm_length
             log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
-                     spec.stream_name, spec.describe(), self._processor_name)
+                     spec.stream_name, spec.describe(), self._processor_name,
+                     extra={"event": "session_start", "peer": self.peer,
+                            "stream": spec.stream_name, "format": spec.describe(),
+                            "transfer": "shared_memory" if spec.shm_name else "embedded",
+                            "processor": self._processor_name})
             reason = await self._run(requests, write)
         except SessionEnd as exc:
             reason = f"{exc.code}: {exc}"
@@ -121,9 +125,14 @@ class Session:
             if counted >= 0:
                 self._metrics.stream_ended(counted)
             if self._spec is not None:
+                seconds = time.monotonic() - started
                 log.info("session end peer=%s stream=%s frames=%d invalid=%d dropped=%d "
                          "seconds=%.1f reason=%s", self.peer, self._spec.stream_name, self.frames,
-                         self.invalid, self.dropped, time.monotonic() - started, reason)
+                         self.invalid, self.dropped, seconds, reason,
+                         extra={"event": "session_end", "peer": self.peer,
+                                "stream": self._spec.stream_name, "frames": self.frames,
+                                "invalid": self.invalid, "dropped": self.dropped,
+                                "seconds": round(seconds, 3), "reason": reason})
 
     def drain(self) -> None:
         """Stop reading new samples; in-flight ones are still processed and acknowledged."""

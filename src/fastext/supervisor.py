@@ -56,6 +56,7 @@ class Supervisor:
         count: int,
         arena: tuple[str, int],
         log_level: str,
+        log_format: str,
         ring_capacity: int,
         on_completions: Callable[[WorkerSlot], None],
         on_exit: Callable[[WorkerSlot], None],
@@ -64,6 +65,7 @@ class Supervisor:
         self.slots = [WorkerSlot(i) for i in range(count)]
         self._arena = arena
         self._log_level = log_level
+        self._log_format = log_format
         self._capacity = ring_capacity
         self._on_completions = on_completions
         self._on_exit = on_exit
@@ -89,6 +91,7 @@ class Supervisor:
         slot.heartbeat = _CTX.RawValue("d", time.monotonic())
         spec = WorkerSpec(index=slot.index, rings=slot.rings.names, arena_name=self._arena[0],
                           arena_size=self._arena[1], log_level=self._log_level,
+                          log_format=self._log_format,
                           parent_pid=os.getpid(), heartbeat=slot.heartbeat, doorbell=writer)
         slot.process = _CTX.Process(target=main, args=(spec,), name=f"fastext-worker-{slot.index}",
                                     daemon=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fastext import kernels, records
+from fastext import kernels, logs, records
 from fastext._proto.extension_pb2 import MediaSample
 from fastext.execute import FrameFormat, run_batch
 from fastext.processors import create
@@ -47,6 +47,7 @@ class WorkerSpec:
     arena_name: str
     arena_size: int
     log_level: str
+    log_format: str
     parent_pid: int
     heartbeat: Any  # multiprocessing RawValue('d'): monotonic time of the last beat
     doorbell: Any  # multiprocessing Connection (write end): one byte after completions
@@ -84,7 +85,10 @@ class Worker:
         os.set_blocking(self._doorbell_fd, False)
 
     def run(self) -> None:
+        started = time.perf_counter()
         kernels.warm()
+        log.info("kernels warm in %.2f s (pid %d)", time.perf_counter() - started, os.getpid(),
+                 extra={"event": "worker_ready"})
         self._push(records.pack_ready(os.getpid()))
         self._ring()
         while True:
@@ -197,8 +201,7 @@ def main(spec: WorkerSpec) -> None:
     if os.getppid() != spec.parent_pid:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front's to handle
-    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[{spec.index}]: %(message)s")
+    logs.setup(spec.log_level, spec.log_format, worker=spec.index)
     spec.heartbeat.value = time.monotonic()
     threading.Thread(target=_heartbeat, args=(spec.heartbeat,), daemon=True,
                      name="fastext-heartbeat").start()
