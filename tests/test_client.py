@@ -190,3 +190,32 @@ def test_client_imports_nothing_of_the_server():
             "sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_progress_line_on_a_terminal_only():
+    import pty
+
+    with MinimalServer() as srv:
+        args = [sys.executable, "-m", "fastext", "stream", "synthetic:noise", "--target",
+                srv.target, "--max-frames", "300", "--fps", "300"]
+        piped = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert piped.returncode == 0 and "in flight" not in piped.stderr
+        main, sub = pty.openpty()
+        try:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=sub, text=True)
+            os.close(sub)
+            out, _ = proc.communicate(timeout=120)
+            chunks = []
+            while True:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the terminal's other side closed
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            os.close(main)
+    shown = b"".join(chunks).decode()
+    assert proc.returncode == 0 and "sent 300" in out
+    assert "fps" in shown and "in flight" in shown and "frames 300" in shown
