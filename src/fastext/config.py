@@ -279,12 +279,6 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     return load(vars(args), environ, getattr(args, "config", None))
 
 
-def environ_flag(name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """Read one non-option environment setting (kept here: the only os.environ reader)."""
-    env = os.environ if environ is None else environ
-    return env.get(name)
-
-
 def option_table() -> Sequence[tuple[str, str, str, str]]:
     """(flag, environment, default, help) rows, for the README and ``--help``."""
     defaults = Config()

@@ -115,9 +115,6 @@ class ExtensionServer:
         for name in ("", SERVICE_NAME):  # "" is the server as a whole
             await self.health.set(name, status)
 
-    async def wait_closed(self) -> None:
-        await self._server.wait_for_termination()
-
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
