@@ -1,5 +1,9 @@
 """Run a processor over one batch: payloads → frames → inferences, errors per frame.
 
+Frames are prepared as the processor declares (``needs``, ``luma_scale``,
+``rgb_size``); a stateful processor's batches must reach :func:`run_batch` one at a
+time and in frame order (the backends guarantee it, not this module).
+
 Shared by the in-process backend and the worker processes, so a frame is turned
 into a :class:`~fastext.frames.Frame` and judged the same way wherever it runs.
 Nothing here touches gRPC.
@@ -37,12 +41,23 @@ class FrameFormat:
     stride: int
 
 
-def make_frame(fmt: FrameFormat, payload: np.ndarray | bytes | memoryview,
-               luma_scale: int = 1) -> Frame:
-    """A RAW payload becomes a zero-copy view; an encoded one is decoded to luma."""
+def make_frame(
+    fmt: FrameFormat,
+    payload: np.ndarray | bytes | memoryview,
+    luma_scale: int = 1,
+    *,
+    needs: str = "luma",
+    rgb_size: tuple[int, int] | None = None,
+) -> Frame:
+    """A RAW payload becomes a zero-copy view, whatever ``needs`` says (the processor
+    converts what it reads); an encoded one is decoded as ``needs`` asks: to luma (at
+    1/``luma_scale``), to RGB (no smaller than ``rgb_size``), or not at all (``"raw"``).
+    """
     if fmt.encoding == Encoding.RAW:
         return frame_from_raw(payload, fmt.pixel_format, fmt.width, fmt.height, fmt.stride)
-    return frame_from_encoded(payload, fmt.encoding, luma_scale=luma_scale)
+    return frame_from_encoded(
+        payload, fmt.encoding, luma_scale=luma_scale, needs=needs, rgb_size=rgb_size
+    )
 
 
 def run_batch(
@@ -52,9 +67,12 @@ def run_batch(
     outcomes: list[Outcome] = ["not processed"] * len(payloads)
     frames: list[Frame] = []
     index: list[int] = []
+    needs, rgb_size = processor.needs, processor.rgb_size
     for i, payload in enumerate(payloads):
         try:
-            frames.append(make_frame(fmt, payload, processor.luma_scale))
+            frames.append(
+                make_frame(fmt, payload, processor.luma_scale, needs=needs, rgb_size=rgb_size)
+            )
             index.append(i)
         except FrameError as exc:
             outcomes[i] = str(exc)

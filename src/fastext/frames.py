@@ -1,10 +1,12 @@
-"""Frames as processors see them: zero-copy views of RAW pixels, or decoded luma.
+"""Frames as processors see them: zero-copy views of RAW pixels, or decoded images.
 
 A RAW frame is a run of rows, ``stride`` bytes apart, in a pixel format of the
 contract; :func:`raw_view` maps it without copying (the bytes usually live in the
-client's shared memory). JPG/PNG/BMP frames are decoded straight to 8-bit luma.
-Either way a :class:`Frame` offers ``luma_mean()`` and ``luma()``, both BT.601
-(``Y = 0.299 R + 0.587 G + 0.114 B``, what Pillow's ``convert("L")`` computes).
+client's shared memory). JPG/PNG/BMP frames are decoded as the processor needs
+(:data:`NEEDS`): straight to 8-bit luma, to RGB, or not at all. Every
+:class:`Frame` offers ``luma_mean()`` and ``luma()``, both BT.601
+(``Y = 0.299 R + 0.587 G + 0.114 B``, what Pillow's ``convert("L")`` computes), and
+``rgb(size)``.
 
 This module must not import grpc or protobuf: worker processes import it.
 """
@@ -30,10 +32,12 @@ from fastext.errors import FrameError
 __all__ = [
     "LAYOUTS",
     "MAX_DIMENSION",
+    "NEEDS",
     "Encoding",
     "Frame",
     "PixelFormat",
     "PixelLayout",
+    "check_size",
     "default_stride",
     "frame_from_encoded",
     "frame_from_raw",
@@ -199,23 +203,62 @@ def raw_view(buf: Any, pixel_format: int, width: int, height: int, stride: int) 
     return view
 
 
+#: What a processor may ask frames to be (:attr:`fastext.processors.Processor.needs`).
+NEEDS = ("luma", "rgb", "raw")
+
+
+def check_size(size: Any, what: str = "size") -> tuple[int, int]:
+    """``size`` as a (width, height) tuple of positive ints, else ValueError naming ``what``."""
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+        or not all(0 < v <= MAX_DIMENSION for v in size)
+    ):
+        raise ValueError(f"{what} must be (width, height), each within 1..{MAX_DIMENSION}; got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Frame:
-    """One image ready for a processor: a zero-copy RAW view or a decoded luma image.
+    """One image ready for a processor, in one of three forms (all read-only):
 
-    ``data`` is the 2-D view :func:`raw_view` returns (``layout`` set), or a
-    ``(height, width)`` uint8 luma image (``layout`` is ``None``). Read-only.
+    - RAW: ``layout`` is set and ``data`` is the zero-copy 2-D view :func:`raw_view`
+      returns (for YUV420P the Y plane, with the U and V planes in ``chroma``);
+    - decoded: ``layout`` is ``None`` and ``data`` is a ``(height, width)`` luma or a
+      ``(height, width, 3)`` RGB image; ``encoding`` says what it was decoded from;
+    - still encoded (a processor that ``needs = "raw"`` on a JPG/PNG/BMP stream):
+      ``data`` is the 1-D bytes of the image, ``width``/``height`` come from its
+      header, and :meth:`luma`, :meth:`luma_mean` and :meth:`rgb` decode it on each call.
+
+    ``luma()``, ``luma_mean()`` and ``rgb()`` work on every form.
     """
 
     width: int
     height: int
     layout: PixelLayout | None
     data: np.ndarray = field(repr=False)
+    chroma: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    encoding: int = Encoding.RAW
+
+    def _decoded(self, needs: str, size: tuple[int, int] | None = None) -> Frame:
+        return frame_from_encoded(self.data, self.encoding, needs=needs, rgb_size=size)
 
     def luma_mean(self) -> float:
         """Mean BT.601 luma over the image (row padding excluded), in 0..255."""
         layout = self.layout
-        if layout is None or layout.kind == "yuv420p":
+        if layout is None:
+            if self.data.ndim == 1:
+                return self._decoded("luma").luma_mean()
+            if self.data.ndim == 3:
+                return float(kernels.luma_mean_rgb(self._rgb_rows(), 3, 0, 1, 2, self.width))
+            return float(kernels.mean_u8(self.data))
+        if layout.kind == "yuv420p":
             return float(kernels.mean_u8(self.data))
         if layout.kind == "rgb":
             return float(
@@ -232,13 +275,20 @@ class Frame:
     def luma(self) -> np.ndarray:
         """``(height, width)`` uint8 BT.601 luma, rounded to nearest.
 
-        A read-only view for YUV420P and decoded frames; a new array for RGB formats.
+        A read-only view for YUV420P and luma-decoded frames; a new array otherwise.
         """
         layout = self.layout
-        if layout is None or layout.kind == "yuv420p":
+        if layout is None:
+            if self.data.ndim == 1:
+                return self._decoded("luma").data
+            if self.data.ndim == 2:
+                return self.data
+        elif layout.kind == "yuv420p":
             return self.data
         out = np.empty((self.height, self.width), np.uint8)
-        if layout.kind == "rgb":
+        if layout is None:
+            kernels.luma_rgb(self._rgb_rows(), 3, 0, 1, 2, self.width, out)
+        elif layout.kind == "rgb":
             kernels.luma_rgb(
                 self.data, layout.bytes_per_pixel, layout.r, layout.g, layout.b, self.width, out
             )
@@ -248,12 +298,88 @@ class Frame:
             )
         return out
 
+    def rgb(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """``(height, width, 3)`` uint8 R, G, B; with ``size`` = (width, height), resized to it.
+
+        RGB24 at its own size is a zero-copy read-only view (strided when rows are
+        padded), an image decoded to RGB at its own size is returned as it is (read-only);
+        every other case is a new C-contiguous array. Resizing stretches
+        (no letterbox) with bilinear interpolation. YUV420P is read as BT.601 full
+        range (JFIF levels, as the luma path assumes), each chroma sample covering
+        2x2 pixels; RGB565/555 channels are expanded by bit replication; alpha is dropped.
+        """
+        target = None if size is None else check_size(size)
+        if target == (self.width, self.height):
+            target = None
+        layout = self.layout
+        if layout is None and self.data.ndim == 1:
+            return self._decoded("rgb", target).rgb(target)
+        if layout is not None and layout.kind == "rgb":
+            # Byte formats resize straight from the view: no full-size copy first.
+            bpp, r, g, b = layout.bytes_per_pixel, layout.r, layout.g, layout.b
+            if target is None and (bpp, r, g, b) == (3, 0, 1, 2):
+                return _read_only(self.data.reshape(self.height, self.width, 3))
+            source = self.data
+        else:
+            full = self._full_rgb()
+            if target is None:
+                return full
+            bpp, r, g, b = 3, 0, 1, 2
+            source = _read_only(full.reshape(self.height, self.width * 3))
+        if target is None:
+            out = np.empty((self.height, self.width, 3), np.uint8)
+            kernels.rgb_bytes(source, bpp, r, g, b, self.width, out)
+        else:
+            out = np.empty((target[1], target[0], 3), np.uint8)
+            kernels.resize_bilinear(source, bpp, r, g, b, self.width, out)
+        return out
+
+    def _rgb_rows(self) -> np.ndarray:
+        """A decoded RGB image as (height, width * 3) rows, the kernels' view."""
+        return self.data.reshape(self.height, self.width * 3)
+
+    def _full_rgb(self) -> np.ndarray:
+        """RGB at full size for decoded, packed 16-bit and YUV420P frames."""
+        layout = self.layout
+        if layout is None:
+            if self.data.ndim == 3:
+                return self.data
+            return np.repeat(self.data[:, :, np.newaxis], 3, axis=2)
+        out = np.empty((self.height, self.width, 3), np.uint8)
+        if layout.kind == "yuv420p":
+            assert self.chroma is not None
+            kernels.rgb_yuv420p(self.data, self.chroma[0], self.chroma[1], True, out)
+        else:
+            kernels.rgb_packed16(
+                self.data, self.width, layout.big_endian, layout.kind == "rgb565", out
+            )
+        return out
+
+
+def _chroma_planes(buf: Any, width: int, height: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only views of the U and V planes of a YUV420P frame (already bounds-checked)."""
+    data = _byte_array(buf, copy_ok=False)
+    c_stride, c_height, c_width = -(-stride // 2), -(-height // 2), -(-width // 2)
+    planes = []
+    for index in range(2):
+        offset = stride * height + index * c_stride * c_height
+        plane = np.ndarray(
+            shape=(c_height, c_width), dtype=np.uint8, buffer=data, offset=offset,
+            strides=(c_stride, 1),
+        )
+        planes.append(_read_only(plane))
+    return planes[0], planes[1]
+
 
 def frame_from_raw(buf: Any, pixel_format: int, width: int, height: int, stride: int) -> Frame:
     """A :class:`Frame` over a RAW frame in ``buf`` (see :func:`raw_view`); no copy."""
     view = raw_view(buf, pixel_format, width, height, stride)
+    layout = LAYOUTS[pixel_format]
+    chroma = None
+    if layout.kind == "yuv420p":
+        chroma = _chroma_planes(buf, width, height, stride or width)
     # Plain ints: kernels are compiled per argument type (numpy int32 would recompile).
-    return Frame(int(width), int(height), LAYOUTS[pixel_format], view)
+    return Frame(int(width), int(height), layout, view, chroma)
 
 
 def _check_dimensions(kind: str, width: int, height: int, max_dimension: int) -> None:
@@ -265,23 +391,40 @@ def _check_dimensions(kind: str, width: int, height: int, max_dimension: int) ->
         )
 
 
-def _decode_jpeg(data: np.ndarray, luma_scale: int, max_dimension: int) -> np.ndarray:
+def _jpeg_size(data: np.ndarray, max_dimension: int) -> tuple[int, int]:
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except Exception as exc:  # noqa: BLE001 - any failure is the frame's; ValueError usually
         raise FrameError(f"JPG header unreadable: {exc}") from None
     _check_dimensions("JPG", width, height, max_dimension)
-    scale = min(luma_scale, _MAX_JPEG_SCALE)
+    return width, height
+
+
+def _decode_jpeg(
+    data: np.ndarray,
+    luma_scale: int,
+    max_dimension: int,
+    rgb: bool = False,
+    rgb_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Gray (h, w) at 1/``luma_scale``, or RGB (h, w, 3) at least ``rgb_size`` big."""
+    width, height = _jpeg_size(data, max_dimension)
     # simplejpeg picks the smallest DCT scale whose output is at least min_height x
     # min_width; without them it ignores min_factor and decodes at full size.
     size_hint = {}
-    if scale > 1:
+    if rgb:
+        if rgb_size is not None:
+            size_hint = {"min_height": min(rgb_size[1], height), "min_width": min(rgb_size[0], width)}
+    elif luma_scale > 1:
+        scale = min(luma_scale, _MAX_JPEG_SCALE)
         size_hint = {"min_height": -(-height // scale), "min_width": -(-width // scale)}
     try:
-        gray = simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, **size_hint)
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB" if rgb else "GRAY", strict=True, **size_hint
+        )
     except Exception as exc:  # noqa: BLE001 - any failure is the frame's
         raise FrameError(f"JPG decode failed: {exc}") from None
-    return gray.reshape(gray.shape[0], gray.shape[1])
+    return pixels if rgb else pixels.reshape(pixels.shape[0], pixels.shape[1])
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -332,12 +475,18 @@ def _bmp_size(head: bytes) -> tuple[int, int]:
     return width, height
 
 
-def _decode_pillow(data: np.ndarray, kind: str, max_dimension: int) -> np.ndarray:
+def _pillow_size(data: np.ndarray, kind: str, max_dimension: int) -> tuple[int, int]:
     head = data[:32].tobytes()
     width, height = _png_size(head) if kind == "PNG" else _bmp_size(head)
     # Checked from our own header read, before Pillow sees the data: Image.open would
     # warn (or raise) about large images itself, and warnings are process-global.
     _check_dimensions(kind, width, height, max_dimension)
+    return width, height
+
+
+def _decode_pillow(data: np.ndarray, kind: str, max_dimension: int, rgb: bool = False) -> np.ndarray:
+    """Gray (h, w), or with ``rgb`` (h, w, 3)."""
+    width, height = _pillow_size(data, kind, max_dimension)
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
         raise FrameError(
@@ -353,8 +502,9 @@ def _decode_pillow(data: np.ndarray, kind: str, max_dimension: int) -> np.ndarra
             # Alpha is not luma; dropping it also keeps Pillow's palette warnings quiet.
             image.info.pop("transparency", None)
             if image.mode.startswith("I;16"):
-                return (np.asarray(image) >> 8).astype(np.uint8)
-            return np.asarray(image.convert("L"))
+                gray = (np.asarray(image) >> 8).astype(np.uint8)
+                return np.repeat(gray[:, :, np.newaxis], 3, axis=2) if rgb else gray
+            return np.asarray(image.convert("RGB" if rgb else "L"))
     except FrameError:
         raise
     except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, zlib.error, ...
@@ -362,19 +512,35 @@ def _decode_pillow(data: np.ndarray, kind: str, max_dimension: int) -> np.ndarra
 
 
 def frame_from_encoded(
-    data: Any, encoding: int, *, luma_scale: int = 1, max_dimension: int = MAX_DIMENSION
+    data: Any,
+    encoding: int,
+    *,
+    luma_scale: int = 1,
+    max_dimension: int = MAX_DIMENSION,
+    needs: str = "luma",
+    rgb_size: tuple[int, int] | None = None,
 ) -> Frame:
-    """Decode a JPG, PNG or BMP image to a luma :class:`Frame`.
+    """A :class:`Frame` of a JPG, PNG or BMP image, decoded as ``needs`` asks.
 
     ``data`` may be bytes, a memoryview or a uint8 array (e.g. a view of shared
-    memory); it is not copied for JPG. ``luma_scale`` > 1 lets JPG decode at a
-    reduced scale (up to 1/8, by DCT scaling), which keeps the mean; other formats
-    decode at full size. Images with a side above ``max_dimension`` are refused
-    from their header, before any pixel is decoded. Every failure is a
-    :class:`FrameError`.
+    memory); it is not copied for JPG. ``needs``:
+
+    - ``"luma"``: decoded straight to 8-bit luma; ``luma_scale`` > 1 lets JPG decode at
+      a reduced scale (up to 1/8, by DCT scaling), which keeps the mean;
+    - ``"rgb"``: decoded to RGB; with ``rgb_size`` (width, height) a JPG decodes at the
+      smallest DCT scale still at least that big (the processor resizes the rest);
+    - ``"raw"``: not decoded: a frame over the bytes, sized from the header.
+
+    PNG and BMP always decode at full size. Images with a side above
+    ``max_dimension`` are refused from their header, before any pixel is decoded.
+    Every failure is a :class:`FrameError`.
     """
     if not isinstance(luma_scale, int) or luma_scale < 1:
         raise ValueError(f"luma_scale must be an int >= 1, got {luma_scale!r}")
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {', '.join(NEEDS)}; got {needs!r}")
+    if rgb_size is not None:
+        rgb_size = check_size(rgb_size, "rgb_size")
     try:
         kind = Encoding(encoding)
     except ValueError:
@@ -384,9 +550,17 @@ def frame_from_encoded(
     array = _byte_array(data, copy_ok=True)
     if array.shape[0] == 0:
         raise FrameError(f"{kind.name} image is empty")
+    if needs == "raw":
+        if kind is Encoding.JPG:
+            width, height = _jpeg_size(array, max_dimension)
+        else:
+            width, height = _pillow_size(array, kind.name, max_dimension)
+        view = array.view()
+        view.flags.writeable = False
+        return Frame(width, height, None, view, None, kind)
     if kind is Encoding.JPG:
-        luma = _decode_jpeg(array, luma_scale, max_dimension)
+        pixels = _decode_jpeg(array, luma_scale, max_dimension, needs == "rgb", rgb_size)
     else:
-        luma = _decode_pillow(array, kind.name, max_dimension)
-    luma.flags.writeable = False
-    return Frame(luma.shape[1], luma.shape[0], None, luma)
+        pixels = _decode_pillow(array, kind.name, max_dimension, rgb=needs == "rgb")
+    pixels.flags.writeable = False
+    return Frame(pixels.shape[1], pixels.shape[0], None, pixels, None, kind)

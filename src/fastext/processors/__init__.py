@@ -1,46 +1,113 @@
-"""Processors: the built-ins and the registry that finds them by name."""
+"""Processors: the public API, the built-ins and the registry that finds them by name.
+
+A plug-in needs only this module: :class:`Processor`, and the contract's inference
+messages it returns (re-exported here so that plug-ins do not import fastext's
+private ``_proto`` package). See docs/processors.md.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
+from fastext._proto.inferencing_pb2 import (
+    Attribute,
+    Classification,
+    Entity,
+    Event,
+    Inference,
+    Motion,
+    Rectangle,
+    Tag,
+    Text,
+)
+from fastext.frames import Frame
 from fastext.processors.base import Processor
 from fastext.processors.brightness import Brightness
+from fastext.processors.motion import MotionDetector
 
-__all__ = ["Processor", "available", "create", "from_configuration"]
+__all__ = [
+    "Attribute",
+    "Classification",
+    "Entity",
+    "Event",
+    "Frame",
+    "Inference",
+    "Motion",
+    "Processor",
+    "Rectangle",
+    "Tag",
+    "Text",
+    "available",
+    "create",
+    "from_configuration",
+]
+
+log = logging.getLogger("fastext.processors")
 
 ENTRY_POINT_GROUP = "fastext.processors"
-_BUILTINS: dict[str, type[Processor]] = {Brightness.name: Brightness}
+_BUILTINS: dict[str, type[Processor]] = {Brightness.name: Brightness, MotionDetector.name: MotionDetector}
 
 
 def available() -> dict[str, type[Processor]]:
     """Built-ins plus those installed under the ``fastext.processors`` entry-point group."""
-    return dict(_discover())
+    return dict(_discover()[0])
 
 
 @lru_cache(maxsize=1)
-def _discover() -> dict[str, type[Processor]]:
-    # Scanning installed distributions takes milliseconds: once per process, not per session.
+def _discover() -> tuple[dict[str, type[Processor]], dict[str, str]]:
+    """(name -> class, name -> why it could not be loaded), scanned once per process.
+
+    A plug-in cannot shadow a built-in. One that fails to load is left out and the
+    reason kept, so a broken package takes down only the sessions that ask for it.
+    """
     found = dict(_BUILTINS)
+    broken: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in found:
-            found[ep.name] = ep.load()
-    return found
+        if ep.name in found:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # an ImportError usually; any failure is the plug-in's
+            broken[ep.name] = f"{ep.value} could not be loaded: {type(exc).__name__}: {exc}"
+            log.error("processor %r: %s", ep.name, broken[ep.name])
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Processor)):
+            broken[ep.name] = f"{ep.value} is not a fastext.processors.Processor subclass"
+            log.error("processor %r: %s", ep.name, broken[ep.name])
+            continue
+        found[ep.name] = cls
+    return found, broken
 
 
 def create(name: str, params: dict[str, Any] | None = None) -> Processor:
-    """A new processor instance; ValueError names an unknown processor or bad parameter."""
-    registry = available()
+    """A new processor instance for one session.
+
+    Raises ValueError naming the problem: an unknown processor, a bad parameter, or
+    any other failure of the processor's ``__init__`` (e.g. a plug-in's model file).
+    """
+    registry, broken = _discover()
     cls = registry.get(name)
+    if cls is None and name in broken:
+        raise ValueError(f"processor {name!r}: {broken[name]}")
     if cls is None:
         raise ValueError(f"unknown processor {name!r} (available: {', '.join(sorted(registry))})")
     try:
-        return cls(**(params or {}))
-    except TypeError as exc:
+        processor = cls(**(params or {}))
+        processor.check()
+    except ValueError:
+        raise
+    except TypeError as exc:  # a missing or unexpected keyword argument, mostly
         raise ValueError(f"processor {name!r}: {exc}") from None
+    except Exception as exc:  # a plug-in's own failure (its model file, its runtime)
+        log.exception("processor %r could not be created", name)
+        raise ValueError(
+            f"processor {name!r} could not be created: {type(exc).__name__}: {exc}"
+        ) from None
+    return processor
 
 
 def from_configuration(text: str, default: str) -> tuple[str, dict[str, Any]]:
