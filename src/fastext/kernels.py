@@ -211,6 +211,15 @@ def _round_1000(v):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def _check_rgb_args(view2d, bpp, r, g, b, width):  # type: ignore[no-untyped-def]
+    """The checks every byte-channel kernel makes before it reads a pixel."""
+    if (bpp != 3 and bpp != 4) or width < 0 or width * bpp > view2d.shape[1]:
+        raise ValueError("bpp must be 3 or 4 and width * bpp fit in the row")
+    if not (0 <= r < bpp and 0 <= g < bpp and 0 <= b < bpp):
+        raise ValueError("channel offset outside the pixel")
+
+
+@_jit
 def _check_out(out, height, width):  # type: ignore[no-untyped-def]
     if out.shape[0] != height or out.shape[1] != width:
         raise ValueError("out must have shape (height, width)")
@@ -221,10 +230,7 @@ def luma_rgb(view2d, bpp, r, g, b, width, out):  # type: ignore[no-untyped-def]
     """Fill ``out`` (height, width) with rounded BT.601 luma; ``bpp`` is 3 or 4."""
     height = view2d.shape[0]
     row_bytes = width * bpp
-    if (bpp != 3 and bpp != 4) or width < 0 or row_bytes > view2d.shape[1]:
-        raise ValueError("bpp must be 3 or 4 and width * bpp fit in the row")
-    if not (0 <= r < bpp and 0 <= g < bpp and 0 <= b < bpp):
-        raise ValueError("channel offset outside the pixel")
+    _check_rgb_args(view2d, bpp, r, g, b, width)
     _check_out(out, height, width)
     w = np.zeros(4, np.uint32)
     w[r] = _WR
@@ -342,10 +348,7 @@ def rgb_bytes(view2d, bpp, r, g, b, width, out):  # type: ignore[no-untyped-def]
     """Fill ``out`` with the bytes at offsets r, g, b of each ``bpp``-byte pixel (3 or 4)."""
     height = view2d.shape[0]
     row_bytes = width * bpp
-    if (bpp != 3 and bpp != 4) or width < 0 or row_bytes > view2d.shape[1]:
-        raise ValueError("bpp must be 3 or 4 and width * bpp fit in the row")
-    if not (0 <= r < bpp and 0 <= g < bpp and 0 <= b < bpp):
-        raise ValueError("channel offset outside the pixel")
+    _check_rgb_args(view2d, bpp, r, g, b, width)
     _check_rgb_out(out, height, width)
     scratch = np.empty(row_bytes, np.uint8)
     for y in range(height):
