@@ -158,8 +158,7 @@ def luma_mean_packed16(view2d, width, big_endian, is565):  # type: ignore[no-unt
     """
     height = view2d.shape[0]
     row_bytes = 2 * width
-    if width < 0 or row_bytes > view2d.shape[1]:
-        raise ValueError("2 * width exceeds the row")
+    _check_packed_args(view2d, width)
     if height * width == 0:
         return np.nan
     scratch = np.empty(row_bytes, np.uint8)
@@ -220,6 +219,13 @@ def _check_rgb_args(view2d, bpp, r, g, b, width):  # type: ignore[no-untyped-def
 
 
 @_jit
+def _check_packed_args(view2d, width):  # type: ignore[no-untyped-def]
+    """The check every RGB565/RGB555 kernel makes before it reads a pixel."""
+    if width < 0 or 2 * width > view2d.shape[1]:
+        raise ValueError("2 * width exceeds the row")
+
+
+@_jit
 def _check_out(out, height, width):  # type: ignore[no-untyped-def]
     if out.shape[0] != height or out.shape[1] != width:
         raise ValueError("out must have shape (height, width)")
@@ -273,8 +279,7 @@ def luma_packed16(view2d, width, big_endian, is565, out):  # type: ignore[no-unt
     """Fill ``out`` (height, width) with rounded BT.601 luma of RGB565/RGB555 pixels."""
     height = view2d.shape[0]
     row_bytes = 2 * width
-    if width < 0 or row_bytes > view2d.shape[1]:
-        raise ValueError("2 * width exceeds the row")
+    _check_packed_args(view2d, width)
     _check_out(out, height, width)
     scratch = np.empty(row_bytes, np.uint8)
     for y in range(height):
@@ -381,8 +386,7 @@ def rgb_packed16(view2d, width, big_endian, is565, out):  # type: ignore[no-unty
     """Fill ``out`` with the RGB of RGB565/RGB555 words, channels expanded by bit replication."""
     height = view2d.shape[0]
     row_bytes = 2 * width
-    if width < 0 or row_bytes > view2d.shape[1]:
-        raise ValueError("2 * width exceeds the row")
+    _check_packed_args(view2d, width)
     _check_rgb_out(out, height, width)
     scratch = np.empty(row_bytes, np.uint8)
     for y in range(height):
