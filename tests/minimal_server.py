@@ -4,7 +4,9 @@ Written from the contract only (gRPC + generated messages; nothing of fastext's
 server): a synchronous grpc server that answers the descriptor, then acks each
 sample with one ENTITY inference.  Behaviours for failure tests:
 ``abort_after`` ends the call with ABORTED after N samples; ``stall_after``
-stops acking (but keeps the call open) after N samples.  ``metadata`` records
+stops acking (but keeps the call open) after N samples; ``end_after`` ends the
+call with OK right after acking N samples, however many the client still has;
+``refuse`` ends every call with UNAUTHENTICATED before reading anything.  ``metadata`` records
 each call's invocation metadata.
 """
 
@@ -22,8 +24,10 @@ SERVICE = "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.Medi
 
 
 class MinimalServer:
-    def __init__(self, abort_after: int = 0, stall_after: int = 0) -> None:
-        self.abort_after, self.stall_after = abort_after, stall_after
+    def __init__(self, abort_after: int = 0, stall_after: int = 0, end_after: int = 0,
+                 refuse: bool = False) -> None:
+        self.abort_after, self.stall_after, self.end_after = abort_after, stall_after, end_after
+        self.refuse = refuse
         self.metadata: list[dict[str, str]] = []
         self.samples = 0
         self._stop = threading.Event()
@@ -50,6 +54,8 @@ class MinimalServer:
 
     def _process(self, requests, context):
         self.metadata.append(dict(context.invocation_metadata()))
+        if self.refuse:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "minimal server: refused")
         out_seq = 0
         count = 0
         for message in requests:
@@ -73,3 +79,5 @@ class MinimalServer:
                 sequence_number=out_seq, ack_sequence_number=message.sequence_number,
                 media_sample=ext.MediaSample(timestamp=message.media_sample.timestamp,
                                              inferences=[entity]))
+            if self.end_after and count >= self.end_after:
+                return

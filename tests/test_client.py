@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import pytest
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.imagenode import ImageNode
 from fastext.client.sources import SourceError, expected_dark_light, frames_from
+from fastext.client.stream import StreamError, StreamOptions, stream_frames
 from fastext.client.synthetic import scene
 from tests.minimal_server import MinimalServer
 
@@ -92,6 +95,36 @@ def test_exit_status_when_the_server_ends_the_call():
         proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "50", "--window", "1")
     assert proc.returncode == 1
     assert "ABORTED: minimal server: enough frames" in proc.stderr
+
+
+def test_an_immediate_refusal_is_reported_with_its_own_status():
+    # A server that ends the call before reading races the client's first write; grpc.aio
+    # then replaces the status with INTERNAL "Internal error from Core" (42 calls in 300
+    # here before the client kept the first status it saw).
+    async def many(target: str) -> collections.Counter:
+        seen: collections.Counter = collections.Counter()
+        for _ in range(200):
+            try:
+                await stream_frames(StreamOptions(target=target, width=4, height=4), [bytes(48)])
+            except StreamError as exc:
+                seen[str(exc)] += 1
+        return seen
+
+    with MinimalServer(refuse=True) as srv:
+        seen = asyncio.run(many(srv.target))
+    assert seen == {"server ended the call: UNAUTHENTICATED: minimal server: refused": 200}
+
+
+@pytest.mark.parametrize("window", ["1", "8"])
+def test_exit_status_when_the_server_ends_the_call_early_with_ok(window):
+    with MinimalServer(end_after=5) as srv:
+        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "50",
+                      "--window", window)
+    assert proc.returncode == 1
+    assert ("never acknowledged" in proc.stderr
+            or "before the client had sent them all" in proc.stderr
+            or "ended the call while frame" in proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_exit_status_when_acks_stop():

@@ -9,7 +9,9 @@ read, and the secret never reaches a log line.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,7 @@ __all__ = ["AUTH_HEADER", "BasicAuth", "server_credentials"]
 
 log = logging.getLogger("fastext.security")
 AUTH_HEADER = "x-ms-authentication"
+REJECT_WAIT_S = 1.0  # longest a refused call waits for the first message it discards
 
 
 class BasicAuth(grpc.aio.ServerInterceptor):
@@ -57,6 +60,12 @@ class BasicAuth(grpc.aio.ServerInterceptor):
 
     @staticmethod
     async def _reject(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        # Wait (briefly) for the client's first message and discard it unread.  Ending the
+        # call while that write is still in the client's grpc core makes a grpc.aio client
+        # see INTERNAL "Internal error from Core" instead of this status (its failed send
+        # overrides the status that follows): 7 calls in 300 on loopback.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(anext(aiter(requests), None), REJECT_WAIT_S)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                             "missing or invalid x-ms-authentication credentials")
 

@@ -97,6 +97,7 @@ class _Session:
         self.window = asyncio.Semaphore(opts.window)
         self.pending: dict[int, tuple[float, int]] = {}  # seq -> (send time, slot)
         self.all_sent = asyncio.Event()
+        self.cut_short = False
 
     async def send(self, frames: FrameSource) -> None:
         seq, start = 1, time.monotonic()
@@ -118,7 +119,13 @@ class _Session:
             else:
                 sample.content_bytes.bytes = frame
             self.pending[seq] = (time.monotonic(), slot)
-            await self.call.write(Msg(sequence_number=seq, media_sample=sample))
+            try:
+                await self.call.write(Msg(sequence_number=seq, media_sample=sample))
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                # The server already ended the call; receive() surfaces its status.
+                del self.pending[seq]
+                self.cut_short = True
+                return
             self.result.sent += 1
         self.all_sent.set()
         await self.call.done_writing()
@@ -199,13 +206,14 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, shm: SlotWr
                result: StreamResult, frames: FrameSource, first: bytes | None) -> None:
     if first is not None:
         frames = _chain(first, frames)
+    status = _FirstStatus(call)
     try:
         await call.write(_descriptor(opts, shm))
         reply = await asyncio.wait_for(call.read(), opts.ack_timeout_s)
     except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
-        raise StreamError(await _status_text(call, exc)) from None
+        raise StreamError(await _status_text(call, status, exc)) from None
     if reply is grpc.aio.EOF:
-        raise StreamError(await _status_text(call, None))
+        raise StreamError(await _status_text(call, status, None))
     if reply.ack_sequence_number != 1 or reply.WhichOneof("payload") != "media_stream_descriptor":
         raise StreamError("the server's first message is not a descriptor reply acknowledging 1")
     result.reply = reply
@@ -213,17 +221,34 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, shm: SlotWr
     sender = asyncio.create_task(session.send(frames))
     try:
         await session.receive()
-        await sender
     except grpc.aio.AioRpcError as exc:
-        raise StreamError(await _status_text(call, exc)) from None
+        code, details = await status.final(call, exc.code(), exc.details())
+        if (code, details) == _FirstStatus.STAND_IN and session.cut_short:
+            raise StreamError(f"the server ended the call while frame {result.sent + 1} was being "
+                              f"sent ({result.acked} acks received); grpc gives no status but "
+                              f"{code.name}: {details}") from None
+        if code != grpc.StatusCode.OK:
+            raise StreamError(f"server ended the call: {code.name}: {details}") from None
     finally:
-        sender.cancel()
-    result.code = await call.code()
-    result.details = await call.details()
+        await _stop(sender, session)
+    result.code, result.details = await status.final(call)
     if result.code != grpc.StatusCode.OK:
         raise StreamError(f"server ended the call: {result.code.name}: {result.details}")
     if session.pending:
         raise StreamError(f"{len(session.pending)} frames were never acknowledged")
+    if session.cut_short:
+        raise StreamError(f"server ended the call (OK) after {result.sent} frames, "
+                          "before the client had sent them all")
+
+
+async def _stop(sender: asyncio.Task[None], session: _Session) -> None:
+    """The call is over: let the sender finish its half-close, or stop it mid-source."""
+    if not sender.done() and session.all_sent.is_set():
+        await asyncio.wait({sender}, timeout=1.0)  # only done_writing() is left
+    if not sender.done():
+        session.cut_short = True
+        sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
 
 
 def _chain(first: bytes, rest: FrameSource):  # -> Iterator[bytes]
@@ -231,11 +256,55 @@ def _chain(first: bytes, rest: FrameSource):  # -> Iterator[bytes]
     yield from rest
 
 
-async def _status_text(call: grpc.aio.StreamStreamCall, exc: BaseException | None) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"server ended the call: {exc.code().name}: {exc.details()}"
+async def _status_text(call: grpc.aio.StreamStreamCall, status: _FirstStatus,
+                       exc: BaseException | None) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         call.cancel()
         return "the server did not answer the descriptor in time"
-    code = await call.code()
-    return f"server ended the call: {code.name}: {await call.details()}"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code, details = await status.final(call, exc.code(), exc.details())
+    else:
+        code, details = await status.final(call)
+    return f"server ended the call: {code.name}: {details}"
+
+
+class _FirstStatus:
+    """The status a call ended with first.
+
+    When a write fails because the server has just ended the call, grpc.aio replaces the
+    call's status with a stand-in, INTERNAL "Internal error from Core" (grpc 1.85; 42 in
+    300 refused calls here).  The real status was set a moment before, and every status
+    change runs the call's done callbacks: the first one seen is the server's.
+    """
+
+    STAND_IN = (grpc.StatusCode.INTERNAL, "Internal error from Core")
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self.status: tuple[grpc.StatusCode, str] | None = None
+        call.add_done_callback(self._done)
+
+    def _done(self, call: Any) -> None:
+        if self.status is None:
+            code, details = _settled(call.code()), _settled(call.details())
+            if code is not None:
+                self.status = code, details or ""
+
+    async def final(self, call: grpc.aio.StreamStreamCall, code: grpc.StatusCode | None = None,
+                    details: str | None = None) -> tuple[grpc.StatusCode, str]:
+        if code is None:
+            code, details = await call.code(), await call.details()
+        if (code, details) == self.STAND_IN and self.status is not None:
+            return self.status
+        return code, details or ""
+
+
+def _settled(awaitable: Any) -> Any:
+    """The value of an awaitable that is already complete (a done call's status), or None."""
+    try:
+        awaitable.send(None)
+    except StopIteration as stop:
+        return stop.value
+    except Exception:  # noqa: BLE001 - an accessor that is not ready or changed shape
+        return None
+    awaitable.close()
+    return None
