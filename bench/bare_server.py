@@ -1,7 +1,7 @@
 """The ceiling: a grpc.aio MediaGraphExtension server that acks every sample without reading it.
 
-Same method path, same message limits as fastext; it replies to the descriptor,
-then answers each sample with its ack and timestamp and no inference.  Run:
+Same method path, same message limits and allocator setting as fastext; it replies to
+the descriptor, then answers each sample with its ack and timestamp and no inference.  Run:
 ``python bench/bare_server.py`` — it prints ``port N`` once listening.
 """
 
@@ -13,6 +13,7 @@ import sys
 from _serve import serve  # run as a script: bench/ is on sys.path
 
 from fastext._proto import extension_pb2
+from fastext.malloc import keep_freed_memory
 
 Msg = extension_pb2.MediaStreamMessage
 
@@ -33,6 +34,10 @@ async def process(requests, context) -> None:
 
 
 if __name__ == "__main__":
+    # The ceiling gets fastext's allocator setting too (--malloc-keep-mb's default): with
+    # glibc's defaults every large message is fresh pages, and a ceiling must not be
+    # lowered by a setting fastext itself changes.
+    keep_freed_memory(64)
     try:
         import uvloop
 

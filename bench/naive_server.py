@@ -3,7 +3,8 @@
 What a typical sample extension does: for each sample, turn the frame into a
 Pillow image, ``convert("L")``, average it with numpy, tag dark/light, ack.
 Shared memory is mapped once per session.  Correct, but every frame runs in
-the event loop of a single process.  Run: ``python bench/naive_server.py``
+the event loop of a single process, with glibc's allocator as it comes (what a sample
+does; fastext and the bare ceiling keep freed heap).  Run: ``python bench/naive_server.py``
 — it prints ``port N`` once listening.
 """
 

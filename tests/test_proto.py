@@ -182,3 +182,24 @@ def test_serialized_sample_response_equals_protobuf(seq, ack, ts):
     want = sample_response(seq, ack, ts, [inf, inf]).SerializeToString()
     assert serialized_sample_response(seq, ack, ts, blob) == want
     assert serialized_sample_response(seq, ack, ts, b"") == sample_response(seq, ack, ts).SerializeToString()
+
+
+@pytest.mark.parametrize(("seq", "ts"), [(2, 0), (3, 90000), (2**33, 2**63), (0, 1)])
+@pytest.mark.parametrize("content", [b"", b"\x00", bytes(range(256)) * 600],
+                         ids=["empty", "one-byte", "150KB"])
+def test_hand_encoded_samples_equal_protobuf(seq, ts, content):
+    from fastext.wire import sample_message
+
+    embedded = extension_pb2.MediaSample(timestamp=ts)
+    embedded.content_bytes.bytes = content
+    want = extension_pb2.MediaStreamMessage(sequence_number=seq, media_sample=embedded)
+    assert sample_message(seq, 0, ts, content=content) == want.SerializeToString()
+    assert sample_message(seq, 0, ts, content=memoryview(content)) == want.SerializeToString()
+    for offset, length in [(0, 0), (0, 519168), (2**40, 7), (4096, 0)]:
+        referenced = extension_pb2.MediaSample(timestamp=ts)
+        referenced.content_reference.address_offset = offset
+        referenced.content_reference.length_bytes = length
+        want = extension_pb2.MediaStreamMessage(sequence_number=seq, media_sample=referenced)
+        assert sample_message(seq, 0, ts, reference=(offset, length)) == want.SerializeToString()
+    with pytest.raises(ValueError):
+        sample_message(seq, 0, ts, content=content, reference=(0, 1))

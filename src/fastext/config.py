@@ -137,6 +137,9 @@ OPTIONS: tuple[Option, ...] = (
            "on SIGTERM, seconds allowed for in-flight frames to finish"),
     Option("shm_size_mb", "--shm-size-mb", "FASTEXT_SHM_SIZE_MB", _int_in(1, 65536),
            "server-owned shared memory that embedded frames are copied into for workers (MiB)"),
+    Option("malloc_keep_mb", "--malloc-keep-mb", "FASTEXT_MALLOC_KEEP_MB", _int_in(0, 2047),
+           "freed heap the server process keeps for reuse rather than returning it to the "
+           "kernel after each large message (MiB; glibc; 0: the C library's defaults)"),
     Option("auth_username", "--auth-username", "FASTEXT_AUTH_USERNAME", _text,
            "require x-ms-authentication Basic credentials with this user name"),
     Option("auth_password", "", "FASTEXT_AUTH_PASSWORD", _text,
@@ -170,6 +173,7 @@ class Config:
     processor: str = "brightness"
     drain_s: float = 10.0
     shm_size_mb: int = 64
+    malloc_keep_mb: int = 64
     auth_username: str = ""
     auth_password: str = field(default="", repr=False)  # never printed, never logged
     auth_password_file: str = ""

@@ -225,10 +225,12 @@ class WorkerBackend:
         self._states: list[_WorkerState] = []
         self._all_ready: asyncio.Event | None = None
         self._pump_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
         self.retried = 0  # batches run again after their worker died
         self.abandoned = 0  # frames acked empty after too many worker deaths
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         removed = cleanup_stale_segments()
         if removed:
             log.info("removed %d stale shared-memory segments of dead servers", len(removed))
@@ -253,7 +255,8 @@ class WorkerBackend:
     # -- submitting ------------------------------------------------------------------
 
     def _submit(self, lane: _WorkerLane, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None, "WorkerBackend.start() first"
         job = _Job(lane, payloads, loop.create_future(), batch_id=next(self._ids))
         self._backlog.append(job)
         if not self._pump_scheduled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastext import wire
 from fastext._proto import extension_pb2, inferencing_pb2, media_pb2
 from fastext.errors import DescriptorError
 from fastext.frames import MAX_DIMENSION, Encoding, PixelFormat, default_stride, raw_frame_size
@@ -178,25 +179,11 @@ def sample_response(
     )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def serialized_sample_response(sequence_number: int, ack: int, timestamp: int,
                                inferences: bytes) -> bytes:
     """The wire bytes of :func:`sample_response`, around inferences a worker serialized.
 
     ``inferences`` is a serialized MediaSample holding only field 10 (the inference
     list); the server's message is assembled around it without parsing it again.
-    Zero-valued fields are omitted as proto3 does, so the bytes equal protobuf's.
     """
-    sample = (b"\x08" + _varint(timestamp) if timestamp else b"") + inferences  # MediaSample.timestamp
-    head = b"\x08" + _varint(sequence_number) if sequence_number else b""  # sequence_number = 1
-    if ack:
-        head += b"\x10" + _varint(ack)  # ack_sequence_number = 2
-    return head + b"\x32" + _varint(len(sample)) + sample  # media_sample = 6
+    return wire.sample_message(sequence_number, ack, timestamp, inferences=inferences)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fastext import METHOD_PATH, security
+from fastext import METHOD_PATH, malloc, security
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import ConfigError
@@ -172,5 +172,6 @@ async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None
 
 def serve(config: Config, on_ready: Callable[[int], None] | None = None) -> None:
     """Run the server until SIGTERM or SIGINT, then drain and stop."""
+    malloc.keep_freed_memory(config.malloc_keep_mb)  # this process only, before grpc starts
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(config, on_ready))

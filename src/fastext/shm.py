@@ -9,13 +9,13 @@ cannot overflow, so ``offset + length`` near 2**64 is simply out of range).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import gc
 import logging
 import mmap
 import os
 import stat
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,53 +135,64 @@ class ClientMemory:
 
 
 class ArenaAllocator:
-    """Space in the arena, handed out in order and returned in any order.
+    """Space in the arena: the lowest free stretch that fits (address-ordered first fit).
 
-    A ring allocator: blocks are carved at ``head`` and reclaimed from the oldest
-    end once freed, so allocation and free are O(1) amortised and nothing is
-    ever searched.  A block never wraps: when the end of the arena is too short,
-    that stretch becomes padding that is reclaimed with the block before it.
+    Free space is a sorted list of extents; a freed block merges with its free
+    neighbours at once, whatever order blocks come back in (workers finish out of
+    order), so the arena is never "full" while a large enough stretch is free.
+    Taking the lowest stretch keeps the pages ever written near the bytes in flight
+    rather than the whole arena: a shared-memory page, once written, stays in RAM
+    until the segment is removed, and frames land in memory the caches have just
+    seen.  The lists hold about one extent per block in flight, so the scans are short.
     """
 
     ALIGN = 64  # cache-line aligned frames
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._blocks: deque[list[int]] = deque()  # [offset, size, freed]
-        self._head = 0
-        self.used = 0
+        self._starts = [0]  # free extents, sorted by offset, never adjacent
+        self._sizes = [size]
+        self.used = 0  # bytes in live blocks
+        self.high_water = 0  # end of the highest block ever handed out
 
     def alloc(self, nbytes: int) -> list[int] | None:
         """A block of at least ``nbytes`` (its offset is ``block[0]``), or None if full now."""
         need = max(self.ALIGN, -(-nbytes // self.ALIGN) * self.ALIGN)
-        if need > self.size:
+        i = next((k for k, free in enumerate(self._sizes) if free >= need), -1)
+        if i < 0:
             return None
-        if not self._blocks:
-            self._head = 0
-        tail = self._blocks[0][0] if self._blocks else 0
-        if self._blocks and self._head <= tail:  # the free space is [head, tail)
-            if need > tail - self._head:
-                return None
-        elif need > self.size - self._head:  # free space is [head, size) and [0, tail)
-            if need > tail:
-                return None
-            if self._head < self.size:
-                self._blocks.append([self._head, self.size - self._head, 1])
-                self.used += self.size - self._head
-            self._head = 0
-        block = [self._head, need, 0]
-        self._blocks.append(block)
-        self._head += need
+        start, free = self._starts[i], self._sizes[i]
+        if free == need:
+            del self._starts[i], self._sizes[i]
+        else:
+            self._starts[i] += need
+            self._sizes[i] -= need
         self.used += need
-        return block
+        self.high_water = max(self.high_water, start + need)
+        return [start, need, 0]  # offset, size, freed
 
     def free(self, block: list[int]) -> None:
-        """Return a block; space comes back once every older block is free too."""
+        """Return a block; its space is free again at once, merged with free neighbours."""
         if block[2]:
             raise ValueError("arena block freed twice")
         block[2] = 1
-        while self._blocks and self._blocks[0][2]:
-            self.used -= self._blocks.popleft()[1]
+        start, size = block[0], block[1]
+        starts, sizes = self._starts, self._sizes
+        i = bisect.bisect_left(starts, start)
+        joins_prev = i > 0 and starts[i - 1] + sizes[i - 1] == start
+        joins_next = i < len(starts) and start + size == starts[i]
+        if joins_prev and joins_next:
+            sizes[i - 1] += size + sizes[i]
+            del starts[i], sizes[i]
+        elif joins_prev:
+            sizes[i - 1] += size
+        elif joins_next:
+            starts[i] = start
+            sizes[i] += size
+        else:
+            starts.insert(i, start)
+            sizes.insert(i, size)
+        self.used -= size
 
 
 class Arena:

@@ -18,6 +18,7 @@ import grpc
 from fastext import METHOD_PATH
 from fastext._proto import extension_pb2, media_pb2
 from fastext.client.shm import SlotWriter
+from fastext.wire import sample_message
 
 __all__ = ["FrameSource", "StreamError", "StreamOptions", "StreamResult", "stream_frames"]
 
@@ -110,17 +111,15 @@ class _Session:
                     await asyncio.sleep(delay)
             seq += 1
             timestamp = index * self.opts.timescale // int(self.opts.fps or 30)
-            sample = extension_pb2.MediaSample(timestamp=timestamp)
             slot = -1
             if self.shm is not None:
                 slot, offset = self.shm.write(frame)
-                sample.content_reference.address_offset = offset
-                sample.content_reference.length_bytes = len(frame)
+                message = sample_message(seq, 0, timestamp, reference=(offset, len(frame)))
             else:
-                sample.content_bytes.bytes = frame
+                message = sample_message(seq, 0, timestamp, content=frame)
             self.pending[seq] = (time.monotonic(), slot)
             try:
-                await self.call.write(Msg(sequence_number=seq, media_sample=sample))
+                await self.call.write(message)
             except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
                 # The server already ended the call; receive() surfaces its status.
                 del self.pending[seq]
@@ -190,7 +189,7 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
         else:
             channel = grpc.aio.insecure_channel(opts.target, options=options)
         async with channel:
-            method = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+            method = channel.stream_stream(METHOD_PATH, request_serializer=_serialize,
                                            response_deserializer=Msg.FromString)
             call = method(metadata=tuple(opts.metadata) or None)
             start = time.monotonic()
@@ -249,6 +248,12 @@ async def _stop(sender: asyncio.Task[None], session: _Session) -> None:
         session.cut_short = True
         sender.cancel()
     await asyncio.gather(sender, return_exceptions=True)
+
+
+def _serialize(message: Msg | bytes) -> bytes:
+    """Samples are encoded by hand (fastext.wire: the frame is copied once); the
+    descriptor is a message."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def _chain(first: bytes, rest: FrameSource):  # -> Iterator[bytes]
