@@ -8,6 +8,7 @@ only after its ack.  Every ack is checked: each sample acknowledged exactly once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -274,33 +275,42 @@ async def _status_text(call: grpc.aio.StreamStreamCall, status: _FirstStatus,
 
 
 class _FirstStatus:
-    """The status a call ended with first.
+    """The status the server ended a call with, past grpc.aio's stand-in.
 
-    When a write fails because the server has just ended the call, grpc.aio replaces the
-    call's status with a stand-in, INTERNAL "Internal error from Core" (grpc 1.85; 42 in
-    300 refused calls here).  The real status was set a moment before, and every status
-    change runs the call's done callbacks: the first one seen is the server's.
+    When a write fails because the server has just ended the call, grpc.aio sets the
+    call's status to a stand-in, INTERNAL "Internal error from Core" (grpc 1.85; 42 in
+    300 refused calls here), before or after the server's own status arrives; each
+    change runs the call's done callbacks, so the first other status seen is the
+    server's.  Where only the stand-in is known, wait briefly for the real one.
     """
 
     STAND_IN = (grpc.StatusCode.INTERNAL, "Internal error from Core")
 
     def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
         self.status: tuple[grpc.StatusCode, str] | None = None
+        self._seen = asyncio.Event()
         call.add_done_callback(self._done)
 
     def _done(self, call: Any) -> None:
         if self.status is None:
             code, details = _settled(call.code()), _settled(call.details())
-            if code is not None:
+            if code is not None and (code, details) != self.STAND_IN:
                 self.status = code, details or ""
+                self._seen.set()
 
     async def final(self, call: grpc.aio.StreamStreamCall, code: grpc.StatusCode | None = None,
                     details: str | None = None) -> tuple[grpc.StatusCode, str]:
         if code is None:
             code, details = await call.code(), await call.details()
-        if (code, details) == self.STAND_IN and self.status is not None:
-            return self.status
-        return code, details or ""
+        if (code, details) != self.STAND_IN:
+            return code, details or ""
+        if self.status is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._seen.wait(), _STAND_IN_WAIT_S)
+        return self.status if self.status is not None else (code, details or "")
+
+
+_STAND_IN_WAIT_S = 0.5
 
 
 def _settled(awaitable: Any) -> Any:
