@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 
 import grpc
 import pytest
@@ -242,3 +244,46 @@ def test_invalid_sample_logged_once_with_reason(server, caplog):
     records = [r for r in caplog.records if "acknowledged without inference" in r.getMessage()]
     assert len(records) == 1
     assert "sample 2" in records[0].getMessage() and "needs 9216" in records[0].getMessage()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["inline", "workers"])
+def test_client_file_cut_after_the_handshake(shm_file, workers):
+    # Reading mapped pages past a shrunken file's end raises SIGBUS, which kills the
+    # process that reads: the frame must be acked empty instead, the server stay up
+    # and no worker die.  Subprocess servers: a regression must not take pytest down.
+    from tests.test_conformance import start_server
+
+    light = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
+    name, path = shm_file(4 * FRAME, light * 4)
+    proc, port = start_server("--workers", workers)
+    target = f"127.0.0.1:{port}"
+
+    async def session() -> list[list[str]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = open_call(channel)
+            await call.write(descriptor(W, H, shm=(name, 4 * FRAME)))
+            await call.read()
+            got = []
+            await call.write(referenced(2, 3 * FRAME, FRAME))
+            got.append(tags(await call.read()))
+            os.truncate(path, FRAME)  # the client cuts its file under the server
+            await call.write(referenced(3, 3 * FRAME, FRAME))
+            got.append(tags(await call.read()))
+            await call.write(referenced(4, 0, FRAME))  # still inside: served
+            got.append(tags(await call.read()))
+            await call.done_writing()
+            assert await call.code() == grpc.StatusCode.OK
+            return got
+
+    try:
+        assert asyncio.run(session()) == [["light"], [], ["light"]]
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    assert "was cut to 9216 bytes" in err and "died" not in err

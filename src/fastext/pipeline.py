@@ -32,6 +32,7 @@ import numpy as np
 
 from fastext import kernels, records
 from fastext.config import Config
+from fastext.errors import SampleError
 from fastext.execute import FrameFormat, Outcome, run_batch
 from fastext.metrics import NullMetrics
 from fastext.processors import create
@@ -124,13 +125,20 @@ class _InlineLane:
     def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
         started = time.perf_counter()
         arrays: list[np.ndarray | memoryview] = []
-        for p in payloads:
+        failed: dict[int, str] = {}
+        for i, p in enumerate(payloads):
             if isinstance(p, ShmRef):
                 assert self._memory is not None
-                arrays.append(self._memory.view(p))
+                try:
+                    arrays.append(self._memory.view(p))
+                except (SampleError, OSError) as exc:  # the file shrank, or the session ended
+                    failed[i] = str(exc)
+                    arrays.append(np.empty(0, np.uint8))
             else:
                 arrays.append(p)
         outcomes: list[Result] = list(run_batch(self._processor, self._format, arrays))
+        for i, reason in failed.items():
+            outcomes[i] = reason
         self._metrics.batch_done(started - submitted, time.perf_counter() - started)
         return outcomes
 

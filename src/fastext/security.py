@@ -4,7 +4,11 @@ LVA/AVA send ``x-ms-authentication: Basic base64(user:password)`` from the
 topology's credentials; samples send dummy ones, so checking is on only when
 the server is configured with a user name and password.  The comparison is
 constant-time, a failure ends the call with UNAUTHENTICATED before any frame is
-read, and the secret never reaches a log line.
+processed, and the secret never reaches a log line.  A refused call's first message
+(the descriptor) is taken and dropped unread first, waiting at most REJECT_WAIT_S:
+ending the call while the client is still writing it makes a grpc.aio client report
+INTERNAL instead of this status.  So a refused caller can make the server receive
+one message (at most --max-message-mb) before the call ends.
 """
 
 from __future__ import annotations

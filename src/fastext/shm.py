@@ -43,6 +43,7 @@ class ClientMemory:
         self.name = name
         self.length = length
         self._map: mmap.mmap | None = None
+        self._fd = -1  # kept open: each view checks the file still holds its frame
         self._view = self._open(os.path.join(directory, name), length)
 
     def _open(self, path: str, length: int) -> np.ndarray:
@@ -64,8 +65,10 @@ class ClientMemory:
                     f"{length} bytes of length_bytes",
                 )
             self._map = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd
         return np.frombuffer(self._map, dtype=np.uint8)
 
     @staticmethod
@@ -104,14 +107,27 @@ class ClientMemory:
         return ShmRef(offset, size)
 
     def view(self, ref: ShmRef) -> np.ndarray:
-        """A zero-copy read-only view of a region (checked again: defence in depth)."""
+        """A zero-copy read-only view of a region (checked again: defence in depth).
+
+        The file's size is checked too: a client that shrinks its file after the
+        handshake would otherwise make reading the mapped pages past the new end raise
+        SIGBUS (which kills the process).  The check is one fstat; a client that
+        truncates in the microseconds between it and the read is not covered.
+        """
         if self._map is None:
             raise SampleError("shared memory is closed")
         self._check(ref.offset, ref.size, ref.size)
+        size = os.fstat(self._fd).st_size
+        if ref.offset + ref.size > size:
+            raise SampleError(f"shared memory {self.name} was cut to {size} bytes after the "
+                              f"handshake: the frame at {ref.offset}+{ref.size} is gone")
         return self._view[ref.offset : ref.offset + ref.size]
 
     def close(self) -> None:
         """Unmap; views handed out must be gone (the session awaits its frames first)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if self._map is None:
             return
         mapping, self._map = self._map, None
