@@ -13,7 +13,7 @@ import sys
 from _serve import serve  # run as a script: bench/ is on sys.path
 
 from fastext._proto import extension_pb2
-from fastext.malloc import keep_freed_memory
+from fastext.malloc import KEEP_MB, keep_freed_memory
 
 Msg = extension_pb2.MediaStreamMessage
 
@@ -37,7 +37,7 @@ if __name__ == "__main__":
     # The ceiling gets fastext's allocator setting too (--malloc-keep-mb's default): with
     # glibc's defaults every large message is fresh pages, and a ceiling must not be
     # lowered by a setting fastext itself changes.
-    keep_freed_memory(64)
+    keep_freed_memory(KEEP_MB)
     try:
         import uvloop
 

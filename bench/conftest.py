@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from fastext.malloc import keep_freed_memory
+from fastext.malloc import KEEP_MB, keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 # The benchmarks' client runs in this process: the allocator setting `fastext stream`
 # has (the same client for every server measured).
-keep_freed_memory(64)
+keep_freed_memory(KEEP_MB)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from fastext.client import StreamOptions, stream_frames
-from fastext.malloc import keep_freed_memory
+from fastext.malloc import KEEP_MB, keep_freed_memory
 from tests.test_conformance import start_server
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
@@ -50,8 +50,8 @@ def faults_per_frame(keep_mb: int, frames: int = 200, warm: int = 300) -> float:
 def test_freed_heap_is_reused_not_faulted_in_again():
     # glibc's defaults hand the heap back after each message, so every frame's memory
     # is fresh pages (measured: 80-180 faults per 519 KB frame, steadily); with
-    # --malloc-keep-mb the heap is reused (0-13 per frame after warming, mostly 0).
-    kept, default = faults_per_frame(64), faults_per_frame(0)
+    # --malloc-keep-mb's default the heap is reused (0-8 per frame after warming).
+    kept, default = faults_per_frame(KEEP_MB), faults_per_frame(0)
     assert kept < 15, f"{kept:.1f} page faults per frame with the heap kept"
     assert default > 4 * max(kept, 5.0), (default, kept)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastext.errors import ConfigError
+from fastext.malloc import KEEP_MB
 
 __all__ = ["Config", "OPTIONS", "Option", "add_arguments", "load", "parse_bind"]
 
@@ -173,7 +174,7 @@ class Config:
     processor: str = "brightness"
     drain_s: float = 10.0
     shm_size_mb: int = 64
-    malloc_keep_mb: int = 64
+    malloc_keep_mb: int = KEEP_MB
     auth_username: str = ""
     auth_password: str = field(default="", repr=False)  # never printed, never logged
     auth_password_file: str = ""
