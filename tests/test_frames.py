@@ -473,7 +473,9 @@ def test_png_bomb_is_refused_from_its_header(monkeypatch: pytest.MonkeyPatch) ->
     def no_opening(*args: object, **kwargs: object) -> None:
         raise AssertionError("opened a PNG whose header is over the limit")
 
-    monkeypatch.setattr(frames.Image, "open", no_opening)
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "open", no_opening)
     with pytest.raises(FrameError, match="60000x60000, larger than the limit"):
         frame_from_encoded(png_with_size(60000, 60000), Encoding.PNG)
     with pytest.raises(FrameError, match="has size 0x5"):

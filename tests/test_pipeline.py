@@ -15,7 +15,7 @@ import pytest
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
-from fastext.client.synthetic import scenes, to_pixel_format
+from fastext.client.synthetic import encode, scenes, to_pixel_format
 from fastext.shm import ArenaAllocator
 from tests.conftest import open_call, run_stream
 from tests.test_conformance import start_server
@@ -33,6 +33,47 @@ def test_worker_modules_never_import_grpc():
             "m.startswith('grpc.')]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_front_with_workers_never_loads_numba(tmp_path):
+    # numba + llvmlite are ~57 MiB of a process: only processes that run kernels load
+    # them.  Sessions of every kind (shm, embedded RAW and JPEG, motion) go through a
+    # real front, then its memory maps are read.
+    proc, port = start_server("--workers", "1")
+    try:
+        target = f"127.0.0.1:{port}"
+        frames = [to_pixel_format(rgb, VF.RGB24) for rgb, _ in scenes(64, 48, 4, period=2)]
+        for shm in (True, False):
+            opts = StreamOptions(target=target, width=64, height=48, shm=shm,
+                                 extension_configuration='{"processor": "motion"}' if shm else "")
+            assert run_stream(opts, frames).acked == len(frames)
+        jpeg = StreamOptions(target=target, width=64, height=48, encoding=VF.JPG,
+                             pixel_format=VF.NONE)
+        assert run_stream(jpeg, [encode(solid(ORANGE, 64, 48), VF.JPG)] * 3).acked == 3
+        with open(f"/proc/{proc.pid}/maps") as fh:
+            maps = fh.read()
+        assert "llvmlite" not in maps and "numba" not in maps
+        assert "llvmlite" in _maps_of_children(proc.pid)  # the workers did load it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def _maps_of_children(pid: int) -> str:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        children = fh.read().split()
+    text = ""
+    for child in children:
+        try:
+            with open(f"/proc/{child}/maps") as fh:
+                text += fh.read()
+        except OSError:
+            pass
+    return text
 
 
 def test_arena_allocator_reuses_space_in_any_free_order():

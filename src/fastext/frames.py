@@ -19,14 +19,12 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import numpy as np
 import simplejpeg
-from PIL import Image
 
-from fastext import kernels
 from fastext.errors import FrameError
 
 __all__ = [
@@ -49,6 +47,16 @@ __all__ = [
 MAX_DIMENSION = 16384
 #: libjpeg scales by at most 1/8 while decoding.
 _MAX_JPEG_SCALE = 8
+
+
+def _kernels() -> ModuleType:
+    """:mod:`fastext.kernels`, imported on first use: numba and llvmlite (~57 MiB of a
+    process's memory) load only where a kernel runs, never in a front whose frames go
+    to worker processes (tests/test_pipeline.py checks its memory maps)."""
+    from fastext import kernels
+
+    return kernels
+
 
 
 class PixelFormat(IntEnum):
@@ -256,18 +264,18 @@ class Frame:
             if self.data.ndim == 1:
                 return self._decoded("luma").luma_mean()
             if self.data.ndim == 3:
-                return float(kernels.luma_mean_rgb(self._rgb_rows(), 3, 0, 1, 2, self.width))
-            return float(kernels.mean_u8(self.data))
+                return float(_kernels().luma_mean_rgb(self._rgb_rows(), 3, 0, 1, 2, self.width))
+            return float(_kernels().mean_u8(self.data))
         if layout.kind == "yuv420p":
-            return float(kernels.mean_u8(self.data))
+            return float(_kernels().mean_u8(self.data))
         if layout.kind == "rgb":
             return float(
-                kernels.luma_mean_rgb(
+                _kernels().luma_mean_rgb(
                     self.data, layout.bytes_per_pixel, layout.r, layout.g, layout.b, self.width
                 )
             )
         return float(
-            kernels.luma_mean_packed16(
+            _kernels().luma_mean_packed16(
                 self.data, self.width, layout.big_endian, layout.kind == "rgb565"
             )
         )
@@ -287,13 +295,13 @@ class Frame:
             return self.data
         out = np.empty((self.height, self.width), np.uint8)
         if layout is None:
-            kernels.luma_rgb(self._rgb_rows(), 3, 0, 1, 2, self.width, out)
+            _kernels().luma_rgb(self._rgb_rows(), 3, 0, 1, 2, self.width, out)
         elif layout.kind == "rgb":
-            kernels.luma_rgb(
+            _kernels().luma_rgb(
                 self.data, layout.bytes_per_pixel, layout.r, layout.g, layout.b, self.width, out
             )
         else:
-            kernels.luma_packed16(
+            _kernels().luma_packed16(
                 self.data, self.width, layout.big_endian, layout.kind == "rgb565", out
             )
         return out
@@ -328,10 +336,10 @@ class Frame:
             source = _read_only(full.reshape(self.height, self.width * 3))
         if target is None:
             out = np.empty((self.height, self.width, 3), np.uint8)
-            kernels.rgb_bytes(source, bpp, r, g, b, self.width, out)
+            _kernels().rgb_bytes(source, bpp, r, g, b, self.width, out)
         else:
             out = np.empty((target[1], target[0], 3), np.uint8)
-            kernels.resize_bilinear(source, bpp, r, g, b, self.width, out)
+            _kernels().resize_bilinear(source, bpp, r, g, b, self.width, out)
         return out
 
     def _rgb_rows(self) -> np.ndarray:
@@ -348,9 +356,9 @@ class Frame:
         out = np.empty((self.height, self.width, 3), np.uint8)
         if layout.kind == "yuv420p":
             assert self.chroma is not None
-            kernels.rgb_yuv420p(self.data, self.chroma[0], self.chroma[1], True, out)
+            _kernels().rgb_yuv420p(self.data, self.chroma[0], self.chroma[1], True, out)
         else:
-            kernels.rgb_packed16(
+            _kernels().rgb_packed16(
                 self.data, self.width, layout.big_endian, layout.kind == "rgb565", out
             )
         return out
@@ -486,6 +494,8 @@ def _pillow_size(data: np.ndarray, kind: str, max_dimension: int) -> tuple[int, 
 
 def _decode_pillow(data: np.ndarray, kind: str, max_dimension: int, rgb: bool = False) -> np.ndarray:
     """Gray (h, w), or with ``rgb`` (h, w, 3)."""
+    from PIL import Image  # PNG and BMP only: Pillow is not loaded for RAW or JPEG
+
     width, height = _pillow_size(data, kind, max_dimension)
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:

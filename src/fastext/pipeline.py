@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fastext import kernels, records
+from fastext import records
 from fastext.config import Config
 from fastext.errors import SampleError
 from fastext.execute import FrameFormat, Outcome, run_batch
@@ -156,7 +156,10 @@ class InlineBackend:
         )
 
     async def start(self) -> None:
-        # The first frame must not pay for numba's compilation (or cache load).
+        # The first frame must not pay for numba's compilation (or cache load).  Imported
+        # here: with workers, the front never loads numba.
+        from fastext import kernels
+
         await asyncio.to_thread(kernels.warm)
 
     def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:

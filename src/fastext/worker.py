@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fastext import kernels, logs, records
+from fastext import logs, records
 from fastext._proto.extension_pb2 import MediaSample
 from fastext.execute import FrameFormat, run_batch
 from fastext.processors import create
@@ -86,6 +86,8 @@ class Worker:
 
     def run(self) -> None:
         started = time.perf_counter()
+        from fastext import kernels  # here, not at the top: the front imports this module
+
         kernels.warm()
         log.info("kernels warm in %.2f s (pid %d)", time.perf_counter() - started, os.getpid(),
                  extra={"event": "worker_ready"})

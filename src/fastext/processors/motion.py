@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from fastext import kernels
 from fastext._proto.inferencing_pb2 import Inference, Motion, Rectangle
 from fastext.frames import Frame
 from fastext.processors.base import Processor
@@ -117,6 +116,8 @@ class MotionDetector(Processor):
             return self._detect(luma)
 
     def _detect(self, luma: np.ndarray) -> list[tuple[float, float, float, float]]:
+        from fastext import kernels  # on first use: the front never loads numba
+
         if luma.flags.writeable:  # one compiled kernel: read-only views, as frames give
             luma = luma.view()
             luma.flags.writeable = False
