@@ -38,6 +38,18 @@ def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subproc
     raise AssertionError(f"server did not start: {proc.stderr.read()}")
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """SIGTERM, wait (bounded; killed past it) and return what it logged since start-up."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return err
+
+
 def owned_segments(pid: int) -> set[str]:
     """Shared memory a server process owns (named fastext_<pid>_...)."""
     return {n for n in os.listdir("/dev/shm") if n.startswith(f"fastext_{pid}_")}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 
 import grpc
 import pytest
@@ -251,7 +249,7 @@ def test_client_file_cut_after_the_handshake(shm_file, workers):
     # Reading mapped pages past a shrunken file's end raises SIGBUS, which kills the
     # process that reads: the frame must be acked empty instead, the server stay up
     # and no worker die.  Subprocess servers: a regression must not take pytest down.
-    from tests.test_conformance import start_server
+    from tests.test_conformance import start_server, stop_server
 
     light = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
     name, path = shm_file(4 * FRAME, light * 4)
@@ -279,11 +277,6 @@ def test_client_file_cut_after_the_handshake(shm_file, workers):
         assert asyncio.run(session()) == [["light"], [], ["light"]]
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        err = stop_server(proc)
     assert proc.returncode == 0, err
     assert "was cut to 9216 bytes" in err and "died" not in err

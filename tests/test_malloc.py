@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import signal
-import subprocess
 
 import pytest
 
 from fastext.client import StreamOptions, stream_frames
 from fastext.malloc import KEEP_MB, keep_freed_memory
-from tests.test_conformance import start_server
+from tests.test_conformance import start_server, stop_server
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 SIDE = 416  # RAW RGB24 416x416: 519 KB a message, above glibc's first mmap threshold
@@ -39,12 +37,7 @@ def faults_per_frame(keep_mb: int, frames: int = 200, warm: int = 300) -> float:
         asyncio.run(send(frames))
         return (minor_faults(proc.pid) - before) / frames
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_server(proc)
 
 
 def test_freed_heap_is_reused_not_faulted_in_again():

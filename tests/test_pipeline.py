@@ -18,7 +18,7 @@ from fastext.client import StreamOptions, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 from fastext.shm import ArenaAllocator
 from tests.conftest import open_call, run_stream
-from tests.test_conformance import start_server
+from tests.test_conformance import start_server, stop_server
 from tests.test_session import ORANGE, descriptor, referenced, solid, tags_of
 
 Msg = extension_pb2.MediaStreamMessage
@@ -55,12 +55,7 @@ def test_front_with_workers_never_loads_numba(tmp_path):
         assert "llvmlite" not in maps and "numba" not in maps
         assert "llvmlite" in _maps_of_children(proc.pid)  # the workers did load it
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_server(proc)
 
 
 def _maps_of_children(pid: int) -> str:
