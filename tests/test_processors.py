@@ -539,3 +539,11 @@ def test_onnx_classifier_bad_parameters(
     model.write_bytes(MEAN_RGB_ONNX)
     with pytest.raises(ValueError, match=message):
         onnx_classifier(**{"model": str(model), **params})
+
+
+def test_run_batch_keeps_a_fetch_failure_as_that_frames_outcome() -> None:
+    fmt = FrameFormat(Encoding.RAW, PixelFormat.RGB24, 4, 2, 0)
+    light = np.full(4 * 2 * 3, 250, np.uint8)
+    outcomes = run_batch(Brightness(), fmt, [light, "the frame is gone", light])
+    assert outcomes[1] == "the frame is gone"
+    assert [o[0].classification.tag.value for o in (outcomes[0], outcomes[2])] == ["light"] * 2

@@ -61,14 +61,23 @@ def make_frame(
 
 
 def run_batch(
-    processor: Processor, fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview]
+    processor: Processor,
+    fmt: FrameFormat,
+    payloads: Sequence[np.ndarray | bytes | memoryview | str],
 ) -> list[Outcome]:
-    """One outcome per payload; a bad frame or a failing processor never raises."""
+    """One outcome per payload; a bad frame or a failing processor never raises.
+
+    A ``str`` payload is a frame that could not even be fetched (a reference outside
+    the file, a file cut short): it is that frame's outcome as it stands.
+    """
     outcomes: list[Outcome] = ["not processed"] * len(payloads)
     frames: list[Frame] = []
     index: list[int] = []
     needs, rgb_size = processor.needs, processor.rgb_size
     for i, payload in enumerate(payloads):
+        if isinstance(payload, str):
+            outcomes[i] = payload
+            continue
         try:
             frames.append(
                 make_frame(fmt, payload, processor.luma_scale, needs=needs, rgb_size=rgb_size)

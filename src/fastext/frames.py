@@ -58,7 +58,6 @@ def _kernels() -> ModuleType:
     return kernels
 
 
-
 class PixelFormat(IntEnum):
     """RAW pixel formats, numbered as in the contract's ``MediaDescriptor`` enum."""
 

@@ -124,21 +124,17 @@ class _InlineLane:
 
     def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
         started = time.perf_counter()
-        arrays: list[np.ndarray | memoryview] = []
-        failed: dict[int, str] = {}
-        for i, p in enumerate(payloads):
+        arrays: list[np.ndarray | memoryview | str] = []
+        for p in payloads:
             if isinstance(p, ShmRef):
                 assert self._memory is not None
                 try:
                     arrays.append(self._memory.view(p))
                 except (SampleError, OSError) as exc:  # the file shrank, or the session ended
-                    failed[i] = str(exc)
-                    arrays.append(np.empty(0, np.uint8))
+                    arrays.append(str(exc))  # run_batch makes it the frame's outcome
             else:
                 arrays.append(p)
         outcomes: list[Result] = list(run_batch(self._processor, self._format, arrays))
-        for i, reason in failed.items():
-            outcomes[i] = reason
         self._metrics.batch_done(started - submitted, time.perf_counter() - started)
         return outcomes
 

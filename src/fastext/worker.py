@@ -128,9 +128,8 @@ class Worker:
         if session is None or session.processor is None:
             reason = session.error if session else f"session {session_id} is not open in this worker"
             return records.pack_done(batch_id, [reason] * len(refs))
-        payloads: list[np.ndarray] = []
-        failed: dict[int, str] = {}
-        for i, (source, offset, size) in enumerate(refs):
+        payloads: list[np.ndarray | str] = []
+        for source, offset, size in refs:
             try:
                 if source == records.SRC_ARENA:
                     payloads.append(self.arena.read(offset, size))
@@ -139,20 +138,14 @@ class Worker:
                 else:
                     raise ValueError("reference to a client file the session does not have")
             except Exception as exc:
-                failed[i] = str(exc)
-                payloads.append(np.empty(0, np.uint8))
+                payloads.append(str(exc))  # run_batch makes it the frame's outcome
         started = time.perf_counter()
         outcomes = run_batch(session.processor, session.format, payloads)
         processing_us = int((time.perf_counter() - started) * 1e6)
         del payloads  # views of shared memory: gone before the front learns the batch is done
-        encoded: list[bytes | str] = []
-        for i, outcome in enumerate(outcomes):
-            if i in failed:
-                encoded.append(failed[i])
-            elif isinstance(outcome, str):
-                encoded.append(outcome)
-            else:
-                encoded.append(_serialize(outcome))
+        encoded: list[bytes | str] = [
+            outcome if isinstance(outcome, str) else _serialize(outcome) for outcome in outcomes
+        ]
         done = records.pack_done(batch_id, encoded, processing_us)
         if len(done) > self.completion.max_record:
             done = records.pack_done(batch_id, ["result larger than the completion ring allows"]
