@@ -36,6 +36,7 @@ SERVERS = {
     "naive": (naive_server, ()),
     "fastext": (fastext_server, ("--workers", "2")),
     "fastext-1w": (fastext_server, ("--workers", "1")),
+    "fastext-nokeep": (fastext_server, ("--workers", "2", "--malloc-keep-mb", "0")),
 }
 MODES = {  # name: (encoding, width, height, shm, frames per stream and round at 1 stream)
     "shm-416-rgb24": (VF.RAW, 416, 416, True, 600),
@@ -136,11 +137,9 @@ def bench_jpeg_1080p_one_vs_two_workers(benchmark, servers, server_key):
             per_stream=250)
 
 
-def bench_metrics_overhead(benchmark, servers):
-    """Metrics on vs off, rounds alternated so drift hits both alike (shm 416x416, 2 x 16)."""
-    benchmark.group = "metrics on vs off: shm 416x416 RGB24, 2 streams x 16 in flight"
-    off, on = servers["fastext"], servers["fastext-metrics"]
-    per_stream = 2500  # CPU is read from /proc in 10 ms ticks: rounds long enough to resolve 1 %
+def alternate(benchmark, off, on, mode: str, per_stream: int, rounds: int = 6) -> None:
+    """Two servers, rounds alternated so drift hits both alike (2 streams x 16 in flight);
+    extra_info: median frames/s and front CPU per frame of each, and on's cost over off."""
     fps: dict[str, list[float]] = {"off": [], "on": []}
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     flip = [False]
@@ -151,13 +150,13 @@ def bench_metrics_overhead(benchmark, servers):
         for key, server in (order if flip[0] else order[::-1]):
             before = server.cpu_seconds()
             start = time.perf_counter()
-            results = run_round(server.target, "shm-416-rgb24", 2, per_stream, 16)
+            results = run_round(server.target, mode, 2, per_stream, 16)
             elapsed = time.perf_counter() - start
             assert sum(r.acked for r in results) == 2 * per_stream
             fps[key].append(2 * per_stream / elapsed)
             cpu[key].append((server.cpu_seconds() - before) / (2 * per_stream) * 1e6)
 
-    benchmark.pedantic(pair, rounds=6, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(pair, rounds=rounds, iterations=1, warmup_rounds=1)
     if benchmark.disabled:
         return
     med = {k: statistics.median(v[1:]) for k, v in fps.items()}
@@ -168,3 +167,18 @@ def bench_metrics_overhead(benchmark, servers):
         "front_cpu_us_off": round(med_cpu["off"], 1), "front_cpu_us_on": round(med_cpu["on"], 1),
         "front_cpu_cost": round(med_cpu["on"] / med_cpu["off"] - 1, 4),
     })
+
+
+def bench_metrics_overhead(benchmark, servers):
+    """Metrics on vs off (shm 416x416): what exporting metrics costs."""
+    benchmark.group = "metrics on vs off: shm 416x416 RGB24, 2 streams x 16 in flight"
+    # CPU is read from /proc in 10 ms ticks: rounds long enough to resolve 1 %
+    alternate(benchmark, servers["fastext"], servers["fastext-metrics"], "shm-416-rgb24", 2500)
+
+
+def bench_malloc_keep(benchmark, servers):
+    """--malloc-keep-mb 0 ("off": glibc's defaults) vs the default ("on"), embedded 1080p
+    JPEG: a negative front_cpu_cost is what keeping freed heap saves per frame."""
+    benchmark.group = "malloc keep off vs on: embedded 1080p JPEG, 2 streams x 16 in flight"
+    alternate(benchmark, servers["fastext-nokeep"], servers["fastext"], "embedded-1080p-jpeg",
+              250, rounds=4)

@@ -4,14 +4,14 @@ Every embedded frame reaches the server as fresh heap memory: grpc's read buffer
 then the bytes object grpc copies the message into.  With glibc's defaults, memory
 of that size is mapped for each message and handed back after it (or trimmed off a
 heap as soon as a few hundred KiB are free), so the next frame faults in new pages:
-33-49 page faults per 270 KB JPEG frame in the server, about a third of the front's
-CPU per frame.  Three settings make it reused instead: messages up to 1 MiB come
+33-49 page faults per 270 KB JPEG frame in the server (counted from /proc with the
+front under load).  Three settings make it reused instead: messages up to 1 MiB come
 from the heap, a heap keeps up to ``keep_mb`` free at its top, and at most two heaps
-(arenas) serve the process's threads, so what is kept stays bounded.  Measured with
-the defaults here, same sitting, setting on vs off: 1.8 vs 10 faults per JPEG frame,
-front CPU 283 vs 417 us per frame; the front's PSS after scripts/footprint's traffic
-median 95 vs 89 MiB over 4 runs each (an earlier try that kept 64 MiB in every arena,
-with no arena cap, cost +40 MiB).
+(arenas) serve the process's threads, so what is kept stays bounded.  Measured here
+(bench/bench_e2e.py::bench_malloc_keep, embedded 1080p JPEG): front CPU per frame
+-8 % to -13 % against the setting off; the front's PSS after scripts/footprint's
+traffic median 95 vs 89 MiB over 4 runs each (an earlier try that kept 64 MiB in
+every arena, with no arena cap, cost +40 MiB).
 
 Only the server process and the client call this; workers read frames from shared
 memory and do not churn their heap.  On a C library other than glibc it does nothing.
