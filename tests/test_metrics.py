@@ -52,6 +52,8 @@ def test_metrics_after_known_frames(make_server, workers):
     assert m["fastext_queue_wait_seconds_count"] == m["fastext_processing_seconds_count"]
     assert m["fastext_worker_restarts_total"] == 0
     assert m["fastext_shared_memory_mapped_bytes"] == 0
+    # Read from the rings' own counters at scrape time (workers only): no lost wake-up.
+    assert m["fastext_ring_unsignalled_wakeups_total"] == 0
 
 
 def test_auth_failures_and_drops_are_counted(make_server):
@@ -82,3 +84,12 @@ def test_metrics_off_is_a_null_object():
     on.frame_acked("empty", 0.001, True)
     assert on.value("fastext_frames_total", {"outcome": "empty"}) == 1
     assert on.value("fastext_frames_in_flight") == 0
+
+
+def test_unsignalled_wakeups_are_read_from_their_source_at_scrape_time():
+    on = make_metrics(0, enabled=True)
+    assert on.value("fastext_ring_unsignalled_wakeups_total") == 0  # no source: 0
+    counts = [0]
+    on.count_unsignalled_wakeups(lambda: counts[0])
+    counts[0] = 3
+    assert on.value("fastext_ring_unsignalled_wakeups_total") == 3

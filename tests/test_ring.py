@@ -422,6 +422,68 @@ def test_blocked_push_wakes_when_space_is_freed(make_ring) -> None:
     assert ring.stats()["producer_sleeps"] >= 1
 
 
+# A publish that rings no bell: the peer's counter moved in shared memory (here written
+# by hand, as a peer killed between its publish and its wake-up would leave it).  The
+# 100 ms cap on every futex sleep (FX_RING_MAX_SLEEP_NS) must find it long before the
+# caller's 10 s timeout, and count it as an unsignalled wake-up.
+REC_DATA = 0x31434552  # "REC1"
+MAX_SLEEP_S = 0.1
+
+
+def test_consumer_finds_an_unsignalled_record_within_the_sleep_cap(make_ring) -> None:
+    ring, mem = make_ring(256)
+    got: list[bytes | None] = []
+    consumer = threading.Thread(target=lambda: got.append(ring.pop(timeout=10.0)))
+    consumer.start()
+    wait_until(lambda: ring.stats()["consumer_sleeps"] >= 1)
+    struct.pack_into("<II4s", mem, HEADER_SIZE, 4, REC_DATA, b"lost")
+    struct.pack_into("<Q", mem, TAIL_OFF, record_bytes(4))  # no bell: nobody is woken
+    published = time.monotonic()
+    consumer.join(timeout=10.0)
+    waited = time.monotonic() - published
+    assert got == [b"lost"]
+    assert waited < 10 * MAX_SLEEP_S, f"an unsignalled record waited {waited:.2f} s"
+    assert ring.stats()["consumer_unsignalled"] == 1
+
+
+def test_producer_finds_unsignalled_space_within_the_sleep_cap(make_ring) -> None:
+    ring, mem = make_ring(256)
+    while ring.try_push(b"z" * 56):
+        pass
+    tail = ring.stats()["tail"]
+    results: list[bool] = []
+    producer = threading.Thread(target=lambda: results.append(ring.push(b"late", timeout=10.0)))
+    producer.start()
+    wait_until(lambda: ring.stats()["producer_sleeps"] >= 1)
+    struct.pack_into("<Q", mem, HEAD_OFF, tail)  # everything consumed, nobody woken
+    freed = time.monotonic()
+    producer.join(timeout=10.0)
+    waited = time.monotonic() - freed
+    assert results == [True]
+    assert waited < 10 * MAX_SLEEP_S, f"unsignalled space waited {waited:.2f} s"
+    stats = ring.stats()
+    assert stats["producer_unsignalled"] == 1 and stats["consumer_unsignalled"] == 0
+
+
+def test_signalled_wakeups_are_not_counted_as_unsignalled(make_ring) -> None:
+    ring, _ = make_ring(256)
+    got: list[bytes | None] = []
+    for _ in range(10):
+        got.clear()
+        target = ring.stats()["consumer_sleeps"] + 2
+        consumer = threading.Thread(target=lambda: got.append(ring.pop(timeout=10.0)))
+        consumer.start()
+        # A second sleep means the first one ran out at the cap and found nothing;
+        # then a real, signalled publish.
+        wait_until(lambda t=target: ring.stats()["consumer_sleeps"] >= t)
+        assert ring.try_push(b"rung")
+        consumer.join(timeout=10.0)
+        assert got == [b"rung"]
+    stats = ring.stats()
+    assert stats["consumer_sleeps"] >= 20
+    assert stats["consumer_unsignalled"] == 0 and stats["producer_unsignalled"] == 0
+
+
 # ---- reset, close, pickling ----------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["Metrics", "NullMetrics", "make_metrics"]
@@ -32,6 +32,7 @@ class NullMetrics:
     def stream_ended(self, shm_bytes: int) -> None: ...
     def worker_restarted(self) -> None: ...
     def auth_failed(self) -> None: ...
+    def count_unsignalled_wakeups(self, source: Callable[[], int]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -75,6 +76,7 @@ class Metrics(NullMetrics):
         self.latency = _Histogram(_LATENCY_BUCKETS)
         self.wait = _Histogram(_LATENCY_BUCKETS)
         self.processing = _Histogram(_LATENCY_BUCKETS)
+        self._unsignalled: Callable[[], int] | None = None
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
         self.registry.register(self)  # collect() below
@@ -116,6 +118,10 @@ class Metrics(NullMetrics):
     def auth_failed(self) -> None:
         self.auth += 1
 
+    def count_unsignalled_wakeups(self, source: Callable[[], int]) -> None:
+        """``source()`` is read at scrape time (the counts live in the rings)."""
+        self._unsignalled = source
+
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -138,6 +144,10 @@ class Metrics(NullMetrics):
                                   "they died", value=self.restarts)
         yield CounterMetricFamily("fastext_auth_failures", "Calls refused for missing or wrong "
                                   "x-ms-authentication credentials", value=self.auth)
+        yield CounterMetricFamily(
+            "fastext_ring_unsignalled_wakeups", "Ring sleeps that ran out at the 100 ms cap and "
+            "found progress nobody signalled: lost wake-ups the cap rescued (should stay 0)",
+            value=self._unsignalled() if self._unsignalled is not None else 0)
         with self._lock:
             yield self.wait.family("fastext_queue_wait_seconds",
                                    "Time a batch waited before a worker started it")

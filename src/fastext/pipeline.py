@@ -233,6 +233,7 @@ class WorkerBackend:
         self._all_ready: asyncio.Event | None = None
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
+        self._unsignalled_retired = 0  # counted on rings of workers since replaced
         self.retried = 0  # batches run again after their worker died
         self.abandoned = 0  # frames acked empty after too many worker deaths
 
@@ -249,6 +250,7 @@ class WorkerBackend:
             self.config.workers, (self._arena.name, size), self.config.log_level,
             self.config.log_format, _RING_CAPACITY, self._on_completions, self._on_exit)
         self._states = [_WorkerState(slot) for slot in self._supervisor.slots]
+        self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
         self._supervisor.start()
         try:
             await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
@@ -391,8 +393,16 @@ class WorkerBackend:
         if not job.future.done():
             job.future.set_result(outcomes)
 
+    def unsignalled_wakeups(self) -> int:
+        """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
+        live = sum(s.slot.rings.unsignalled_wakeups() for s in self._states
+                   if s.slot.rings is not None)
+        return self._unsignalled_retired + live
+
     def _on_exit(self, slot: WorkerSlot) -> None:
         state = self._states[slot.index]
+        if slot.rings is not None:  # its rings go with it: keep their count
+            self._unsignalled_retired += slot.rings.unsignalled_wakeups()
         if self._supervisor is not None and not self._supervisor.stopping:
             self._metrics.worker_restarted()
         self._drain(state)  # what it finished before dying still counts

@@ -187,6 +187,15 @@ class RingPair:
             raise
         return cls(submit, completion)
 
+    def unsignalled_wakeups(self) -> int:
+        """Sleeps on either ring that ran out at the cap and found progress nobody
+        signalled: lost wake-ups the bounded sleep rescued (0 when all is well)."""
+        total = 0
+        for ring in (self.submit.ring, self.completion.ring):
+            stats = ring.stats()
+            total += stats["producer_unsignalled"] + stats["consumer_unsignalled"]
+        return total
+
     @classmethod
     def attach(cls, names: tuple[str, str], *, spin: int = 0) -> RingPair:
         """Attach to the ``(submit, completion)`` names from :attr:`names`."""

@@ -227,9 +227,10 @@ int main(int argc, char **argv)
         rc = 1;
     }
     printf("items=%" PRIu64 " checksum=%016" PRIx64 " pushed=%" PRIu64 " popped=%" PRIu64
-           " wraps=%" PRIu64 " producer_sleeps=%" PRIu64 " consumer_sleeps=%" PRIu64 "\n",
+           " wraps=%" PRIu64 " producer_sleeps=%" PRIu64 " consumer_sleeps=%" PRIu64
+           " producer_unsignalled=%" PRIu64 " consumer_unsignalled=%" PRIu64 "\n",
            items, cons.checksum, st.pushed, st.popped, st.tail / capacity, st.producer_sleeps,
-           st.consumer_sleeps);
+           st.consumer_sleeps, st.producer_unsignalled, st.consumer_unsignalled);
     free(g_mem);
     return rc;
 }

@@ -589,11 +589,13 @@ static PyObject *Ring_stats(RingObject *self, PyObject *unused)
     fx_ring_stats s;
     fx_ring_stats_get(&self->ring, &s);
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsIsIsI}", "capacity", (unsigned long long)s.capacity, "head",
+        "{sKsKsKsKsKsKsKsKsKsIsIsI}", "capacity", (unsigned long long)s.capacity, "head",
         (unsigned long long)s.head, "tail", (unsigned long long)s.tail, "pushed",
         (unsigned long long)s.pushed, "popped", (unsigned long long)s.popped,
         "producer_sleeps", (unsigned long long)s.producer_sleeps, "consumer_sleeps",
-        (unsigned long long)s.consumer_sleeps, "generation", s.generation,
+        (unsigned long long)s.consumer_sleeps, "producer_unsignalled",
+        (unsigned long long)s.producer_unsignalled, "consumer_unsignalled",
+        (unsigned long long)s.consumer_unsignalled, "generation", s.generation,
         "consumer_waiting", s.consumer_waiting, "producer_waiting", s.producer_waiting);
 }
 

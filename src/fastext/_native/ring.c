@@ -18,14 +18,28 @@
  *
  * Memory ordering, in one paragraph (each site repeats the reason it needs):
  * the producer writes record bytes with plain stores and then publishes the
- * new tail with a release (or stronger) store; the consumer acquire-loads tail
- * before reading those bytes.  Symmetrically the consumer release-stores head
- * after it has finished reading, and the producer acquire-loads head before
+ * new tail with a release store; the consumer acquire-loads tail before
+ * reading those bytes.  Symmetrically the consumer release-stores head after
+ * it has finished reading, and the producer acquire-loads head before
  * overwriting.  Waking needs one more thing: "publish, then check whether the
  * peer sleeps" against "say I sleep, then check for work" is a store->load
  * pattern on each side (Dekker), which release/acquire does not order (a
  * store may sit in the store buffer while a later load goes ahead, also on
- * x86).  Those four accesses are seq_cst, so at least one side sees the other.
+ * x86).  Each side therefore puts atomic_thread_fence(memory_order_seq_cst)
+ * between its store and its load: the event-count form of the Linux kernel's
+ * futex users and of folly's EventCount.  Two seq_cst fences are ordered in
+ * C11's single total order, so at least one side sees the other's store,
+ * whatever the target compiles a seq_cst store or load to.  Fences rather than
+ * seq_cst accesses: on AArch64 a seq_cst store and load (STLR then LDAR) are
+ * ordered by the hardware, but qemu-user on an x86 host lets that store pass
+ * that load (a store-buffering litmus run there shows the forbidden outcome;
+ * tests/test_ring_litmus.py), and the ring stalled there exactly so.
+ *
+ * Sleeps are bounded too (FX_RING_MAX_SLEEP_NS): a wake-up lost to any cause
+ * (a fence missing on some target, a peer killed between its publish and its
+ * wake) costs one bounded stall, never a caller's timeout.  A capped sleep
+ * that ends to find progress nobody signalled is counted (`unsignalled` in the
+ * wait line): it should stay 0, and a non-zero count names the bug.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* syscall(), clock_gettime() under -std=c11 */
@@ -76,7 +90,8 @@ struct wait_line {
     _Atomic uint32_t bell;    /* futex word: bumped by the waker           */
     _Atomic uint32_t waiting; /* 1 while the waiter is (about to be) asleep */
     _Atomic uint64_t sleeps;  /* futex sleeps taken (statistics)           */
-    unsigned char pad_[FX_LINE - 2 * 4 - 8];
+    _Atomic uint64_t unsignalled; /* capped sleeps that found unsignalled progress */
+    unsigned char pad_[FX_LINE - 2 * 4 - 2 * 8];
 };
 
 struct fx_ring_shared {
@@ -198,6 +213,16 @@ static inline void counter_add(_Atomic uint64_t *c, uint64_t n)
     atomic_store_explicit(c, v + n, memory_order_relaxed);
 }
 
+/* The fence between the store and the load of each Dekker pair (see the
+ * file comment).  FX_RING_UNFENCED_FOR_TESTING removes it: only
+ * scripts/ring-stress-qemu builds that way, to show the stall it prevents. */
+static inline void dekker_fence(void)
+{
+#ifndef FX_RING_UNFENCED_FOR_TESTING
+    atomic_thread_fence(memory_order_seq_cst);
+#endif
+}
+
 /* ---- futex ---------------------------------------------------------------- */
 
 /* Not FUTEX_*_PRIVATE: the word is in memory shared between processes, and
@@ -221,12 +246,14 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Called right after a seq_cst store that made progress visible (tail or
- * head).  The no-waiter fast path is this one load. */
+/* Called right after a store that made progress visible (tail or head).
+ * The no-waiter fast path is one fence and one load. */
 static void wake_if_waiting(struct wait_line *w)
 {
-    /* seq_cst: pairs with the waiter's seq_cst store of its flag (Dekker). */
-    if (atomic_load_explicit(&w->waiting, memory_order_seq_cst) == 0)
+    /* Dekker, waker's half: our progress store, this fence, then the load of
+     * the waiter's flag; pairs with the fence in wait_for. */
+    dekker_fence();
+    if (atomic_load_explicit(&w->waiting, memory_order_relaxed) == 0)
         return;
     /* Clear the flag so later publishes skip the syscall until the waiter
      * arms again; every clear is followed by a bump (see wait_for). */
@@ -239,7 +266,9 @@ static void wake_if_waiting(struct wait_line *w)
 }
 
 /* Readiness probes used by the wait loop: 1 ready, 0 not yet, or a negative
- * fx_status.  They use seq_cst loads: the second half of the Dekker pair. */
+ * fx_status.  Their load of the peer's position is the second half of the
+ * waiter's Dekker pair (after the fence in wait_for); acquire, because the
+ * caller goes on to read (or overwrite) the bytes below that position. */
 typedef int (*ready_fn)(fx_ring *r, uint32_t arg);
 
 static int readable_now(fx_ring *r, uint32_t unused)
@@ -249,7 +278,7 @@ static int readable_now(fx_ring *r, uint32_t unused)
         return -FX_STALE;
     uint64_t pos = r->held ? r->rpos
                            : atomic_load_explicit(&r->shm->head, memory_order_relaxed);
-    uint64_t tail = atomic_load_explicit(&r->shm->tail, memory_order_seq_cst);
+    uint64_t tail = atomic_load_explicit(&r->shm->tail, memory_order_acquire);
     if (!positions_valid(r, pos, tail))
         return -FX_CORRUPT;
     r->cached_tail = tail;
@@ -262,14 +291,15 @@ static int writable_now(fx_ring *r, uint32_t len)
         return -FX_STALE;
     uint64_t pos = r->staged ? r->wpos
                              : atomic_load_explicit(&r->shm->tail, memory_order_relaxed);
-    uint64_t head = atomic_load_explicit(&r->shm->head, memory_order_seq_cst);
+    uint64_t head = atomic_load_explicit(&r->shm->head, memory_order_acquire);
     if (!positions_valid(r, head, pos))
         return -FX_CORRUPT;
     r->cached_head = head;
     return pos + space_needed(r, pos, len) - head <= r->capacity;
 }
 
-/* Bounded spin, then futex sleeps until ready, timeout or signal. */
+/* Bounded spin, then futex sleeps (each at most FX_RING_MAX_SLEEP_NS) until
+ * ready, timeout or signal. */
 static fx_status wait_for(fx_ring *r, struct wait_line *w, ready_fn ready, uint32_t arg,
                           int64_t timeout_ns)
 {
@@ -287,6 +317,8 @@ static fx_status wait_for(fx_ring *r, struct wait_line *w, ready_fn ready, uint3
     }
     int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
     fx_status st = FX_OK;
+    bool capped_out = false; /* the last sleep ended at the cap, unsignalled */
+    uint32_t seen = 0;
     for (;;) {
         /* Read the bell BEFORE arming.  A waker clears our flag and then
          * bumps the bell; having read the bell first, any such bump makes the
@@ -295,34 +327,42 @@ static fx_status wait_for(fx_ring *r, struct wait_line *w, ready_fn ready, uint3
          * bell, sleep with the flag cleared, and no later publish would wake
          * us (tests/stress/ring_stress.c caught exactly that).
          * acquire: pairs with the release bump in wake_if_waiting. */
-        uint32_t seen = atomic_load_explicit(&w->bell, memory_order_acquire);
-        /* seq_cst: the flag must be visible before the readiness load in
-         * ready() (store->load), or the peer may miss our flag while we miss
-         * its progress. */
-        atomic_store_explicit(&w->waiting, 1, memory_order_seq_cst);
+        uint32_t bell = atomic_load_explicit(&w->bell, memory_order_acquire);
+        bool unsignalled = capped_out && bell == seen;
+        seen = bell;
+        atomic_store_explicit(&w->waiting, 1, memory_order_relaxed);
+        /* Dekker, waiter's half: the flag store, this fence, then the load of
+         * the peer's position in ready(); pairs with the fence in
+         * wake_if_waiting, so the peer sees our flag or we see its progress. */
+        dekker_fence();
         if ((rc = ready(r, arg)) != 0) {
+            if (unsignalled && rc > 0)
+                counter_add(&w->unsignalled, 1); /* a lost wake-up, caught by the cap */
             st = rc > 0 ? FX_OK : (fx_status)-rc;
             break;
         }
-        struct timespec rel, *relp = NULL;
+        int64_t nap = FX_RING_MAX_SLEEP_NS;
         if (timeout_ns > 0) {
             int64_t left = deadline - now_ns();
             if (left <= 0) {
                 st = FX_TIMEOUT;
                 break;
             }
-            rel.tv_sec = left / 1000000000;
-            rel.tv_nsec = left % 1000000000;
-            relp = &rel;
+            if (left < nap)
+                nap = left;
         }
+        struct timespec rel = {nap / 1000000000, nap % 1000000000};
         counter_add(&w->sleeps, 1);
         /* The kernel sleeps only while *bell == seen, so a ring between our
          * load of `seen` and this call is never lost. */
-        if (futex_wait(&w->bell, seen, relp) == EINTR) {
+        int err = futex_wait(&w->bell, seen, &rel);
+        if (err == EINTR) {
             st = FX_INTERRUPTED;
             break;
         }
-        /* Woken, timed out (deadline re-checked above) or EAGAIN: re-check. */
+        /* Woken, EAGAIN or timed out: re-check.  A timeout at the cap (not at
+         * the caller's deadline) with the bell unchanged is unsignalled. */
+        capped_out = err == ETIMEDOUT && nap == FX_RING_MAX_SLEEP_NS;
     }
     atomic_store_explicit(&w->waiting, 0, memory_order_relaxed);
     return st;
@@ -366,6 +406,7 @@ static void wait_line_clear(struct wait_line *w)
     atomic_store_explicit(&w->bell, 0, memory_order_relaxed);
     atomic_store_explicit(&w->waiting, 0, memory_order_relaxed);
     atomic_store_explicit(&w->sleeps, 0, memory_order_relaxed);
+    atomic_store_explicit(&w->unsignalled, 0, memory_order_relaxed);
 }
 
 static bool mem_ok(const void *mem)
@@ -449,6 +490,8 @@ fx_status fx_ring_reset(fx_ring *r)
     atomic_store_explicit(&s->space_wait.waiting, 0, memory_order_relaxed);
     atomic_store_explicit(&s->data_wait.sleeps, 0, memory_order_relaxed);
     atomic_store_explicit(&s->space_wait.sleeps, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->data_wait.unsignalled, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->space_wait.unsignalled, 0, memory_order_relaxed);
     /* A sleeper still parked here (a stale handle) is kicked: it re-checks,
      * sees the new generation and returns FX_STALE. */
     atomic_fetch_add_explicit(&s->data_wait.bell, 1, memory_order_seq_cst);
@@ -508,10 +551,10 @@ void fx_ring_publish(fx_ring *r)
 {
     if (r->staged == 0)
         return;
-    /* seq_cst (a release store, and more): the record bytes become visible
-     * before the new tail, and this store is ordered before the load of
-     * consumer's waiting flag in wake_if_waiting (store->load, see file comment). */
-    atomic_store_explicit(&r->shm->tail, r->wpos, memory_order_seq_cst);
+    /* release: the record bytes become visible before the new tail.  The
+     * fence in wake_if_waiting orders this store before the load of the
+     * consumer's flag (store->load, see the file comment). */
+    atomic_store_explicit(&r->shm->tail, r->wpos, memory_order_release);
     counter_add(&r->shm->pushed, r->staged);
     r->staged = 0;
     wake_if_waiting(&r->shm->data_wait);
@@ -631,11 +674,11 @@ void fx_ring_release(fx_ring *r)
 {
     if (r->held == 0)
         return;
-    /* seq_cst (a release store, and more): our reads of the records are done
-     * before the producer may reuse their bytes, and this store is ordered
-     * before the load of the producer's waiting flag (store->load, see file
+    /* release: our reads of the records are done before the producer may
+     * reuse their bytes.  The fence in wake_if_waiting orders this store
+     * before the load of the producer's flag (store->load, see the file
      * comment). */
-    atomic_store_explicit(&r->shm->head, r->rpos, memory_order_seq_cst);
+    atomic_store_explicit(&r->shm->head, r->rpos, memory_order_release);
     counter_add(&r->shm->popped, r->held);
     r->held = 0;
     wake_if_waiting(&r->shm->space_wait);
@@ -687,6 +730,10 @@ void fx_ring_stats_get(const fx_ring *r, fx_ring_stats *out)
     out->popped = atomic_load_explicit(&s->popped, memory_order_relaxed);
     out->producer_sleeps = atomic_load_explicit(&s->space_wait.sleeps, memory_order_relaxed);
     out->consumer_sleeps = atomic_load_explicit(&s->data_wait.sleeps, memory_order_relaxed);
+    out->producer_unsignalled =
+        atomic_load_explicit(&s->space_wait.unsignalled, memory_order_relaxed);
+    out->consumer_unsignalled =
+        atomic_load_explicit(&s->data_wait.unsignalled, memory_order_relaxed);
     out->generation = atomic_load_explicit(&s->generation, memory_order_relaxed);
     out->consumer_waiting = atomic_load_explicit(&s->data_wait.waiting, memory_order_relaxed);
     out->producer_waiting = atomic_load_explicit(&s->space_wait.waiting, memory_order_relaxed);

@@ -49,6 +49,11 @@ typedef enum fx_status {
 #define FX_RING_DEFAULT_SPIN 0u
 #define FX_RING_MAX_SPIN 20000u
 
+/* Longest single futex sleep: a wait re-checks the ring at least this often,
+ * so a lost wake-up costs at most this stall (see ring.c, "Sleeps are
+ * bounded"). */
+#define FX_RING_MAX_SLEEP_NS 100000000LL
+
 struct fx_ring_shared;
 
 /* Process-local handle.  Treat as opaque; it lives wherever the caller likes
@@ -80,6 +85,8 @@ typedef struct fx_ring_stats {
     uint64_t popped;          /* records consumed                         */
     uint64_t producer_sleeps; /* futex sleeps by the producer (ring full) */
     uint64_t consumer_sleeps; /* futex sleeps by the consumer (empty)     */
+    uint64_t producer_unsignalled; /* capped sleeps that found space nobody signalled */
+    uint64_t consumer_unsignalled; /* capped sleeps that found records nobody signalled */
     uint32_t generation;      /* bumped by every reset                    */
     uint32_t consumer_waiting; /* 1 while the consumer sleeps (or is about to) */
     uint32_t producer_waiting; /* 1 while the producer sleeps (or is about to) */
