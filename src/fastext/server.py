@@ -22,6 +22,7 @@ from fastext.config import Config
 from fastext.errors import ConfigError
 from fastext.metrics import NullMetrics, make_metrics
 from fastext.pipeline import Backend, make_backend
+from fastext.protocol import Unparsed, parse_request
 from fastext.session import Session, SessionEnd
 
 __all__ = ["ExtensionServer", "SERVICE_NAME", "serve"]
@@ -62,7 +63,7 @@ class ExtensionServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
-            request_deserializer=MediaStreamMessage.FromString,
+            request_deserializer=parse_request,  # never raises: the session judges bad bytes
             response_serializer=_serialize,
         )
         self._server.add_generic_rpc_handlers(
@@ -120,7 +121,8 @@ class ExtensionServer:
         return len(self._sessions)
 
     async def _process_media_stream(
-        self, requests: AsyncIterator[MediaStreamMessage], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[MediaStreamMessage | Unparsed],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
