@@ -94,6 +94,7 @@ class Session:
         self._received = 0  # messages read from the call: a message's position in it
         self._draining = False
         self.frames = 0
+        self.acked = 0
         self.invalid = 0
         self.dropped = 0
 
@@ -140,6 +141,11 @@ class Session:
                                 "stream": self._spec.stream_name, "frames": self.frames,
                                 "invalid": self.invalid, "dropped": self.dropped,
                                 "seconds": round(seconds, 3), "reason": reason})
+
+    @property
+    def unacknowledged(self) -> int:
+        """Samples read whose acks have not been written yet."""
+        return self.frames - self.acked
 
     def drain(self) -> None:
         """Stop reading new samples; in-flight ones are still processed and acknowledged."""
@@ -318,6 +324,7 @@ class Session:
                     response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
                                                outcome)
                 await write(response)
+                self.acked += 1
                 self._metrics.frame_acked(kind, time.monotonic() - sample.arrived,
                                           sample.holds_permit)
                 if sample.holds_permit:
