@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -195,7 +196,7 @@ async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None
     _exit_now(128 + second.result())
 
 
-def _exit_now(status: int) -> None:
+def _exit_now(status: int) -> NoReturn:
     """Exit without waiting for anything: not for the gRPC server's threads, nor for a
     batch still running in a thread (its frames are abandoned)."""
     logging.shutdown()  # flush every handler first
