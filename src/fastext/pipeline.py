@@ -1,9 +1,12 @@
 """Where batches run: the front's side of the processing backend.
 
-A session opens a *lane* (:meth:`Backend.open`) and submits batches of
-payloads to it; each submit returns a future holding one outcome per frame.
-A payload is a :class:`~fastext.shm.ShmRef` into the session's client file
-(already bounds-checked) or the embedded bytes.
+A session opens a *lane* (:meth:`Backend.open`) with a *deliver* callback and
+submits batches of payloads to it, each under a token of the session's choosing;
+when a batch is done the backend calls ``deliver(token, results)`` on the event
+loop, one result per payload, in order.  No future per batch: the front's cost per
+frame is what this module is measured by.  A payload is a
+:class:`~fastext.shm.ShmRef` into the session's client file (already
+bounds-checked) or the embedded bytes.
 
 * :class:`InlineBackend` (``--workers 0``) runs batches on a thread pool of the
   server process; numba kernels release the GIL, so streams run in parallel.
@@ -23,7 +26,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,7 +44,8 @@ from fastext.ring import cleanup_stale_segments, segment_name
 from fastext.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
 from fastext.supervisor import Supervisor, WorkerSlot
 
-__all__ = ["Backend", "InlineBackend", "Lane", "Payload", "WorkerBackend", "make_backend"]
+__all__ = ["Backend", "Deliver", "InlineBackend", "Lane", "Payload", "WorkerBackend",
+           "make_backend"]
 
 log = logging.getLogger("fastext.pipeline")
 
@@ -50,6 +54,8 @@ Payload = ShmRef | memoryview
 #: One frame's result as the backend returns it: inferences (objects, or serialized as a
 #: MediaSample's field 10 by a worker), or the reason there are none.
 Result = Outcome | bytes
+#: How a backend hands a batch's results back: ``deliver(token, results)``, on the loop.
+Deliver = Callable[[int, list[Result]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,8 @@ class LaneSpec:
 
 
 class Lane(Protocol):
-    def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
-        """Start a batch; the future holds one result per payload, in order."""
+    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        """Start a batch; its results come back through the lane's deliver callback."""
 
     def close(self) -> None:
         """The session is over: nothing more will be submitted."""
@@ -75,8 +81,12 @@ class Backend(Protocol):
     async def start(self) -> None:
         """Get ready to take batches (compile or load kernels, start workers)."""
 
-    def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
-        """A lane for one session; ValueError names a bad processor or parameter."""
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
+        """A lane for one session; ValueError names a bad processor or parameter.
+
+        ``deliver(token, results)`` is called on the event loop once per submitted
+        batch (results, or the reason for each frame), until the lane is closed.
+        """
 
     async def close(self) -> None:
         """Finish or abandon running batches and release every resource."""
@@ -99,8 +109,10 @@ def make_backend(config: Config, metrics: NullMetrics | None = None) -> Backend:
 
 class _InlineLane:
     def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None,
-                 metrics: NullMetrics) -> None:
+                 deliver: Deliver, metrics: NullMetrics) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._deliver = deliver
         self._metrics = metrics
         self._format = spec.format
         self._memory = memory
@@ -108,23 +120,43 @@ class _InlineLane:
         # A stateful processor (per-stream background, tracks) sees its frames in order:
         # each batch waits for the one before it. Stateless ones run batches in parallel.
         self._ordered = bool(getattr(self._processor, "stateful", False))
-        self._last: asyncio.Future[list[Result]] | None = None
+        self._waiting: deque[tuple[int, Sequence[Payload], float]] = deque()
+        self._busy = False
 
-    def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
-        loop = asyncio.get_running_loop()
+    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        job = (token, payloads, time.perf_counter())
         if not self._ordered:
-            return loop.run_in_executor(self._pool, self._run, payloads, time.perf_counter())
-        future = asyncio.ensure_future(self._after(self._last, payloads))
-        self._last = future
-        return future
+            self._start(job)
+        elif self._busy:
+            self._waiting.append(job)
+        else:
+            self._busy = True
+            self._start(job)
 
-    async def _after(self, previous: asyncio.Future[list[Result]] | None,
-                     payloads: Sequence[Payload]) -> list[Result]:
-        submitted = time.perf_counter()
-        if previous is not None:
-            await asyncio.wait([previous])  # its outcome is the session's business, not ours
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, payloads,
-                                                                submitted)
+    def _start(self, job: tuple[int, Sequence[Payload], float]) -> None:
+        token, payloads, submitted = job
+        done = self._pool.submit(self._run, payloads, submitted)
+        done.add_done_callback(lambda f: self._from_thread(token, len(payloads), f))
+
+    def _from_thread(self, token: int, count: int, done: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._complete, token, count, done)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
+
+    def _complete(self, token: int, count: int, done: Any) -> None:
+        try:
+            results: list[Result] = done.result()
+        except BaseException as exc:  # noqa: BLE001 - a processor's failure is the frames' outcome
+            if not done.cancelled():
+                log.error("batch failed in the server process: %s", exc, exc_info=exc)
+            results = [f"processing failed: {exc or type(exc).__name__}"] * count
+        self._deliver(token, results)
+        if self._ordered:
+            if self._waiting:
+                self._start(self._waiting.popleft())
+            else:
+                self._busy = False
 
     def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
         started = time.perf_counter()
@@ -162,8 +194,8 @@ class InlineBackend:
 
         await asyncio.to_thread(kernels.warm)
 
-    def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
-        return _InlineLane(self._pool, spec, memory, self._metrics)
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
+        return _InlineLane(self._pool, spec, memory, deliver, self._metrics)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
@@ -182,8 +214,8 @@ _READY_TIMEOUT_S = 180.0  # a cold numba cache on a slow ARM board compiles for 
 @dataclass(eq=False)
 class _Job:
     lane: _WorkerLane
+    token: int  # the session's name for the batch
     payloads: Sequence[Payload]
-    future: asyncio.Future[list[Result]]
     batch_id: int = 0
     refs: list[tuple[int, int, int]] | None = None
     blocks: list[list[int]] = field(default_factory=list)
@@ -192,11 +224,13 @@ class _Job:
 
 
 class _WorkerLane:
-    def __init__(self, backend: WorkerBackend, session: int, spec: LaneSpec) -> None:
+    def __init__(self, backend: WorkerBackend, session: int, spec: LaneSpec,
+                 deliver: Deliver) -> None:
         # Reject bad parameters now, at descriptor time; workers make their own instances.
         processor = create(spec.processor, spec.params)
         self.backend = backend
         self.session = session
+        self.deliver = deliver
         # A stateful processor keeps per-stream state in one worker's instance: every batch
         # of the session goes to that worker, whose ring keeps them in order.
         self.stateful = bool(getattr(processor, "stateful", False))
@@ -207,11 +241,11 @@ class _WorkerLane:
             session, f.encoding, f.pixel_format, f.width, f.height, f.stride, spec.shm_name,
             spec.shm_length, config))
 
-    def submit(self, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
-        return self.backend._submit(self, payloads)
+    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        self.backend.submit(self, token, payloads)
 
     def close(self) -> None:
-        self.backend._close_lane(self)
+        self.backend.close_lane(self)
 
 
 @dataclass(eq=False)
@@ -265,22 +299,21 @@ class WorkerBackend:
             await self.close()
             raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
 
-    def open(self, spec: LaneSpec, memory: ClientMemory | None) -> Lane:
-        return _WorkerLane(self, next(self._ids), spec)
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
+        return _WorkerLane(self, next(self._ids), spec, deliver)
 
     # -- submitting ------------------------------------------------------------------
 
-    def _submit(self, lane: _WorkerLane, payloads: Sequence[Payload]) -> asyncio.Future[list[Result]]:
+    def submit(self, lane: _WorkerLane, token: int, payloads: Sequence[Payload]) -> None:
+        """Queue a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
         loop = self._loop
         assert loop is not None, "WorkerBackend.start() first"
-        job = _Job(lane, payloads, loop.create_future(), batch_id=next(self._ids))
-        self._backlog.append(job)
+        self._backlog.append(_Job(lane, token, payloads, batch_id=next(self._ids)))
         if not self._pump_scheduled:
             # Place everything submitted in this loop iteration together: one ring
             # publish and at most one futex wake per worker, not one per frame.
             self._pump_scheduled = True
             loop.call_soon(self._pump)
-        return job.future
 
     def _pump(self) -> None:
         """Place waiting jobs on workers, oldest first; stop at the first that cannot go."""
@@ -352,7 +385,7 @@ class WorkerBackend:
         while state.outbox and ring.try_push(state.outbox[0]):
             state.outbox.popleft()
 
-    def _close_lane(self, lane: _WorkerLane) -> None:
+    def close_lane(self, lane: _WorkerLane) -> None:
         for state in self._states:
             if lane.session in state.sessions:
                 state.sessions.discard(lane.session)
@@ -397,8 +430,7 @@ class WorkerBackend:
         for block in job.blocks:
             self._alloc.free(block)
         job.blocks.clear()
-        if not job.future.done():
-            job.future.set_result(outcomes)
+        job.lane.deliver(job.token, outcomes)
 
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
@@ -436,11 +468,10 @@ class WorkerBackend:
         if self._supervisor is not None:
             await self._supervisor.stop(self._send_stop, deadline_s=max(1.0, self.config.drain_s))
             self._supervisor = None
-        for job in self._backlog:
-            if not job.future.done():
-                job.future.set_result(["server stopped before the frame was processed"]
-                                      * len(job.refs or job.payloads))
-        self._backlog.clear()
+        backlog, self._backlog = self._backlog, deque()
+        for job in backlog:
+            job.lane.deliver(job.token, ["server stopped before the frame was processed"]
+                             * len(job.refs or job.payloads))
         if self._arena is not None:
             self._arena.close()
             self._arena = None

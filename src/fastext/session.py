@@ -1,18 +1,24 @@
 """One ``ProcessMediaStream`` call: handshake, batching, in-order acks, cleanup.
 
-Two tasks share a session: the *reader* validates each sample, turns it into a
-payload (a zero-copy view of shared memory, or the embedded bytes) and groups
-payloads into batches; the *writer* awaits each batch's outcomes in order and
-writes one response per sample.  A sample is acknowledged only once its result
-exists.  At most ``max_inflight`` samples are read ahead of their acks: past
-that the reader stops reading, and gRPC flow control pushes back on the client.
+A *reader* task validates each sample, turns it into a payload (a checked
+reference into shared memory, or the embedded bytes) and groups payloads into
+batches that it submits to the session's lane.  The backend hands each batch's
+results back through :meth:`Session._deliver` on the event loop; the call's own
+task is the *writer*: it writes one ack per sample, in order, as soon as the
+oldest batch's results are in.  The writer wakes once per delivery that
+completes the oldest batch, not once per frame, and no future is made per batch:
+this is the front's hot path.  At most ``max_inflight`` samples are read ahead of
+their acks: past that the reader stops reading, and gRPC flow control pushes
+back on the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -58,16 +64,15 @@ class SessionEnd(Exception):
 class _Sample:
     seq: int
     timestamp: int
-    payload: Payload | None
-    error: str | None
+    error: str | None  # why it gets no inference; None: its result comes from the lane
     holds_permit: bool = True  # a dropped frame is acked without taking a window permit
     arrived: float = 0.0  # time.monotonic() when read
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Batch:
     samples: list[_Sample]
-    future: asyncio.Future[list[Result]] | None  # None when no sample had a payload
+    results: list[Result] | None = None  # one per sample without an error; None: not yet
 
 
 class Session:
@@ -79,10 +84,20 @@ class Session:
         self._metrics = metrics if metrics is not None else NullMetrics()
         self.peer = peer
         self._backend = backend
-        self._window = asyncio.Semaphore(config.max_inflight)
-        self._queue: asyncio.Queue[_Batch | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._max_inflight = config.max_inflight
+        self._batch_size = config.batch_size
+        self._inflight = 0  # window permits held: samples read and not yet acked
+        self._window: asyncio.Future[None] | None = None  # the reader waits for a permit
+        self._order: deque[_Batch] = deque()  # every batch not yet acked, oldest first
+        self._running: dict[int, _Batch] = {}  # submitted to the lane, results not in
+        self._tokens = itertools.count(1)
         self._pending: list[_Sample] = []
-        self._running: set[asyncio.Future[list[Result]]] = set()
+        self._payloads: list[Payload] = []
+        self._wake: asyncio.Future[None] | None = None  # the writer waits for results
+        self._idle: asyncio.Future[None] | None = None  # cleanup waits for running batches
+        self._input_done = False
+        self._closed = False  # cleanup has begun: nothing more goes to the lane
         self._timer: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task[None] | None = None
         self._memory: ClientMemory | None = None
@@ -163,7 +178,8 @@ class Session:
                 self._memory = ClientMemory(spec.shm_name, spec.shm_length)
             fmt = FrameFormat(spec.encoding, spec.pixel_format, spec.width, spec.height, spec.stride)
             self._lane = self._backend.open(
-                LaneSpec(fmt, name, params, spec.shm_name, spec.shm_length), self._memory)
+                LaneSpec(fmt, name, params, spec.shm_name, spec.shm_length), self._memory,
+                self._deliver)
         except DescriptorError as exc:
             raise SessionEnd(exc.code, str(exc)) from None
         except ValueError as exc:
@@ -175,57 +191,50 @@ class Session:
 
     async def _run(self, requests: Requests, write: Write) -> str:
         reader = self._reader = asyncio.create_task(self._read(requests))
-        writer = asyncio.create_task(self._write_results(write))
+        reader.add_done_callback(self._input_ended)
         try:
-            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
-            if writer.done():  # only an error ends the writer before the end marker
-                reader.cancel()
-                writer.result()
-                raise RuntimeError("writer stopped early")
-            # The reader is done: whatever was read still gets processed and acked.
-            self._dispatch()
-            self._queue.put_nowait(None)
-            await writer
-            if reader.cancelled():
-                raise SessionEnd("UNAVAILABLE", "server is shutting down; every frame "
-                                 "received was acknowledged, reconnect to continue")
-            error = reader.exception()
-            if isinstance(error, ProtocolViolation):
-                raise SessionEnd(error.code, str(error))
-            if error is not None:
-                raise error
-            return "client closed the stream"
+            await self._write_acks(write)  # returns once the reader is done and all is acked
         finally:
-            for task in (reader, writer):
-                task.cancel()
+            reader.cancel()
+        if reader.cancelled():
+            raise SessionEnd("UNAVAILABLE", "server is shutting down; every frame "
+                             "received was acknowledged, reconnect to continue")
+        error = reader.exception()
+        if isinstance(error, ProtocolViolation):
+            raise SessionEnd(error.code, str(error))
+        if error is not None:
+            raise error
+        return "client closed the stream"
 
     # -- reading ----------------------------------------------------------------
 
     async def _read(self, requests: Requests) -> None:
-        if self.config.overload == "drop":
-            return await self._read_dropping(requests)
+        dropping = self.config.overload == "drop"
         while not self._draining:
-            await self._window.acquire()  # window full: stop reading (back-pressure)
+            full = self._inflight >= self._max_inflight
+            if full and not dropping:
+                await self._window_open()  # window full: stop reading (back-pressure)
             message = await anext(requests, None)
             if message is None:
-                self._window.release()
                 return
             self._received += 1
-            self._accept(message)
+            # Overload policy drop: never stop reading; a frame that finds the window
+            # full is acknowledged (after the frames before it) without inference.
+            self._accept(message, dropped=dropping and self._inflight >= self._max_inflight)
 
-    async def _read_dropping(self, requests: Requests) -> None:
-        """Overload policy ``drop``: never stop reading; a frame that finds the window
-        full is acknowledged at once (after the frames before it) without inference."""
-        while not self._draining:
-            message = await anext(requests, None)
-            if message is None:
-                return
-            self._received += 1
-            if self._window.locked():
-                self._accept(message, dropped=True)
-                continue
-            await self._window.acquire()
-            self._accept(message)
+    async def _window_open(self) -> None:
+        while self._inflight >= self._max_inflight:
+            self._window = self._loop.create_future()
+            try:
+                await self._window
+            finally:
+                self._window = None
+
+    def _input_ended(self, reader: asyncio.Task[None]) -> None:
+        """The reader is done (stream end, drain, violation): ack what was read, then end."""
+        self._dispatch()
+        self._input_done = True
+        self._wake_writer()
 
     def _accept(self, message: MediaStreamMessage | Unparsed, dropped: bool = False) -> None:
         if isinstance(message, Unparsed):
@@ -249,20 +258,22 @@ class Session:
         now = time.monotonic()
         if dropped:
             self.dropped += 1
-            self._pending.append(_Sample(seq, sample.timestamp, None, DROPPED, False, now))
+            self._pending.append(_Sample(seq, sample.timestamp, DROPPED, False, now))
             self._dispatch()  # ack it as soon as the frames before it are acked
             return
+        self._inflight += 1
         try:
-            payload, error = self._payload(sample), None
+            self._payloads.append(self._payload(sample))
+            error = None
         except SampleError as exc:
-            payload, error = None, str(exc)
-        self._pending.append(_Sample(seq, sample.timestamp, payload, error, True, now))
+            error = str(exc)
+        self._pending.append(_Sample(seq, sample.timestamp, error, True, now))
         self._metrics.frame_accepted()
-        if len(self._pending) >= self.config.batch_size:
+        if len(self._pending) >= self._batch_size:
             self._dispatch()
         elif self._timer is None:
-            delay = self.config.batch_delay_ms / 1000.0
-            self._timer = asyncio.get_running_loop().call_later(delay, self._dispatch)
+            self._timer = self._loop.call_later(self.config.batch_delay_ms / 1000.0,
+                                                self._dispatch)
 
     def _payload(self, sample: object) -> Payload:
         spec = self._spec
@@ -288,60 +299,86 @@ class Session:
         raise SampleError("sample carries no content")
 
     def _dispatch(self) -> None:
+        """Hand the pending samples to the lane as one batch (or none, if none has a payload)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending:
+        if not self._pending or self._closed:
             return
-        samples, self._pending = self._pending, []
-        payloads = [s.payload for s in samples if s.payload is not None]
-        future = None
-        if payloads:
-            assert self._lane is not None
-            future = self._lane.submit(payloads)
-            self._running.add(future)
-            future.add_done_callback(self._running.discard)
-        self._queue.put_nowait(_Batch(samples, future))
+        batch = _Batch(self._pending)
+        payloads = self._payloads
+        self._pending, self._payloads = [], []
+        self._order.append(batch)
+        if not payloads:
+            batch.results = []
+            self._wake_writer()
+            return
+        assert self._lane is not None
+        token = next(self._tokens)
+        self._running[token] = batch
+        self._lane.submit(token, payloads)
+
+    def _deliver(self, token: int, results: list[Result]) -> None:
+        """A batch's results, from the backend (on the event loop)."""
+        batch = self._running.pop(token, None)
+        if batch is None:
+            return  # not ours any more: the session ended without waiting for it
+        batch.results = results
+        if not self._running and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        if self._order and self._order[0] is batch:
+            self._wake_writer()
 
     # -- writing ----------------------------------------------------------------
 
-    async def _write_results(self, write: Write) -> None:
-        while (batch := await self._queue.get()) is not None:
-            outcomes = await self._outcomes(batch)
-            for sample in batch.samples:
-                outcome = sample.error if sample.error is not None else next(outcomes)
-                if outcome is DROPPED:
-                    kind, outcome = "dropped", []
-                elif isinstance(outcome, str):
-                    self._log_invalid(sample.seq, outcome)
-                    kind, outcome = "invalid", []
-                else:
-                    kind = "inferred" if outcome else "empty"
-                if isinstance(outcome, bytes):  # serialized by a worker; b"": no inference
-                    response = serialized_sample_response(self._next_seq(), sample.seq,
-                                                          sample.timestamp, outcome)
-                else:
-                    response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
-                                               outcome)
-                await write(response)
-                self.acked += 1
-                self._metrics.frame_acked(kind, time.monotonic() - sample.arrived,
-                                          sample.holds_permit)
-                if sample.holds_permit:
-                    self._window.release()
+    def _wake_writer(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
-    async def _outcomes(self, batch: _Batch):  # -> Iterator[Outcome]
-        if batch.future is None:
-            return iter(())
-        try:
-            # shield: a cancelled writer must not cancel work that still reads the frames
-            return iter(await asyncio.shield(batch.future))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("batch failed in the backend")
-            count = sum(1 for s in batch.samples if s.error is None)
-            return iter([f"processing failed: {exc}"] * count)
+    async def _write_acks(self, write: Write) -> None:
+        order = self._order
+        while True:
+            while order and order[0].results is not None:
+                await self._write_batch(order.popleft(), write)
+            if self._input_done and not order:
+                return
+            self._wake = self._loop.create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+
+    async def _write_batch(self, batch: _Batch, write: Write) -> None:
+        assert batch.results is not None
+        results = iter(batch.results)
+        metrics = self._metrics
+        for sample in batch.samples:
+            outcome = sample.error if sample.error is not None else next(results)
+            if outcome is DROPPED:
+                kind, outcome = "dropped", []
+            elif isinstance(outcome, str):
+                self._log_invalid(sample.seq, outcome)
+                kind, outcome = "invalid", []
+            else:
+                kind = "inferred" if outcome else "empty"
+            if isinstance(outcome, bytes):  # serialized by a worker; b"": no inference
+                response: MediaStreamMessage | bytes = serialized_sample_response(
+                    self._next_seq(), sample.seq, sample.timestamp, outcome)
+            else:
+                response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
+                                           outcome)
+            await write(response)
+            self.acked += 1
+            metrics.frame_acked(kind, time.monotonic() - sample.arrived, sample.holds_permit)
+            if sample.holds_permit:
+                self._release_permit()
+
+    def _release_permit(self) -> None:
+        self._inflight -= 1
+        window = self._window
+        if window is not None and not window.done():
+            window.set_result(None)
 
     def _log_invalid(self, seq: int, reason: str) -> None:
         self.invalid += 1
@@ -359,22 +396,22 @@ class Session:
     # -- the end ----------------------------------------------------------------
 
     async def _cleanup(self) -> None:
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._pending.clear()
-        running = [f for f in self._running if not f.done()]
-        if running:  # frames still being read from the mapping: let them finish first
-            _, late = await asyncio.wait(running, timeout=_CLEANUP_WAIT_S)
-            if late:
+        self._payloads.clear()
+        if self._running:  # frames still being read from the mapping: let them finish first
+            self._idle = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._idle), _CLEANUP_WAIT_S)
+            except asyncio.TimeoutError:
                 log.error("%d batches still running after %.0f s at session end",
-                          len(late), _CLEANUP_WAIT_S)
-        self._drop_payloads()
+                          len(self._running), _CLEANUP_WAIT_S)
+        self._running.clear()
+        self._order.clear()
         if self._lane is not None:
             self._lane.close()
         if self._memory is not None:
             self._memory.close()
-
-    def _drop_payloads(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
