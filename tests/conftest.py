@@ -1,4 +1,6 @@
-"""Shared fixtures: a real fastext server on 127.0.0.1:0 in a background thread."""
+"""Shared fixtures: a real fastext server on 127.0.0.1:0 in a background thread.
+
+Plain helpers live in tests/helpers.py; nothing imports this module."""
 
 from __future__ import annotations
 
@@ -9,13 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import pytest
 
-from fastext import METHOD_PATH
-from fastext._proto.extension_pb2 import MediaStreamMessage
-from fastext.client import StreamOptions, stream_frames
-from fastext.client.stream import StreamResult
 from fastext.config import Config
 from fastext.server import ExtensionServer
 
@@ -89,38 +86,6 @@ def make_server() -> Iterator[Callable[..., RunningServer]]:
     yield make
     for cm in reversed(started):
         cm.__exit__(None, None, None)
-
-
-def run_stream(opts: StreamOptions, frames: Any) -> StreamResult:
-    """Run the fastext client to completion in this thread."""
-    return asyncio.run(stream_frames(opts, frames))
-
-
-def open_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
-    """A raw ProcessMediaStream call on an aio channel, for tests that drive it by hand."""
-    return channel.stream_stream(METHOD_PATH, request_serializer=MediaStreamMessage.SerializeToString,
-                                 response_deserializer=MediaStreamMessage.FromString)()
-
-
-def exchange(target: str, messages: list[MediaStreamMessage], timeout: float = 20.0,
-             metadata: tuple[tuple[str, str], ...] | None = None,
-             credentials: grpc.ChannelCredentials | None = None,
-             ) -> tuple[list[MediaStreamMessage], grpc.StatusCode, str]:
-    """Send raw messages (then half-close) and collect every reply and the final status."""
-    channel = (grpc.secure_channel(target, credentials) if credentials is not None
-               else grpc.insecure_channel(target))
-    with channel:
-        method = channel.stream_stream(METHOD_PATH,
-                                       request_serializer=MediaStreamMessage.SerializeToString,
-                                       response_deserializer=MediaStreamMessage.FromString)
-        replies: list[MediaStreamMessage] = []
-        call = method(iter(messages), timeout=timeout, metadata=metadata)
-        try:
-            for reply in call:
-                replies.append(reply)
-        except grpc.RpcError as exc:
-            return replies, exc.code(), exc.details() or ""
-        return replies, call.code(), call.details() or ""
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import grpc
@@ -11,14 +10,7 @@ import pytest
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.metrics import Metrics, NullMetrics, make_metrics
-from tests.conftest import exchange
-from tests.test_session import AZURE, ORANGE, descriptor, embedded, solid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import AZURE, ORANGE, descriptor, embedded, exchange, free_port, solid
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -17,9 +17,18 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 from fastext.shm import ArenaAllocator
-from tests.conftest import open_call, run_stream
-from tests.test_conformance import start_server, stop_server
-from tests.test_session import ORANGE, descriptor, referenced, solid, tags_of
+from tests.helpers import (
+    ORANGE,
+    descriptor,
+    free_port,
+    open_call,
+    referenced,
+    run_stream,
+    solid,
+    start_server,
+    stop_server,
+    tags_of,
+)
 
 Msg = extension_pb2.MediaStreamMessage
 
@@ -159,8 +168,6 @@ def test_frame_larger_than_the_arena_is_acked_empty(make_server):
 
 
 def test_worker_killed_mid_stream_loses_nothing(make_server):
-    from tests.test_metrics import free_port
-
     srv = make_server(workers=2, batch_size=4, metrics_port=free_port())
     made = list(scenes(320, 240, 40, period=2))
     encoded = [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made]

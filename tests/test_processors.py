@@ -21,7 +21,7 @@ from fastext.frames import Encoding, Frame, PixelFormat, frame_from_encoded, fra
 from fastext.processors import Processor, create, from_configuration
 from fastext.processors.brightness import Brightness
 from fastext.processors.motion import MotionDetector
-from tests.test_frames import BYTE_ORDERS, PACKED, pack, place, random_rgb
+from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastext-onnx-classifier"
 

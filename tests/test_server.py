@@ -11,8 +11,7 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.config import Config
 from fastext.server import ExtensionServer, new_event_loop
-from tests.conftest import open_call
-from tests.test_session import ORANGE, descriptor, embedded, solid
+from tests.helpers import ORANGE, descriptor, embedded, open_call, solid, start_server
 
 Msg = extension_pb2.MediaStreamMessage
 
@@ -81,7 +80,6 @@ def test_json_logs_one_object_per_line_with_session_fields():
     import signal
 
     from tests import conformance
-    from tests.test_conformance import start_server
 
     proc, port = start_server("--workers", "1", "--log-format", "json")
     try:
