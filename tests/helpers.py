@@ -41,8 +41,8 @@ def solid(rgb: tuple[int, int, int], width: int = 64, height: int = 48) -> np.nd
     return np.broadcast_to(np.array(rgb, np.uint8), (height, width, 3)).copy()
 
 
-def descriptor(width: int = 64, height: int = 48, encoding: int = VF.RAW,
-               pixel_format: int = VF.RGB24, stride: int = 0, seq: int = 1,
+def descriptor(width: int = 64, height: int = 48, encoding: VF.Encoding = VF.RAW,
+               pixel_format: VF.PixelFormat = VF.RGB24, stride: int = 0, seq: int = 1,
                shm: tuple[str, int] | None = None, config: str = "") -> Msg:
     """A session's first message; ``shm`` is (handle name, length) for shared memory."""
     desc = extension_pb2.MediaStreamDescriptor(

@@ -216,15 +216,6 @@ def test_sources(tmp_path):
     assert next(noise).shape == (480, 640, 3)
 
 
-def test_client_imports_nothing_of_the_server():
-    code = ("import sys, fastext.client.run; server = {'fastext.server', 'fastext.session', "
-            "'fastext.pipeline', 'fastext.worker', 'fastext.frames', 'fastext.protocol', "
-            "'fastext.config'}; bad = sorted(server & set(sys.modules)); print(bad); "
-            "sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 def test_progress_line_on_a_terminal_only():
     import pty
 
