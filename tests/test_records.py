@@ -170,3 +170,17 @@ def test_records_invalid_utf8_in_a_done_reason_is_replaced() -> None:
     buf = bytearray(pack_done(1, ["ab"]))
     buf[-1] = 0xFF
     assert unpack_done(bytes(buf))[1] == ["a\ufffd"]
+
+
+@pytest.mark.parametrize(("buf", "unpack", "header"), [
+    (pack_open(OPENS[0]), unpack_open, 40),
+    (pack_done(1, [b"abc", "a reason"]), unpack_done, 20),
+], ids=["open", "done"])
+def test_records_truncated_tail_raises_rather_than_decoding_short(
+    buf: bytes, unpack: object, header: int
+) -> None:
+    # OPEN's name and processor, DONE's outcomes: every cut inside them is an error,
+    # not a shorter name or result.
+    for n in range(header, len(buf)):
+        with pytest.raises(struct.error):
+            unpack(buf[:n])  # type: ignore[operator]
