@@ -1,5 +1,5 @@
-"""What several test modules share: contract messages built by hand, calls on a server,
-a ``fastext serve`` process, and pixel rows laid out by hand.
+"""What several test modules share: contract messages built by hand, a server in this
+process and calls on it, a ``fastext serve`` process, and pixel rows laid out by hand.
 
 Test modules import from here (fixtures stay in conftest.py); a test module never
 imports another test module or conftest (tests/test_architecture.py says so).
@@ -14,7 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -25,7 +28,9 @@ from fastext._proto import extension_pb2, media_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.stream import StreamResult
+from fastext.config import Config
 from fastext.frames import PixelFormat
+from fastext.server import ExtensionServer
 
 Msg = extension_pb2.MediaStreamMessage
 
@@ -81,6 +86,59 @@ def tags(reply: Msg) -> list[str]:
 def tags_of(sample: Any) -> list[str]:
     """The classification tags of a MediaSample."""
     return [i.classification.tag.value for i in sample.inferences]
+
+
+# -- a server in this process ----
+
+
+class RunningServer:
+    """A server on its own event loop thread; ``port`` is where it listens."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.server: ExtensionServer | None = None
+        self.port = 0
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        self.server = self.call(self._make())
+        self.port = self.call(self.server.start())
+        return self
+
+    async def _make(self) -> ExtensionServer:
+        return ExtensionServer(self.config)
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self.server is not None:
+            self.call(self.server.stop(drain_s=2.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def sessions(self) -> int:
+        assert self.server is not None
+        return self.server.active_sessions
+
+
+@contextmanager
+def running_server(**changes: Any) -> Iterator[RunningServer]:
+    config = Config(bind="127.0.0.1:0", log_level="DEBUG", workers=0).replace(**changes)
+    srv = RunningServer(config).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 # -- calls on a server ------------------------------------------------------------------
