@@ -35,8 +35,7 @@ from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.stream import _FirstStatus
 from fastext.client.synthetic import to_pixel_format
-from tests.conftest import RunningServer, running_server
-from tests.test_session import ORANGE, descriptor, solid, tags
+from tests.helpers import ORANGE, RunningServer, descriptor, running_server, solid, tags
 
 Msg = extension_pb2.MediaStreamMessage
 W, H = 16, 8
@@ -124,7 +123,7 @@ async def _call(target: str, messages: list[bytes], lockstep: bool = True) -> En
                     continue
                 try:
                     await asyncio.wait_for(answered.wait(), ANSWER_WAIT_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     ending.stalled = True
                     break
             if lockstep and not reader.done():

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-import urllib.request
-
 import grpc
 import pytest
 
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.metrics import Metrics, NullMetrics, make_metrics
-from tests.conftest import exchange
-from tests.test_session import AZURE, ORANGE, descriptor, embedded, solid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+from tests.helpers import (
+    AZURE,
+    ORANGE,
+    descriptor,
+    embedded,
+    exchange,
+    free_port,
+    scrape,
+    solid,
+)
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])

@@ -17,10 +17,17 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.config import Config
 from fastext.server import ExtensionServer, new_event_loop
-from tests.conftest import open_call
-from tests.test_conformance import owned_segments, start_server
-from tests.test_metrics import free_port, scrape
-from tests.test_session import ORANGE, descriptor, embedded, solid
+from tests.helpers import (
+    ORANGE,
+    descriptor,
+    embedded,
+    free_port,
+    open_call,
+    owned_segments,
+    scrape,
+    solid,
+    start_server,
+)
 
 Msg = extension_pb2.MediaStreamMessage
 

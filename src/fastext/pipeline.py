@@ -295,7 +295,7 @@ class WorkerBackend:
         self._supervisor.start()
         try:
             await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
 

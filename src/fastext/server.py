@@ -109,7 +109,7 @@ class ExtensionServer:
         if self._sessions:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=drain)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d sessions still open after draining %.1f s", len(self._sessions), drain)
         await self._server.stop(grace=_STOP_GRACE_S)
         await self.backend.close()

@@ -134,7 +134,7 @@ class _Session:
         while True:
             try:
                 msg = await asyncio.wait_for(self.call.read(), self.opts.ack_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.call.cancel()
                 raise StreamError(f"no message from the server for {self.opts.ack_timeout_s:g} s "
                                   f"with {len(self.pending)} frames unacknowledged") from None
@@ -210,7 +210,7 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, shm: SlotWr
     try:
         await call.write(_descriptor(opts, shm))
         reply = await asyncio.wait_for(call.read(), opts.ack_timeout_s)
-    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, grpc.aio.AioRpcError) as exc:
         raise StreamError(await _status_text(call, status, exc)) from None
     if reply is grpc.aio.EOF:
         raise StreamError(await _status_text(call, status, None))
