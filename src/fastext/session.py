@@ -406,7 +406,7 @@ class Session:
             self._idle = self._loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._idle), _CLEANUP_WAIT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("%d batches still running after %.0f s at session end",
                           len(self._running), _CLEANUP_WAIT_S)
         self._running.clear()
