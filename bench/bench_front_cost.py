@@ -27,12 +27,15 @@ What keeps the count repeatable (fastext's repeats within 1 %, the bare server's
   This differs from a native run, where the front is often idle between frames.
 
 ``extra_info``: per-frame medians for both servers, their ratio, each repeat's figure,
-the spread, the start-up count, and the directory holding the callgrind files (for
-``callgrind_annotate``).  Nothing is asserted about the target (it is a measurement);
+the spread and the start-up count.  With ``FASTEXT_BENCH_CALLGRIND_DIR=DIR`` the callgrind
+files stay in DIR (``{bare,fastext}.out.N``: N=1 start-up, 2 warm-up, then short and long
+then per case a warm-up and short and long sessions in turn) for ``callgrind_annotate``;
+otherwise a temporary directory is removed.  Nothing is asserted about the target (it is a measurement);
 the counts are asserted positive and, in the full form (median of 5), repeatable within 15 %.
 
-Run (about 6 minutes on 2 busy cores; ``--benchmark-disable``: one short pair per case,
-about 2 minutes, most of it the two servers starting under valgrind)::
+Run (median of 5 pairs per case: about 4.5 minutes on 2 cores shared with other work;
+``--benchmark-disable``: one pair of 1 and 4 frames per case, 40-70 s, most of it the two
+servers starting under valgrind)::
 
     pytest bench/bench_front_cost.py --benchmark-only
 """
@@ -46,6 +49,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +79,7 @@ REPEATABLE = 0.15
 START_S = 600.0  # python + grpc start-up is ~50x slower under callgrind; workers warm numba
 DUMP_S = 120.0
 _NO_REP = 1 << 30  # bytes: above any frame, so glibc's memcpy/memset use their vector loops
+KEEP_DIR = "FASTEXT_BENCH_CALLGRIND_DIR"  # set: the callgrind files are written there and kept
 ENV = {"PYTHONHASHSEED": "0",
        "GLIBC_TUNABLES": f"glibc.cpu.x86_rep_movsb_threshold={_NO_REP}:"
                          f"glibc.cpu.x86_rep_stosb_threshold={_NO_REP}"}
@@ -151,8 +156,12 @@ def stop(counted: CountedServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def counted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, CountedServer]]:
-    where = tmp_path_factory.mktemp("callgrind")
+def counted() -> Iterator[dict[str, CountedServer]]:
+    # Not pytest's tmp_path: its rotation (3 runs kept, shared by everyone on the host)
+    # could remove the files while callgrind still writes them.
+    keep = os.environ.get(KEEP_DIR)
+    where = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="fastext-callgrind-"))
+    where.mkdir(parents=True, exist_ok=True)
     started: dict[str, CountedServer] = {}
     try:
         started["bare"] = under_callgrind(
@@ -165,8 +174,12 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Coun
             r"fastext serving on \S+ \(port (\d+)", where / "fastext.out")
         yield started
     finally:
-        for server in started.values():
-            stop(server)
+        try:
+            for server in started.values():
+                stop(server)
+        finally:
+            if not keep:
+                shutil.rmtree(where, ignore_errors=True)
 
 
 _FRAMES: list[bytes] = []
@@ -231,5 +244,5 @@ def bench_front_instructions_per_frame(benchmark: Any, counted: dict[str, Counte
         "bare_startup_instr": counted["bare"].first,
         "fastext_startup_instr": counted["fastext"].first,
         "env": dict(ENV), "malloc_keep_mb": KEEP_MB,
-        "callgrind_dir": str(counted["fastext"].out.parent),
+        "callgrind_kept_in": os.environ.get(KEEP_DIR, ""),
     })
