@@ -93,7 +93,8 @@ class Plan:
     repeats: int
 
 
-PLANS = {  # (mode, full form?) -> frames per session; embedded frames are ~25x dearer
+PLANS = {  # (mode, full form?) -> frames per session; an embedded frame (519 KB through
+    # grpc and copies) takes ~5x as long as a shared-memory one under valgrind
     ("shm", True): Plan(warmup=20, short=50, long=1050, repeats=5),
     ("embedded", True): Plan(warmup=20, short=50, long=450, repeats=5),
     ("shm", False): Plan(warmup=1, short=1, long=4, repeats=1),
@@ -152,7 +153,7 @@ def stop(counted: CountedServer) -> None:
     """SIGTERM (the server drains and exits), then check callgrind wrote its last totals."""
     counted.server.stop()
     assert counted.server.proc.returncode == 0, f"{counted.server.name} exited badly"
-    assert totals(counted.out) >= 0
+    totals(counted.out)  # fails unless callgrind wrote its last dump on exit
 
 
 @pytest.fixture(scope="module")
