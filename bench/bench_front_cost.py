@@ -94,7 +94,7 @@ class Plan:
 
 
 PLANS = {  # (mode, full form?) -> frames per session; an embedded frame (519 KB through
-    # grpc and copies) takes ~5x as long as a shared-memory one under valgrind
+    # grpc and copies) takes several times as long as a shared-memory one under valgrind
     ("shm", True): Plan(warmup=20, short=50, long=1050, repeats=5),
     ("embedded", True): Plan(warmup=20, short=50, long=450, repeats=5),
     ("shm", False): Plan(warmup=1, short=1, long=4, repeats=1),
