@@ -34,8 +34,8 @@ stay in DIR for ``callgrind_annotate`` (``{bare,fastext}.out.N``: N=1 is start-u
 per case a warm-up and the short and long sessions in turn); otherwise they go to a
 temporary directory that is removed.
 
-Run (median of 5 pairs per case: 4-4.5 minutes on 2 cores shared with other work;
-``--benchmark-disable``: one pair of 1 and 4 frames per case, 40-70 s, most of it the two
+Run (median of 5 pairs per case: 3.5-4.5 minutes on 2 cores shared with other work;
+``--benchmark-disable``: one pair of 1 and 4 frames per case, 35-80 s, most of it the two
 servers starting under valgrind)::
 
     pytest bench/bench_front_cost.py --benchmark-only
