@@ -83,9 +83,12 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0) -> ServerProcess:
-    """Start a server and wait (bounded) for the line that names its port."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0,
+          env: dict[str, str] | None = None) -> ServerProcess:
+    """Start a server and wait (bounded) for the line that names its port; ``env``
+    replaces the environment it inherits."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
 
