@@ -30,7 +30,7 @@ Msg = extension_pb2.MediaStreamMessage
 
 
 def worker_pids(srv) -> list[int]:
-    return [s.slot.process.pid for s in srv.server.backend._states if s.slot.process is not None]
+    return srv.server.backend.worker_pids()
 
 
 def test_front_with_workers_never_loads_numba(tmp_path):

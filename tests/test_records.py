@@ -24,9 +24,10 @@ from fastext.records import (
     pack_ready,
     pack_stop,
     unpack_batch,
+    unpack_close,
     unpack_done,
     unpack_open,
-    unpack_session,
+    unpack_ready,
 )
 
 U32 = 0xFFFFFFFF
@@ -62,16 +63,17 @@ def test_records_batch_round_trips(count: int) -> None:
     assert unpack_batch(buf) == (U32, U64, refs)
 
 
-@pytest.mark.parametrize(("pack", "kind", "value"), [
-    (lambda: pack_close(12345), CLOSE, 12345),
-    (lambda: pack_close(U32), CLOSE, U32),
-    (lambda: pack_ready(4242), READY, 4242),
-    (pack_stop, STOP, 0),
+@pytest.mark.parametrize(("pack", "kind", "unpack", "value"), [
+    (lambda: pack_close(12345), CLOSE, unpack_close, 12345),
+    (lambda: pack_close(U32), CLOSE, unpack_close, U32),
+    (lambda: pack_ready(4242), READY, unpack_ready, 4242),
+    (pack_stop, STOP, unpack_close, 0),
 ], ids=["close", "close-largest", "ready", "stop"])
-def test_records_session_records_round_trip(pack: object, kind: int, value: int) -> None:
+def test_records_session_records_round_trip(pack: object, kind: int, unpack: object,
+                                            value: int) -> None:
     buf = pack()  # type: ignore[operator]
     assert buf[0] == kind
-    assert unpack_session(buf) == value
+    assert unpack(buf) == value  # type: ignore[operator]
 
 
 def test_records_done_round_trips_results_and_reasons() -> None:
@@ -142,9 +144,10 @@ def _header_cuts(buf: bytes, header: int) -> list[bytes]:
 @pytest.mark.parametrize(("buf", "unpack", "header"), [
     (pack_open(OPENS[0]), unpack_open, 40),
     (pack_batch(1, 2, [(SRC_CLIENT, 3, 4)]), unpack_batch, 20),
-    (pack_close(1), unpack_session, 8),
+    (pack_close(1), unpack_close, 8),
+    (pack_ready(1), unpack_ready, 8),
     (pack_done(1, [b"abc"]), unpack_done, 20),
-], ids=["open", "batch", "close", "done"])
+], ids=["open", "batch", "close", "ready", "done"])
 def test_records_short_header_raises_struct_error(buf: bytes, unpack: object, header: int) -> None:
     for cut in _header_cuts(buf, header):
         with pytest.raises(struct.error):

@@ -28,8 +28,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from fastext.config import Config
 from fastext.errors import SampleError
 from fastext.execute import FrameFormat, Outcome, run_batch
 from fastext.metrics import NullMetrics
+from fastext.placement import Placement, Worker
 from fastext.processors import create
 from fastext.processors.base import Processor
 from fastext.ring import cleanup_stale_segments, segment_name
@@ -55,7 +56,7 @@ Payload = ShmRef | memoryview
 #: MediaSample's field 10 by a worker), or the reason there are none.
 Result = Outcome | bytes
 #: How a backend hands a batch's results back: ``deliver(token, results)``, on the loop.
-Deliver = Callable[[int, list[Result]], None]
+Deliver = Callable[[int, Sequence[Result]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,20 +208,7 @@ class InlineBackend:
 # -- worker processes -----------------------------------------------------------------
 
 _RING_CAPACITY = 1 << 20  # bytes of records per ring: thousands of batches of references
-_MAX_RETRIES = 2  # runs of a batch whose worker died, before its frames are acked empty
 _READY_TIMEOUT_S = 180.0  # a cold numba cache on a slow ARM board compiles for a while
-
-
-@dataclass(eq=False)
-class _Job:
-    lane: _WorkerLane
-    token: int  # the session's name for the batch
-    payloads: Sequence[Payload]
-    batch_id: int = 0
-    refs: list[tuple[int, int, int]] | None = None
-    blocks: list[list[int]] = field(default_factory=list)
-    runs: int = 0
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 class _WorkerLane:
@@ -234,7 +222,7 @@ class _WorkerLane:
         # A stateful processor keeps per-stream state in one worker's instance: every batch
         # of the session goes to that worker, whose ring keeps them in order.
         self.stateful = bool(getattr(processor, "stateful", False))
-        self.pinned: _WorkerState | None = None
+        self.pinned: Worker | None = None
         config = json.dumps({"processor": spec.processor, **spec.params})
         f = spec.format
         self.open_record = records.pack_open(records.Open(
@@ -248,35 +236,41 @@ class _WorkerLane:
         self.backend.close_lane(self)
 
 
-@dataclass(eq=False)
-class _WorkerState:
-    """The pipeline's view of one worker slot."""
-
-    slot: WorkerSlot
-    outbox: deque[bytes] = field(default_factory=deque)  # records waiting for ring space
-    jobs: dict[int, _Job] = field(default_factory=dict)  # batch id -> job, sent or waiting
-    sessions: set[int] = field(default_factory=set)  # sessions this process has opened
-    frames: int = 0  # frames in jobs
-
-
 class WorkerBackend:
-    """Batches run in worker processes fed through shared-memory rings."""
+    """Batches run in worker processes fed through shared-memory rings.
+
+    The decisions (backlog, arena, which worker, re-runs) are :class:`Placement`'s;
+    this class is the wiring: the supervisor's processes, their rings and doorbells,
+    completions, and the results handed back to sessions.
+    """
 
     def __init__(self, config: Config, metrics: NullMetrics | None = None) -> None:
         self.config = config
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._ids = itertools.count(1)
-        self._backlog: deque[_Job] = deque()  # waiting for arena space or a ready worker
+        self._count_queue = not isinstance(metrics, NullMetrics) and metrics is not None
+        self._lanes = itertools.count(1)
         self._arena: Arena | None = None
-        self._alloc: ArenaAllocator | None = None
+        self._placement: Placement | None = None
         self._supervisor: Supervisor | None = None
-        self._states: list[_WorkerState] = []
         self._all_ready: asyncio.Event | None = None
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
         self._unsignalled_retired = 0  # counted on rings of workers since replaced
-        self.retried = 0  # batches run again after their worker died
-        self.abandoned = 0  # frames acked empty after too many worker deaths
+
+    @property
+    def retried(self) -> int:
+        """Batches run again after their worker died."""
+        return self._placement.retried if self._placement is not None else 0
+
+    @property
+    def abandoned(self) -> int:
+        """Frames acked empty after too many worker deaths."""
+        return self._placement.abandoned if self._placement is not None else 0
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes alive now (for tests and tools)."""
+        slots = self._supervisor.slots if self._supervisor is not None else ()
+        return [s.process.pid for s in slots if s.process is not None]
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -284,13 +278,12 @@ class WorkerBackend:
         if removed:
             log.info("removed %d stale shared-memory segments of dead servers", len(removed))
         size = self.config.shm_size_mb * 1024 * 1024
-        self._arena = Arena.create(segment_name("arena"), size)
-        self._alloc = ArenaAllocator(size)
+        self._arena = arena = Arena.create(segment_name("arena"), size)
+        self._placement = Placement(self.config.workers, ArenaAllocator(size), arena.write)
         self._all_ready = asyncio.Event()
         self._supervisor = Supervisor(
-            self.config.workers, (self._arena.name, size), self.config.log_level,
+            self.config.workers, (arena.name, size), self.config.log_level,
             self.config.log_format, _RING_CAPACITY, self._on_completions, self._on_exit)
-        self._states = [_WorkerState(slot) for slot in self._supervisor.slots]
         self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
         self._supervisor.start()
         try:
@@ -300,167 +293,108 @@ class WorkerBackend:
             raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
 
     def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
-        return _WorkerLane(self, next(self._ids), spec, deliver)
+        return _WorkerLane(self, next(self._lanes), spec, deliver)
 
     # -- submitting ------------------------------------------------------------------
 
     def submit(self, lane: _WorkerLane, token: int, payloads: Sequence[Payload]) -> None:
         """Queue a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
-        loop = self._loop
-        assert loop is not None, "WorkerBackend.start() first"
-        self._backlog.append(_Job(lane, token, payloads, batch_id=next(self._ids)))
+        placement = self._placement
+        assert placement is not None and self._loop is not None, "WorkerBackend.start() first"
+        placement.add(lane, token, payloads, time.perf_counter())
         if not self._pump_scheduled:
             # Place everything submitted in this loop iteration together: one ring
             # publish and at most one futex wake per worker, not one per frame.
             self._pump_scheduled = True
-            loop.call_soon(self._pump)
+            self._loop.call_soon(self._pump)
 
     def _pump(self) -> None:
-        """Place waiting jobs on workers, oldest first; stop at the first that cannot go."""
         self._pump_scheduled = False
-        while self._backlog and self._arena is not None:
-            job = self._backlog[0]
-            if job.refs is None and not self._copy_in(job):
-                break  # arena full: frees come with completions
-            state = self._worker_for(job.lane)
-            if state is None:
-                break  # no worker ready: READY records resume the pump
-            self._backlog.popleft()
-            self._assign(state, job)
-        for state in self._states:
-            self._flush(state)
-        self._metrics.queue_depth(len(self._backlog) + sum(len(s.outbox) for s in self._states))
-
-    def _copy_in(self, job: _Job) -> bool:
-        """Turn payloads into ring references; embedded bytes are copied into the arena once."""
-        assert self._alloc is not None and self._arena is not None
-        refs: list[tuple[int, int, int]] = []
-        for payload in job.payloads:
-            if isinstance(payload, ShmRef):
-                refs.append((records.SRC_CLIENT, payload.offset, payload.size))
-                continue
-            block = self._alloc.alloc(len(payload))
-            if block is None:
-                if len(payload) > self._alloc.size:
-                    refs.append((records.SRC_ARENA, 0, self._alloc.size + 1))  # worker reports it
-                    continue
-                for b in job.blocks:
-                    self._alloc.free(b)
-                job.blocks.clear()
-                return False
-            self._arena.write(block[0], payload)
-            job.blocks.append(block)
-            refs.append((records.SRC_ARENA, block[0], len(payload)))
-        job.refs = refs
-        job.payloads = ()  # the bytes live in the arena now
-        return True
-
-    def _worker_for(self, lane: _WorkerLane) -> _WorkerState | None:
-        if not lane.stateful:
-            return self._least_loaded()
-        if lane.pinned is None or not lane.pinned.slot.ready:
-            # first batch, or its worker died (its state died too): pin to a live one
-            lane.pinned = self._least_loaded()
-        return lane.pinned
-
-    def _least_loaded(self) -> _WorkerState | None:
-        ready = [s for s in self._states if s.slot.ready]
-        return min(ready, key=lambda s: s.frames) if ready else None
-
-    def _assign(self, state: _WorkerState, job: _Job) -> None:
-        assert job.refs is not None
-        if job.lane.session not in state.sessions:
-            state.sessions.add(job.lane.session)
-            state.outbox.append(job.lane.open_record)
-        state.outbox.append(records.pack_batch(job.lane.session, job.batch_id, job.refs))
-        state.jobs[job.batch_id] = job
-        state.frames += len(job.refs)
-        job.runs += 1
-
-    def _flush(self, state: _WorkerState) -> None:
-        rings = state.slot.rings
-        if rings is None or not state.outbox:
+        placement = self._placement
+        if placement is None:
             return
-        ring = rings.submit.ring
-        while state.outbox and ring.try_push(state.outbox[0]):
-            state.outbox.popleft()
+        for worker in placement.place():
+            self._flush(worker)
+        if self._count_queue:
+            self._metrics.queue_depth(placement.queued())
+
+    def _flush(self, worker: Worker) -> None:
+        """Move a worker's outbox into its ring: one publish (and at most one wake)."""
+        slots = self._supervisor.slots if self._supervisor is not None else ()
+        rings = slots[worker.index].rings if slots else None
+        outbox = worker.outbox
+        if rings is None or not outbox:
+            return
+        pushed = rings.submit.ring.push_many(outbox)
+        if pushed == len(outbox):
+            outbox.clear()
+        else:
+            for _ in range(pushed):
+                outbox.popleft()
 
     def close_lane(self, lane: _WorkerLane) -> None:
-        for state in self._states:
-            if lane.session in state.sessions:
-                state.sessions.discard(lane.session)
-                state.outbox.append(records.pack_close(lane.session))
-                self._flush(state)
+        """The session is over: its workers unmap its file after its last batch."""
+        if self._placement is not None:
+            for worker in self._placement.close_lane(lane.session):
+                self._flush(worker)
 
     # -- completions and deaths ----------------------------------------------------------
 
     def _on_completions(self, slot: WorkerSlot) -> None:
-        state = self._states[slot.index]
         if slot.doorbell is not None:
             try:
                 os.read(slot.doorbell.fileno(), 65536)
             except (BlockingIOError, OSError):
                 pass
-        self._drain(state)
+        self._take_completions(slot)
         self._pump()
 
-    def _drain(self, state: _WorkerState) -> None:
-        rings = state.slot.rings
-        if rings is None:
+    def _take_completions(self, slot: WorkerSlot) -> None:
+        """Every record the worker has written: DONE results go to their sessions."""
+        rings, placement = slot.rings, self._placement
+        if rings is None or placement is None:
             return
+        worker = placement.workers[slot.index]
+        metrics = self._metrics
         for record in rings.completion.ring.pop_many(1 << 16, 0):
             kind = record[0]
             if kind == records.DONE:
                 batch_id, outcomes, processing_us = records.unpack_done(record)
-                job = state.jobs.pop(batch_id, None)
+                job = placement.finished(worker, batch_id)
                 if job is not None:
-                    state.frames -= len(outcomes)
                     processing = processing_us / 1e6
-                    self._metrics.batch_done(time.perf_counter() - job.submitted - processing,
-                                             processing)
-                    self._finish(job, list(outcomes))
+                    metrics.batch_done(time.perf_counter() - job.submitted - processing,
+                                       processing)
+                    cast(_WorkerLane, job.lane).deliver(job.token, outcomes)
             elif kind == records.READY:
-                state.slot.ready = True
-                log.info("worker %d ready (pid %d)", state.slot.index, records.unpack_session(record))
-                if self._all_ready is not None and all(s.slot.ready for s in self._states):
+                slot.ready = worker.ready = True
+                log.info("worker %d ready (pid %d)", slot.index, records.unpack_ready(record))
+                if self._all_ready is not None and all(w.ready for w in placement.workers):
                     self._all_ready.set()
-
-    def _finish(self, job: _Job, outcomes: list[Result]) -> None:
-        assert self._alloc is not None
-        for block in job.blocks:
-            self._alloc.free(block)
-        job.blocks.clear()
-        job.lane.deliver(job.token, outcomes)
 
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
-        live = sum(s.slot.rings.unsignalled_wakeups() for s in self._states
-                   if s.slot.rings is not None)
+        slots = self._supervisor.slots if self._supervisor is not None else ()
+        live = sum(s.rings.unsignalled_wakeups() for s in slots if s.rings is not None)
         return self._unsignalled_retired + live
 
     def _on_exit(self, slot: WorkerSlot) -> None:
-        state = self._states[slot.index]
         if slot.rings is not None:  # its rings go with it: keep their count
             self._unsignalled_retired += slot.rings.unsignalled_wakeups()
+        placement = self._placement
+        if placement is None:
+            return
         if self._supervisor is not None and not self._supervisor.stopping:
             self._metrics.worker_restarted()
-        self._drain(state)  # what it finished before dying still counts
-        orphans = sorted(state.jobs.values(), key=lambda j: j.batch_id)
-        state.jobs.clear()
-        state.outbox.clear()
-        state.sessions.clear()
-        state.frames = 0
-        for job in reversed(orphans):  # oldest first at the front of the backlog
-            if job.runs > _MAX_RETRIES:
-                self.abandoned += len(job.refs or ())
-                reason = f"worker died while processing this frame ({job.runs} times)"
-                self._finish(job, [reason] * len(job.refs or ()))
-            else:
-                self.retried += 1
-                self._backlog.appendleft(job)
-        if orphans:
+        self._take_completions(slot)  # what it finished before dying still counts
+        worker = placement.workers[slot.index]
+        held = len(worker.jobs)
+        for job in placement.worker_died(worker):
+            reason = f"worker died while processing this frame ({job.runs} times)"
+            cast(_WorkerLane, job.lane).deliver(job.token, [reason] * len(job.refs or ()))
+        if held:
             log.warning("worker %d died holding %d batches: running them again elsewhere",
-                        slot.index, len(orphans))
+                        slot.index, held)
         # The supervisor marks the slot dead after this returns: place the orphans then.
         asyncio.get_running_loop().call_soon(self._pump)
 
@@ -468,10 +402,13 @@ class WorkerBackend:
         if self._supervisor is not None:
             await self._supervisor.stop(self._send_stop, deadline_s=max(1.0, self.config.drain_s))
             self._supervisor = None
-        backlog, self._backlog = self._backlog, deque()
-        for job in backlog:
-            job.lane.deliver(job.token, ["server stopped before the frame was processed"]
-                             * len(job.refs or job.payloads))
+        if self._placement is not None:
+            backlog, self._placement.backlog = self._placement.backlog, deque()
+            for job in backlog:
+                self._placement.release(job)
+                cast(_WorkerLane, job.lane).deliver(
+                    job.token, ["server stopped before the frame was processed"]
+                    * len(job.refs or job.payloads))
         if self._arena is not None:
             self._arena.close()
             self._arena = None
@@ -483,6 +420,8 @@ class WorkerBackend:
         log.warning("backend aborted: %d workers killed, shared memory unlinked", killed)
 
     def _send_stop(self, slot: WorkerSlot) -> None:
-        state = self._states[slot.index]
-        state.outbox.append(records.pack_stop())
-        self._flush(state)
+        if self._placement is None:
+            return
+        worker = self._placement.workers[slot.index]
+        worker.outbox.append(records.pack_stop())
+        self._flush(worker)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 __all__ = [
     "BATCH", "CLOSE", "DONE", "OPEN", "READY", "SRC_ARENA", "SRC_CLIENT", "STOP",
     "Open", "pack_batch", "pack_close", "pack_done", "pack_open", "pack_ready", "pack_stop",
-    "unpack_batch", "unpack_done", "unpack_open", "unpack_session",
+    "unpack_batch", "unpack_close", "unpack_done", "unpack_open", "unpack_ready",
 ]
 
 OPEN, BATCH, CLOSE, STOP = 1, 2, 3, 4
@@ -99,8 +99,13 @@ def pack_ready(pid: int) -> bytes:
     return _SESSION.pack(READY, pid)
 
 
-def unpack_session(buf: bytes) -> int:
-    """The session id of a CLOSE (or the pid of a READY)."""
+def unpack_close(buf: bytes) -> int:
+    """The session id of a CLOSE."""
+    return _SESSION.unpack_from(buf)[1]
+
+
+def unpack_ready(buf: bytes) -> int:
+    """The worker's pid in a READY."""
     return _SESSION.unpack_from(buf)[1]
 
 

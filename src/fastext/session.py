@@ -19,7 +19,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from fastext._proto.extension_pb2 import MediaStreamMessage
@@ -72,7 +72,7 @@ class _Sample:
 @dataclass(slots=True, eq=False)
 class _Batch:
     samples: list[_Sample]
-    results: list[Result] | None = None  # one per sample without an error; None: not yet
+    results: Sequence[Result] | None = None  # one per sample without an error; None: not yet
 
 
 class Session:
@@ -318,7 +318,7 @@ class Session:
         self._running[token] = batch
         self._lane.submit(token, payloads)
 
-    def _deliver(self, token: int, results: list[Result]) -> None:
+    def _deliver(self, token: int, results: Sequence[Result]) -> None:
         """A batch's results, from the backend (on the event loop)."""
         batch = self._running.pop(token, None)
         if batch is None:

@@ -113,7 +113,7 @@ class Worker:
             o = records.unpack_open(record)
             self.sessions[o.session] = _Session(o)
         elif kind == records.CLOSE:
-            session = self.sessions.pop(records.unpack_session(record), None)
+            session = self.sessions.pop(records.unpack_close(record), None)
             if session is not None:
                 session.close()
         elif kind == records.STOP:

@@ -32,8 +32,7 @@ async def killer(server: ExtensionServer, rng: random.Random, done: asyncio.Even
     kills = 0
     while kills < KILLS and not done.is_set():
         await asyncio.sleep(rng.uniform(0.15, 0.5))
-        pids = [s.slot.process.pid for s in server.backend._states  # type: ignore[attr-defined]
-                if s.slot.process is not None and s.slot.ready]
+        pids = server.backend.worker_pids()  # type: ignore[attr-defined]
         if pids:
             os.kill(rng.choice(pids), signal.SIGKILL)
             kills += 1

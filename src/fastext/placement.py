@@ -1,0 +1,210 @@
+"""Which worker runs which batch: the worker backend's decisions, without its wiring.
+
+:class:`Placement` holds the backlog, copies embedded frames into the arena, picks a
+worker (the least loaded ready one; a stateful session's batches stay on one worker),
+turns each placed batch into records on that worker's outbox, and re-runs a dead
+worker's batches elsewhere (a bounded number of times).  It does no I/O and knows no
+event loop, rings or processes: :class:`fastext.pipeline.WorkerBackend` moves the
+outboxes into the rings, feeds completions back and delivers results; the unit tests
+drive it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from fastext import records
+from fastext.shm import ArenaAllocator, ShmRef
+
+__all__ = ["MAX_RUNS", "Job", "Placement", "PlacedLane", "Worker"]
+
+MAX_RUNS = 3  # a batch whose worker died this many times is acked empty instead
+#: Embedded frame bytes, or a checked region of the client's file.
+Payload = ShmRef | memoryview
+Ref = tuple[int, int, int]  # (source, offset, size), as records.pack_batch takes them
+
+
+class PlacedLane(Protocol):
+    """What placement needs of a session's lane."""
+
+    session: int
+    stateful: bool
+    open_record: bytes
+    pinned: Worker | None
+
+
+class Job:
+    """One submitted batch, from the backlog to its worker's DONE record."""
+
+    __slots__ = ("lane", "token", "payloads", "batch_id", "refs", "blocks", "runs", "submitted")
+
+    def __init__(self, lane: PlacedLane, token: int, payloads: Sequence[Payload],
+                 batch_id: int, submitted: float) -> None:
+        self.lane = lane
+        self.token = token  # the session's name for the batch
+        self.payloads = payloads
+        self.batch_id = batch_id
+        self.refs: list[Ref] | None = None  # set once its embedded bytes are in the arena
+        self.blocks: list[list[int]] = []  # arena blocks it holds
+        self.runs = 0  # times it was handed to a worker
+        self.submitted = submitted
+
+
+class Worker:
+    """Placement's view of one worker slot."""
+
+    __slots__ = ("index", "ready", "outbox", "jobs", "sessions", "frames")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.ready = False
+        self.outbox: deque[bytes] = deque()  # records not yet in the worker's ring
+        self.jobs: dict[int, Job] = {}  # batch id -> job it holds
+        self.sessions: set[int] = set()  # sessions it has an OPEN for
+        self.frames = 0  # frames in its jobs: its load
+
+
+class Placement:
+    """Backlog, arena copy-in, worker choice and re-runs for ``count`` workers."""
+
+    def __init__(self, count: int, alloc: ArenaAllocator,
+                 write: Callable[[int, memoryview], None]) -> None:
+        self.workers = [Worker(i) for i in range(count)]
+        self.backlog: deque[Job] = deque()  # waiting for arena space or a ready worker
+        self._alloc = alloc
+        self._write = write  # copies bytes into the arena at an offset
+        self._ids = itertools.count(1)
+        self.retried = 0  # batches run again after their worker died
+        self.abandoned = 0  # frames acked empty after too many worker deaths
+
+    def add(self, lane: PlacedLane, token: int, payloads: Sequence[Payload],
+            submitted: float) -> Job:
+        job = Job(lane, token, payloads, next(self._ids), submitted)
+        self.backlog.append(job)
+        return job
+
+    def place(self) -> list[Worker]:
+        """Place waiting jobs, oldest first, until one cannot go (arena full, no ready
+        worker); returns the workers whose outbox got records."""
+        touched: list[Worker] = []
+        backlog = self.backlog
+        while backlog:
+            job = backlog[0]
+            if job.refs is None and not self._copy_in(job):
+                break  # arena full: frees come with completions
+            worker = self._choose(job.lane)
+            if worker is None:
+                break  # no worker ready
+            backlog.popleft()
+            self._assign(worker, job)
+            if worker not in touched:
+                touched.append(worker)
+        return touched
+
+    def _copy_in(self, job: Job) -> bool:
+        """Turn payloads into references; embedded bytes are copied into the arena once."""
+        refs: list[Ref] = []
+        alloc = self._alloc
+        for payload in job.payloads:
+            if isinstance(payload, ShmRef):
+                refs.append((records.SRC_CLIENT, payload.offset, payload.size))
+                continue
+            size = len(payload)
+            block = alloc.alloc(size)
+            if block is None:
+                if size > alloc.size:
+                    refs.append((records.SRC_ARENA, 0, alloc.size + 1))  # the worker reports it
+                    continue
+                for b in job.blocks:
+                    alloc.free(b)
+                job.blocks.clear()
+                return False
+            self._write(block[0], payload)
+            job.blocks.append(block)
+            refs.append((records.SRC_ARENA, block[0], size))
+        job.refs = refs
+        job.payloads = ()  # the bytes live in the arena now
+        return True
+
+    def _choose(self, lane: PlacedLane) -> Worker | None:
+        if lane.stateful:
+            pinned = lane.pinned
+            if pinned is None or not pinned.ready:
+                # first batch, or its worker died (its state died too): pin to a live one
+                lane.pinned = pinned = self._least_loaded()
+            return pinned
+        return self._least_loaded()
+
+    def _least_loaded(self) -> Worker | None:
+        best = None
+        for worker in self.workers:
+            if worker.ready and (best is None or worker.frames < best.frames):
+                best = worker
+        return best
+
+    def _assign(self, worker: Worker, job: Job) -> None:
+        refs = job.refs
+        assert refs is not None
+        session = job.lane.session
+        if session not in worker.sessions:
+            worker.sessions.add(session)
+            worker.outbox.append(job.lane.open_record)
+        worker.outbox.append(records.pack_batch(session, job.batch_id, refs))
+        worker.jobs[job.batch_id] = job
+        worker.frames += len(refs)
+        job.runs += 1
+
+    def finished(self, worker: Worker, batch_id: int) -> Job | None:
+        """The worker reported a batch done: the job, its arena blocks freed (None for a
+        batch it no longer holds)."""
+        job = worker.jobs.pop(batch_id, None)
+        if job is not None:
+            worker.frames -= len(job.refs or ())
+            self.release(job)
+        return job
+
+    def release(self, job: Job) -> None:
+        """Free the arena space a job holds (its frames will not be read again)."""
+        for block in job.blocks:
+            self._alloc.free(block)
+        job.blocks.clear()
+
+    def worker_died(self, worker: Worker) -> list[Job]:
+        """Forget what a dead worker held.  Its batches go back to the front of the
+        backlog, oldest first, except those that already ran ``MAX_RUNS`` times:
+        those are returned, to be acked empty (their arena space is freed)."""
+        orphans = sorted(worker.jobs.values(), key=lambda j: j.batch_id)
+        worker.jobs.clear()
+        worker.outbox.clear()
+        worker.sessions.clear()
+        worker.frames = 0
+        worker.ready = False
+        given_up: list[Job] = []
+        for job in reversed(orphans):  # appendleft: the oldest ends up first
+            if job.runs >= MAX_RUNS:
+                self.abandoned += len(job.refs or ())
+                self.release(job)
+                given_up.append(job)
+            else:
+                self.retried += 1
+                self.backlog.appendleft(job)
+        given_up.reverse()
+        return given_up
+
+    def close_lane(self, session: int) -> list[Worker]:
+        """The session is over: a CLOSE record for every worker that opened it (rings are
+        FIFO, so it follows the session's last batch); returns those workers."""
+        touched = []
+        for worker in self.workers:
+            if session in worker.sessions:
+                worker.sessions.discard(session)
+                worker.outbox.append(records.pack_close(session))
+                touched.append(worker)
+        return touched
+
+    def queued(self) -> int:
+        """Batches not yet in a ring: the backlog and the outboxes."""
+        return len(self.backlog) + sum(len(w.outbox) for w in self.workers)
