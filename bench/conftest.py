@@ -98,8 +98,9 @@ def launch(name: str, argv: list[str], pattern: str,
 
     def pump() -> None:  # keeps draining, so the process never blocks on a full pipe
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
+        with proc.stdout:  # the reader closes the pipe: no other thread races it
+            for line in proc.stdout:
+                lines.put(line)
         lines.put("")
 
     threading.Thread(target=pump, daemon=True).start()
