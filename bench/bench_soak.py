@@ -296,10 +296,9 @@ class Soak:
             await asyncio.gather(disturbers, return_exceptions=True)
         return results, killed, vanished
 
-    def _options(self, number: int, k: int, on_ack: Any = None, shm: bool = True,
-                 name: str = "") -> StreamOptions:
+    def _options(self, number: int, k: int, on_ack: Any = None, name: str = "") -> StreamOptions:
         return StreamOptions(target=self.server.target, width=SIDE, height=SIDE,
-                             shm=shm and k < STREAMS - EMBEDDED, window=WINDOW,
+                             shm=k < STREAMS - EMBEDDED, window=WINDOW,
                              graph_instance=name or f"soak-{number}-{k}", on_ack=on_ack)
 
     def _source(self, count: int):  # -> Iterator[bytes]: frame i is self.frames[i % 8]
