@@ -90,6 +90,7 @@ class Session:
         self._lane: Lane | None = None
         self._processor_name = "-"
         self._out_seq = 0
+        self._unacked = 0  # accepted frames (counted in flight) not yet acknowledged
         self._last_in_seq = 0
         self._received = 0  # messages read from the call: a message's position in it
         self._draining = False
@@ -130,6 +131,9 @@ class Session:
             raise
         finally:
             await self._cleanup()
+            if self._unacked:  # the call ended first (client gone, violation, stop)
+                self._metrics.frames_unacked(self._unacked)
+                self._unacked = 0
             if counted >= 0:
                 self._metrics.stream_ended(counted)
             if self._spec is not None:
@@ -258,6 +262,7 @@ class Session:
             payload, error = None, str(exc)
         self._pending.append(_Sample(seq, sample.timestamp, payload, error, True, now))
         self._metrics.frame_accepted()
+        self._unacked += 1
         if len(self._pending) >= self.config.batch_size:
             self._dispatch()
         elif self._timer is None:
@@ -328,6 +333,7 @@ class Session:
                 self._metrics.frame_acked(kind, time.monotonic() - sample.arrived,
                                           sample.holds_permit)
                 if sample.holds_permit:
+                    self._unacked -= 1
                     self._window.release()
 
     async def _outcomes(self, batch: _Batch):  # -> Iterator[Outcome]
