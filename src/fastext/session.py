@@ -145,6 +145,9 @@ class Session:
             raise
         finally:
             await self._cleanup()
+            if self._inflight:  # the call ended first (client gone, violation, stop)
+                self._metrics.frames_unacked(self._inflight)
+                self._inflight = 0
             if counted >= 0:
                 self._metrics.stream_ended(counted)
             if self._spec is not None:
