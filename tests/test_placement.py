@@ -1,0 +1,145 @@
+"""Placement on its own: no processes, rings or event loop (fastext.placement)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastext import records
+from fastext.placement import MAX_RUNS, Placement, Worker
+from fastext.shm import ArenaAllocator, ShmRef
+
+
+@dataclass(eq=False)
+class Lane:
+    session: int
+    stateful: bool = False
+    pinned: Worker | None = None
+
+    @property
+    def open_record(self) -> bytes:
+        return records.pack_close(self.session) + b"open"  # any bytes that name the session
+
+
+def make(workers: int = 2, arena: int = 4096) -> tuple[Placement, bytearray]:
+    memory = bytearray(arena)
+
+    def write(offset: int, data: memoryview) -> None:
+        memory[offset : offset + len(data)] = data
+
+    placement = Placement(workers, ArenaAllocator(arena), write)
+    for worker in placement.workers:
+        worker.ready = True
+    return placement, memory
+
+
+def batches(worker: Worker) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+    return [records.unpack_batch(r) for r in worker.outbox if r[0] == records.BATCH]
+
+
+def test_placement_sends_open_once_per_worker_then_batches() -> None:
+    placement, _ = make(workers=1)
+    lane = Lane(7)
+    for token in (1, 2):
+        placement.add(lane, token, [ShmRef(100 * token, 10)], 0.0)
+    touched = placement.place()
+    (worker,) = placement.workers
+    assert touched == [worker]
+    assert worker.outbox[0] == lane.open_record
+    assert [(s, refs) for s, _, refs in batches(worker)] == [
+        (7, [(records.SRC_CLIENT, 100, 10)]), (7, [(records.SRC_CLIENT, 200, 10)])]
+    assert worker.frames == 2 and not placement.backlog
+
+
+def test_placement_picks_the_least_loaded_ready_worker() -> None:
+    placement, _ = make(workers=3)
+    a, b, c = placement.workers
+    a.frames, b.frames, c.frames = 5, 1, 3
+    placement.add(Lane(1), 1, [ShmRef(0, 1)], 0.0)
+    assert placement.place() == [b]
+    b.ready = False
+    placement.add(Lane(1), 2, [ShmRef(0, 1)], 0.0)
+    assert placement.place() == [c]
+
+
+def test_placement_keeps_a_stateful_lane_on_one_worker_and_repins_after_a_death() -> None:
+    placement, _ = make(workers=2)
+    lane = Lane(3, stateful=True)
+    placement.add(lane, 1, [ShmRef(0, 1)], 0.0)
+    (first,) = placement.place()
+    placement.workers[1 - first.index].frames = -100  # much less loaded: still not chosen
+    placement.add(lane, 2, [ShmRef(0, 1)], 0.0)
+    assert placement.place() == [first]
+    placement.worker_died(first)
+    (second,) = placement.place()  # its two batches run again, elsewhere, in order
+    assert second is not first and lane.pinned is second
+    assert [batch_id for _, batch_id, _ in batches(second)] == [1, 2]
+
+
+def test_placement_copies_embedded_frames_into_the_arena_once() -> None:
+    placement, memory = make(workers=1)
+    placement.add(Lane(1), 1, [memoryview(b"abc"), ShmRef(64, 8)], 0.0)
+    placement.place()
+    ((_, _, refs),) = batches(placement.workers[0])
+    (src, offset, size), client = refs
+    assert (src, size) == (records.SRC_ARENA, 3) and memory[offset : offset + 3] == b"abc"
+    assert client == (records.SRC_CLIENT, 64, 8)
+
+
+def test_placement_waits_for_arena_space_in_order() -> None:
+    placement, _ = make(workers=1, arena=1024)
+    worker = placement.workers[0]
+    placement.add(Lane(1), 1, [memoryview(bytes(800))], 0.0)
+    placement.add(Lane(1), 2, [memoryview(bytes(800))], 0.0)
+    placement.add(Lane(1), 3, [ShmRef(0, 8)], 0.0)  # needs no arena, but must not overtake
+    placement.place()
+    assert [b for _, b, _ in batches(worker)] == [1] and len(placement.backlog) == 2
+    job = placement.finished(worker, 1)
+    assert job is not None and job.token == 1 and not job.blocks
+    worker.outbox.clear()
+    placement.place()
+    assert [b for _, b, _ in batches(worker)] == [2, 3]
+
+
+def test_placement_a_frame_larger_than_the_arena_is_left_for_the_worker_to_report() -> None:
+    placement, _ = make(workers=1, arena=1024)
+    placement.add(Lane(1), 1, [memoryview(bytes(2000))], 0.0)
+    placement.place()
+    ((_, _, refs),) = batches(placement.workers[0])
+    assert refs == [(records.SRC_ARENA, 0, 1025)]  # out of the arena's bounds: refused there
+
+
+def test_placement_reruns_a_dead_workers_batches_then_gives_up() -> None:
+    placement, _ = make(workers=1, arena=1024)
+    worker = placement.workers[0]
+    placement.add(Lane(1), 1, [memoryview(bytes(100))], 0.0)
+    placement.add(Lane(1), 2, [ShmRef(0, 8)], 0.0)
+    given_up = []
+    for run in range(1, MAX_RUNS + 1):
+        worker.ready = True
+        placement.place()
+        assert [b for _, b, _ in batches(worker)] == [1, 2], f"run {run}: oldest first"
+        given_up = placement.worker_died(worker)
+        if run < MAX_RUNS:
+            assert given_up == [] and [j.batch_id for j in placement.backlog] == [1, 2]
+    assert [j.token for j in given_up] == [1, 2]
+    assert placement.abandoned == 2 and placement.retried == 2 * (MAX_RUNS - 1)
+    assert not placement.backlog and worker.frames == 0 and not worker.jobs
+    assert placement._alloc.alloc(1024) is not None, "the abandoned batch kept its arena space"
+
+
+def test_placement_places_nothing_without_a_ready_worker() -> None:
+    placement, _ = make(workers=2)
+    for worker in placement.workers:
+        worker.ready = False
+    placement.add(Lane(1), 1, [ShmRef(0, 8)], 0.0)
+    assert placement.place() == [] and placement.queued() == 1
+
+
+def test_placement_close_goes_only_to_workers_that_opened_the_session() -> None:
+    placement, _ = make(workers=2)
+    placement.add(Lane(5, stateful=True), 1, [ShmRef(0, 8)], 0.0)
+    (opened,) = placement.place()
+    opened.outbox.clear()
+    assert placement.close_lane(5) == [opened]
+    assert list(opened.outbox) == [records.pack_close(5)]
+    assert placement.close_lane(5) == []  # once
