@@ -13,16 +13,36 @@ import logging
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Metrics", "NullMetrics", "make_metrics"]
+__all__ = ["Metrics", "MetricsSink", "NullMetrics", "make_metrics"]
 
 log = logging.getLogger("fastext.metrics")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
+class MetricsSink(Protocol):
+    """What the server, sessions and backends report to: one method per event."""
+
+    enabled: bool  # False: nothing is counted, so callers may skip computing a value
+
+    def frame_acked(self, outcome: str, latency_s: float, held_permit: bool) -> None: ...
+    def frame_accepted(self) -> None: ...
+    def frames_unacked(self, count: int) -> None: ...
+    def batch_done(self, queue_wait_s: float, processing_s: float) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+    def stream_started(self, shm_bytes: int) -> None: ...
+    def stream_ended(self, shm_bytes: int) -> None: ...
+    def worker_restarted(self) -> None: ...
+    def auth_failed(self) -> None: ...
+    def count_unsignalled_wakeups(self, source: Callable[[], int]) -> None: ...
+    def close(self) -> None: ...
+
+
 class NullMetrics:
     """Metrics off: every event is a no-op."""
+
+    enabled = False
 
     def frame_acked(self, outcome: str, latency_s: float, held_permit: bool) -> None: ...
     def frame_accepted(self) -> None: ...
@@ -68,6 +88,8 @@ class Metrics(NullMetrics):
     the in-process thread pool take a lock, once per batch); ``prometheus_client``
     builds the metric families from them when scraped.
     """
+
+    enabled = True
 
     def __init__(self, port: int = 0, addr: str = "0.0.0.0") -> None:
         from prometheus_client import CollectorRegistry
@@ -173,7 +195,7 @@ class Metrics(NullMetrics):
             self._http = None
 
 
-def make_metrics(port: int, enabled: bool | None = None) -> NullMetrics:
+def make_metrics(port: int, enabled: bool | None = None) -> MetricsSink:
     """Metrics served on ``port``; counting is on when served (or when ``enabled``)."""
     if enabled is None:
         enabled = port > 0

@@ -37,7 +37,7 @@ from fastext import records
 from fastext.config import Config
 from fastext.errors import SampleError
 from fastext.execute import FrameFormat, Outcome, run_batch
-from fastext.metrics import NullMetrics
+from fastext.metrics import MetricsSink, NullMetrics
 from fastext.placement import Placement, Worker
 from fastext.processors import create
 from fastext.processors.base import Processor
@@ -97,7 +97,7 @@ class Backend(Protocol):
         backend created (shared memory), without waiting for any frame."""
 
 
-def make_backend(config: Config, metrics: NullMetrics | None = None) -> Backend:
+def make_backend(config: Config, metrics: MetricsSink | None = None) -> Backend:
     """The backend ``config.workers`` asks for."""
     metrics = metrics if metrics is not None else NullMetrics()
     if config.workers == 0:
@@ -110,7 +110,7 @@ def make_backend(config: Config, metrics: NullMetrics | None = None) -> Backend:
 
 class _InlineLane:
     def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None,
-                 deliver: Deliver, metrics: NullMetrics) -> None:
+                 deliver: Deliver, metrics: MetricsSink) -> None:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
@@ -182,7 +182,7 @@ class _InlineLane:
 class InlineBackend:
     """Runs batches on a thread pool of the server process."""
 
-    def __init__(self, threads: int | None = None, metrics: NullMetrics | None = None) -> None:
+    def __init__(self, threads: int | None = None, metrics: MetricsSink | None = None) -> None:
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._pool = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="fastext-batch"
@@ -244,10 +244,9 @@ class WorkerBackend:
     completions, and the results handed back to sessions.
     """
 
-    def __init__(self, config: Config, metrics: NullMetrics | None = None) -> None:
+    def __init__(self, config: Config, metrics: MetricsSink | None = None) -> None:
         self.config = config
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._count_queue = not isinstance(metrics, NullMetrics) and metrics is not None
         self._lanes = itertools.count(1)
         self._arena: Arena | None = None
         self._placement: Placement | None = None
@@ -315,7 +314,7 @@ class WorkerBackend:
             return
         for worker in placement.place():
             self._flush(worker)
-        if self._count_queue:
+        if self._metrics.enabled:
             self._metrics.queue_depth(placement.queued())
 
     def _flush(self, worker: Worker) -> None:

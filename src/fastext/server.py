@@ -24,7 +24,7 @@ from fastext import METHOD_PATH, malloc, security
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import ConfigError
-from fastext.metrics import NullMetrics, make_metrics
+from fastext.metrics import MetricsSink, make_metrics
 from fastext.pipeline import Backend, make_backend
 from fastext.protocol import Unparsed, parse_request
 from fastext.session import Session, SessionEnd
@@ -41,7 +41,7 @@ class ExtensionServer:
     """The MediaGraphExtension service on a grpc.aio server."""
 
     def __init__(self, config: Config, backend: Backend | None = None,
-                 metrics: NullMetrics | None = None) -> None:
+                 metrics: MetricsSink | None = None) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else make_metrics(config.metrics_port)
         self.backend: Backend = backend or make_backend(config, self.metrics)

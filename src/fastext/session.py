@@ -26,7 +26,7 @@ from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import DescriptorError, ProtocolViolation, SampleError
 from fastext.execute import FrameFormat
-from fastext.metrics import NullMetrics
+from fastext.metrics import MetricsSink, NullMetrics
 from fastext.pipeline import Backend, Lane, LaneSpec, Payload, Result
 from fastext.processors import from_configuration
 from fastext.protocol import (
@@ -79,7 +79,7 @@ class Session:
     """The state of one call; :meth:`serve` runs it to the end."""
 
     def __init__(self, config: Config, backend: Backend, peer: str = "",
-                 metrics: NullMetrics | None = None) -> None:
+                 metrics: MetricsSink | None = None) -> None:
         self.config = config
         self._metrics = metrics if metrics is not None else NullMetrics()
         self.peer = peer
