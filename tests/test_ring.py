@@ -29,10 +29,9 @@ from fastext.ring import (
     RingError,
     RingPair,
     SharedRing,
-    cleanup_stale_segments,
     required_size,
-    segment_name,
 )
+from fastext.segments import segment_name
 
 # Header layout (ring.c): magic u32 @0, capacity u32 @8, tail u64 @128,
 # head u64 @256; data area at HEADER_SIZE.  Records: {u32 len, u32 kind}.
@@ -571,24 +570,3 @@ def test_ring_pair_names_round_trip() -> None:
         assert worker.submit.ring.try_pop() == b"frame"
         worker.completion.ring.try_push(b"done")
         assert front.completion.ring.try_pop() == b"done"
-
-
-def test_cleanup_removes_only_segments_of_dead_pids() -> None:
-    # A private prefix keeps this test away from other live fastext segments.
-    prefix = "fastext-ringtest-"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait(timeout=30)
-    stale = f"/{prefix}{dead.pid}_stale"
-    live = f"/{prefix}{os.getpid()}_live"
-    for name in (stale, live):
-        posix_ipc.SharedMemory(name, posix_ipc.O_CREX, size=64).close_fd()
-    try:
-        removed = cleanup_stale_segments(prefix)
-        assert removed == [stale[1:]]
-        assert os.path.exists("/dev/shm" + live)
-    finally:
-        for name in (stale, live):
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fastext.errors import ConfigError
 from fastext.malloc import KEEP_MB
@@ -160,6 +160,10 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+Overload = Literal["block", "drop"]  # a stream's window full: stop reading it, or ack at once
+LogFormat = Literal["text", "json"]
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the server and its workers are configured with (picklable)."""
@@ -170,7 +174,7 @@ class Config:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_inflight: int = 64
     max_message_mb: int = 256
-    overload: str = "block"
+    overload: Overload = "block"
     processor: str = "brightness"
     drain_s: float = 10.0
     shm_size_mb: int = 64
@@ -183,7 +187,7 @@ class Config:
     tls_client_ca: str = ""
     metrics_port: int = 0
     log_level: str = "INFO"
-    log_format: str = "text"
+    log_format: LogFormat = "text"
 
     @property
     def address(self) -> str:

@@ -41,7 +41,7 @@ from fastext.metrics import MetricsSink, NullMetrics
 from fastext.placement import Placement, Worker
 from fastext.processors import create
 from fastext.processors.base import Processor
-from fastext.ring import cleanup_stale_segments, segment_name
+from fastext.segments import cleanup_stale_segments, segment_name
 from fastext.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
 from fastext.supervisor import Supervisor, WorkerSlot
 

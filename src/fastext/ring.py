@@ -16,14 +16,7 @@ Errors are :class:`RingError` (a :class:`~fastext.errors.FastextError`),
 from __future__ import annotations
 
 import logging
-import mmap
-import os
-import re
-import secrets
-from pathlib import Path
 from types import TracebackType
-
-import posix_ipc
 
 from fastext._native._ring import (
     HEADER_SIZE,
@@ -35,38 +28,22 @@ from fastext._native._ring import (
     RingError,
     required_size,
 )
+from fastext.segments import Segment, segment_name
 
 __all__ = [
     "HEADER_SIZE",
     "MAX_CAPACITY",
     "MIN_CAPACITY",
-    "SEGMENT_PREFIX",
     "RecordTooLarge",
     "Ring",
     "RingCorrupt",
     "RingError",
     "RingPair",
     "SharedRing",
-    "cleanup_stale_segments",
     "required_size",
-    "segment_name",
 ]
 
 log = logging.getLogger("fastext.ring")
-
-#: Every server-owned segment is named ``fastext_<owner pid>_<tag>_<random>``,
-#: so a segment whose owner died can be recognised and removed.
-SEGMENT_PREFIX = "fastext_"
-_SHM_DIR = Path("/dev/shm")
-_TAG_RE = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
-
-
-def segment_name(tag: str, pid: int | None = None) -> str:
-    """A fresh POSIX shared-memory name (leading ``/``) owned by ``pid``."""
-    if not _TAG_RE.match(tag):
-        raise ValueError(f"segment tag must match {_TAG_RE.pattern}, not {tag!r}")
-    owner = os.getpid() if pid is None else pid
-    return f"/{SEGMENT_PREFIX}{owner}_{tag}_{secrets.token_hex(4)}"
 
 
 class SharedRing:
@@ -77,51 +54,40 @@ class SharedRing:
     ``SharedRing`` is not picklable; hand :attr:`name` to the other process.
     """
 
-    def __init__(self, name: str, mapping: mmap.mmap, ring: Ring, *, owner: bool) -> None:
-        self._name = name
-        self._mapping = mapping
+    def __init__(self, segment: Segment, ring: Ring) -> None:
+        self._segment = segment
         self._ring = ring
-        self._owner = owner
-        self._linked = owner
 
     @classmethod
     def create(cls, capacity: int, *, tag: str = "ring", spin: int = 0) -> SharedRing:
         """Create a segment for a ring of ``capacity`` data bytes and format it."""
-        size = required_size(capacity)
-        name = segment_name(tag)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        segment = Segment.create(segment_name(tag), required_size(capacity))
         try:
-            mapping = _map(shm)
-            try:
-                ring = Ring.init(mapping, capacity, spin=spin)
-            except BaseException:
-                mapping.close()
-                raise
+            ring = Ring.init(segment.mapping, capacity, spin=spin)
         except BaseException:
-            shm.unlink()
+            segment.close()
             raise
-        return cls(name, mapping, ring, owner=True)
+        return cls(segment, ring)
 
     @classmethod
     def attach(cls, name: str, *, spin: int = 0) -> SharedRing:
         """Attach to a ring another process created; raises RingCorrupt if the
         segment does not hold a valid ring."""
-        shm = posix_ipc.SharedMemory(name)
-        if shm.size < HEADER_SIZE:
-            shm.close_fd()
-            raise RingCorrupt(f"segment {name} holds {shm.size} bytes: not a ring")
-        mapping = _map(shm)
         try:
-            ring = Ring(mapping, spin=spin)
+            segment = Segment.attach(name, at_least=HEADER_SIZE)
+        except ValueError as exc:
+            raise RingCorrupt(f"{exc}: not a ring") from None
+        try:
+            ring = Ring(segment.mapping, spin=spin)
         except BaseException:
-            mapping.close()
+            segment.close()
             raise
-        return cls(name, mapping, ring, owner=False)
+        return cls(segment, ring)
 
     @property
     def name(self) -> str:
         """The POSIX name (with leading ``/``) a peer passes to :meth:`attach`."""
-        return self._name
+        return self._segment.name
 
     @property
     def ring(self) -> Ring:
@@ -131,23 +97,16 @@ class SharedRing:
     @property
     def owner(self) -> bool:
         """True in the process that created (and will unlink) the segment."""
-        return self._owner
+        return self._segment.owner
 
     def unlink(self) -> None:
         """Remove the name now (the mapping stays usable).  Owner only; idempotent."""
-        if self._owner and self._linked:
-            self._linked = False
-            try:
-                posix_ipc.unlink_shared_memory(self._name)
-            except posix_ipc.ExistentialError:
-                log.warning("segment %s was already unlinked", self._name)
+        self._segment.unlink()
 
     def close(self) -> None:
         """Release the ring, unmap, and (owner) unlink.  Idempotent."""
         self._ring.close()
-        if not self._mapping.closed:
-            self._mapping.close()
-        self.unlink()
+        self._segment.close()
 
     def __enter__(self) -> SharedRing:
         return self
@@ -164,8 +123,8 @@ class SharedRing:
         raise TypeError("a SharedRing cannot be pickled: pass .name and attach() in the child")
 
     def __repr__(self) -> str:
-        role = "owner" if self._owner else "attached"
-        return f"<SharedRing {self._name} {role} closed={self._ring.closed}>"
+        role = "owner" if self.owner else "attached"
+        return f"<SharedRing {self.name} {role} closed={self._ring.closed}>"
 
 
 class RingPair:
@@ -234,48 +193,3 @@ class RingPair:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def cleanup_stale_segments(prefix: str = SEGMENT_PREFIX) -> list[str]:
-    """Unlink ``/dev/shm/<prefix><pid>_…`` segments whose owner pid is gone.
-
-    Returns the names removed.  A pid that exists (possibly reused) keeps its
-    segments: this errs on the side of leaving a file behind.
-    """
-    pattern = re.compile(re.escape(prefix) + r"(\d+)_")
-    removed: list[str] = []
-    try:
-        entries = sorted(os.listdir(_SHM_DIR))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        match = pattern.match(entry)
-        if match is None or _pid_alive(int(match.group(1))):
-            continue
-        try:
-            posix_ipc.unlink_shared_memory("/" + entry)
-        except posix_ipc.ExistentialError:
-            continue  # removed concurrently
-        log.info("removed stale shared-memory segment %s", entry)
-        removed.append(entry)
-    return removed
-
-
-def _map(shm: posix_ipc.SharedMemory) -> mmap.mmap:
-    """Map the whole segment read-write and close its descriptor."""
-    try:
-        return mmap.mmap(shm.fd, shm.size)
-    finally:
-        shm.close_fd()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a pid we could own: leave it alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, belongs to someone else
-    return True

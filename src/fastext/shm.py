@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastext.errors import DescriptorError, FrameError, SampleError
+from fastext.segments import Segment
 
 __all__ = ["SHM_DIR", "Arena", "ArenaAllocator", "ClientMemory", "ShmRef"]
 
@@ -218,36 +219,27 @@ class Arena:
     maps the same segment read-only by name and reads the frame in place.
     """
 
-    def __init__(self, name: str, size: int, mapping: mmap.mmap, owner: bool) -> None:
-        self.name, self.size, self._map, self.owner = name, size, mapping, owner
-        self.view = np.frombuffer(mapping, dtype=np.uint8)
+    def __init__(self, segment: Segment, size: int) -> None:
+        self.name, self.size, self._segment = segment.name, size, segment
+        self._map = segment.mapping
+        self.view = np.frombuffer(segment.mapping, dtype=np.uint8)
+
+    @property
+    def owner(self) -> bool:
+        return self._segment.owner
 
     @classmethod
     def create(cls, name: str, size: int) -> Arena:
-        import posix_ipc
-
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mapping = mmap.mmap(shm.fd, size)
-        except BaseException:
-            shm.unlink()
-            raise
-        finally:
-            shm.close_fd()
-        return cls(name, size, mapping, owner=True)
+        return cls(Segment.create(name, size), size)
 
     @classmethod
     def attach(cls, name: str, size: int) -> Arena:
-        import posix_ipc
-
-        shm = posix_ipc.SharedMemory(name, read_only=True)
+        """Map the front's arena read-only (a worker)."""
         try:
-            if shm.size < size:
-                raise FrameError(f"arena {name} is {shm.size} bytes, expected {size}")
-            mapping = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        finally:
-            shm.close_fd()
-        return cls(name, size, mapping, owner=False)
+            segment = Segment.attach(name, at_least=size, read_only=True)
+        except ValueError as exc:
+            raise FrameError(f"arena: {exc}") from None
+        return cls(segment, size)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self._map[offset : offset + len(data)] = data
@@ -259,20 +251,12 @@ class Arena:
 
     def unlink(self) -> None:
         """Remove the name now (owner only; the mapping stays usable).  Idempotent."""
-        if self.owner:
-            import posix_ipc
-
-            self.owner = False
-            try:
-                posix_ipc.unlink_shared_memory(self.name)
-            except posix_ipc.ExistentialError:
-                pass
+        self._segment.unlink()
 
     def close(self) -> None:
         del self.view
         try:
-            self._map.close()
+            self._segment.close()
         except BufferError:
             gc.collect()
-            self._map.close()
-        self.unlink()
+            self._segment.close()

@@ -27,7 +27,8 @@ from typing import Any
 
 import posix_ipc
 
-from fastext.ring import Ring, SharedRing, segment_name
+from fastext.ring import Ring, SharedRing
+from fastext.segments import segment_name
 
 CTX = mp.get_context("spawn")
 WAIT = 10.0  # no single wait may take this long: treat it as a lost wake-up
