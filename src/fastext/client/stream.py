@@ -133,7 +133,10 @@ class _Session:
     async def receive(self) -> None:
         while True:
             try:
-                msg = await asyncio.wait_for(self.call.read(), self.opts.ack_timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancel that
+                # lands as the read completes, and a cancelled stream kept streaming.
+                async with asyncio.timeout(self.opts.ack_timeout_s):
+                    msg = await self.call.read()
             except TimeoutError:
                 self.call.cancel()
                 raise StreamError(f"no message from the server for {self.opts.ack_timeout_s:g} s "
