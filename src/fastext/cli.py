@@ -43,7 +43,7 @@ def _cmd_stream(config: Config | None, args: argparse.Namespace) -> int:
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_server_name=args.tls_server_name, output=args.output, summary_json=args.summary_json,
         ack_timeout_s=args.ack_timeout, graph_instance=args.graph_instance,
-        progress=False if args.quiet else None)
+        progress=False if args.quiet else None, annotate=args.annotate, view=args.view)
     return run_stream_command(cmd)
 
 
@@ -118,6 +118,13 @@ def _add_stream(sub: Any) -> None:
     output.add_argument("--ack-timeout", type=float, default=30.0,
                         help="fail when no ack arrives for this many seconds")
     output.add_argument("--quiet", action="store_true", help="no progress line")
+    output.add_argument("--annotate", default="", metavar="FILE.mp4|FOLDER",
+                        help="write every acknowledged frame with its inferences drawn: a video "
+                        "(.mp4/.mkv, PyAV) or one PNG per frame in a folder; -K added per stream "
+                        "when there are several")
+    output.add_argument("--view", default="", metavar="[HOST:]PORT",
+                        help="serve a live page of the annotated streams and their figures while "
+                        "the run lasts (host 127.0.0.1 unless given)")
     p.set_defaults(run=_cmd_stream, needs_config=False)
 
 
