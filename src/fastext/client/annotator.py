@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,10 +116,13 @@ class Annotator:
     """Draws acknowledged frames for an ``--annotate`` path and/or a live view."""
 
     def __init__(self, streams: int, *, window: int, annotate: str = "", rate: float = 30.0,
-                 view: LiveView | None = None, timescale: int = 90000) -> None:
+                 view: LiveView | None = None, timescale: int = 90000,
+                 sinks: Sequence[FrameSink] | None = None) -> None:
+        """``sinks`` (one per stream) replaces the files ``annotate`` would open."""
         self.view, self.timescale = view, timescale
-        self.sinks: list[FrameSink] = [open_sink(annotate, k, streams, rate)
-                                       for k in range(streams)] if annotate else []
+        if sinks is None:
+            sinks = [open_sink(annotate, k, streams, rate) for k in range(streams)] if annotate else []
+        self.sinks = list(sinks)
         self._broken: dict[int, str] = {}  # stream -> why its sink failed
         self._states = [_StreamState() for _ in range(streams)]
         if self.sinks:

@@ -70,10 +70,12 @@ def pixel_box(box: Box, width: int, height: int) -> tuple[int, int, int, int] | 
     values = (box.l, box.t, box.w, box.h)
     if not all(math.isfinite(v) for v in values) or box.w <= 0 or box.h <= 0:
         return None
-    x0 = min(max(math.floor(box.l * width), 0), width - 1)
-    y0 = min(max(math.floor(box.t * height), 0), height - 1)
-    x1 = min(max(math.ceil((box.l + box.w) * width) - 1, x0), width - 1)
-    y1 = min(max(math.ceil((box.t + box.h) * height) - 1, y0), height - 1)
+    # Boxes travel as float32: 0.9 arrives as 0.89999998, which must still mean row 45 of 50.
+    eps = 1e-3
+    x0 = min(max(math.floor(box.l * width + eps), 0), width - 1)
+    y0 = min(max(math.floor(box.t * height + eps), 0), height - 1)
+    x1 = min(max(math.ceil((box.l + box.w) * width - eps) - 1, x0), width - 1)
+    y1 = min(max(math.ceil((box.t + box.h) * height - eps) - 1, y0), height - 1)
     return x0, y0, x1, y1
 
 
