@@ -5,7 +5,9 @@ The standard library's ``ThreadingHTTPServer`` on its own daemon threads serves:
 - ``/`` — the page: per stream, its latest annotated frame as MJPEG in an ``<img>``
   (browsers play ``multipart/x-mixed-replace`` natively; no script needed for the
   video) and its figures, rendered into the page and refreshed once a second by a
-  few lines of script from ``/stats.json``;
+  few lines of script from ``/stats.json``.  A browser opens at most 6 connections
+  to one server and an MJPEG response holds one for good, so with more than
+  ``MJPEG_STREAMS`` streams the page instead shows stills that its script reloads;
 - ``/stream/K.mjpg`` — stream K's frames as MJPEG (also for ffplay, VLC, ...);
 - ``/frame/K.jpg`` — stream K's latest frame, once;
 - ``/stats.json`` — every stream's figures.
@@ -36,6 +38,10 @@ __all__ = ["LiveView", "ViewError", "parse_address"]
 log = logging.getLogger("fastext.client")
 
 _BOUNDARY = "fastextframe"
+#: Up to this many streams the page plays MJPEG; beyond, it reloads stills (see above).
+MJPEG_STREAMS = 4
+#: How often the page reloads a still, in milliseconds.
+_STILL_MS = 100
 #: How long an MJPEG response waits for a new frame before it checks the view is still open.
 _POLL_S = 0.5
 
@@ -78,6 +84,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a browser still connected never keeps the client alive
     block_on_close = False
     view: LiveView
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that leaves mid-response is normal; socketserver would print a traceback.
+        log.debug("view: request from %s ended early", client_address, exc_info=True)
 
 
 class LiveView:
@@ -237,6 +247,15 @@ async function refresh() {
   } catch (e) { /* the run has ended: the page keeps its last figures */ }
 }
 setInterval(refresh, 1000);
+document.querySelectorAll("img[data-still]").forEach((img) => {
+  const next = () => {
+    const fresh = new Image();
+    fresh.onload = () => { img.src = fresh.src; setTimeout(next, STILL_MS); };
+    fresh.onerror = () => setTimeout(next, 1000);
+    fresh.src = img.dataset.still + "?t=" + Date.now();
+  };
+  setTimeout(next, STILL_MS);
+});
 """
 
 
@@ -256,13 +275,16 @@ def _figures_rows(k: int, f: dict[str, Any]) -> str:
 
 def _page(view: LiveView) -> str:
     cards = []
+    mjpeg = len(view.figures) <= MJPEG_STREAMS
     for k, fig in enumerate(view.figures):
         size = view.sizes[k]
         dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+        source = f'src="stream/{k}.mjpg"' if mjpeg else f'src="frame/{k}.jpg" data-still="frame/{k}.jpg"'
         cards.append(f'<div class="card"><div>stream {k}</div>'
-                     f'<img src="stream/{k}.mjpg" alt="stream {k}"{dims}>'
+                     f'<img {source} alt="stream {k}"{dims}>'
                      f'<table class="figs">{_figures_rows(k, fig.snapshot())}</table></div>')
     title = html.escape(view.title)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{title}</h1>"
-            f"<div class='grid'>{''.join(cards)}</div><script>{_SCRIPT}</script></body></html>")
+            f"<div class='grid'>{''.join(cards)}</div>"
+            f"<script>const STILL_MS = {_STILL_MS};{_SCRIPT}</script></body></html>")
