@@ -201,3 +201,14 @@ def test_view_is_quiet_when_a_browser_leaves_mid_response(capsys):
     finally:
         view.close()
     assert capsys.readouterr().err == ""  # socketserver's default prints a traceback here
+
+
+def test_view_plays_the_source_in_real_time_unless_told():
+    from fastext.client.run import StreamCommand, _playback_fps
+
+    def fps(**changes: object) -> float:
+        return _playback_fps(StreamCommand(source="synthetic:scene", target="-", **changes))
+
+    assert fps() == 0.0  # no view: as fast as acks allow, as before
+    assert fps(view="8080") == 30.0  # a view: boxes move as the objects would
+    assert fps(view="8080", fps=0.0) == 0.0 and fps(fps=12.5) == 12.5

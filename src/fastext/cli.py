@@ -81,7 +81,8 @@ def _add_stream(sub: Any) -> None:
                        "MediaGraphExtension server, as LVA/AVA would")
     p.add_argument("source", help="video file or URL, image file, folder of images, or "
                    "synthetic:dark-light|gradient|noise|scene")
-    p.add_argument("--target", required=True, help="extension address, HOST:PORT")
+    p.add_argument("--target", default="127.0.0.1:5001",
+                   help="extension address, HOST:PORT (default: a local `fastext serve`)")
     node = p.add_argument_group("image node (what LVA did before the extension)")
     node.add_argument("--width", type=_positive(int), default=0, help="output width (0: source's)")
     node.add_argument("--height", type=_positive(int), default=0, help="output height (0: source's)")
@@ -91,8 +92,9 @@ def _add_stream(sub: Any) -> None:
                       help="RAW pixel format")
     node.add_argument("--jpeg-quality", type=int, default=90, choices=range(1, 101), metavar="1..100")
     play = p.add_argument_group("playback")
-    play.add_argument("--fps", type=_positive(float), default=0.0,
-                      help="real-time pacing (0: as fast as acks allow)")
+    play.add_argument("--fps", type=_positive(float), default=None,
+                      help="real-time pacing (0: as fast as acks allow, the default without "
+                      "--view; with --view the source's own rate, 30 for synthetic)")
     play.add_argument("--loop", type=_positive(int), default=1, help="play the source N times (0: forever)")
     play.add_argument("--max-frames", type=_positive(int), default=0, help="frames per stream (0: all)")
     play.add_argument("--streams", type=int, default=1, choices=range(1, 1025), metavar="N",

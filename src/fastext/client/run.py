@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import signal
@@ -49,7 +50,7 @@ class StreamCommand:
     shm: bool = False
     shm_size_mb: int = 64
     window: int = 16
-    fps: float = 0.0
+    fps: float | None = None  # 0: as fast as acks allow; None: that, or real time with a view
     loop: int = 1
     max_frames: int = 0  # per stream; 0: the whole source
     ext_config: str = ""
@@ -184,7 +185,7 @@ async def _run(cmd: StreamCommand, report: _Report, annotator: Annotator | None)
         opts = StreamOptions(
             target=cmd.target, width=width, height=height, encoding=cmd.node.encoding,
             pixel_format=cmd.node.pixel_format if cmd.node.encoding == VF.RAW else VF.NONE,
-            shm=cmd.shm, shm_slot_bytes=slot, window=window, fps=cmd.fps,
+            shm=cmd.shm, shm_slot_bytes=slot, window=window, fps=cmd.fps or 0.0,
             extension_configuration=cmd.ext_config,
             graph_instance=cmd.graph_instance if cmd.streams == 1 else f"{cmd.graph_instance}-{k}",
             ack_timeout_s=cmd.ack_timeout_s, metadata=metadata, credentials=credentials,
@@ -216,8 +217,18 @@ async def _progress(report: _Report) -> None:
         sys.stderr.flush()
 
 
+def _playback_fps(cmd: StreamCommand) -> float:
+    """``--fps``; unset, as fast as acks allow, except with a live view: there the source
+    plays in real time, so what is watched moves as it would (a view of a run at thousands
+    of frames/s would show a random sample of them)."""
+    if cmd.fps is not None:
+        return cmd.fps
+    return (frame_rate(cmd.source) or 30.0) if cmd.view else 0.0
+
+
 def run_stream_command(cmd: StreamCommand) -> int:
     """Run every stream to its end; print the summary; 0 when every frame was acked."""
+    cmd = dataclasses.replace(cmd, fps=_playback_fps(cmd))
     # Each frame is a fresh message-sized allocation here too: with glibc's defaults
     # ~150 page faults per 1080p JPEG frame (`/usr/bin/time` on `fastext stream`, 1,000
     # frames: 178k faults vs 24k with a 64 MiB version of this setting).
