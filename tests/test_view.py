@@ -212,3 +212,22 @@ def test_view_plays_the_source_in_real_time_unless_told():
     assert fps() == 0.0  # no view: as fast as acks allow, as before
     assert fps(view="8080") == 30.0  # a view: boxes move as the objects would
     assert fps(view="8080", fps=0.0) == 0.0 and fps(fps=12.5) == 12.5
+
+
+def test_sigterm_mid_run_still_finishes_the_annotated_video(tmp_path):
+    av = pytest.importorskip("av")
+    video, out = tmp_path / "a.mp4", tmp_path / "r.jsonl"
+    with MinimalServer() as srv, viewed_stream(
+            srv.target, "--fps", "30", "--max-frames", "9000", "--annotate", str(video),
+            "--output", str(out)) as (proc, url, err):
+        with urllib.request.urlopen(url + "stream/0.mjpg", timeout=30) as feed:
+            parts = mjpeg_parts(feed)
+            next(parts)
+            next(parts)  # frames are being drawn: the video has begun
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 1
+    assert any("interrupted" in line for line in err)
+    acked = len(out.read_text().splitlines())
+    with av.open(str(video)) as container:  # a truncated MP4 (no index) would not open
+        frames = sum(1 for _ in container.decode(container.streams.video[0]))
+    assert frames == acked > 0
