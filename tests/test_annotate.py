@@ -238,3 +238,29 @@ def test_stream_figures_over_the_recent_span():
     now[0] += 60
     assert StreamFigures().snapshot()["latency_ms"] == {"p50": None, "p99": None}
     assert figures.snapshot()["fps"] == 0.0
+
+
+class FailingSink:
+    def write(self, index: int, image: Image.Image) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def test_annotator_reports_a_sink_that_fails_and_keeps_the_sender_going():
+    async def scenario() -> list[str]:
+        annotator = Annotator(1, window=1, sinks=[FailingSink()])
+        annotator.start()
+        frames = annotator.frames(0, iter([(np.zeros((8, 8, 3), np.uint8), b"x")] * 40))
+        sent, gate = annotator.on_send(0), annotator.send_gate(0)
+        assert gate is not None
+        for seq in range(2, 42):  # more frames than the gate's credits (1 + BACKLOG)
+            await asyncio.wait_for(gate(), 10)  # credits come back though nothing is written
+            next(frames)
+            sent(seq, 0)
+            annotator.on_ack(0, seq, None)
+        return await annotator.finish()
+
+    errors = asyncio.run(scenario())
+    assert errors == ["--annotate, stream 0: cannot write frame 0 ([Errno 28] No space left on device)"]
