@@ -264,3 +264,14 @@ def test_annotator_reports_a_sink_that_fails_and_keeps_the_sender_going():
 
     errors = asyncio.run(scenario())
     assert errors == ["--annotate, stream 0: cannot write frame 0 ([Errno 28] No space left on device)"]
+
+
+def test_stream_figures_count_from_the_first_ack_not_from_start_up():
+    now = [50.0]
+    figures = StreamFigures(span_s=5.0, clock=lambda: now[0])
+    now[0] = 58.0  # eight seconds of connecting and rendering before the first ack
+    for i in range(20):  # then 10 acks a second for 2 s
+        now[0] = 58.0 + i * 0.1
+        figures.record(0.001, [])
+    now[0] = 60.0
+    assert figures.snapshot()["fps"] == 10.0

@@ -25,13 +25,15 @@ class StreamFigures:
         self.span_s, self._clock = span_s, clock
         self._acks: deque[tuple[float, float, tuple[str, ...]]] = deque(maxlen=cap)
         self._lock = threading.Lock()
-        self.started = clock()
+        self.started: float | None = None  # the first ack: start-up is not counted as slowness
         self.acked = 0
 
     def record(self, latency_s: float, types: Iterable[str]) -> None:
         """One acknowledged frame: its ack latency and its inferences' types."""
         now = self._clock()
         with self._lock:
+            if self.started is None:
+                self.started = now
             self._acks.append((now, latency_s, tuple(types)))
             self.acked += 1
             self._trim(now)
@@ -46,9 +48,9 @@ class StreamFigures:
         with self._lock:
             self._trim(now)
             recent = list(self._acks)
-            acked = self.acked
-        # Over the span, or over the run so far while it is younger than the span.
-        seconds = max(min(self.span_s, now - self.started), 1e-3)
+            acked, started = self.acked, self.started
+        # Over the span, or since the first ack while that is more recent (at least 1 s).
+        seconds = self.span_s if started is None else max(min(self.span_s, now - started), 1.0)
         latencies = sorted(latency for _, latency, _ in recent)
         counts: Counter[str] = Counter(t for _, _, types in recent for t in types)
         return {
