@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,9 @@ class StreamOptions:
     credentials: grpc.ChannelCredentials | None = None  # TLS; None: plaintext
     tls_server_name: str = ""  # expected certificate name, when it differs from the target host
     on_ack: Callable[[int, extension_pb2.MediaSample | None], None] | None = None  # (seq, result)
+    on_send: Callable[[int, int], None] | None = None  # (seq, timestamp), as each sample goes out
+    # Awaited before each sample (after the window): holds the sender back, never the reader.
+    send_gate: Callable[[], Awaitable[object]] | None = None
 
 
 @dataclass
@@ -106,6 +109,8 @@ class _Session:
         period = 1.0 / self.opts.fps if self.opts.fps > 0 else 0.0
         for index, frame in enumerate(frames):
             await self.window.acquire()
+            if self.opts.send_gate is not None:
+                await self.opts.send_gate()
             if period:
                 delay = start + index * period - time.monotonic()
                 if delay > 0:
@@ -119,6 +124,8 @@ class _Session:
             else:
                 message = sample_message(seq, 0, timestamp, content=frame)
             self.pending[seq] = (time.monotonic(), slot)
+            if self.opts.on_send is not None:
+                self.opts.on_send(seq, timestamp)
             try:
                 await self.call.write(message)
             except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
