@@ -100,3 +100,28 @@ def test_json_logs_one_object_per_line_with_session_fields():
     assert all(r["processor"] == "brightness" and r["peer"] for r in starts)
     assert sum(r["frames"] for r in ends) == 92 and all(r["invalid"] == 0 for r in ends)
     assert any(r.get("worker") == 0 for r in records)  # worker lines are JSON too
+
+
+async def _initial_metadata(target: str) -> dict[str, str]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = open_call(channel)
+        await call.write(descriptor(8, 8))
+        await call.read()
+        metadata = await call.initial_metadata()
+        await call.done_writing()
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    return {key: value for key, value in metadata}
+
+
+def test_instance_named_in_initial_metadata(make_server):
+    import os
+    import socket
+
+    from fastext import INSTANCE_HEADER
+
+    default = make_server()
+    named = make_server(instance="edge-a")
+    got = asyncio.run(_initial_metadata(default.target))
+    assert got[INSTANCE_HEADER] == f"{socket.gethostname()}:{os.getpid()}"
+    assert asyncio.run(_initial_metadata(named.target))[INSTANCE_HEADER] == "edge-a"
