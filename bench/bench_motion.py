@@ -9,7 +9,7 @@ regions to find):
 - ``numba``: :meth:`fastext.processors.motion.MotionDetector.detect` (what the
   processor runs per frame: the block-average/difference/background pass and the
   union-find over cells, both numba kernels);
-- ``numpy``: ``tests.test_motion.NumpyMotion``, the straightforward numpy rendering
+- ``numpy``: ``bench.numpy_motion.NumpyMotion``, the straightforward numpy rendering
   of the same algorithm (vectorised passes, a Python union-find over the cells),
   checked to find exactly the same boxes.
 
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.numpy_motion import NumpyMotion
 from fastext import kernels
 from fastext.processors.motion import MotionDetector
-from tests.test_motion import NumpyMotion
 
 SIZES = [(416, 416), (1920, 1080)]
 FRAMES = 8

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,8 @@ class ServerProcess:
     name: str
     proc: subprocess.Popen
     port: int
+    #: the server's output after the port line, a line at a time ("" when it ends)
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
 
     @property
     def target(self) -> str:
@@ -83,16 +85,25 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0) -> ServerProcess:
-    """Start a server and wait (bounded) for the line that names its port."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def launch(name: str, argv: list[str], pattern: str, timeout: float = 120.0,
+           env: dict[str, str] | None = None,
+           ) -> tuple[subprocess.Popen, re.Match[str], queue.Queue[str]]:
+    """Start a process and wait (bounded) for the first line matching ``pattern``;
+    ``env`` replaces the environment it inherits.
+
+    Returns the process, the match, and a queue that keeps receiving its later
+    output a line at a time ("" once the output ends).
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
 
-    def pump() -> None:  # keeps draining, so the server never blocks on a full pipe
+    def pump() -> None:  # keeps draining, so the process never blocks on a full pipe
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
+        with proc.stdout:  # the reader closes the pipe: no other thread races it
+            for line in proc.stdout:
+                lines.put(line)
         lines.put("")
 
     threading.Thread(target=pump, daemon=True).start()
@@ -107,10 +118,17 @@ def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0) -> S
             break
         seen.append(line)
         if match := re.search(pattern, line):
-            return ServerProcess(name, proc, int(match.group(1)))
+            return proc, match, lines
     proc.kill()
-    proc.communicate()
+    proc.wait()
     raise RuntimeError(f"{name} did not start: {''.join(seen[-20:])}")
+
+
+def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0,
+          env: dict[str, str] | None = None) -> ServerProcess:
+    """Start a server and wait (bounded) for the line that names its port."""
+    proc, match, lines = launch(name, argv, pattern, timeout, env)
+    return ServerProcess(name, proc, int(match.group(1)), lines)
 
 
 def fastext_server(*args: str) -> ServerProcess:

@@ -1,73 +1,17 @@
-"""Shared fixtures: a real fastext server on 127.0.0.1:0 in a background thread."""
+"""Shared fixtures: a real fastext server on 127.0.0.1:0 in a background thread.
+
+Plain helpers live in tests/helpers.py; nothing imports this module."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import pytest
 
-from fastext import METHOD_PATH
-from fastext._proto.extension_pb2 import MediaStreamMessage
-from fastext.client import StreamOptions, stream_frames
-from fastext.client.stream import StreamResult
-from fastext.config import Config
-from fastext.server import ExtensionServer
-
-
-class RunningServer:
-    """A server on its own event loop thread; ``port`` is where it listens."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.server: ExtensionServer | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> RunningServer:
-        self._thread.start()
-        self.server = self.call(self._make())
-        self.port = self.call(self.server.start())
-        return self
-
-    async def _make(self) -> ExtensionServer:
-        return ExtensionServer(self.config)
-
-    def call(self, coro: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        if self.server is not None:
-            self.call(self.server.stop(drain_s=2.0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def sessions(self) -> int:
-        assert self.server is not None
-        return self.server.active_sessions
-
-
-@contextmanager
-def running_server(**changes: Any) -> Iterator[RunningServer]:
-    config = Config(bind="127.0.0.1:0", log_level="DEBUG", workers=0).replace(**changes)
-    srv = RunningServer(config).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+from tests.helpers import RunningServer, running_server
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["inline", "workers"])
@@ -89,38 +33,6 @@ def make_server() -> Iterator[Callable[..., RunningServer]]:
     yield make
     for cm in reversed(started):
         cm.__exit__(None, None, None)
-
-
-def run_stream(opts: StreamOptions, frames: Any) -> StreamResult:
-    """Run the fastext client to completion in this thread."""
-    return asyncio.run(stream_frames(opts, frames))
-
-
-def open_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
-    """A raw ProcessMediaStream call on an aio channel, for tests that drive it by hand."""
-    return channel.stream_stream(METHOD_PATH, request_serializer=MediaStreamMessage.SerializeToString,
-                                 response_deserializer=MediaStreamMessage.FromString)()
-
-
-def exchange(target: str, messages: list[MediaStreamMessage], timeout: float = 20.0,
-             metadata: tuple[tuple[str, str], ...] | None = None,
-             credentials: grpc.ChannelCredentials | None = None,
-             ) -> tuple[list[MediaStreamMessage], grpc.StatusCode, str]:
-    """Send raw messages (then half-close) and collect every reply and the final status."""
-    channel = (grpc.secure_channel(target, credentials) if credentials is not None
-               else grpc.insecure_channel(target))
-    with channel:
-        method = channel.stream_stream(METHOD_PATH,
-                                       request_serializer=MediaStreamMessage.SerializeToString,
-                                       response_deserializer=MediaStreamMessage.FromString)
-        replies: list[MediaStreamMessage] = []
-        call = method(iter(messages), timeout=timeout, metadata=metadata)
-        try:
-            for reply in call:
-                replies.append(reply)
-        except grpc.RpcError as exc:
-            return replies, exc.code(), exc.details() or ""
-        return replies, call.code(), call.details() or ""
 
 
 @pytest.fixture

@@ -29,27 +29,11 @@ from fastext.frames import (
     raw_frame_size,
     raw_view,
 )
+from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# Channel order of each byte format, written out independently of frames.LAYOUTS.
-BYTE_ORDERS: dict[int, str] = {
-    PixelFormat.RGB24: "RGB",
-    PixelFormat.BGR24: "BGR",
-    PixelFormat.ARGB: "ARGB",
-    PixelFormat.RGBA: "RGBA",
-    PixelFormat.ABGR: "ABGR",
-    PixelFormat.BGRA: "BGRA",
-}
-PACKED: dict[int, tuple[int, bool]] = {  # format: (bits of green, big-endian)
-    PixelFormat.RGB565BE: (6, True),
-    PixelFormat.RGB565LE: (6, False),
-    PixelFormat.RGB555BE: (5, True),
-    PixelFormat.RGB555LE: (5, False),
-}
 RGB_FORMATS = [*BYTE_ORDERS, *PACKED]
-ALPHA = 0x5A  # neither 0 nor 255: reading alpha as a colour gives a wrong luma
-PAD = 255  # padding bytes: a kernel that reads them gets a wrong luma
 
 # (R, G, B), and whether the seed processor calls it dark (BT.601 mean < 127).
 # Orange and azure are mirror images: swapping R and B flips light and dark.
@@ -68,45 +52,6 @@ def bt601(rgb: np.ndarray) -> np.ndarray:
     """Float64 BT.601 luma of an (..., 3) array."""
     rgb = rgb.astype(np.float64)
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-
-
-def expand(value: np.ndarray, bits: int) -> np.ndarray:
-    """Expand a ``bits``-bit channel to 8 bits by bit replication."""
-    return (value << (8 - bits)) | (value >> (2 * bits - 8))
-
-
-def pack(rgb: np.ndarray, pixel_format: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel rows (h, w * bpp) of an (h, w, 3) image, and the RGB those rows encode."""
-    h, w, _ = rgb.shape
-    if pixel_format in BYTE_ORDERS:
-        order = BYTE_ORDERS[pixel_format]
-        px = np.full((h, w, len(order)), ALPHA, np.uint8)
-        for i, channel in enumerate(order):
-            if channel != "A":
-                px[..., i] = rgb[..., "RGB".index(channel)]
-        return px.reshape(h, -1), rgb
-    gbits, big_endian = PACKED[pixel_format]
-    c = rgb.astype(np.uint32)
-    r5, g, b5 = c[..., 0] >> 3, c[..., 1] >> (8 - gbits), c[..., 2] >> 3
-    word = (r5 << (5 + gbits)) | (g << 5) | b5
-    if gbits == 5:
-        word |= 0x8000  # the unused top bit of RGB555 must be ignored
-    hi, lo = (word >> 8).astype(np.uint8), (word & 0xFF).astype(np.uint8)
-    px = np.stack([hi, lo] if big_endian else [lo, hi], axis=-1)
-    seen = np.stack([expand(r5, 5), expand(g, gbits), expand(b5, 5)], axis=-1)
-    return px.reshape(h, -1), seen
-
-
-def place(rows: np.ndarray, stride: int, tail: int = 0) -> bytes:
-    """Rows laid out ``stride`` bytes apart, padding and ``tail`` extra bytes set to PAD."""
-    h, row_bytes = rows.shape
-    buf = np.full(stride * h + tail, PAD, np.uint8)
-    buf[: stride * h].reshape(h, stride)[:, :row_bytes] = rows
-    return buf.tobytes()
-
-
-def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def gradient_rgb(h: int, w: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fastext.config import Config
 from fastext.pipeline import InlineBackend
 from fastext.server import SERVICE_NAME, ExtensionServer
-from tests.test_conformance import start_server
+from tests.helpers import start_server
 
 
 class SlowBackend(InlineBackend):

@@ -11,8 +11,19 @@ import pytest
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import encode, scene, to_pixel_format
-from tests.conftest import exchange, open_call
-from tests.test_session import AZURE, ORANGE, descriptor, embedded, referenced, solid, tags
+from tests.helpers import (
+    AZURE,
+    ORANGE,
+    descriptor,
+    embedded,
+    exchange,
+    open_call,
+    referenced,
+    solid,
+    start_server,
+    stop_server,
+    tags,
+)
 
 Msg = extension_pb2.MediaStreamMessage
 W, H = 64, 48
@@ -249,8 +260,6 @@ def test_client_file_cut_after_the_handshake(shm_file, workers):
     # Reading mapped pages past a shrunken file's end raises SIGBUS, which kills the
     # process that reads: the frame must be acked empty instead, the server stay up
     # and no worker die.  Subprocess servers: a regression must not take pytest down.
-    from tests.test_conformance import start_server, stop_server
-
     light = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
     name, path = shm_file(4 * FRAME, light * 4)
     proc, port = start_server("--workers", workers)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import urllib.request
+import asyncio
+import time
 
 import grpc
 import pytest
@@ -11,24 +11,17 @@ import pytest
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.metrics import Metrics, NullMetrics, make_metrics
-from tests.conftest import exchange
-from tests.test_session import AZURE, ORANGE, descriptor, embedded, solid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+from tests.helpers import (
+    AZURE,
+    ORANGE,
+    descriptor,
+    embedded,
+    exchange,
+    free_port,
+    open_call,
+    scrape,
+    solid,
+)
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
@@ -74,6 +67,40 @@ def test_auth_failures_and_drops_are_counted(make_server):
     empty = sum(1 for r in replies[1:] if not r.media_sample.inferences)
     assert m['fastext_frames_total{outcome="dropped"}'] == empty > 0
     assert m['fastext_frames_total{outcome="inferred"}'] == 20 - empty
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
+def test_frames_of_a_vanished_client_leave_the_in_flight_gauge(make_server, workers):
+    """A call cancelled with frames read but not acked: the gauge goes back to 0."""
+    srv = make_server(workers=workers, metrics_port=free_port(), batch_size=8,
+                      batch_delay_ms=5000.0)  # the frames sit in a pending batch
+    metrics = srv.server.metrics
+    frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
+
+    async def vanish() -> None:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            call = open_call(channel)
+            await call.write(descriptor(32, 32))
+            assert (await call.read()).ack_sequence_number == 1
+            for i in range(5):
+                await call.write(embedded(i + 2, frame))
+            assert await _until(lambda: metrics.in_flight == 5), metrics.in_flight
+            call.cancel()
+
+    asyncio.run(vanish())
+    assert asyncio.run(_until(lambda: srv.sessions() == 0)), "the session did not end"
+    assert metrics.value("fastext_frames_in_flight") == 0
+    assert metrics.value("fastext_streams_active") == 0
+
+
+async def _until(predicate, timeout: float = 10.0) -> bool:
+    """Poll state another thread owns (no event to await), up to ``timeout``."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def test_metrics_off_is_a_null_object():

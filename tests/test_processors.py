@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import sys
+import tomllib
 from collections.abc import Iterator, Sequence
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -21,7 +21,7 @@ from fastext.frames import Encoding, Frame, PixelFormat, frame_from_encoded, fra
 from fastext.processors import Processor, create, from_configuration
 from fastext.processors.brightness import Brightness
 from fastext.processors.motion import MotionDetector
-from tests.test_frames import BYTE_ORDERS, PACKED, pack, place, random_rgb
+from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastext-onnx-classifier"
 
@@ -463,10 +463,6 @@ def onnx_classifier(monkeypatch: pytest.MonkeyPatch) -> type[Processor]:
 
 
 def test_example_declares_its_entry_point() -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("tomllib is Python 3.11+")
-    import tomllib
-
     meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["fastext.processors"] == {
         "onnx-classifier": "fastext_onnx_classifier:OnnxClassifier"

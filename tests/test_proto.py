@@ -203,3 +203,31 @@ def test_hand_encoded_samples_equal_protobuf(seq, ts, content):
         assert sample_message(seq, 0, ts, reference=(offset, length)) == want.SerializeToString()
     with pytest.raises(ValueError):
         sample_message(seq, 0, ts, content=content, reference=(0, 1))
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (b"\xff\xff", "broken field key at byte 0"),
+    (b"\x08", "sequence_number (byte 0) is cut short"),
+    (b"\x32\x05\x08", "media_sample (byte 0) claims 5 bytes but only 1 follow"),
+    (b"\x32\x04\x2a\x02\x0a\x05", "media_sample.content_bytes.bytes (byte 4) claims 5 bytes"),
+    (b"\x2a\x04\x12\x02\xff\xfe", "media_stream_descriptor.extension_identifier (byte 2) is not "
+                                  "valid UTF-8"),
+    (b"\x0b", "sequence_number (byte 0) has wire type 3"),
+])
+def test_parse_request_names_the_damage(data, needle):
+    from fastext.protocol import Unparsed, parse_request
+
+    result = parse_request(data)
+    assert isinstance(result, Unparsed) and result.size == len(data)
+    assert needle in result.reason
+    text = result.describe(7)
+    assert text.startswith("message 7 of this call is not a valid MediaStreamMessage (")
+    assert "Error" not in text and "<class" not in text
+
+
+def test_parse_request_passes_messages_through():
+    from fastext.protocol import parse_request
+
+    msg = extension_pb2.MediaStreamMessage(sequence_number=2**64 - 1, ack_sequence_number=3)
+    assert parse_request(msg.SerializeToString()) == msg
+    assert parse_request(b"") == extension_pb2.MediaStreamMessage()

@@ -235,8 +235,9 @@ def test_nginx_instance_killed_streams_reconnect_and_lose_nothing(instances, tmp
     report, victim, (victim_code, moved) = _one_instance_lost(instances, tmp_path, signal.SIGKILL)
     assert victim_code == -signal.SIGKILL
     assert report["resent"] >= 1  # frames in flight on the killed instance came again
-    for s in moved:
-        assert "RST_STREAM" in s["calls"][0]["status"] or "UNAVAILABLE" in s["calls"][0]["status"]
+    for s in moved:  # a reset stream through nginx, or grpc.aio's stand-in when a write raced it
+        status = s["calls"][0]["status"]
+        assert "RST_STREAM" in status or "Internal error from Core" in status, status
 
 
 @needs_nginx

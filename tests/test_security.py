@@ -17,8 +17,7 @@ from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.security import REJECT_WAIT_S
-from tests.conftest import exchange
-from tests.test_session import ORANGE, descriptor, embedded, solid, tags
+from tests.helpers import ORANGE, descriptor, embedded, exchange, solid, tags
 
 pytest.importorskip("cryptography")
 from tests.certs import make_ca, make_leaf  # noqa: E402

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
 
 import grpc
+import pytest
 
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.synthetic import to_pixel_format
 from fastext.config import Config
 from fastext.server import ExtensionServer, new_event_loop
-from tests.conftest import open_call
-from tests.test_session import ORANGE, descriptor, embedded, solid
+from tests.helpers import (
+    ORANGE,
+    descriptor,
+    embedded,
+    free_port,
+    open_call,
+    owned_segments,
+    scrape,
+    solid,
+    start_server,
+)
 
 Msg = extension_pb2.MediaStreamMessage
 
@@ -78,10 +93,8 @@ def test_server_runs_on_uvloop():
 
 def test_json_logs_one_object_per_line_with_session_fields():
     import json
-    import signal
 
     from tests import conformance
-    from tests.test_conformance import start_server
 
     proc, port = start_server("--workers", "1", "--log-format", "json")
     try:
@@ -102,6 +115,57 @@ def test_json_logs_one_object_per_line_with_session_fields():
     assert any(r.get("worker") == 0 for r in records)  # worker lines are JSON too
 
 
+async def _second_signal_scenario(sig: signal.Signals) -> tuple[subprocess.Popen, float, str,
+                                                                  list[int]]:
+    """A real server with one worker that is stopped (SIGSTOP), so three frames it was
+    handed can never be acknowledged; the drain then waits for them (up to 60 s)."""
+    metrics_port = free_port()
+    proc, port = start_server("--workers", "1", "--drain-s", "60",
+                              "--metrics-port", str(metrics_port))
+    startup = "".join(proc.startup_lines)  # type: ignore[attr-defined]
+    workers = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", startup)]
+    assert proc.stderr is not None and len(workers) == 1
+    try:
+        os.kill(workers[0], signal.SIGSTOP)
+        frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = open_call(channel)
+            await call.write(descriptor(32, 32))
+            assert (await call.read()).ack_sequence_number == 1
+            for seq in (2, 3, 4):
+                await call.write(embedded(seq, frame))
+            deadline = time.monotonic() + 20
+            while (await asyncio.to_thread(scrape, metrics_port))["fastext_frames_in_flight"] < 3:
+                assert time.monotonic() < deadline, "the server did not read the three frames"
+            proc.send_signal(sig)
+            log = ""
+            while "a second signal stops at once" not in log:  # the drain has begun
+                line = await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), 20)
+                assert line, "server exited on the first signal"
+                log += line
+            started = time.monotonic()
+            proc.send_signal(sig)
+            await asyncio.to_thread(proc.wait, 20)
+            elapsed = time.monotonic() - started
+            call.cancel()
+        return proc, elapsed, log + await asyncio.to_thread(proc.stderr.read), workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the worker dies with it (PR_SET_PDEATHSIG)
+            proc.wait(10)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_second_signal_while_draining_exits_at_once(sig):
+    proc, elapsed, log, workers = asyncio.run(_second_signal_scenario(sig))
+    assert elapsed < 2.0, f"exited {elapsed:.1f} s after the second signal (drain-s is 60)"
+    assert proc.returncode == 128 + sig, log
+    assert f"second signal ({sig.name}): stopping now, 3 frames not acknowledged" in log
+    assert owned_segments(proc.pid) == set()
+    assert not os.path.exists(f"/proc/{workers[0]}"), "the worker outlived the server"
+
+
 async def _initial_metadata(target: str) -> dict[str, str]:
     async with grpc.aio.insecure_channel(target) as channel:
         call = open_call(channel)
@@ -115,7 +179,6 @@ async def _initial_metadata(target: str) -> dict[str, str]:
 
 
 def test_instance_named_in_initial_metadata(make_server):
-    import os
     import socket
 
     from fastext import INSTANCE_HEADER

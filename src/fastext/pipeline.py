@@ -81,6 +81,10 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Finish or abandon running batches and release every resource."""
 
+    def abort(self) -> None:
+        """The process exits now: stop every child process and remove every name this
+        backend created (shared memory), without waiting for any frame."""
+
 
 def make_backend(config: Config, metrics: NullMetrics | None = None) -> Backend:
     """The backend ``config.workers`` asks for."""
@@ -163,6 +167,9 @@ class InlineBackend:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        pass  # threads and memory of this process end with it
 
 
 # -- worker processes -----------------------------------------------------------------
@@ -254,7 +261,7 @@ class WorkerBackend:
         self._supervisor.start()
         try:
             await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
 
@@ -437,6 +444,12 @@ class WorkerBackend:
         if self._arena is not None:
             self._arena.close()
             self._arena = None
+
+    def abort(self) -> None:
+        killed = self._supervisor.kill() if self._supervisor is not None else 0
+        if self._arena is not None:
+            self._arena.unlink()
+        log.warning("backend aborted: %d workers killed, shared memory unlinked", killed)
 
     def _send_stop(self, slot: WorkerSlot) -> None:
         state = self._states[slot.index]

@@ -3,6 +3,9 @@
 * :func:`validate_descriptor` turns a client's first message into an immutable
   :class:`StreamSpec` or raises :class:`DescriptorError` naming the problem.
 * :func:`descriptor_reply` / :func:`sample_response` build the server's messages.
+* :func:`parse_request` is the server's request deserializer: it never raises, so
+  bytes that are not a message reach the session as :class:`Unparsed`, and the
+  session ends the call with a status naming the message (after its acks).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from fastext.frames import MAX_DIMENSION, Encoding, PixelFormat, default_stride,
 __all__ = [
     "EXTENSION_IDENTIFIER",
     "StreamSpec",
+    "Unparsed",
     "descriptor_reply",
+    "parse_request",
     "sample_response",
     "serialized_sample_response",
     "validate_descriptor",
@@ -56,6 +61,33 @@ class StreamSpec:
             fmt = f"RAW {PixelFormat(self.pixel_format).name} stride {self.stride}"
         mode = f"shared memory {self.shm_name} ({self.shm_length} bytes)" if self.shm_name else "embedded"
         return f"{fmt} {self.width}x{self.height}, {mode}"
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """A request whose bytes are not a MediaStreamMessage (what :func:`parse_request`
+    returns instead of raising)."""
+
+    size: int
+    reason: str
+
+    def describe(self, position: int) -> str:
+        """The status text for the ``position``-th message (1-based) of a call."""
+        return (f"message {position} of this call is not a valid MediaStreamMessage "
+                f"({self.reason}; {self.size} bytes)")
+
+
+def parse_request(data: bytes) -> MediaStreamMessage | Unparsed:
+    """The request deserializer: a message, or :class:`Unparsed` saying what is wrong.
+
+    gRPC would end the call with UNKNOWN and the decoder's class name if this raised;
+    the session decides instead.  Good messages cost what ``FromString`` costs.
+    """
+    try:
+        return MediaStreamMessage.FromString(data)
+    except Exception:  # DecodeError; anything else the decoder raises is as bad
+        damage = wire.find_damage(data, MediaStreamMessage.DESCRIPTOR)
+        return Unparsed(len(data), damage or "its bytes do not parse as protobuf")
 
 
 def validate_handle_name(name: str) -> str:

@@ -51,6 +51,13 @@ class Open(NamedTuple):
     processor: str  # JSON: {"processor": name, ...parameters}
 
 
+def _check_length(buf: bytes, need: int, kind: str) -> None:
+    """A record shorter than its own lengths say is corrupt: raise, as a short header
+    does (struct.error), rather than decode a shorter string."""
+    if len(buf) < need:
+        raise struct.error(f"{kind} record of {len(buf)} bytes, its lengths need {need}")
+
+
 def pack_open(o: Open) -> bytes:
     name = (o.shm_name or "").encode()
     cfg = o.processor.encode()
@@ -62,6 +69,7 @@ def pack_open(o: Open) -> bytes:
 def unpack_open(buf: bytes) -> Open:
     (_, session, enc, pf, w, h, stride, shm_len, name_len, cfg_len) = _OPEN.unpack_from(buf)
     start = _OPEN.size
+    _check_length(buf, start + name_len + cfg_len, "OPEN")
     name = buf[start : start + name_len].decode()
     cfg = buf[start + name_len : start + name_len + cfg_len].decode()
     return Open(session, enc, pf, w, h, stride, name or None, shm_len, cfg)
@@ -116,6 +124,7 @@ def unpack_done(buf: bytes) -> tuple[int, list[bytes | str], int]:
     for _ in range(count):
         ok, length = _OUTCOME.unpack_from(buf, pos)
         pos += _OUTCOME.size
+        _check_length(buf, pos + length, "DONE")
         data = bytes(view[pos : pos + length])
         outcomes.append(data if ok else data.decode(errors="replace"))
         pos += length

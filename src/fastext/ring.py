@@ -212,6 +212,11 @@ class RingPair:
         """``(submit, completion)`` segment names, for the worker's arguments."""
         return (self.submit.name, self.completion.name)
 
+    def unlink(self) -> None:
+        """Remove both names now (owner only; the mappings stay usable).  Idempotent."""
+        self.submit.unlink()
+        self.completion.unlink()
+
     def close(self) -> None:
         """Close both rings (the owner also unlinks them).  Idempotent."""
         try:

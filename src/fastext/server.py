@@ -3,7 +3,9 @@
 Start: bind (message limits lifted, no stream cap, no SO_REUSEPORT so a taken
 port is an error), then serve.  Stop (SIGTERM/SIGINT): refuse new calls, let
 every session finish and acknowledge what it has read within ``drain_s``, then
-stop the gRPC server and the backend, each step with a deadline.
+stop the gRPC server and the backend, each step with a deadline.  A second
+SIGTERM/SIGINT while draining stops at once: workers are killed, the server's
+shared memory is unlinked and the process exits with status 128 + that signal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +27,7 @@ from fastext.config import Config
 from fastext.errors import ConfigError
 from fastext.metrics import NullMetrics, make_metrics
 from fastext.pipeline import Backend, make_backend
+from fastext.protocol import Unparsed, parse_request
 from fastext.session import Session, SessionEnd
 
 __all__ = ["ExtensionServer", "SERVICE_NAME", "serve"]
@@ -66,7 +70,7 @@ class ExtensionServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
-            request_deserializer=MediaStreamMessage.FromString,
+            request_deserializer=parse_request,  # never raises: the session judges bad bytes
             response_serializer=_serialize,
         )
         self._server.add_generic_rpc_handlers(
@@ -109,7 +113,7 @@ class ExtensionServer:
         if self._sessions:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=drain)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d sessions still open after draining %.1f s", len(self._sessions), drain)
         await self._server.stop(grace=_STOP_GRACE_S)
         await self.backend.close()
@@ -124,8 +128,19 @@ class ExtensionServer:
     def active_sessions(self) -> int:
         return len(self._sessions)
 
+    @property
+    def unacknowledged(self) -> int:
+        """Frames read by open sessions whose acks have not been written."""
+        return sum(session.unacknowledged for session in self._sessions)
+
+    def abort(self) -> None:
+        """For a process about to exit: kill the backend's workers and unlink its shared
+        memory now, abandoning every frame in flight."""
+        self.backend.abort()
+
     async def _process_media_stream(
-        self, requests: AsyncIterator[MediaStreamMessage], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[MediaStreamMessage | Unparsed],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
@@ -161,10 +176,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None:
     # Handlers first: a SIGTERM during start-up must still drain and unlink, not kill.
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     server = ExtensionServer(config)
     try:
         port = await server.start()
@@ -173,13 +188,35 @@ async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None
         raise
     if on_ready is not None:
         on_ready(port)
-    await stop.wait()
-    log.info("signal received: draining (up to %.1f s)", config.drain_s)
-    await server.stop()
+    first = await signals.get()
+    log.info("%s received: draining (up to %.1f s; a second signal stops at once)",
+             first.name, config.drain_s)
+    stopping = asyncio.ensure_future(server.stop())
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait((stopping, second), return_when=asyncio.FIRST_COMPLETED)
+    if stopping.done():  # drained (a signal arriving with the end changes nothing)
+        second.cancel()
+        return stopping.result()
+    log.warning("second signal (%s): stopping now, %d frames not acknowledged",
+                second.result().name, server.unacknowledged)
+    server.abort()
+    _exit_now(128 + second.result())
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Exit without waiting for anything: not for the gRPC server's threads, nor for a
+    batch still running in a thread (its frames are abandoned)."""
+    logging.shutdown()  # flush every handler first
+    os._exit(status)
 
 
 def serve(config: Config, on_ready: Callable[[int], None] | None = None) -> None:
-    """Run the server until SIGTERM or SIGINT, then drain and stop."""
+    """Run the server until SIGTERM or SIGINT, then drain and stop.
+
+    A second SIGTERM or SIGINT while draining ends the process at once (``os._exit``,
+    status 128 + the signal's number), after killing the workers and unlinking the
+    server's shared memory.
+    """
     malloc.keep_freed_memory(config.malloc_keep_mb)  # this process only, before grpc starts
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_serve(config, on_ready))

@@ -25,6 +25,7 @@ from fastext.pipeline import Backend, Lane, LaneSpec, Payload, Result
 from fastext.processors import from_configuration
 from fastext.protocol import (
     StreamSpec,
+    Unparsed,
     descriptor_reply,
     sample_response,
     serialized_sample_response,
@@ -36,15 +37,19 @@ __all__ = ["Session", "SessionEnd"]
 
 log = logging.getLogger("fastext.session")
 Write = Callable[[MediaStreamMessage | bytes], Awaitable[None]]
+Requests = AsyncIterator[MediaStreamMessage | Unparsed]  # see protocol.parse_request
 _LOUD_INVALID = 10  # invalid samples per session logged at WARNING; the rest at DEBUG
 _CLEANUP_WAIT_S = 30.0  # bound on waiting for running batches before unmapping
 DROPPED = "dropped: the stream's window was full (overload policy drop)"
+_STATUS_CHARS = 512  # a status quotes client input: keep it far below gRPC's 8 KiB metadata cap
 
 
 class SessionEnd(Exception):
     """End the call with a gRPC status (``code`` is a ``grpc.StatusCode`` name)."""
 
     def __init__(self, code: str, message: str) -> None:
+        if len(message) > _STATUS_CHARS:
+            message = f"{message[:_STATUS_CHARS]}... ({len(message) - _STATUS_CHARS} more characters)"
         super().__init__(message)
         self.code = code
 
@@ -85,15 +90,18 @@ class Session:
         self._lane: Lane | None = None
         self._processor_name = "-"
         self._out_seq = 0
+        self._unacked = 0  # accepted frames (counted in flight) not yet acknowledged
         self._last_in_seq = 0
+        self._received = 0  # messages read from the call: a message's position in it
         self._draining = False
         self.frames = 0
+        self.acked = 0
         self.invalid = 0
         self.dropped = 0
 
     # -- the call -------------------------------------------------------------
 
-    async def serve(self, requests: AsyncIterator[MediaStreamMessage], write: Write) -> None:
+    async def serve(self, requests: Requests, write: Write) -> None:
         """Run the session; raises :class:`SessionEnd` when it must end with a status."""
         started = time.monotonic()
         reason = "client closed the stream"
@@ -103,8 +111,9 @@ class Session:
             if first is None:
                 reason = "client closed before sending a descriptor"
                 return
+            self._received = 1
             spec = self._handshake(first)
-            await write(descriptor_reply(self._next_seq(), first.sequence_number, spec))
+            await write(descriptor_reply(self._next_seq(), self._last_in_seq, spec))
             self._metrics.stream_started(spec.shm_length)
             counted = spec.shm_length
             log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
@@ -122,6 +131,9 @@ class Session:
             raise
         finally:
             await self._cleanup()
+            if self._unacked:  # the call ended first (client gone, violation, stop)
+                self._metrics.frames_unacked(self._unacked)
+                self._unacked = 0
             if counted >= 0:
                 self._metrics.stream_ended(counted)
             if self._spec is not None:
@@ -134,13 +146,20 @@ class Session:
                                 "invalid": self.invalid, "dropped": self.dropped,
                                 "seconds": round(seconds, 3), "reason": reason})
 
+    @property
+    def unacknowledged(self) -> int:
+        """Samples read whose acks have not been written yet."""
+        return self.frames - self.acked
+
     def drain(self) -> None:
         """Stop reading new samples; in-flight ones are still processed and acknowledged."""
         self._draining = True
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
 
-    def _handshake(self, first: MediaStreamMessage) -> StreamSpec:
+    def _handshake(self, first: MediaStreamMessage | Unparsed) -> StreamSpec:
+        if isinstance(first, Unparsed):
+            raise SessionEnd("INVALID_ARGUMENT", first.describe(1))
         try:
             spec = validate_descriptor(first)
             name, params = from_configuration(spec.extension_configuration, self.config.processor)
@@ -158,7 +177,7 @@ class Session:
         self._last_in_seq = first.sequence_number
         return spec
 
-    async def _run(self, requests: AsyncIterator[MediaStreamMessage], write: Write) -> str:
+    async def _run(self, requests: Requests, write: Write) -> str:
         reader = self._reader = asyncio.create_task(self._read(requests))
         writer = asyncio.create_task(self._write_results(write))
         try:
@@ -186,7 +205,7 @@ class Session:
 
     # -- reading ----------------------------------------------------------------
 
-    async def _read(self, requests: AsyncIterator[MediaStreamMessage]) -> None:
+    async def _read(self, requests: Requests) -> None:
         if self.config.overload == "drop":
             return await self._read_dropping(requests)
         while not self._draining:
@@ -195,33 +214,39 @@ class Session:
             if message is None:
                 self._window.release()
                 return
+            self._received += 1
             self._accept(message)
 
-    async def _read_dropping(self, requests: AsyncIterator[MediaStreamMessage]) -> None:
+    async def _read_dropping(self, requests: Requests) -> None:
         """Overload policy ``drop``: never stop reading; a frame that finds the window
         full is acknowledged at once (after the frames before it) without inference."""
         while not self._draining:
             message = await anext(requests, None)
             if message is None:
                 return
+            self._received += 1
             if self._window.locked():
                 self._accept(message, dropped=True)
                 continue
             await self._window.acquire()
             self._accept(message)
 
-    def _accept(self, message: MediaStreamMessage, dropped: bool = False) -> None:
+    def _accept(self, message: MediaStreamMessage | Unparsed, dropped: bool = False) -> None:
+        if isinstance(message, Unparsed):
+            raise ProtocolViolation("INVALID_ARGUMENT", message.describe(self._received))
         kind = message.WhichOneof("payload")
         seq = message.sequence_number
-        if kind == "media_stream_descriptor":
-            raise ProtocolViolation("INVALID_ARGUMENT", f"message {seq} is a second "
-                                    "media_stream_descriptor; a stream has exactly one, first")
         if kind != "media_sample":
+            where = f"message {self._received} of this call (sequence_number {seq})"
+            if kind == "media_stream_descriptor":
+                raise ProtocolViolation("INVALID_ARGUMENT", f"{where} is a second "
+                                        "media_stream_descriptor; a stream has exactly one, first")
             raise ProtocolViolation("INVALID_ARGUMENT",
-                                    f"message {seq} carries neither a descriptor nor a sample")
+                                    f"{where} carries neither a descriptor nor a sample")
         if seq <= self._last_in_seq:
-            raise ProtocolViolation("INVALID_ARGUMENT", f"sample sequence_number {seq} does not "
-                                    f"increase (the previous message was {self._last_in_seq})")
+            raise ProtocolViolation("INVALID_ARGUMENT", f"sample sequence_number {seq} (message "
+                                    f"{self._received} of this call) does not increase (the "
+                                    f"previous message was {self._last_in_seq})")
         self._last_in_seq = seq
         self.frames += 1
         sample = message.media_sample
@@ -237,6 +262,7 @@ class Session:
             payload, error = None, str(exc)
         self._pending.append(_Sample(seq, sample.timestamp, payload, error, True, now))
         self._metrics.frame_accepted()
+        self._unacked += 1
         if len(self._pending) >= self.config.batch_size:
             self._dispatch()
         elif self._timer is None:
@@ -303,9 +329,11 @@ class Session:
                     response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
                                                outcome)
                 await write(response)
+                self.acked += 1
                 self._metrics.frame_acked(kind, time.monotonic() - sample.arrived,
                                           sample.holds_permit)
                 if sample.holds_permit:
+                    self._unacked -= 1
                     self._window.release()
 
     async def _outcomes(self, batch: _Batch):  # -> Iterator[Outcome]

@@ -257,6 +257,17 @@ class Arena:
             raise FrameError(f"arena reference {offset}+{size} outside the {self.size}-byte arena")
         return self.view[offset : offset + size]
 
+    def unlink(self) -> None:
+        """Remove the name now (owner only; the mapping stays usable).  Idempotent."""
+        if self.owner:
+            import posix_ipc
+
+            self.owner = False
+            try:
+                posix_ipc.unlink_shared_memory(self.name)
+            except posix_ipc.ExistentialError:
+                pass
+
     def close(self) -> None:
         del self.view
         try:
@@ -264,10 +275,4 @@ class Arena:
         except BufferError:
             gc.collect()
             self._map.close()
-        if self.owner:
-            import posix_ipc
-
-            try:
-                posix_ipc.unlink_shared_memory(self.name)
-            except posix_ipc.ExistentialError:
-                pass
+        self.unlink()

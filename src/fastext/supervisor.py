@@ -151,6 +151,26 @@ class Supervisor:
         if not self._stopping:
             self._watch = self._loop.call_later(_WATCH_S, self._check_heartbeats)
 
+    def kill(self, deadline_s: float = 1.0) -> int:
+        """Stop now: SIGKILL every worker, reap each (bounded in all by ``deadline_s``) and
+        unlink their rings.  For a process about to exit; returns how many were killed."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        killed = [s.process for s in self.slots if s.process is not None and s.process.is_alive()]
+        for process in killed:
+            process.kill()
+        end = time.monotonic() + deadline_s
+        for process in killed:
+            process.join(max(0.0, end - time.monotonic()))
+            if process.exitcode is None:
+                log.error("worker pid %d not reaped within %.1f s of SIGKILL", process.pid,
+                          deadline_s)
+        for slot in self.slots:
+            if slot.rings is not None:
+                slot.rings.unlink()
+        return len(killed)
+
     async def stop(self, send_stop: Callable[[WorkerSlot], None], deadline_s: float = 5.0) -> None:
         """Ask every worker to stop, wait up to ``deadline_s``, kill the rest, free the slots."""
         self._stopping = True

@@ -15,9 +15,13 @@ ContentReference address_offset = 1, length_bytes = 2.
 
 from __future__ import annotations
 
-__all__ = ["sample_message", "varint"]
+from typing import Any
 
-_VARINT, _LEN = 0, 2  # protobuf wire types
+__all__ = ["find_damage", "sample_message", "varint"]
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # protobuf wire types
+_FIXED = {_I64: 8, _I32: 4}
+_MAX_DEPTH = 32  # this contract nests 6 deep; deeper (unknown) nesting is not walked
 
 
 def varint(value: int) -> bytes:
@@ -65,3 +69,68 @@ def sample_message(sequence_number: int, ack: int, timestamp: int, *,
     if tail:
         return b"".join((head, sample, tail, inferences))
     return head + sample + inferences
+
+
+def find_damage(data: bytes, descriptor: Any) -> str | None:
+    """Where bytes that failed to parse as ``descriptor``'s message first go wrong.
+
+    Only for error messages (a request that did not parse): it walks the wire format,
+    into the message fields ``descriptor`` (a protobuf ``Descriptor``) knows, and
+    returns a short reason naming the field and byte, or None when it finds nothing.
+    """
+    return _walk(memoryview(data), 0, len(data), descriptor, "", 0)
+
+
+def _read_varint(data: memoryview, pos: int, end: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while pos < end and shift < 70:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None
+
+
+def _walk(data: memoryview, pos: int, end: int, descriptor: Any, path: str,
+          depth: int) -> str | None:
+    while pos < end:
+        start = pos
+        key = _read_varint(data, pos, end)
+        if key is None or key[0] >> 3 == 0:
+            return f"{path or 'the message'} has a broken field key at byte {start}"
+        (number, wire_type), pos = divmod(key[0], 8), key[1]
+        field = descriptor.fields_by_number.get(number) if descriptor is not None else None
+        name = f"{path}{field.name if field is not None else f'field {number}'}"
+        if wire_type == _VARINT:
+            value = _read_varint(data, pos, end)
+            if value is None:
+                return f"{name} (byte {start}) is cut short"
+            pos = value[1]
+        elif wire_type in _FIXED:
+            pos += _FIXED[wire_type]
+            if pos > end:
+                return f"{name} (byte {start}) is cut short"
+        elif wire_type == _LEN:
+            size = _read_varint(data, pos, end)
+            if size is None:
+                return f"the length of {name} (byte {start}) is cut short"
+            length, pos = size
+            if length > end - pos:
+                return (f"{name} (byte {start}) claims {length} bytes but only "
+                        f"{end - pos} follow")
+            inner = getattr(field, "message_type", None)
+            if inner is not None and depth < _MAX_DEPTH:
+                found = _walk(data, pos, pos + length, inner, f"{name}.", depth + 1)
+                if found:
+                    return found
+            elif field is not None and field.type == field.TYPE_STRING:
+                try:
+                    bytes(data[pos : pos + length]).decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{name} (byte {start}) is not valid UTF-8"
+            pos += length
+        else:  # 3 and 4 (groups) are not part of this contract; 6 and 7 do not exist
+            return f"{name} (byte {start}) has wire type {wire_type}, which this contract never uses"
+    return None

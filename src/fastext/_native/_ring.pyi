@@ -2,9 +2,9 @@
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Final
+from typing import Final, Self, final
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer
 
 from fastext.errors import FastextError
 
@@ -19,6 +19,7 @@ class RecordTooLarge(RingError, ValueError): ...
 
 def required_size(capacity: int, /) -> int: ...
 
+@final
 class Ring:
     def __new__(cls, buffer: Buffer, *, spin: int = 0) -> Self: ...
     @classmethod

@@ -228,7 +228,7 @@ class _Call:
         while True:
             try:
                 msg = await asyncio.wait_for(self.call.read(), self.opts.ack_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.call.cancel()
                 raise StreamError(f"no message from the server for {self.opts.ack_timeout_s:g} s "
                                   f"with {len(self.by_seq)} frames unacknowledged") from None
@@ -357,7 +357,7 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _St
     try:
         await call.write(_descriptor(opts, stream.shm))
         reply = await asyncio.wait_for(call.read(), opts.ack_timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         call.cancel()
         raise StreamError("the server did not answer the descriptor in time") from None
     except grpc.aio.AioRpcError as exc:

@@ -123,6 +123,10 @@ def from_configuration(text: str, default: str) -> tuple[str, dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"extension_configuration is not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:  # json recurses once per nested array or object
+        raise ValueError("extension_configuration is nested too deeply") from None
+    except ValueError as exc:  # an integer past Python's digit limit, say
+        raise ValueError(f"extension_configuration cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("extension_configuration must be a JSON object")
     name = data.pop("processor", default)

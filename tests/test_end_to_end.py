@@ -2,57 +2,25 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from fastext._proto import extension_pb2, media_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions
 from fastext.client.synthetic import encode, scenes, to_pixel_format
-from tests.conftest import exchange, run_stream
+from tests.helpers import (
+    AZURE,
+    ORANGE,
+    descriptor,
+    embedded,
+    exchange,
+    run_stream,
+    solid,
+    tags,
+    tags_of,
+)
 
-Msg = extension_pb2.MediaStreamMessage
-# Swapping R and B flips these: a reader with the wrong channel order gets the wrong tag.
-ORANGE = (255, 100, 0)  # BT.601 luma 134.9 -> light
-AZURE = (0, 100, 255)  # luma 87.8 -> dark
 RAW_FORMATS = [VF.RGB24, VF.BGR24, VF.ARGB, VF.RGBA, VF.ABGR, VF.BGRA, VF.YUV420P,
                VF.RGB565LE, VF.RGB565BE, VF.RGB555LE, VF.RGB555BE]
-
-
-def solid(rgb: tuple[int, int, int], width: int = 64, height: int = 48) -> np.ndarray:
-    return np.broadcast_to(np.array(rgb, np.uint8), (height, width, 3)).copy()
-
-
-def descriptor(width=64, height=48, encoding=VF.RAW, pixel_format=VF.RGB24, stride=0, seq=1,
-               shm: tuple[str, int] | None = None, config: str = "") -> Msg:
-    desc = extension_pb2.MediaStreamDescriptor(
-        graph_identifier=extension_pb2.GraphIdentifier(graph_instance_name="t", graph_node_name="n"),
-        extension_configuration=config,
-        media_descriptor=media_pb2.MediaDescriptor(
-            timescale=90000,
-            video_frame_sample_format=VF(encoding=encoding, pixel_format=pixel_format,
-                                         dimensions=media_pb2.Dimensions(width=width, height=height),
-                                         stride_bytes=stride)))
-    if shm is not None:
-        desc.shared_memory_buffer_transfer_properties.handle_name = shm[0]
-        desc.shared_memory_buffer_transfer_properties.length_bytes = shm[1]
-    return Msg(sequence_number=seq, media_stream_descriptor=desc)
-
-
-def embedded(seq: int, data: bytes, timestamp: int | None = None) -> Msg:
-    return Msg(sequence_number=seq, media_sample=extension_pb2.MediaSample(
-        timestamp=seq * 3000 if timestamp is None else timestamp,
-        content_bytes=media_pb2.ContentBytes(bytes=data)))
-
-
-def referenced(seq: int, offset: int, length: int) -> Msg:
-    return Msg(sequence_number=seq, media_sample=extension_pb2.MediaSample(
-        timestamp=seq * 3000,
-        content_reference=media_pb2.ContentReference(address_offset=offset, length_bytes=length)))
-
-
-def tags(reply: Msg) -> list[str]:
-    return [i.classification.tag.value for i in reply.media_sample.inferences]
 
 
 def test_handshake_and_sequence_rules(server):
@@ -100,10 +68,6 @@ def test_encoded_images(server, encoding, shm):
     assert result.acked == result.sent == 6
     for seq, sample in result.samples.items():
         assert tags_of(sample) == ["light" if made[seq - 2][1] else "dark"]
-
-
-def tags_of(sample) -> list[str]:
-    return [i.classification.tag.value for i in sample.inferences]
 
 
 def test_shared_memory_slots_reused_only_after_ack(server):

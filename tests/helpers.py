@@ -1,0 +1,297 @@
+"""What several test modules share: contract messages built by hand, a server in this
+process and calls on it, a ``fastext serve`` process, and pixel rows laid out by hand.
+
+Test modules import from here (fixtures stay in conftest.py); a test module never
+imports another test module or conftest (tests/test_architecture.py says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fastext import METHOD_PATH
+from fastext._proto import extension_pb2, media_pb2
+from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.client import StreamOptions, stream_frames
+from fastext.client.stream import StreamResult
+from fastext.config import Config
+from fastext.frames import PixelFormat
+from fastext.server import ExtensionServer
+
+Msg = extension_pb2.MediaStreamMessage
+
+# -- contract messages ------------------------------------------------------------------
+
+# Swapping R and B flips these: a reader with the wrong channel order gets the wrong tag.
+ORANGE = (255, 100, 0)  # BT.601 luma 134.9 -> light
+AZURE = (0, 100, 255)  # luma 87.8 -> dark
+
+
+def solid(rgb: tuple[int, int, int], width: int = 64, height: int = 48) -> np.ndarray:
+    """An (height, width, 3) image of one colour."""
+    return np.broadcast_to(np.array(rgb, np.uint8), (height, width, 3)).copy()
+
+
+def descriptor(width: int = 64, height: int = 48, encoding: VF.Encoding = VF.RAW,
+               pixel_format: VF.PixelFormat = VF.RGB24, stride: int = 0, seq: int = 1,
+               shm: tuple[str, int] | None = None, config: str = "") -> Msg:
+    """A session's first message; ``shm`` is (handle name, length) for shared memory."""
+    desc = extension_pb2.MediaStreamDescriptor(
+        graph_identifier=extension_pb2.GraphIdentifier(graph_instance_name="t", graph_node_name="n"),
+        extension_configuration=config,
+        media_descriptor=media_pb2.MediaDescriptor(
+            timescale=90000,
+            video_frame_sample_format=VF(encoding=encoding, pixel_format=pixel_format,
+                                         dimensions=media_pb2.Dimensions(width=width, height=height),
+                                         stride_bytes=stride)))
+    if shm is not None:
+        desc.shared_memory_buffer_transfer_properties.handle_name = shm[0]
+        desc.shared_memory_buffer_transfer_properties.length_bytes = shm[1]
+    return Msg(sequence_number=seq, media_stream_descriptor=desc)
+
+
+def embedded(seq: int, data: bytes, timestamp: int | None = None) -> Msg:
+    """A sample carrying its bytes."""
+    return Msg(sequence_number=seq, media_sample=extension_pb2.MediaSample(
+        timestamp=seq * 3000 if timestamp is None else timestamp,
+        content_bytes=media_pb2.ContentBytes(bytes=data)))
+
+
+def referenced(seq: int, offset: int, length: int) -> Msg:
+    """A sample pointing into the session's shared-memory file."""
+    return Msg(sequence_number=seq, media_sample=extension_pb2.MediaSample(
+        timestamp=seq * 3000,
+        content_reference=media_pb2.ContentReference(address_offset=offset, length_bytes=length)))
+
+
+def tags(reply: Msg) -> list[str]:
+    """The classification tags of an ack."""
+    return tags_of(reply.media_sample)
+
+
+def tags_of(sample: Any) -> list[str]:
+    """The classification tags of a MediaSample."""
+    return [i.classification.tag.value for i in sample.inferences]
+
+
+# -- a server in this process ----
+
+
+class RunningServer:
+    """A server on its own event loop thread; ``port`` is where it listens."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.server: ExtensionServer | None = None
+        self.port = 0
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        self.server = self.call(self._make())
+        self.port = self.call(self.server.start())
+        return self
+
+    async def _make(self) -> ExtensionServer:
+        return ExtensionServer(self.config)
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self.server is not None:
+            self.call(self.server.stop(drain_s=2.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def sessions(self) -> int:
+        assert self.server is not None
+        return self.server.active_sessions
+
+
+@contextmanager
+def running_server(**changes: Any) -> Iterator[RunningServer]:
+    config = Config(bind="127.0.0.1:0", log_level="DEBUG", workers=0).replace(**changes)
+    srv = RunningServer(config).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# -- calls on a server ------------------------------------------------------------------
+
+
+def run_stream(opts: StreamOptions, frames: Any) -> StreamResult:
+    """Run the fastext client to completion in this thread."""
+    return asyncio.run(stream_frames(opts, frames))
+
+
+def open_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+    """A raw ProcessMediaStream call on an aio channel, for tests that drive it by hand."""
+    return channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+                                 response_deserializer=Msg.FromString)()
+
+
+def exchange(target: str, messages: list[Msg], timeout: float = 20.0,
+             metadata: tuple[tuple[str, str], ...] | None = None,
+             credentials: grpc.ChannelCredentials | None = None,
+             ) -> tuple[list[Msg], grpc.StatusCode, str]:
+    """Send raw messages (then half-close) and collect every reply and the final status."""
+    channel = (grpc.secure_channel(target, credentials) if credentials is not None
+               else grpc.insecure_channel(target))
+    with channel:
+        method = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
+                                       response_deserializer=Msg.FromString)
+        replies: list[Msg] = []
+        call = method(iter(messages), timeout=timeout, metadata=metadata)
+        try:
+            for reply in call:
+                replies.append(reply)
+        except grpc.RpcError as exc:
+            return replies, exc.code(), exc.details() or ""
+        return replies, call.code(), call.details() or ""
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- `fastext serve` as a process -------------------------------------------------------
+
+
+def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``fastext serve`` on a free port; the log lines read while waiting are kept in
+    ``proc.startup_lines``."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
+                             *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    proc.startup_lines = []  # type: ignore[attr-defined]
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        proc.startup_lines.append(line)  # type: ignore[attr-defined]
+        match = re.search(r"fastext serving on \S+ \(port (\d+)", line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    raise AssertionError(f"server did not start: {proc.stderr.read()}")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """SIGTERM, wait (bounded; killed past it) and return what it logged since start-up."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return str(err)
+
+
+# -- pixel rows by hand -----------------------------------------------------------------
+
+# Channel order of each byte format, written out independently of frames.LAYOUTS.
+BYTE_ORDERS: dict[int, str] = {
+    PixelFormat.RGB24: "RGB",
+    PixelFormat.BGR24: "BGR",
+    PixelFormat.ARGB: "ARGB",
+    PixelFormat.RGBA: "RGBA",
+    PixelFormat.ABGR: "ABGR",
+    PixelFormat.BGRA: "BGRA",
+}
+PACKED: dict[int, tuple[int, bool]] = {  # format: (bits of green, big-endian)
+    PixelFormat.RGB565BE: (6, True),
+    PixelFormat.RGB565LE: (6, False),
+    PixelFormat.RGB555BE: (5, True),
+    PixelFormat.RGB555LE: (5, False),
+}
+ALPHA = 0x5A  # neither 0 nor 255: reading alpha as a colour gives a wrong luma
+PAD = 255  # padding bytes: a kernel that reads them gets a wrong luma
+
+
+def expand(value: np.ndarray, bits: int) -> np.ndarray:
+    """Expand a ``bits``-bit channel to 8 bits by bit replication."""
+    return (value << (8 - bits)) | (value >> (2 * bits - 8))
+
+
+def pack(rgb: np.ndarray, pixel_format: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows (h, w * bpp) of an (h, w, 3) image, and the RGB those rows encode."""
+    h, w, _ = rgb.shape
+    if pixel_format in BYTE_ORDERS:
+        order = BYTE_ORDERS[pixel_format]
+        px = np.full((h, w, len(order)), ALPHA, np.uint8)
+        for i, channel in enumerate(order):
+            if channel != "A":
+                px[..., i] = rgb[..., "RGB".index(channel)]
+        return px.reshape(h, -1), rgb
+    gbits, big_endian = PACKED[pixel_format]
+    c = rgb.astype(np.uint32)
+    r5, g, b5 = c[..., 0] >> 3, c[..., 1] >> (8 - gbits), c[..., 2] >> 3
+    word = (r5 << (5 + gbits)) | (g << 5) | b5
+    if gbits == 5:
+        word |= 0x8000  # the unused top bit of RGB555 must be ignored
+    hi, lo = (word >> 8).astype(np.uint8), (word & 0xFF).astype(np.uint8)
+    px = np.stack([hi, lo] if big_endian else [lo, hi], axis=-1)
+    seen = np.stack([expand(r5, 5), expand(g, gbits), expand(b5, 5)], axis=-1)
+    return px.reshape(h, -1), seen
+
+
+def place(rows: np.ndarray, stride: int, tail: int = 0) -> bytes:
+    """Rows laid out ``stride`` bytes apart, padding and ``tail`` extra bytes set to PAD."""
+    h, row_bytes = rows.shape
+    buf = np.full(stride * h + tail, PAD, np.uint8)
+    buf[: stride * h].reshape(h, stride)[:, :row_bytes] = rows
+    return buf.tobytes()
+
+
+def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """An (h, w, 3) image of uniform noise."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def owned_segments(pid: int) -> set[str]:
+    """Shared memory a server process owns (named fastext_<pid>_...)."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"fastext_{pid}_")}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of a server's Prometheus endpoint, by name (with labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
