@@ -43,7 +43,8 @@ def _cmd_stream(config: Config | None, args: argparse.Namespace) -> int:
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_server_name=args.tls_server_name, output=args.output, summary_json=args.summary_json,
         ack_timeout_s=args.ack_timeout, graph_instance=args.graph_instance,
-        progress=False if args.quiet else None, annotate=args.annotate, view=args.view)
+        reconnect=args.reconnect, progress=False if args.quiet else None,
+        annotate=args.annotate, view=args.view)
     return run_stream_command(cmd)
 
 
@@ -103,6 +104,9 @@ def _add_stream(sub: Any) -> None:
                       help="frames in flight per stream")
     play.add_argument("--graph-instance", default="fastext-stream", help="graph instance name")
     play.add_argument("--ext-config", default="", help="extension_configuration (JSON) per session")
+    play.add_argument("--reconnect", type=_positive(int), default=0, metavar="N",
+                      help="per stream, up to N new calls after a call ends UNAVAILABLE or loses "
+                      "its connection: a fresh descriptor, then the unacknowledged frames again")
     transfer = p.add_argument_group("transfer")
     transfer.add_argument("--shm", action="store_true", help="frames by shared memory in /dev/shm")
     transfer.add_argument("--shm-size-mb", type=int, default=64, help="shared memory per stream for "

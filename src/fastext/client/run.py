@@ -63,6 +63,7 @@ class StreamCommand:
     summary_json: str = ""
     ack_timeout_s: float = 30.0
     graph_instance: str = "fastext-stream"
+    reconnect: int = 0  # new calls per stream after a lost one (UNAVAILABLE, connection lost)
     progress: bool | None = None  # None: on when stderr is a terminal
     annotate: str = ""  # FILE.mp4|.mkv or a folder: every acked frame, inferences drawn
     view: str = ""  # [HOST:]PORT of the live page ("": none)
@@ -169,7 +170,33 @@ class _Report:
         return {"target": self.cmd.target, "streams": self.cmd.streams, "sent": sent,
                 "acked": acked, "without_inference": self.empty, "errors": errors,
                 "seconds": round(elapsed, 3), "fps": round(acked / elapsed, 1) if elapsed else 0.0,
-                "ack_latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99)}}
+                "ack_latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99)},
+                "reconnects": sum(r.reconnects for r in self.results),
+                "resent": sum(r.resent for r in self.results),
+                "instances": self.instances(),
+                "per_stream": [_stream_summary(k, r) for k, r in enumerate(self.results)]}
+
+    def instances(self) -> dict[str, int]:
+        """Calls per serving instance (named by the server's x-fastext-instance)."""
+        calls: dict[str, int] = {}
+        for result in self.results:
+            for call in result.calls:
+                if call.instance:
+                    calls[call.instance] = calls.get(call.instance, 0) + 1
+        return dict(sorted(calls.items()))
+
+
+def _stream_summary(k: int, result: StreamResult) -> dict[str, Any]:
+    return {"stream": k, "sent": result.sent, "acked": result.acked,
+            "reconnects": result.reconnects, "resent": result.resent,
+            "calls": [{"instance": c.instance, "acked": c.acked, "resent": c.resent,
+                       "status": c.status} for c in result.calls]}
+
+
+def _served_by(result: StreamResult) -> str:
+    """``a`` or ``a -> b`` (the instances of a stream's calls, in order), "?" where unnamed."""
+    names = [c.instance or "?" for c in result.calls if c.instance or c.acked]
+    return " -> ".join(names) if names else "?"
 
 
 async def _run(cmd: StreamCommand, report: _Report, annotator: Annotator | None) -> list[str]:
@@ -191,7 +218,8 @@ async def _run(cmd: StreamCommand, report: _Report, annotator: Annotator | None)
             ack_timeout_s=cmd.ack_timeout_s, metadata=metadata, credentials=credentials,
             tls_server_name=cmd.tls_server_name, on_ack=report.on_ack(k, annotator),
             on_send=annotator.on_send(k) if annotator else None,
-            send_gate=annotator.send_gate(k) if annotator else None)
+            send_gate=annotator.send_gate(k) if annotator else None,
+            reconnect=cmd.reconnect)
         result = StreamResult()
         report.results.append(result)
         sessions.append(stream_frames(opts, frames, result))
@@ -254,12 +282,23 @@ def run_stream_command(cmd: StreamCommand) -> int:
     print(f"sent {summary['sent']}, acked {summary['acked']} "
           f"({summary['without_inference']} without inference), {summary['fps']} frames/s, "
           f"ack latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms")
+    if summary["reconnects"] or cmd.reconnect:
+        print(f"reconnects {summary['reconnects']}, frames resent {summary['resent']}")
+    if summary["instances"]:
+        print("calls per instance: " + ", ".join(f"{name} {n}"
+                                                  for name, n in summary["instances"].items()))
+        if len(report.results) <= _STREAMS_LISTED:
+            for k, result in enumerate(report.results):
+                print(f"stream {k}: {_served_by(result)}")
     for error in errors:
         print(f"fastext stream: error: {error}", file=sys.stderr)
     if cmd.summary_json:
         with open(cmd.summary_json, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=1)
     return 0 if not errors and summary["sent"] == summary["acked"] else 1
+
+
+_STREAMS_LISTED = 32  # more streams: the per-stream lines are in --summary-json only
 
 
 async def _main(cmd: StreamCommand, report: _Report, view: LiveView | None) -> list[str]:
