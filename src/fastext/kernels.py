@@ -383,7 +383,7 @@ def warm_units() -> list[Unit]:
         unit("luma_packed16", (luma_packed16,), lambda v: luma_packed16(v, 2, False, True, out)),
         unit("motion", (motion_cells, motion_regions), _warm_motion),
         unit("rgb_packed16", (rgb_packed16,), lambda v: rgb_packed16(v, 2, False, True, rgb)),
-        unit("rgb_yuv420p", (rgb_yuv420p,), lambda v: rgb_yuv420p(v, v, v, True, rgb)),
+        unit("rgb_yuv420p", (rgb_yuv420p,), _warm_yuv420p),
         unit("luma_rgb", (luma_rgb,), lambda v: luma_rgb(v, 4, 0, 1, 2, 2, out)),
         unit("rgb_bytes", (rgb_bytes,), lambda v: rgb_bytes(v, 4, 0, 1, 2, 2, rgb)),
         unit("luma_mean_rgb", (luma_mean_rgb,), lambda v: luma_mean_rgb(v, 4, 0, 1, 2, 2)),
@@ -391,6 +391,15 @@ def warm_units() -> list[Unit]:
              lambda v: resize_bilinear(v, 4, 0, 1, 2, 2, rgb)),
         unit("mean_u8", (mean_u8,), mean_u8),
     ]
+
+
+def _warm_yuv420p(y_plane: np.ndarray) -> None:
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb_yuv420p(y_plane, y_plane, y_plane, True, rgb)
+    # An odd width with one byte of padding pads the Y rows but not the half-width
+    # chroma rows (ceil(stride / 2) == ceil(width / 2)): padded Y, contiguous chroma.
+    contiguous = _warm_views()[0]
+    rgb_yuv420p(y_plane, contiguous, contiguous, True, rgb)
 
 
 def _jitted_closure(kernel: Any) -> frozenset[str]:
