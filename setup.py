@@ -6,8 +6,10 @@ Two build steps beyond plain setuptools:
   grpcio-tools and rewrites the generated imports to be absolute
   (``from fastext._proto import media_pb2``), so a fresh ``pip install .``
   always ships modules that match ``proto/``.
-* ``fastext._native._ring`` is compiled from ``src/fastext/_native``.
-  ``FASTEXT_SANITIZE=address`` or ``thread`` builds it with that sanitizer;
+* ``fastext._native._ring`` (the record ring) and ``fastext._native._wire`` (the
+  per-frame sample parser and ack encoder) are compiled from ``src/fastext/_native``
+  with the same flags.  ``FASTEXT_SANITIZE=address`` or ``thread`` builds them with
+  that sanitizer;
   ``FASTEXT_DEBUG=1`` builds without optimisation and with assertions.
 """
 
@@ -55,7 +57,7 @@ class BuildPyWithProtos(build_py):
         super().run()
 
 
-def native_extension() -> Extension:
+def native_extensions() -> list[Extension]:
     sanitize = os.environ.get("FASTEXT_SANITIZE", "").strip()
     if sanitize not in ("", "address", "thread", "undefined"):
         raise SystemExit(f"FASTEXT_SANITIZE must be address, thread or undefined, not {sanitize!r}")
@@ -72,18 +74,21 @@ def native_extension() -> Extension:
         cflags.append(f"-fsanitize={sanitize}")
         ldflags.append(f"-fsanitize={sanitize}")
     native = Path("src") / "fastext" / "_native"
-    return Extension(
-        "fastext._native._ring",
-        sources=[str(native / "ring.c"), str(native / "_ringmodule.c")],
-        depends=[str(native / "ring.h")],
-        include_dirs=[str(native)],
-        define_macros=macros,
-        extra_compile_args=cflags,
-        extra_link_args=ldflags,
-    )
+    return [
+        Extension(
+            f"fastext._native._{core}",
+            sources=[str(native / f"{core}.c"), str(native / f"_{core}module.c")],
+            depends=[str(native / f"{core}.h")],
+            include_dirs=[str(native)],
+            define_macros=macros,
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+        for core in ("ring", "wire")
+    ]
 
 
 setup(
-    ext_modules=[native_extension()],
+    ext_modules=native_extensions(),
     cmdclass={"build_py": BuildPyWithProtos},
 )

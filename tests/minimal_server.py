@@ -6,8 +6,11 @@ sample with one ENTITY inference.  Behaviours for failure tests:
 ``abort_after`` ends the call with ABORTED after N samples; ``stall_after``
 stops acking (but keeps the call open) after N samples; ``end_after`` ends the
 call with OK right after acking N samples, however many the client still has;
-``refuse`` ends every call with UNAUTHENTICATED before reading anything.  ``metadata`` records
-each call's invocation metadata.
+``refuse`` ends every call with UNAUTHENTICATED before reading anything; the first
+``lose_calls`` calls read ``lose_after`` samples, ack the first half of them and end
+with UNAVAILABLE (a server going away).  ``metadata`` records each call's invocation
+metadata, ``calls`` every message each call received and ``acked`` the timestamps
+each call acknowledged.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ SERVICE = "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.Medi
 
 class MinimalServer:
     def __init__(self, abort_after: int = 0, stall_after: int = 0, end_after: int = 0,
-                 refuse: bool = False) -> None:
+                 refuse: bool = False, lose_calls: int = 0, lose_after: int = 0) -> None:
         self.abort_after, self.stall_after, self.end_after = abort_after, stall_after, end_after
         self.refuse = refuse
+        self.lose_calls, self.lose_after = lose_calls, lose_after
         self.metadata: list[dict[str, str]] = []
+        self.calls: list[list[ext.MediaStreamMessage]] = []
+        self.acked: list[list[int]] = []
         self.samples = 0
         self._stop = threading.Event()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
@@ -54,11 +60,17 @@ class MinimalServer:
 
     def _process(self, requests, context):
         self.metadata.append(dict(context.invocation_metadata()))
+        received: list[ext.MediaStreamMessage] = []
+        acked: list[int] = []
+        self.calls.append(received)
+        self.acked.append(acked)
+        lose = len(self.calls) <= self.lose_calls
         if self.refuse:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "minimal server: refused")
         out_seq = 0
         count = 0
         for message in requests:
+            received.append(message)
             out_seq += 1
             if message.HasField("media_stream_descriptor"):
                 yield ext.MediaStreamMessage(
@@ -69,12 +81,17 @@ class MinimalServer:
             self.samples += 1
             if self.abort_after and count > self.abort_after:
                 context.abort(grpc.StatusCode.ABORTED, "minimal server: enough frames")
+            if lose and count > self.lose_after // 2:
+                if count >= self.lose_after:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "minimal server: going away")
+                continue  # read, never acked
             if self.stall_after and count > self.stall_after:
                 self._stop.wait(30)  # keep the call open, ack nothing
                 return
             entity = inf.Inference(type=inf.Inference.ENTITY, entity=inf.Entity(
                 tag=inf.Tag(value="thing", confidence=0.5),
                 box=inf.Rectangle(l=0.1, t=0.2, w=0.3, h=0.4)))
+            acked.append(message.media_sample.timestamp)
             yield ext.MediaStreamMessage(
                 sequence_number=out_seq, ack_sequence_number=message.sequence_number,
                 media_sample=ext.MediaSample(timestamp=message.media_sample.timestamp,

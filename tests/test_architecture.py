@@ -3,9 +3,9 @@
 Most rules are read from the source (an AST scan, so an import inside a function
 counts as much as one at the top); where a rule is about what a running process
 loads, a subprocess or a real worker says it too. Each static test also shows that
-its scanner sees the thing it looks for where it is allowed (ring.py importing
-_native, config.py reading os.environ, ...), so a scanner that finds nothing cannot
-pass by accident.
+its scanner sees the thing it looks for where it is allowed (ring.py and wire.py
+importing _native, config.py reading os.environ, ...), so a scanner that finds nothing
+cannot pass by accident.
 """
 
 from __future__ import annotations
@@ -101,24 +101,31 @@ def is_grpc(module: str) -> bool:
     return top == "grpc" or top.startswith("grpc_")
 
 
-# -- only ring.py imports _native --------------------------------------------------------
+# -- only ring.py and wire.py import _native, each its own module ------------------------
+
+# Each native module has one Python front; the front imports that module and no other.
+NATIVE_FRONTS = {"fastext/ring.py": "fastext._native._ring", "fastext/wire.py": "fastext._native._wire"}
 
 
-def native_importers() -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {}
+def native_importers() -> dict[str, set[str]]:
+    """Which modules of fastext._native each package module (outside it) imports
+    (``from fastext._native._ring import Ring`` counts as fastext._native._ring)."""
+    found: dict[str, set[str]] = {}
     for name, path in package_modules().items():
         if name.startswith("fastext._native"):
             continue
-        for module, line in imports_of(path, SRC):
+        for module, _ in imports_of(path, SRC):
             if module == "fastext._native" or module.startswith("fastext._native."):
-                found.setdefault(str(path.relative_to(SRC)), []).append(line)
+                found.setdefault(str(path.relative_to(SRC)), set()).add(
+                    ".".join(module.split(".")[:3]))
     return found
 
 
-def test_architecture_only_ring_imports_native() -> None:
-    found = native_importers()
-    assert "fastext/ring.py" in found  # the scanner sees the one allowed import
-    assert {path: lines for path, lines in found.items() if path != "fastext/ring.py"} == {}
+def test_architecture_only_ring_and_wire_import_native_each_its_own() -> None:
+    # ``from fastext._native import _x`` names the package too: that alone is not a
+    # second module. A bare ``import fastext._native`` elsewhere still shows up (as set()).
+    found = {path: modules - {"fastext._native"} for path, modules in native_importers().items()}
+    assert found == {path: {module} for path, module in NATIVE_FRONTS.items()}
 
 
 # -- the C core never includes Python.h --------------------------------------------------
@@ -145,8 +152,9 @@ def python_headers(headers: set[str]) -> set[str]:
 
 
 def test_architecture_c_core_never_includes_python_h() -> None:
-    assert "Python.h" in python_headers(includes(NATIVE / "_ringmodule.c"))  # the binding does
-    for core in ("ring.c", "ring.h"):
+    for binding in ("_ringmodule.c", "_wiremodule.c"):
+        assert "Python.h" in python_headers(includes(NATIVE / binding))  # the bindings do
+    for core in ("ring.c", "ring.h", "wire.c", "wire.h"):
         assert python_headers(includes(NATIVE / core)) == set(), core
 
 
@@ -322,9 +330,11 @@ def test_architecture_running_worker_never_loads_grpc() -> None:
 # -- the client imports nothing of the server --------------------------------------------
 
 # The contract (the package root's METHOD_PATH and the generated _proto messages),
-# the two modules client and server share (wire: the per-frame messages; metadata:
-# the inference JSON form), and the client-side allocator setting (malloc).
-CLIENT_MAY_IMPORT = {"fastext", "fastext.wire", "fastext.metadata", "fastext.malloc"}
+# the two modules client and server share (wire: the per-frame messages, with its
+# native codec; metadata: the inference JSON form), and the client-side allocator
+# setting (malloc).
+CLIENT_MAY_IMPORT = {"fastext", "fastext.wire", "fastext._native", "fastext._native._wire",
+                     "fastext.metadata", "fastext.malloc"}
 
 
 def client_may_import(module: str) -> bool:

@@ -7,6 +7,7 @@ import base64
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -259,3 +260,69 @@ def test_progress_line_on_a_terminal_only():
     shown = b"".join(chunks).decode()
     assert proc.returncode == 0 and "sent 300" in out
     assert "fps" in shown and "in flight" in shown and "frames 300" in shown
+
+
+def _numbered_frames(count: int) -> list[bytes]:
+    """4x4 RGB24 frames, each unlike the others (its index in the first bytes)."""
+    return [i.to_bytes(4, "little") + bytes(44) for i in range(count)]
+
+
+@pytest.mark.parametrize("shm", [True, False], ids=["shm", "embedded"])
+def test_reconnect_resends_unacked_frames_once(shm):
+    frames = _numbered_frames(40)
+    acks: collections.Counter = collections.Counter()
+    opts = StreamOptions(target="", width=4, height=4, shm=shm, window=16, reconnect=2,
+                         reconnect_backoff_s=0.01, on_ack=lambda key, _: acks.update([key]))
+    with MinimalServer(lose_calls=2, lose_after=10) as srv:
+        opts.target = srv.target
+        result = asyncio.run(stream_frames(opts, frames))
+    assert (result.sent, result.acked, result.reconnects) == (40, 40, 2)
+    assert acks == {key: 1 for key in range(2, 42)}  # every frame reported once
+    # Both lost calls ended as lost (UNAVAILABLE, or grpc's INTERNAL stand-in for it).
+    assert [c.status == "OK" for c in result.calls] == [False, False, True]
+    assert [c.acked for c in result.calls[:2]] <= [5, 5] and sum(c.acked for c in result.calls) == 40
+    # The server saw every frame; an ack it sent as the call died may never have
+    # arrived, so that frame came again: at-least-once processing, acked once.
+    acked = {ts for call in srv.acked for ts in call}
+    assert acked == {i * 3000 for i in range(40)}
+    first_payload: dict[int, bytes] = {}
+    for call in srv.calls:
+        assert [m.sequence_number for m in call] == list(range(1, len(call) + 1))  # restart at 1
+        assert call[0].HasField("media_stream_descriptor")
+        for m in call[1:]:
+            sample = m.media_sample
+            payload = (sample.content_reference.SerializeToString() if shm
+                       else sample.content_bytes.bytes)
+            assert first_payload.setdefault(sample.timestamp, payload) == payload  # same bytes/slot
+    # A new call starts with the frames left unacknowledged, in order, then new ones.
+    for k in (1, 2):
+        stamps = [m.media_sample.timestamp for m in srv.calls[k][1:]]
+        head, rest = stamps[:result.calls[k].resent], stamps[result.calls[k].resent:]
+        before = {m.media_sample.timestamp for call in srv.calls[:k] for m in call[1:]}
+        # (a resent frame may be new to the server: written to a call that died unread)
+        assert head == sorted(head) and not set(rest) & before
+        assert not head or not rest or max(head) < min(rest)
+        read_not_acked = {m.media_sample.timestamp for m in srv.calls[k - 1][1:]} - set(srv.acked[k - 1])
+        assert read_not_acked <= set(head) or len(head) == len(stamps)
+    assert result.resent >= 10 and result.resent == sum(c.resent for c in result.calls)
+    if shm:  # the same file on every call, unlinked at the end
+        names = {c[0].media_stream_descriptor.shared_memory_buffer_transfer_properties.handle_name
+                 for c in srv.calls}
+        assert len(names) == 1 and not os.path.exists(f"/dev/shm/{names.pop()}")
+
+
+def test_reconnect_exit_status_when_the_reconnects_run_out(tmp_path):
+    summary = tmp_path / "s.json"
+    with MinimalServer(lose_calls=9, lose_after=4) as srv:
+        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "30",
+                      "--width", "8", "--height", "8", "--reconnect", "2",
+                      "--summary-json", str(summary))
+        calls = len(srv.calls)
+    assert proc.returncode == 1
+    # the last call's status: the server's, or grpc.aio's stand-in when a write raced it
+    assert re.search(r"(UNAVAILABLE: minimal server: going away|INTERNAL: Internal error from "
+                     r"Core) \(no reconnect left of 2; \d+ frames unacknowledged\)", proc.stderr)
+    report = json.loads(summary.read_text())
+    assert calls == 3 and report["reconnects"] == 2 and report["resent"] >= 4
+    assert [len(s["calls"]) for s in report["per_stream"]] == [3]
+    assert "reconnects 2, frames resent" in proc.stdout

@@ -28,8 +28,9 @@ OPTION_BY_ENV = {opt.env: opt for opt in OPTIONS}
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|_KEY\b", re.I)
 # Options an image must not fix: credentials, TLS material (deployment-specific files).
 SECRET_OPTIONS = {o.field for o in OPTIONS if o.field.startswith(("auth_", "tls_"))}
-# Off by default and turned on per deployment (the port is EXPOSEd already).
-DEPLOYMENT_OPTIONS = {"metrics_port"}
+# Off by default and turned on per deployment (the port is EXPOSEd already); the
+# instance name is per container (an image-wide name would make every replica alike).
+DEPLOYMENT_OPTIONS = {"metrics_port", "instance"}
 
 
 def _load_reader() -> Any:

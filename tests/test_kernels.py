@@ -201,3 +201,47 @@ print(before == after, before, after)
 """
     result = run_python(code)
     assert result.startswith("True"), result
+
+
+def test_warm_shared_leaves_nothing_to_compile_for_any_frame() -> None:
+    # What a worker does before READY; then every kind of frame, every Frame method and
+    # both built-in processors: no jitted function (helpers too) may gain a signature.
+    code = """
+import io
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from PIL import Image
+from fastext import frames, kernels
+from fastext.execute import FrameFormat, run_batch
+from fastext.processors import create
+kernels.warm_shared()
+def signatures():
+    return {n: len(d.signatures) for n, d in vars(kernels).items() if isinstance(d, Dispatcher)}
+before = signatures()
+processors = [create("brightness"), create("motion")]
+for fmt in frames.LAYOUTS:
+    for width, pad in ((6, 0), (6, 8), (5, 0), (5, 1), (5, 2)):
+        stride = frames.default_stride(fmt, width) + pad
+        buf = bytes(range(256)) * (frames.raw_frame_size(fmt, width, 4, stride) // 256 + 1)
+        for data in (buf, bytearray(buf), np.frombuffer(buf, np.uint8)):
+            frame = frames.frame_from_raw(data, fmt, width, 4, stride)
+            frame.luma_mean(), frame.luma(), frame.rgb(), frame.rgb((3, 2))
+        for p in processors:
+            outcome = run_batch(p, FrameFormat(frames.Encoding.RAW, fmt, width, 4, stride),
+                                [np.frombuffer(buf, np.uint8)] * 2)
+            assert all(isinstance(o, list) for o in outcome), outcome
+for name, enc in (("JPEG", frames.Encoding.JPG), ("PNG", frames.Encoding.PNG),
+                  ("BMP", frames.Encoding.BMP)):
+    for mode in ("RGB", "L"):
+        out = io.BytesIO()
+        Image.new(mode, (9, 7), 90).save(out, name)
+        for needs in ("luma", "rgb", "raw"):
+            frame = frames.frame_from_encoded(out.getvalue(), enc, luma_scale=8, needs=needs)
+            frame.luma_mean(), frame.luma(), frame.rgb(), frame.rgb((4, 3))
+        for p in processors:
+            run_batch(p, FrameFormat(enc, 0, 0, 0, 0), [out.getvalue()] * 2)
+after = signatures()
+print(before == after, {n: (before[n], after[n]) for n in before if before[n] != after[n]})
+"""
+    result = run_python(code)
+    assert result.startswith("True"), result

@@ -164,3 +164,27 @@ def test_second_signal_while_draining_exits_at_once(sig):
     assert f"second signal ({sig.name}): stopping now, 3 frames not acknowledged" in log
     assert owned_segments(proc.pid) == set()
     assert not os.path.exists(f"/proc/{workers[0]}"), "the worker outlived the server"
+
+
+async def _initial_metadata(target: str) -> dict[str, str]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = open_call(channel)
+        await call.write(descriptor(8, 8))
+        await call.read()
+        metadata = await call.initial_metadata()
+        await call.done_writing()
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    return {key: value for key, value in metadata}
+
+
+def test_instance_named_in_initial_metadata(make_server):
+    import socket
+
+    from fastext import INSTANCE_HEADER
+
+    default = make_server()
+    named = make_server(instance="edge-a")
+    got = asyncio.run(_initial_metadata(default.target))
+    assert got[INSTANCE_HEADER] == f"{socket.gethostname()}:{os.getpid()}"
+    assert asyncio.run(_initial_metadata(named.target))[INSTANCE_HEADER] == "edge-a"

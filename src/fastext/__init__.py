@@ -10,4 +10,8 @@ METHOD_PATH = (
     ".MediaGraphExtension/ProcessMediaStream"
 )
 
-__all__ = ["METHOD_PATH", "__version__"]
+#: Initial-metadata key under which a fastext server names itself on every call
+#: (``--instance``; default host:pid), so a client behind a proxy knows who served it.
+INSTANCE_HEADER = "x-fastext-instance"
+
+__all__ = ["INSTANCE_HEADER", "METHOD_PATH", "__version__"]

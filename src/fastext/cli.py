@@ -43,7 +43,8 @@ def _cmd_stream(config: Config | None, args: argparse.Namespace) -> int:
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_server_name=args.tls_server_name, output=args.output, summary_json=args.summary_json,
         ack_timeout_s=args.ack_timeout, graph_instance=args.graph_instance,
-        progress=False if args.quiet else None)
+        reconnect=args.reconnect, progress=False if args.quiet else None,
+        annotate=args.annotate, view=args.view)
     return run_stream_command(cmd)
 
 
@@ -81,7 +82,8 @@ def _add_stream(sub: Any) -> None:
                        "MediaGraphExtension server, as LVA/AVA would")
     p.add_argument("source", help="video file or URL, image file, folder of images, or "
                    "synthetic:dark-light|gradient|noise|scene")
-    p.add_argument("--target", required=True, help="extension address, HOST:PORT")
+    p.add_argument("--target", default="127.0.0.1:5001",
+                   help="extension address, HOST:PORT (default: a local `fastext serve`)")
     node = p.add_argument_group("image node (what LVA did before the extension)")
     node.add_argument("--width", type=_positive(int), default=0, help="output width (0: source's)")
     node.add_argument("--height", type=_positive(int), default=0, help="output height (0: source's)")
@@ -91,8 +93,9 @@ def _add_stream(sub: Any) -> None:
                       help="RAW pixel format")
     node.add_argument("--jpeg-quality", type=int, default=90, choices=range(1, 101), metavar="1..100")
     play = p.add_argument_group("playback")
-    play.add_argument("--fps", type=_positive(float), default=0.0,
-                      help="real-time pacing (0: as fast as acks allow)")
+    play.add_argument("--fps", type=_positive(float), default=None,
+                      help="real-time pacing (0: as fast as acks allow, the default without "
+                      "--view; with --view the source's own rate, 30 for synthetic)")
     play.add_argument("--loop", type=_positive(int), default=1, help="play the source N times (0: forever)")
     play.add_argument("--max-frames", type=_positive(int), default=0, help="frames per stream (0: all)")
     play.add_argument("--streams", type=int, default=1, choices=range(1, 1025), metavar="N",
@@ -101,6 +104,9 @@ def _add_stream(sub: Any) -> None:
                       help="frames in flight per stream")
     play.add_argument("--graph-instance", default="fastext-stream", help="graph instance name")
     play.add_argument("--ext-config", default="", help="extension_configuration (JSON) per session")
+    play.add_argument("--reconnect", type=_positive(int), default=0, metavar="N",
+                      help="per stream, up to N new calls after a call ends UNAVAILABLE or loses "
+                      "its connection: a fresh descriptor, then the unacknowledged frames again")
     transfer = p.add_argument_group("transfer")
     transfer.add_argument("--shm", action="store_true", help="frames by shared memory in /dev/shm")
     transfer.add_argument("--shm-size-mb", type=int, default=64, help="shared memory per stream for "
@@ -118,6 +124,13 @@ def _add_stream(sub: Any) -> None:
     output.add_argument("--ack-timeout", type=float, default=30.0,
                         help="fail when no ack arrives for this many seconds")
     output.add_argument("--quiet", action="store_true", help="no progress line")
+    output.add_argument("--annotate", default="", metavar="FILE.mp4|FOLDER",
+                        help="write every acknowledged frame with its inferences drawn: a video "
+                        "(.mp4/.mkv, PyAV) or one PNG per frame in a folder; -K added per stream "
+                        "when there are several")
+    output.add_argument("--view", default="", metavar="[HOST:]PORT",
+                        help="serve a live page of the annotated streams and their figures while "
+                        "the run lasts (host 127.0.0.1 unless given)")
     p.set_defaults(run=_cmd_stream, needs_config=False)
 
 

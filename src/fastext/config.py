@@ -153,6 +153,9 @@ OPTIONS: tuple[Option, ...] = (
            "CA bundle (PEM): require client certificates signed by it (mutual TLS)"),
     Option("metrics_port", "--metrics-port", "FASTEXT_METRICS_PORT", _int_in(0, 65535),
            "serve Prometheus metrics on this port (0: off)"),
+    Option("instance", "--instance", "FASTEXT_INSTANCE", _text,
+           "this instance's name, sent in every call's initial metadata as x-fastext-instance "
+           "(empty: host:pid), so clients behind a proxy can tell instances apart"),
     Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
     Option("log_format", "--log-format", "FASTEXT_LOG_FORMAT", _choice("text", "json"),
@@ -186,6 +189,7 @@ class Config:
     tls_key: str = ""
     tls_client_ca: str = ""
     metrics_port: int = 0
+    instance: str = ""  # empty: host:pid, resolved by the server process itself
     log_level: str = "INFO"
     log_format: LogFormat = "text"
 

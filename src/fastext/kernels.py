@@ -10,7 +10,10 @@ integers (weights 299/587/114) divided once at the end.
 
 Nothing is compiled at import; :func:`warm` compiles (or loads from numba's cache,
 located by numba's own ``NUMBA_CACHE_DIR``) every kernel for the argument types
-:mod:`fastext.frames` uses. Every kernel releases the GIL.
+:mod:`fastext.frames` uses; :func:`warm_shared` does the same in several worker
+processes at once while compiling each function in one of them only (a cold compile
+of the whole set costs tens of CPU seconds; two workers doing it side by side each
+paid it in full). Every kernel releases the GIL.
 
 Why the loops look the way they do (each measured on 1080p RGB24):
 
@@ -26,11 +29,16 @@ Why the loops look the way they do (each measured on 1080p RGB24):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numba import njit, types
+from numba.core.dispatcher import Dispatcher
 from numba.extending import overload
+
+from fastext.warmup import Unit, run_units
 
 __all__ = [
     "luma_mean_packed16",
@@ -45,6 +53,8 @@ __all__ = [
     "rgb_packed16",
     "rgb_yuv420p",
     "warm",
+    "warm_shared",
+    "warm_units",
 ]
 
 # BT.601 weights scaled by 1000; they sum to 1000.
@@ -311,19 +321,104 @@ def warm() -> None:
     Those types: ``uint8`` 2-D read-only views, C-contiguous or strided; Python ints,
     floats and bools; ``out`` and the motion state writable C-contiguous arrays.
     """
+    for unit in warm_units():
+        unit.run()
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What one process's warm-up did: cached functions compiled here, or loaded."""
+
+    compiled: list[str]
+    loaded: list[str]
+
+
+def warm_shared() -> WarmReport:
+    """:func:`warm`, sharing the compile work with other processes warming at once.
+
+    Every process still ends with every kernel (so any frame finds its kernel ready),
+    but each numba function is compiled by one process only; the others load it from
+    numba's cache once it is there (see :mod:`fastext.warmup` for why and how).
+    Without a writable cache directory, each process compiles what it needs itself.
+    """
+    units = warm_units()
+    run_units(units, _cache_dir(), prefix="kernels.")
+    functions = sorted(set().union(*(u.functions for u in units)))
+    stats = {name: globals()[name].stats for name in functions}
+    return WarmReport(
+        compiled=[n for n in functions if sum(stats[n].cache_misses.values())],
+        loaded=[n for n in functions if sum(stats[n].cache_hits.values())],
+    )
+
+
+def _cache_dir() -> str | None:
+    # Where numba puts this module's index files: NUMBA_CACHE_DIR, else __pycache__
+    # next to this file, else a per-user directory; None when it found none writable.
+    path = mean_u8.stats.cache_path
+    return path if isinstance(path, str) and path else None
+
+
+def warm_units() -> list[Unit]:
+    """The warm-up as independent units: one per public kernel (motion's two together).
+
+    Costliest first, by cold compile time measured on x86-64 (the RGB565/555 kernels,
+    four literal-specialised loops each, take longest). A unit's functions are the
+    kernel and every jitted helper it calls, found from the code itself.
+    """
     out = np.zeros((2, 2), np.uint8)
     rgb = np.zeros((2, 2, 3), np.uint8)
-    for view in _warm_views():
-        luma_mean_rgb(view, 4, 0, 1, 2, 2)
-        luma_mean_packed16(view, 2, False, True)
-        mean_u8(view)
-        luma_rgb(view, 4, 0, 1, 2, 2, out)
-        luma_packed16(view, 2, False, True, out)
-        rgb_bytes(view, 4, 0, 1, 2, 2, rgb)
-        rgb_packed16(view, 2, False, True, rgb)
-        rgb_yuv420p(view, view, view, True, rgb)
-        resize_bilinear(view, 4, 0, 1, 2, 2, rgb)
-        _warm_motion(view)
+    views = _warm_views()
+
+    def unit(name: str, kernels: tuple[Any, ...], call: Callable[[np.ndarray], object]) -> Unit:
+        def run() -> None:
+            for view in views:
+                call(view)
+
+        functions = frozenset().union(*(_jitted_closure(k) for k in kernels))
+        return Unit(name, run, functions)
+
+    return [
+        unit("luma_mean_packed16", (luma_mean_packed16,),
+             lambda v: luma_mean_packed16(v, 2, False, True)),
+        unit("luma_packed16", (luma_packed16,), lambda v: luma_packed16(v, 2, False, True, out)),
+        unit("motion", (motion_cells, motion_regions), _warm_motion),
+        unit("rgb_packed16", (rgb_packed16,), lambda v: rgb_packed16(v, 2, False, True, rgb)),
+        unit("rgb_yuv420p", (rgb_yuv420p,), _warm_yuv420p),
+        unit("luma_rgb", (luma_rgb,), lambda v: luma_rgb(v, 4, 0, 1, 2, 2, out)),
+        unit("rgb_bytes", (rgb_bytes,), lambda v: rgb_bytes(v, 4, 0, 1, 2, 2, rgb)),
+        unit("luma_mean_rgb", (luma_mean_rgb,), lambda v: luma_mean_rgb(v, 4, 0, 1, 2, 2)),
+        unit("resize_bilinear", (resize_bilinear,),
+             lambda v: resize_bilinear(v, 4, 0, 1, 2, 2, rgb)),
+        unit("mean_u8", (mean_u8,), mean_u8),
+    ]
+
+
+def _warm_yuv420p(y_plane: np.ndarray) -> None:
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb_yuv420p(y_plane, y_plane, y_plane, True, rgb)
+    # An odd width with one byte of padding pads the Y rows but not the half-width
+    # chroma rows (ceil(stride / 2) == ceil(width / 2)): padded Y, contiguous chroma.
+    contiguous = _warm_views()[0]
+    rgb_yuv420p(y_plane, contiguous, contiguous, True, rgb)
+
+
+def _jitted_closure(kernel: Any) -> frozenset[str]:
+    """Names of ``kernel`` and of every cached jitted function it calls, transitively.
+
+    Those are the functions whose cache files compiling ``kernel`` may write. Overloads
+    (``_row_as_c``) are not cached and so not listed.
+    """
+    found: set[str] = set()
+    todo = [kernel]
+    while todo:
+        fn = todo.pop()
+        if fn.__name__ in found:
+            continue
+        found.add(fn.__name__)
+        module_globals = fn.py_func.__globals__
+        todo += [module_globals[n] for n in fn.py_func.__code__.co_names
+                 if isinstance(module_globals.get(n), Dispatcher)]
+    return frozenset(found)
 
 
 def _warm_motion(luma: np.ndarray) -> None:

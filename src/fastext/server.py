@@ -14,13 +14,14 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fastext import METHOD_PATH, malloc, security
+from fastext import INSTANCE_HEADER, METHOD_PATH, malloc, security
 from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import ConfigError
@@ -50,6 +51,8 @@ class ExtensionServer:
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.instance = config.instance or f"{socket.gethostname()}:{os.getpid()}"
+        self._instance_metadata = ((INSTANCE_HEADER, self.instance),)
         limit = config.max_message_mb * 1024 * 1024
         self._server = grpc.aio.server(
             options=[
@@ -93,8 +96,9 @@ class ExtensionServer:
         await self._server.start()
         await self.backend.start()  # sessions arriving meanwhile wait for the workers
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("fastext serving on %s (port %d, workers=%d, batch_size=%d, tls=%s, auth=%s)",
-                 self.config.bind, self.port, self.config.workers, self.config.batch_size,
+        log.info("fastext serving on %s (port %d, instance %s, workers=%d, batch_size=%d, "
+                 "tls=%s, auth=%s)", self.config.bind, self.port, self.instance,
+                 self.config.workers, self.config.batch_size,
                  "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
                  "on" if self.config.auth_username else "off")
         return self.port
@@ -140,6 +144,9 @@ class ExtensionServer:
     ) -> None:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        # Once per call, ahead of the descriptor reply (which would carry headers anyway):
+        # who served this call, for clients behind a proxy.
+        await context.send_initial_metadata(self._instance_metadata)
         session = Session(self.config, self.backend, peer=context.peer(), metrics=self.metrics)
         self._sessions.add(session)
         self._idle.clear()

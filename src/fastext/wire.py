@@ -1,4 +1,4 @@
-"""The contract's two per-frame messages, encoded by hand.
+"""The contract's two per-frame messages, encoded by hand, and the sample parsed natively.
 
 A sample (client side) and its ack (server side) are the only messages built once
 per frame.  Building them as protobuf objects copies a frame's bytes into the
@@ -6,6 +6,29 @@ message and again into the serialized string; here the few header bytes are
 encoded directly and the frame (or a worker's already serialized inferences) is
 joined to them once.  The bytes equal protobuf's ``SerializeToString`` exactly,
 zero-valued scalars omitted as proto3 does (tests/test_proto.py compares them).
+
+The server's per-frame path uses the native codec (``fastext._native._wire``; this
+is the only module that imports it):
+
+* :func:`parse_sample` ``(data) -> (seq, timestamp, kind, a, b) | None`` reads the
+  canonical sample (sequence and ack numbers, a media_sample with a timestamp and
+  at most one content) without building a protobuf object or copying the frame.
+  ``kind`` is :data:`CONTENT_NONE`; :data:`CONTENT_BYTES`, the frame being
+  ``data[a:a + b]``; or :data:`CONTENT_REFERENCE`, ``a`` = address_offset and
+  ``b`` = length_bytes.  None means "not the canonical sample" (a descriptor,
+  inferences, unknown fields, repeated submessages, malformed bytes, ...): parse
+  ``data`` with protobuf (``protocol.parse_request``), which gives protobuf's
+  exact semantics and errors.  Whenever it returns a tuple, protobuf reads the
+  same values from the same bytes (tests/test_wire.py holds it to that).
+* :func:`encode_ack` ``(seq, ack, timestamp, inferences) -> bytes`` is
+  :func:`sample_message` without content (the ack of one sample, carrying its
+  timestamp and a worker's serialized inferences, ``b""`` for none), and
+  :func:`encode_acks` ``(first_seq, [(ack, timestamp, inferences), ...])`` builds a
+  batch's acks in one call, numbered ``first_seq``, ``first_seq + 1``, ...  Values
+  are uint64: outside 0 .. 2**64-1 raises OverflowError.
+
+They are the native functions themselves (no Python frame in between: this is the
+per-frame cost issue 11 is about); their signatures are in ``_native/_wire.pyi``.
 
 Field numbers, from proto/: MediaStreamMessage sequence_number = 1,
 ack_sequence_number = 2, media_sample = 6; MediaSample timestamp = 1,
@@ -15,9 +38,29 @@ ContentReference address_offset = 1, length_bytes = 2.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["find_damage", "sample_message", "varint"]
+from fastext._native import _wire
+
+__all__ = [
+    "CONTENT_BYTES",
+    "CONTENT_NONE",
+    "CONTENT_REFERENCE",
+    "encode_ack",
+    "encode_acks",
+    "find_damage",
+    "parse_sample",
+    "sample_message",
+    "varint",
+]
+
+CONTENT_NONE: Final = 0  # parse_sample's kind: the sample has no content
+CONTENT_BYTES: Final = 1  # content_bytes: the frame is data[a:a + b]
+CONTENT_REFERENCE: Final = 2  # content_reference: a = address_offset, b = length_bytes
+
+parse_sample = _wire.parse_sample
+encode_ack = _wire.encode_ack
+encode_acks = _wire.encode_acks
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # protobuf wire types
 _FIXED = {_I64: 8, _I32: 4}

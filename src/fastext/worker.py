@@ -1,7 +1,8 @@
 """The worker process: pop batches, read frames in place, run the processor, report.
 
 Started with ``spawn`` by the supervisor.  It attaches the two rings and the
-arena by name, warms the numba kernels, then says READY.  It maps each client
+arena by name, warms the numba kernels (every one, sharing the compile work with the
+workers starting beside it), then says READY.  It maps each client
 file read-only itself, so only references cross the ring.  A heartbeat thread
 stamps a shared clock (kernels release the GIL, so it ticks during long
 batches); the worker exits when its parent dies.  Never imports grpc.
@@ -88,9 +89,17 @@ class Worker:
         started = time.perf_counter()
         from fastext import kernels  # here, not at the top: the front imports this module
 
-        kernels.warm()
-        log.info("kernels warm in %.2f s (pid %d)", time.perf_counter() - started, os.getpid(),
-                 extra={"event": "worker_ready"})
+        # READY only once every kernel any frame may need is compiled or loaded here: a
+        # frame never waits on a compile, and SERVING (all workers READY) means it. The
+        # compile work is shared with the other workers warming at the same time (each
+        # function compiled in one process, loaded from numba's cache by the rest), not
+        # repeated in each: see fastext.warmup and docs/architecture.md, "Warm-up".
+        report = kernels.warm_shared()
+        log.info("kernels warm in %.2f s: %d functions compiled here, %d loaded from the cache "
+                 "(pid %d)", time.perf_counter() - started, len(report.compiled),
+                 len(report.loaded), os.getpid(),
+                 extra={"event": "worker_ready", "compiled": report.compiled,
+                        "loaded": report.loaded})
         self._push(records.pack_ready(os.getpid()))
         self._ring()
         while True:

@@ -1,5 +1,6 @@
 """Native code of fastext (private).
 
-``_ring`` is the shared-memory record ring; import it only through
-:mod:`fastext.ring`, which is its typed, documented front.
+Each module has exactly one Python front, which is its typed, documented face:
+``_ring`` (the shared-memory record ring) through :mod:`fastext.ring`, and
+``_wire`` (the per-frame sample parser and ack encoder) through :mod:`fastext.wire`.
 """

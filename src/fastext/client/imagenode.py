@@ -62,7 +62,10 @@ class ImageNode:
         return canvas
 
     def encode_frame(self, rgb: np.ndarray) -> bytes:
-        scaled = self.scale_frame(rgb)
+        return self.encode_scaled(self.scale_frame(rgb))
+
+    def encode_scaled(self, scaled: np.ndarray) -> bytes:
+        """Encode a frame :meth:`scale_frame` already brought to the output size."""
         if self.encoding == VF.RAW:
             return to_pixel_format(scaled, self.pixel_format)
         return encode(scaled, self.encoding, quality=self.jpeg_quality)

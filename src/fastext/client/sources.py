@@ -15,7 +15,7 @@ import numpy as np
 
 from fastext.client.synthetic import scene
 
-__all__ = ["IMAGE_SUFFIXES", "PATTERNS", "SourceError", "frames_from"]
+__all__ = ["IMAGE_SUFFIXES", "PATTERNS", "SourceError", "frame_rate", "frames_from"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PATTERNS = ("dark-light", "gradient", "noise", "scene")
@@ -43,6 +43,24 @@ def frames_from(source: str, loop: int = 1, seed: int = 0) -> Iterator[np.ndarra
     if "://" not in source and not path.exists():
         raise SourceError(f"{source}: no such file")
     return _looped(lambda: _video(source), loop)
+
+
+def frame_rate(source: str) -> float | None:
+    """A video source's frame rate (frames/s, as its container states it); None for other
+    sources, or when it cannot be read (the caller picks a default)."""
+    if source.startswith("synthetic:") or Path(source).is_dir() \
+            or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:
+        import av
+
+        with av.open(source) as container:
+            if not container.streams.video:
+                return None
+            rate = container.streams.video[0].average_rate or container.streams.video[0].base_rate
+            return float(rate) if rate else None
+    except Exception:  # noqa: BLE001 - no PyAV, or FFmpeg cannot open it: frames_from says why
+        return None
 
 
 def _looped(make: object, loop: int) -> Iterator[np.ndarray]:

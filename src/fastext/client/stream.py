@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from fastext import METHOD_PATH
+from fastext import INSTANCE_HEADER, METHOD_PATH
 from fastext._proto import extension_pb2, media_pb2
 from fastext.client.shm import SlotWriter
 from fastext.wire import sample_message
 
-__all__ = ["FrameSource", "StreamError", "StreamOptions", "StreamResult", "stream_frames"]
+__all__ = ["CallRecord", "FrameSource", "StreamError", "StreamOptions", "StreamResult",
+           "stream_frames"]
+
+log = logging.getLogger("fastext.client")
 
 FrameSource = Iterable[bytes]
 Msg = extension_pb2.MediaStreamMessage
@@ -53,19 +57,39 @@ class StreamOptions:
     max_message_mb: int = 256
     credentials: grpc.ChannelCredentials | None = None  # TLS; None: plaintext
     tls_server_name: str = ""  # expected certificate name, when it differs from the target host
-    on_ack: Callable[[int, extension_pb2.MediaSample | None], None] | None = None  # (seq, result)
+    # (frame key, result): the key is the sequence number the frame carries on the first call
+    on_ack: Callable[[int, extension_pb2.MediaSample | None], None] | None = None
+    on_send: Callable[[int, int], None] | None = None  # (frame key, timestamp), first send only
+    # Awaited before each new sample (after the window): holds the sender back, never the reader.
+    send_gate: Callable[[], Awaitable[object]] | None = None
+    reconnect: int = 0  # new calls allowed after a call is lost (UNAVAILABLE, connection lost)
+    reconnect_backoff_s: float = 0.1  # before the first; doubles while calls get no ack, <= 5 s
+
+
+@dataclass
+class CallRecord:
+    """One call of a stream: the instance that served it and how it went."""
+
+    instance: str = ""  # the server's x-fastext-instance ("" when it did not name itself)
+    acked: int = 0
+    resent: int = 0  # frames an earlier call left unacknowledged, sent again on this one
+    status: str = ""  # "OK", or why the call ended
 
 
 @dataclass
 class StreamResult:
-    sent: int = 0
+    sent: int = 0  # distinct frames sent (a resend is counted in ``resent``)
     acked: int = 0
-    samples: dict[int, extension_pb2.MediaSample] = field(default_factory=dict)  # by client seq
+    # by frame key: the sequence number a frame carries on the first call (index + 2)
+    samples: dict[int, extension_pb2.MediaSample] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     reply: Msg | None = None
     code: grpc.StatusCode | None = None
     details: str = ""
+    calls: list[CallRecord] = field(default_factory=list)
+    reconnects: int = 0
+    resent: int = 0
 
     @property
     def fps(self) -> float:
@@ -92,93 +116,201 @@ def _descriptor(opts: StreamOptions, shm: SlotWriter | None) -> Msg:
     return Msg(sequence_number=1, ack_sequence_number=0, media_stream_descriptor=desc)
 
 
-class _Session:
-    def __init__(self, opts: StreamOptions, call: grpc.aio.StreamStreamCall,
-                 shm: SlotWriter | None, result: StreamResult) -> None:
-        self.opts, self.call, self.shm, self.result = opts, call, shm, result
+@dataclass
+class _Frame:
+    """A frame taken from the source and not yet acknowledged (it may outlive its call)."""
+
+    key: int  # the sequence number it carries on a stream's first call: source index + 2
+    timestamp: int
+    data: bytes | None  # embedded: kept for a resend; shared memory: None, the slot holds it
+    slot: int = -1
+    offset: int = 0
+    length: int = 0
+    sent_at: float = 0.0
+    sends: int = 0
+
+
+class _Stream:
+    """What outlives a call: the source, the frames not yet acked, the window.
+
+    A frame holds a window permit (and its shared-memory slot) from the moment it is
+    taken from the source until its ack, across calls: a frame carried over to a new
+    call is resent from its slot, never written again.
+    """
+
+    def __init__(self, opts: StreamOptions, frames: FrameSource, shm: SlotWriter | None,
+                 result: StreamResult) -> None:
+        self.opts, self.shm, self.result = opts, shm, result
+        self.source = iter(frames)
+        self.taken = 0
+        self.exhausted = False
+        self.unacked: dict[int, _Frame] = {}
         self.window = asyncio.Semaphore(opts.window)
-        self.pending: dict[int, tuple[float, int]] = {}  # seq -> (send time, slot)
+        self.started = time.monotonic()
+
+    def take(self) -> _Frame | None:
+        """The source's next frame, registered as unacked (synchronous: never half done)."""
+        data = next(self.source, None)
+        if data is None:
+            self.exhausted = True
+            return None
+        index, self.taken = self.taken, self.taken + 1
+        frame = _Frame(index + 2, index * self.opts.timescale // int(self.opts.fps or 30),
+                       None if self.shm is not None else data)
+        if self.shm is not None:
+            frame.slot, frame.offset = self.shm.write(data)
+            frame.length = len(data)
+        self.unacked[frame.key] = frame
+        return frame
+
+    def message(self, frame: _Frame, seq: int) -> bytes:
+        if frame.data is None:
+            return sample_message(seq, 0, frame.timestamp, reference=(frame.offset, frame.length))
+        return sample_message(seq, 0, frame.timestamp, content=frame.data)
+
+
+class _Call:
+    """One ProcessMediaStream call of a stream: sequence numbers restart at 1 on each."""
+
+    def __init__(self, stream: _Stream, call: grpc.aio.StreamStreamCall,
+                 record: CallRecord) -> None:
+        self.stream, self.call, self.record = stream, call, record
+        self.opts, self.result = stream.opts, stream.result
+        self.by_seq: dict[int, _Frame] = {}
         self.all_sent = asyncio.Event()
         self.cut_short = False
+        self.seq = 1  # the descriptor's
 
-    async def send(self, frames: FrameSource) -> None:
-        seq, start = 1, time.monotonic()
-        period = 1.0 / self.opts.fps if self.opts.fps > 0 else 0.0
-        for index, frame in enumerate(frames):
-            await self.window.acquire()
-            if period:
-                delay = start + index * period - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            seq += 1
-            timestamp = index * self.opts.timescale // int(self.opts.fps or 30)
-            slot = -1
-            if self.shm is not None:
-                slot, offset = self.shm.write(frame)
-                message = sample_message(seq, 0, timestamp, reference=(offset, len(frame)))
-            else:
-                message = sample_message(seq, 0, timestamp, content=frame)
-            self.pending[seq] = (time.monotonic(), slot)
-            try:
-                await self.call.write(message)
-            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
-                # The server already ended the call; receive() surfaces its status.
-                del self.pending[seq]
-                self.cut_short = True
+    async def send(self) -> None:
+        # Frames a previous call left unacknowledged go first; each already holds a permit.
+        for carried in sorted(self.stream.unacked.values(), key=lambda f: f.key):
+            if not await self._write(carried):
                 return
-            self.result.sent += 1
+        period = 1.0 / self.opts.fps if self.opts.fps > 0 else 0.0
+        window = self.stream.window
+        while not self.stream.exhausted:
+            await window.acquire()
+            if self.opts.send_gate is not None:
+                try:
+                    await self.opts.send_gate()
+                except asyncio.CancelledError:
+                    window.release()
+                    raise
+            if period:
+                delay = self.stream.started + self.stream.taken * period - time.monotonic()
+                if delay > 0:
+                    try:
+                        await asyncio.sleep(delay)
+                    except asyncio.CancelledError:
+                        window.release()
+                        raise
+            frame = self.stream.take()
+            if frame is None:
+                window.release()
+                break
+            if self.opts.on_send is not None:
+                self.opts.on_send(frame.key, frame.timestamp)
+            if not await self._write(frame):
+                return
         self.all_sent.set()
         await self.call.done_writing()
+
+    async def _write(self, frame: _Frame) -> bool:
+        self.seq += 1
+        self.by_seq[self.seq] = frame
+        frame.sent_at = time.monotonic()
+        try:
+            await self.call.write(self.stream.message(frame, self.seq))
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            # The server already ended the call; receive() surfaces its status.  The frame
+            # stays unacked: a new call (reconnect) sends it again.
+            del self.by_seq[self.seq]
+            self.cut_short = True
+            return False
+        if frame.sends:
+            self.result.resent += 1
+            self.record.resent += 1
+        else:
+            self.result.sent += 1
+        frame.sends += 1
+        return True
 
     async def receive(self) -> None:
         while True:
             try:
-                msg = await asyncio.wait_for(self.call.read(), self.opts.ack_timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancel that
+                # lands as the read completes, and a cancelled stream kept streaming.
+                async with asyncio.timeout(self.opts.ack_timeout_s):
+                    msg = await self.call.read()
             except TimeoutError:
                 self.call.cancel()
                 raise StreamError(f"no message from the server for {self.opts.ack_timeout_s:g} s "
-                                  f"with {len(self.pending)} frames unacknowledged") from None
+                                  f"with {len(self.by_seq)} frames unacknowledged") from None
             if msg is grpc.aio.EOF:
                 return
             self._ack(msg)
 
     def _ack(self, msg: Msg) -> None:
         ack = msg.ack_sequence_number
-        entry = self.pending.pop(ack, None)
-        if entry is None:
+        frame = self.by_seq.pop(ack, None)
+        if frame is None:
             raise StreamError(f"server acknowledged sequence {ack}, which is not in flight "
                               "(duplicate or unknown ack)")
-        sent_at, slot = entry
-        if self.shm is not None:
-            self.shm.release(slot)
+        del self.stream.unacked[frame.key]
+        if self.stream.shm is not None:
+            self.stream.shm.release(frame.slot)
         self.result.acked += 1
-        self.result.latencies_s.append(time.monotonic() - sent_at)
+        self.record.acked += 1
+        self.result.latencies_s.append(time.monotonic() - frame.sent_at)
         sample = msg.media_sample if msg.HasField("media_sample") else None
         if sample is not None:
-            self.result.samples[ack] = sample
+            self.result.samples[frame.key] = sample
         if self.opts.on_ack is not None:
-            self.opts.on_ack(ack, sample)
-        self.window.release()
+            self.opts.on_ack(frame.key, sample)
+        self.stream.window.release()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self.pending)
+
+class _CallLost(StreamError):
+    """The call ended in a way a new call may mend: UNAVAILABLE, or the connection lost."""
+
+
+def _lost(code: grpc.StatusCode, details: str) -> bool:
+    """A status that says the call, not the stream, failed (worth a new call).
+
+    UNAVAILABLE: a server draining (SIGTERM), refusing while it shuts down, or gone
+    (connection refused or reset, a proxy with no backend left).  INTERNAL only as
+    grpc's stand-in for a call that broke under a write, or as a stream reset by a
+    proxy that lost its backend (nginx resets the HTTP/2 stream: "RST_STREAM").
+    """
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.INTERNAL and (
+        details == _FirstStatus.STAND_IN[1] or "RST_STREAM" in details)
+
+
+def _ended(code: grpc.StatusCode, details: str, text: str | None = None) -> StreamError:
+    text = text or f"server ended the call: {code.name}: {details}"
+    return _CallLost(text) if _lost(code, details) else StreamError(text)
 
 
 async def stream_frames(opts: StreamOptions, frames: FrameSource,
                         result: StreamResult | None = None) -> StreamResult:
     """Run one session; raises :class:`StreamError` unless every frame was acked once.
 
-    Pass ``result`` to watch the counters while the session runs.
+    With ``opts.reconnect`` > 0, a call that ends UNAVAILABLE or loses its connection
+    is followed (after a backoff) by a new call with a fresh descriptor, which first
+    resends the frames not yet acknowledged.  Pass ``result`` to watch the counters
+    while the session runs.
     """
     result = StreamResult() if result is None else result
     frames = iter(frames)
     shm = None
-    first: bytes | None = None
     if opts.shm:
         first = next(frames, None)
         size = opts.shm_slot_bytes or (len(first) if first is not None else 1)
         shm = SlotWriter(size, max(1, opts.window))
+        if first is not None:
+            frames = _chain(first, frames)
     limit = opts.max_message_mb * 1024 * 1024
     options: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
                                       ("grpc.max_receive_message_length", limit)]
@@ -192,56 +324,98 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
         async with channel:
             method = channel.stream_stream(METHOD_PATH, request_serializer=_serialize,
                                            response_deserializer=Msg.FromString)
-            call = method(metadata=tuple(opts.metadata) or None)
-            start = time.monotonic()
-            await _run(call, opts, shm, result, frames, first)
-            result.elapsed_s = time.monotonic() - start
+            stream = _Stream(opts, frames, shm, result)
+            await _calls(method, opts, stream)
+            result.elapsed_s = time.monotonic() - stream.started
     finally:
         if shm is not None:
             shm.close()
     return result
 
 
-async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, shm: SlotWriter | None,
-               result: StreamResult, frames: FrameSource, first: bytes | None) -> None:
-    if first is not None:
-        frames = _chain(first, frames)
+async def _calls(method: Any, opts: StreamOptions, stream: _Stream) -> None:
+    """Calls until the stream is done, at most ``1 + opts.reconnect`` of them."""
+    result, idle = stream.result, 0  # idle: calls in a row that got no ack
+    while True:
+        record = CallRecord()
+        result.calls.append(record)
+        call = method(metadata=tuple(opts.metadata) or None)
+        try:
+            await _run(call, opts, stream, record)
+            record.status = "OK"
+            return
+        except _CallLost as exc:
+            record.status = str(exc)
+            call.cancel()
+            if result.reconnects >= opts.reconnect:
+                if opts.reconnect:
+                    raise StreamError(f"{exc} (no reconnect left of {opts.reconnect}; "
+                                      f"{len(stream.unacked)} frames unacknowledged)") from None
+                raise StreamError(str(exc)) from None
+        except StreamError as exc:
+            record.status = str(exc)
+            raise
+        idle = 0 if record.acked else idle + 1
+        log.info("stream %s: call %d ended (%s); reconnecting with %d frames to resend",
+                 opts.graph_instance, len(result.calls), record.status, len(stream.unacked))
+        await asyncio.sleep(min(_BACKOFF_MAX_S, opts.reconnect_backoff_s * 2 ** max(0, idle - 1)))
+        result.reconnects += 1
+
+
+_BACKOFF_MAX_S = 5.0
+
+
+async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _Stream,
+               record: CallRecord) -> None:
     status = _FirstStatus(call)
     try:
-        await call.write(_descriptor(opts, shm))
+        await call.write(_descriptor(opts, stream.shm))
         reply = await asyncio.wait_for(call.read(), opts.ack_timeout_s)
-    except (TimeoutError, grpc.aio.AioRpcError) as exc:
-        raise StreamError(await _status_text(call, status, exc)) from None
+    except TimeoutError:
+        call.cancel()
+        raise StreamError("the server did not answer the descriptor in time") from None
+    except grpc.aio.AioRpcError as exc:
+        raise _ended(*await status.final(call, exc.code(), exc.details())) from None
     if reply is grpc.aio.EOF:
-        raise StreamError(await _status_text(call, status, None))
+        raise _ended(*await status.final(call))
     if reply.ack_sequence_number != 1 or reply.WhichOneof("payload") != "media_stream_descriptor":
         raise StreamError("the server's first message is not a descriptor reply acknowledging 1")
+    record.instance = _instance(await call.initial_metadata())
+    result = stream.result
     result.reply = reply
-    session = _Session(opts, call, shm, result)
-    sender = asyncio.create_task(session.send(frames))
+    session = _Call(stream, call, record)
+    sender = asyncio.create_task(session.send())
     try:
         await session.receive()
     except grpc.aio.AioRpcError as exc:
         code, details = await status.final(call, exc.code(), exc.details())
         if (code, details) == _FirstStatus.STAND_IN and session.cut_short:
-            raise StreamError(f"the server ended the call while frame {result.sent + 1} was being "
-                              f"sent ({result.acked} acks received); grpc gives no status but "
-                              f"{code.name}: {details}") from None
+            raise _ended(code, details, f"the server ended the call while frame "
+                         f"{result.sent + 1} was being sent ({result.acked} acks received); "
+                         f"grpc gives no status but {code.name}: {details}") from None
         if code != grpc.StatusCode.OK:
-            raise StreamError(f"server ended the call: {code.name}: {details}") from None
+            raise _ended(code, details) from None
     finally:
         await _stop(sender, session)
     result.code, result.details = await status.final(call)
     if result.code != grpc.StatusCode.OK:
-        raise StreamError(f"server ended the call: {result.code.name}: {result.details}")
-    if session.pending:
-        raise StreamError(f"{len(session.pending)} frames were never acknowledged")
+        raise _ended(result.code, result.details)
+    if session.by_seq:
+        raise StreamError(f"{len(session.by_seq)} frames were never acknowledged")
     if session.cut_short:
         raise StreamError(f"server ended the call (OK) after {result.sent} frames, "
                           "before the client had sent them all")
 
 
-async def _stop(sender: asyncio.Task[None], session: _Session) -> None:
+def _instance(metadata: Any) -> str:
+    """The server's name for itself in a call's initial metadata ("" when it gave none)."""
+    for key, value in metadata or ():
+        if key == INSTANCE_HEADER:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
+
+
+async def _stop(sender: asyncio.Task[None], session: _Call) -> None:
     """The call is over: let the sender finish its half-close, or stop it mid-source."""
     if not sender.done() and session.all_sent.is_set():
         await asyncio.wait({sender}, timeout=1.0)  # only done_writing() is left
@@ -260,18 +434,6 @@ def _serialize(message: Msg | bytes) -> bytes:
 def _chain(first: bytes, rest: FrameSource):  # -> Iterator[bytes]
     yield first
     yield from rest
-
-
-async def _status_text(call: grpc.aio.StreamStreamCall, status: _FirstStatus,
-                       exc: BaseException | None) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        call.cancel()
-        return "the server did not answer the descriptor in time"
-    if isinstance(exc, grpc.aio.AioRpcError):
-        code, details = await status.final(call, exc.code(), exc.details())
-    else:
-        code, details = await status.final(call)
-    return f"server ended the call: {code.name}: {details}"
 
 
 class _FirstStatus:
