@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastext._proto.extension_pb2 import MediaSample
 from fastext._proto.inferencing_pb2 import Inference
 from fastext.errors import FrameError
 from fastext.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
 from fastext.processors.base import Processor
 
-__all__ = ["FrameFormat", "Outcome", "make_frame", "run_batch"]
+__all__ = ["FrameFormat", "Outcome", "make_frame", "run_batch", "serialized"]
 
 log = logging.getLogger("fastext.execute")
 
@@ -100,3 +101,10 @@ def run_batch(
     for i, inferences in zip(index, results, strict=True):
         outcomes[i] = list(inferences)
     return outcomes
+
+
+def serialized(outcomes: Sequence[Outcome]) -> list[bytes | str]:
+    """Each frame's inferences as the bytes of a MediaSample holding only them (field 10,
+    what the front splices into the ack; b"" for none), or the reason there are none."""
+    return [o if isinstance(o, str) else MediaSample(inferences=o).SerializeToString()
+            for o in outcomes]

@@ -36,7 +36,7 @@ import numpy as np
 from fastext import records
 from fastext.config import Config
 from fastext.errors import SampleError
-from fastext.execute import FrameFormat, Outcome, run_batch
+from fastext.execute import FrameFormat, Outcome, run_batch, serialized
 from fastext.metrics import MetricsSink, NullMetrics
 from fastext.placement import Placement, Worker
 from fastext.processors import create
@@ -171,7 +171,8 @@ class _InlineLane:
                     arrays.append(str(exc))  # run_batch makes it the frame's outcome
             else:
                 arrays.append(p)
-        outcomes: list[Result] = list(run_batch(self._processor, self._format, arrays))
+        # Serialized here, in the pool's thread, not on the event loop (as workers do).
+        outcomes: list[Result] = list(serialized(run_batch(self._processor, self._format, arrays)))
         self._metrics.batch_done(started - submitted, time.perf_counter() - started)
         return outcomes
 

@@ -22,12 +22,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fastext import INSTANCE_HEADER, METHOD_PATH, malloc, security
-from fastext._proto.extension_pb2 import MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import ConfigError
 from fastext.metrics import MetricsSink, make_metrics
 from fastext.pipeline import Backend, make_backend
-from fastext.protocol import Unparsed, parse_request
 from fastext.session import Session, SessionEnd
 
 __all__ = ["ExtensionServer", "SERVICE_NAME", "serve"]
@@ -70,8 +68,10 @@ class ExtensionServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
-            request_deserializer=parse_request,  # never raises: the session judges bad bytes
-            response_serializer=_serialize,
+            # Raw bytes both ways: the session parses samples natively (protobuf only
+            # for the descriptor and anything unusual) and hands over serialized acks.
+            request_deserializer=None,
+            response_serializer=None,
         )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: handler}),)
@@ -139,7 +139,7 @@ class ExtensionServer:
         self.backend.abort()
 
     async def _process_media_stream(
-        self, requests: AsyncIterator[MediaStreamMessage | Unparsed],
+        self, requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> None:
         if self._draining:
@@ -158,11 +158,6 @@ class ExtensionServer:
             self._sessions.discard(session)
             if not self._sessions:
                 self._idle.set()
-
-
-def _serialize(message: MediaStreamMessage | bytes) -> bytes:
-    """Responses are messages, or bytes the session already assembled."""
-    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

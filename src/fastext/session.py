@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from fastext._proto.extension_pb2 import MediaStreamMessage
+from fastext._proto.extension_pb2 import MediaSample, MediaStreamMessage
 from fastext.config import Config
 from fastext.errors import DescriptorError, ProtocolViolation, SampleError
 from fastext.execute import FrameFormat
@@ -33,17 +33,17 @@ from fastext.protocol import (
     StreamSpec,
     Unparsed,
     descriptor_reply,
-    sample_response,
-    serialized_sample_response,
+    parse_request,
     validate_descriptor,
 )
 from fastext.shm import ClientMemory
+from fastext.wire import CONTENT_BYTES, CONTENT_REFERENCE, encode_acks, parse_sample
 
 __all__ = ["Session", "SessionEnd"]
 
 log = logging.getLogger("fastext.session")
-Write = Callable[[MediaStreamMessage | bytes], Awaitable[None]]
-Requests = AsyncIterator[MediaStreamMessage | Unparsed]  # see protocol.parse_request
+Write = Callable[[bytes], Awaitable[None]]  # one serialized MediaStreamMessage
+Requests = AsyncIterator[bytes]  # the call's messages as they came (raw bytes)
 _LOUD_INVALID = 10  # invalid samples per session logged at WARNING; the rest at DEBUG
 _CLEANUP_WAIT_S = 30.0  # bound on waiting for running batches before unmapping
 DROPPED = "dropped: the stream's window was full (overload policy drop)"
@@ -126,8 +126,9 @@ class Session:
                 reason = "client closed before sending a descriptor"
                 return
             self._received = 1
-            spec = self._handshake(first)
-            await write(descriptor_reply(self._next_seq(), self._last_in_seq, spec))
+            spec = self._handshake(parse_request(first))
+            reply = descriptor_reply(self._next_seq(), self._last_in_seq, spec)
+            await write(reply.SerializeToString())
             self._metrics.stream_started(spec.shm_length)
             counted = spec.shm_length
             log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
@@ -239,7 +240,44 @@ class Session:
         self._input_done = True
         self._wake_writer()
 
-    def _accept(self, message: MediaStreamMessage | Unparsed, dropped: bool = False) -> None:
+    def _accept(self, data: bytes, dropped: bool = False) -> None:
+        parsed = parse_sample(data)  # native; None: not the canonical sample
+        if parsed is None:
+            seq, timestamp, kind, a, b, data = self._parse_other(data)
+        else:
+            seq, timestamp, kind, a, b = parsed
+        if seq <= self._last_in_seq:
+            raise ProtocolViolation("INVALID_ARGUMENT", f"sample sequence_number {seq} (message "
+                                    f"{self._received} of this call) does not increase (the "
+                                    f"previous message was {self._last_in_seq})")
+        self._last_in_seq = seq
+        self.frames += 1
+        metrics = self._metrics
+        now = time.monotonic() if metrics.enabled else 0.0
+        if dropped:
+            self.dropped += 1
+            self._pending.append(_Sample(seq, timestamp, DROPPED, False, now))
+            self._dispatch()  # ack it as soon as the frames before it are acked
+            return
+        self._inflight += 1
+        try:
+            self._payloads.append(self._payload(kind, a, b, data))
+            error = None
+        except SampleError as exc:
+            error = str(exc)
+        self._pending.append(_Sample(seq, timestamp, error, True, now))
+        if metrics.enabled:
+            metrics.frame_accepted()
+        if len(self._pending) >= self._batch_size:
+            self._dispatch()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.config.batch_delay_ms / 1000.0,
+                                                self._dispatch)
+
+    def _parse_other(self, data: bytes) -> tuple[int, int, int, int, int, bytes]:
+        """A message the native parser left to protobuf: a sample with more in it
+        (upstream inferences, unknown fields), a protocol violation, or bad bytes."""
+        message = parse_request(data)
         if isinstance(message, Unparsed):
             raise ProtocolViolation("INVALID_ARGUMENT", message.describe(self._received))
         kind = message.WhichOneof("payload")
@@ -251,54 +289,37 @@ class Session:
                                         "media_stream_descriptor; a stream has exactly one, first")
             raise ProtocolViolation("INVALID_ARGUMENT",
                                     f"{where} carries neither a descriptor nor a sample")
-        if seq <= self._last_in_seq:
-            raise ProtocolViolation("INVALID_ARGUMENT", f"sample sequence_number {seq} (message "
-                                    f"{self._received} of this call) does not increase (the "
-                                    f"previous message was {self._last_in_seq})")
-        self._last_in_seq = seq
-        self.frames += 1
         sample = message.media_sample
-        now = time.monotonic()
-        if dropped:
-            self.dropped += 1
-            self._pending.append(_Sample(seq, sample.timestamp, DROPPED, False, now))
-            self._dispatch()  # ack it as soon as the frames before it are acked
-            return
-        self._inflight += 1
-        try:
-            self._payloads.append(self._payload(sample))
-            error = None
-        except SampleError as exc:
-            error = str(exc)
-        self._pending.append(_Sample(seq, sample.timestamp, error, True, now))
-        self._metrics.frame_accepted()
-        if len(self._pending) >= self._batch_size:
-            self._dispatch()
-        elif self._timer is None:
-            self._timer = self._loop.call_later(self.config.batch_delay_ms / 1000.0,
-                                                self._dispatch)
+        content = sample.WhichOneof("content")
+        if content == "content_bytes":
+            frame = sample.content_bytes.bytes
+            return seq, sample.timestamp, CONTENT_BYTES, 0, len(frame), frame
+        if content == "content_reference":
+            ref = sample.content_reference
+            return (seq, sample.timestamp, CONTENT_REFERENCE, ref.address_offset,
+                    ref.length_bytes, b"")
+        return seq, sample.timestamp, 0, 0, 0, b""
 
-    def _payload(self, sample: object) -> Payload:
+    def _payload(self, kind: int, a: int, b: int, data: bytes) -> Payload:
+        """The frame a sample carries: embedded bytes ``data[a:a + b]`` (kept as a
+        view: no copy), or a checked region of shared memory (``a`` offset, ``b`` length)."""
         spec = self._spec
         assert spec is not None
-        content = sample.WhichOneof("content")  # type: ignore[attr-defined]
-        if content == "content_bytes":
-            data: bytes = sample.content_bytes.bytes  # type: ignore[attr-defined]
-            if spec.raw:
-                if len(data) < spec.frame_bytes:
-                    raise SampleError(f"embedded frame has {len(data)} bytes; a "
-                                      f"{spec.width}x{spec.height} frame needs {spec.frame_bytes}")
-                return memoryview(data)[: spec.frame_bytes]
-            if not data:
-                raise SampleError("embedded image is empty")
-            return memoryview(data)
-        if content == "content_reference":
+        if kind == CONTENT_REFERENCE:
             if self._memory is None:
                 raise SampleError("sample refers to shared memory, but the descriptor set up none")
-            ref = sample.content_reference  # type: ignore[attr-defined]
             if spec.raw:
-                return self._memory.frame(ref.address_offset, ref.length_bytes, spec.frame_bytes)
-            return self._memory.content(ref.address_offset, ref.length_bytes)
+                return self._memory.frame(a, b, spec.frame_bytes)
+            return self._memory.content(a, b)
+        if kind == CONTENT_BYTES:
+            if spec.raw:
+                if b < spec.frame_bytes:
+                    raise SampleError(f"embedded frame has {b} bytes; a "
+                                      f"{spec.width}x{spec.height} frame needs {spec.frame_bytes}")
+                return memoryview(data)[a : a + spec.frame_bytes]
+            if not b:
+                raise SampleError("embedded image is empty")
+            return memoryview(data)[a : a + b]
         raise SampleError("sample carries no content")
 
     def _dispatch(self) -> None:
@@ -355,25 +376,34 @@ class Session:
     async def _write_batch(self, batch: _Batch, write: Write) -> None:
         assert batch.results is not None
         results = iter(batch.results)
-        metrics = self._metrics
+        acks: list[tuple[int, int, bytes]] = []
+        kinds: list[str] = []
         for sample in batch.samples:
             outcome = sample.error if sample.error is not None else next(results)
+            if isinstance(outcome, bytes):  # serialized inferences; b"": none
+                acks.append((sample.seq, sample.timestamp, outcome))
+                kinds.append("inferred" if outcome else "empty")
+                continue
             if outcome is DROPPED:
-                kind, outcome = "dropped", []
+                kinds.append("dropped")
             elif isinstance(outcome, str):
                 self._log_invalid(sample.seq, outcome)
-                kind, outcome = "invalid", []
-            else:
-                kind = "inferred" if outcome else "empty"
-            if isinstance(outcome, bytes):  # serialized by a worker; b"": no inference
-                response: MediaStreamMessage | bytes = serialized_sample_response(
-                    self._next_seq(), sample.seq, sample.timestamp, outcome)
-            else:
-                response = sample_response(self._next_seq(), sample.seq, sample.timestamp,
-                                           outcome)
-            await write(response)
+                kinds.append("invalid")
+            else:  # inference objects (a backend that did not serialize them)
+                inferences = MediaSample(inferences=outcome).SerializeToString()
+                acks.append((sample.seq, sample.timestamp, inferences))
+                kinds.append("inferred" if inferences else "empty")
+                continue
+            acks.append((sample.seq, sample.timestamp, b""))
+        # One native call numbers and encodes the batch's acks.
+        messages = encode_acks(self._out_seq + 1, acks)
+        self._out_seq += len(messages)
+        metrics = self._metrics
+        for sample, message, kind in zip(batch.samples, messages, kinds, strict=True):
+            await write(message)
             self.acked += 1
-            metrics.frame_acked(kind, time.monotonic() - sample.arrived, sample.holds_permit)
+            if metrics.enabled:
+                metrics.frame_acked(kind, time.monotonic() - sample.arrived, sample.holds_permit)
             if sample.holds_permit:
                 self._release_permit()
 

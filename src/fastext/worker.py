@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from fastext import logs, records
-from fastext._proto.extension_pb2 import MediaSample
-from fastext.execute import FrameFormat, run_batch
+from fastext.execute import FrameFormat, run_batch, serialized
 from fastext.processors import create
 from fastext.processors.base import Processor
 from fastext.ring import RingPair
@@ -152,9 +151,7 @@ class Worker:
         outcomes = run_batch(session.processor, session.format, payloads)
         processing_us = int((time.perf_counter() - started) * 1e6)
         del payloads  # views of shared memory: gone before the front learns the batch is done
-        encoded: list[bytes | str] = [
-            outcome if isinstance(outcome, str) else _serialize(outcome) for outcome in outcomes
-        ]
+        encoded = serialized(outcomes)
         done = records.pack_done(batch_id, encoded, processing_us)
         if len(done) > self.completion.max_record:
             done = records.pack_done(batch_id, ["result larger than the completion ring allows"]
@@ -179,10 +176,6 @@ class Worker:
         self.sessions.clear()
         self.arena.close()
         self.pair.close()
-
-
-def _serialize(inferences: list[Any]) -> bytes:
-    return MediaSample(inferences=inferences).SerializeToString()
 
 
 def _die_with_parent() -> None:
