@@ -19,11 +19,12 @@ import numpy as np
 
 from fastext._proto.extension_pb2 import MediaSample
 from fastext._proto.inferencing_pb2 import Inference
-from fastext.errors import FrameError
+from fastext.errors import FastextError, FrameError
 from fastext.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
 from fastext.processors.base import Processor
+from fastext.shm import Arena, ArenaRef, ClientMemory, ShmRef
 
-__all__ = ["FrameFormat", "Outcome", "make_frame", "run_batch", "serialized"]
+__all__ = ["FrameFormat", "Outcome", "fetch_payload", "make_frame", "run_batch", "serialized"]
 
 log = logging.getLogger("fastext.execute")
 
@@ -108,3 +109,23 @@ def serialized(outcomes: Sequence[Outcome]) -> list[bytes | str]:
     what the front splices into the ack; b"" for none), or the reason there are none."""
     return [o if isinstance(o, str) else MediaSample(inferences=o).SerializeToString()
             for o in outcomes]
+
+
+def fetch_payload(payload: ShmRef | ArenaRef | memoryview, memory: ClientMemory | None,
+                  arena: Arena | None = None) -> np.ndarray | memoryview | str:
+    """One frame's bytes where a batch runs, in place (no copy), or why they cannot be had:
+    a str, which :func:`run_batch` makes that frame's outcome.  ``payload`` is embedded
+    bytes, a region of the session's client file, or (in a worker) of the server's arena.
+    The one fetch for both the worker processes and the in-process lane."""
+    try:
+        if isinstance(payload, ShmRef):
+            if memory is None:
+                raise FrameError("reference to a client file the session does not have")
+            return memory.view(payload)  # checks the bounds and that the file still holds it
+        if isinstance(payload, ArenaRef):
+            if arena is None:
+                raise FrameError("reference to an arena this process does not have")
+            return arena.read(payload.offset, payload.size)
+        return payload
+    except (FastextError, OSError, ValueError) as exc:  # the file shrank, the session ended
+        return str(exc)

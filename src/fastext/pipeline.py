@@ -31,12 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-import numpy as np
-
 from fastext import records
 from fastext.config import Config
-from fastext.errors import SampleError
-from fastext.execute import FrameFormat, Outcome, run_batch, serialized
+from fastext.execute import FrameFormat, Outcome, fetch_payload, run_batch, serialized
 from fastext.metrics import MetricsSink, NullMetrics
 from fastext.placement import Placement, Worker
 from fastext.processors import create
@@ -161,16 +158,7 @@ class _InlineLane:
 
     def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
         started = time.perf_counter()
-        arrays: list[np.ndarray | memoryview | str] = []
-        for p in payloads:
-            if isinstance(p, ShmRef):
-                assert self._memory is not None
-                try:
-                    arrays.append(self._memory.view(p))
-                except (SampleError, OSError) as exc:  # the file shrank, or the session ended
-                    arrays.append(str(exc))  # run_batch makes it the frame's outcome
-            else:
-                arrays.append(p)
+        arrays = [fetch_payload(p, self._memory) for p in payloads]
         # Serialized here, in the pool's thread, not on the event loop (as workers do).
         outcomes: list[Result] = list(serialized(run_batch(self._processor, self._format, arrays)))
         self._metrics.batch_done(started - submitted, time.perf_counter() - started)

@@ -17,16 +17,24 @@ import mmap
 import os
 import stat
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from fastext.errors import DescriptorError, FrameError, SampleError
 from fastext.segments import Segment
 
-__all__ = ["SHM_DIR", "Arena", "ArenaAllocator", "ClientMemory", "ShmRef"]
+__all__ = ["SHM_DIR", "Arena", "ArenaAllocator", "ArenaRef", "ClientMemory", "ShmRef"]
 
 SHM_DIR = "/dev/shm"
 log = logging.getLogger("fastext.shm")
+
+
+class ArenaRef(NamedTuple):
+    """``size`` bytes at ``offset`` of the server's arena (a worker's view of an embedded frame)."""
+
+    offset: int
+    size: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,14 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from fastext import logs, records
-from fastext.execute import FrameFormat, run_batch, serialized
+from fastext.execute import FrameFormat, fetch_payload, run_batch, serialized
 from fastext.processors import create
 from fastext.processors.base import Processor
 from fastext.ring import RingPair
-from fastext.shm import Arena, ClientMemory, ShmRef
+from fastext.shm import Arena, ArenaRef, ClientMemory, ShmRef
 
 __all__ = ["WorkerSpec", "main"]
 
@@ -53,7 +51,9 @@ class WorkerSpec:
     doorbell: Any  # multiprocessing Connection (write end): one byte after completions
 
 
-class _Session:
+class _Lane:
+    """A session as a worker holds it: frame format, its processor, the client's file."""
+
     def __init__(self, o: records.Open) -> None:
         self.format = FrameFormat(o.encoding, o.pixel_format, o.width, o.height, o.stride)
         self.memory: ClientMemory | None = None
@@ -77,10 +77,10 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.pair = RingPair.attach(spec.rings)
-        self.submit = self.pair.submit.ring
+        self.requests = self.pair.submit.ring  # OPEN, BATCH, CLOSE, STOP from the front
         self.completion = self.pair.completion.ring
         self.arena = Arena.attach(spec.arena_name, spec.arena_size)
-        self.sessions: dict[int, _Session] = {}
+        self.lanes: dict[int, _Lane] = {}  # session id -> what this worker holds for it
         self._doorbell_fd = spec.doorbell.fileno()
         os.set_blocking(self._doorbell_fd, False)
 
@@ -102,7 +102,7 @@ class Worker:
         self._push(records.pack_ready(os.getpid()))
         self._ring()
         while True:
-            batch = self.submit.pop_many(64, _POLL_S)
+            batch = self.requests.pop_many(64, _POLL_S)
             if not batch:
                 if os.getppid() != self.spec.parent_pid:
                     log.warning("worker %d: the server is gone; exiting", self.spec.index)
@@ -119,11 +119,11 @@ class Worker:
             self._push(self._process(record))
         elif kind == records.OPEN:
             o = records.unpack_open(record)
-            self.sessions[o.session] = _Session(o)
+            self.lanes[o.session] = _Lane(o)
         elif kind == records.CLOSE:
-            session = self.sessions.pop(records.unpack_close(record), None)
-            if session is not None:
-                session.close()
+            lane = self.lanes.pop(records.unpack_close(record), None)
+            if lane is not None:
+                lane.close()
         elif kind == records.STOP:
             return False
         else:
@@ -132,23 +132,16 @@ class Worker:
 
     def _process(self, record: bytes) -> bytes:
         session_id, batch_id, refs = records.unpack_batch(record)
-        session = self.sessions.get(session_id)
-        if session is None or session.processor is None:
-            reason = session.error if session else f"session {session_id} is not open in this worker"
+        lane = self.lanes.get(session_id)
+        if lane is None or lane.processor is None:
+            reason = lane.error if lane else f"session {session_id} is not open in this worker"
             return records.pack_done(batch_id, [reason] * len(refs))
-        payloads: list[np.ndarray | str] = []
-        for source, offset, size in refs:
-            try:
-                if source == records.SRC_ARENA:
-                    payloads.append(self.arena.read(offset, size))
-                elif session.memory is not None:
-                    payloads.append(session.memory.view(ShmRef(offset, size)))
-                else:
-                    raise ValueError("reference to a client file the session does not have")
-            except Exception as exc:
-                payloads.append(str(exc))  # run_batch makes it the frame's outcome
+        memory, arena = lane.memory, self.arena
+        payloads = [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
+                                  else ShmRef(offset, size), memory, arena)
+                    for source, offset, size in refs]
         started = time.perf_counter()
-        outcomes = run_batch(session.processor, session.format, payloads)
+        outcomes = run_batch(lane.processor, lane.format, payloads)
         processing_us = int((time.perf_counter() - started) * 1e6)
         del payloads  # views of shared memory: gone before the front learns the batch is done
         encoded = serialized(outcomes)
@@ -171,9 +164,9 @@ class Worker:
             pass  # the pipe is full of unread wakes: the front will look anyway
 
     def close(self) -> None:
-        for session in self.sessions.values():
-            session.close()
-        self.sessions.clear()
+        for lane in self.lanes.values():
+            lane.close()
+        self.lanes.clear()
         self.arena.close()
         self.pair.close()
 
