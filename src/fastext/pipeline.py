@@ -289,7 +289,8 @@ class WorkerBackend:
         """Queue a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
         placement = self._placement
         assert placement is not None and self._loop is not None, "WorkerBackend.start() first"
-        placement.add(lane, token, payloads, time.perf_counter())
+        placement.add(lane, token, payloads,
+                      time.perf_counter() if self._metrics.enabled else 0.0)
         if not self._pump_scheduled:
             # Place everything submitted in this loop iteration together: one ring
             # publish and at most one futex wake per worker, not one per frame.
@@ -350,9 +351,10 @@ class WorkerBackend:
                 batch_id, outcomes, processing_us = records.unpack_done(record)
                 job = placement.finished(worker, batch_id)
                 if job is not None:
-                    processing = processing_us / 1e6
-                    metrics.batch_done(time.perf_counter() - job.submitted - processing,
-                                       processing)
+                    if metrics.enabled:
+                        processing = processing_us / 1e6
+                        metrics.batch_done(time.perf_counter() - job.submitted - processing,
+                                           processing)
                     cast(_WorkerLane, job.lane).deliver(job.token, outcomes)
             elif kind == records.READY:
                 slot.ready = worker.ready = True

@@ -16,7 +16,6 @@ import logging
 import mmap
 import os
 import stat
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -37,9 +36,9 @@ class ArenaRef(NamedTuple):
     size: int
 
 
-@dataclass(frozen=True, slots=True)
-class ShmRef:
-    """A bounds-checked region of a session's shared memory: ``size`` bytes at ``offset``."""
+class ShmRef(NamedTuple):
+    """A bounds-checked region of a session's shared memory: ``size`` bytes at ``offset``.
+    (A tuple: made once per frame on the front's hot path, and cheap to make.)"""
 
     offset: int
     size: int
