@@ -187,3 +187,17 @@ def test_records_truncated_tail_raises_rather_than_decoding_short(
     for n in range(header, len(buf)):
         with pytest.raises(struct.error):
             unpack(buf[:n])  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("outcome", [b"", b"\x52\x03abc", "", "décodage impossible"],
+                         ids=["empty", "inferences", "empty-reason", "reason"])
+def test_records_done_of_one_frame_round_trips(outcome: bytes | str) -> None:
+    buf = pack_done(7, [outcome], processing_us=99)
+    assert unpack_done(buf) == (7, [outcome], 99)
+    with pytest.raises(struct.error):  # cut inside the outcome: refused, as for any count
+        unpack_done(buf[:-1])
+
+
+def test_records_batch_of_one_frame_round_trips() -> None:
+    ref = (SRC_CLIENT, U64, U64 - 1)
+    assert unpack_batch(pack_batch(U32, U64, [ref])) == (U32, U64, [ref])

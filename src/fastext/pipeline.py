@@ -38,6 +38,7 @@ from fastext.metrics import MetricsSink, NullMetrics
 from fastext.placement import Placement, Worker
 from fastext.processors import create
 from fastext.processors.base import Processor
+from fastext.ring import Ring
 from fastext.segments import cleanup_stale_segments, segment_name
 from fastext.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
 from fastext.supervisor import Supervisor, WorkerSlot
@@ -244,6 +245,10 @@ class WorkerBackend:
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
         self._unsignalled_retired = 0  # counted on rings of workers since replaced
+        # Per slot, the live process's submit ring and doorbell fd (None / -1 until READY):
+        # looked up per flush and per completion wake-up.
+        self._submit_rings: list[Ring | None] = [None] * config.workers
+        self._doorbells: list[int] = [-1] * config.workers
 
     @property
     def retried(self) -> int:
@@ -309,12 +314,15 @@ class WorkerBackend:
 
     def _flush(self, worker: Worker) -> None:
         """Move a worker's outbox into its ring: one publish (and at most one wake)."""
-        slots = self._supervisor.slots if self._supervisor is not None else ()
-        rings = slots[worker.index].rings if slots else None
+        ring = self._submit_rings[worker.index]
         outbox = worker.outbox
-        if rings is None or not outbox:
+        if ring is None:  # not READY yet (a STOP at start-up, say): the slot's own rings
+            slots = self._supervisor.slots if self._supervisor is not None else ()
+            rings = slots[worker.index].rings if slots else None
+            ring = rings.submit.ring if rings is not None else None
+        if ring is None or not outbox:
             return
-        pushed = rings.submit.ring.push_many(outbox)
+        pushed = ring.push_many(outbox)
         if pushed == len(outbox):
             outbox.clear()
         else:
@@ -330,13 +338,15 @@ class WorkerBackend:
     # -- completions and deaths ----------------------------------------------------------
 
     def _on_completions(self, slot: WorkerSlot) -> None:
-        if slot.doorbell is not None:
+        fd = self._doorbells[slot.index]
+        if fd >= 0:
             try:
-                os.read(slot.doorbell.fileno(), 65536)
+                os.read(fd, 65536)
             except (BlockingIOError, OSError):
                 pass
         self._take_completions(slot)
-        self._pump()
+        if self._placement is not None and self._placement.backlog:
+            self._pump()  # completions freed arena space or worker load
 
     def _take_completions(self, slot: WorkerSlot) -> None:
         """Every record the worker has written: DONE results go to their sessions."""
@@ -357,6 +367,9 @@ class WorkerBackend:
                                            processing)
                     cast(_WorkerLane, job.lane).deliver(job.token, outcomes)
             elif kind == records.READY:
+                self._submit_rings[slot.index] = rings.submit.ring
+                self._doorbells[slot.index] = (slot.doorbell.fileno()
+                                               if slot.doorbell is not None else -1)
                 slot.ready = worker.ready = True
                 log.info("worker %d ready (pid %d)", slot.index, records.unpack_ready(record))
                 if self._all_ready is not None and all(w.ready for w in placement.workers):
@@ -371,6 +384,8 @@ class WorkerBackend:
     def _on_exit(self, slot: WorkerSlot) -> None:
         if slot.rings is not None:  # its rings go with it: keep their count
             self._unsignalled_retired += slot.rings.unsignalled_wakeups()
+        self._submit_rings[slot.index] = None  # the slot's next process gets new ones
+        self._doorbells[slot.index] = -1
         placement = self._placement
         if placement is None:
             return

@@ -34,9 +34,11 @@ SRC_CLIENT, SRC_ARENA = 0, 1
 _OPEN = struct.Struct("<BxxxIBBxxIIIQHxxI")  # kind session enc pf w h stride shm_len name_len cfg_len
 _BATCH = struct.Struct("<BxxxIQI")  # kind session batch_id count
 _REF = struct.Struct("<BxxxxxxxQQ")  # source offset size
+_BATCH1 = struct.Struct(_BATCH.format + _REF.format[1:])  # a batch of one frame
 _SESSION = struct.Struct("<BxxxI")  # CLOSE: kind session; READY: kind pid
 _DONE = struct.Struct("<BxxxIQI")  # kind processing_us batch_id count
 _OUTCOME = struct.Struct("<BxxxI")  # ok length
+_DONE1 = struct.Struct(_DONE.format + _OUTCOME.format[1:])  # DONE of one frame, before its bytes
 
 
 class Open(NamedTuple):
@@ -76,6 +78,8 @@ def unpack_open(buf: bytes) -> Open:
 
 
 def pack_batch(session: int, batch_id: int, refs: Sequence[tuple[int, int, int]]) -> bytes:
+    if len(refs) == 1:  # --batch-size 1, the default: one pack call per frame
+        return _BATCH1.pack(BATCH, session, batch_id, 1, *refs[0])
     parts = [_BATCH.pack(BATCH, session, batch_id, len(refs))]
     parts += [_REF.pack(*ref) for ref in refs]
     return b"".join(parts)
@@ -124,6 +128,11 @@ def pack_done(batch_id: int, outcomes: Sequence[bytes | str], processing_us: int
 def unpack_done(buf: bytes) -> tuple[int, list[bytes | str], int]:
     """(batch id, outcomes, processing time in microseconds)."""
     _, processing_us, batch_id, count = _DONE.unpack_from(buf)
+    if count == 1 and len(buf) >= _DONE1.size:  # one frame, the default: no loop
+        ok, length = _OUTCOME.unpack_from(buf, _DONE.size)
+        if len(buf) == _DONE1.size + length:
+            data = buf[_DONE1.size :]
+            return batch_id, [data if ok else data.decode(errors="replace")], processing_us
     pos, outcomes = _DONE.size, []
     view = memoryview(buf)
     for _ in range(count):

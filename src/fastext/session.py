@@ -37,7 +37,7 @@ from fastext.protocol import (
     validate_descriptor,
 )
 from fastext.shm import ClientMemory
-from fastext.wire import CONTENT_BYTES, CONTENT_REFERENCE, encode_acks, parse_sample
+from fastext.wire import CONTENT_BYTES, CONTENT_REFERENCE, encode_ack, encode_acks, parse_sample
 
 __all__ = ["Session", "SessionEnd"]
 
@@ -375,6 +375,18 @@ class Session:
 
     async def _write_batch(self, batch: _Batch, write: Write) -> None:
         assert batch.results is not None
+        samples = batch.samples
+        if len(samples) == 1 and samples[0].error is None and type(batch.results[0]) is bytes:
+            # One frame with its serialized result (--batch-size 1, workers): the common case.
+            sample, inferences = samples[0], batch.results[0]
+            self._out_seq += 1
+            await write(encode_ack(self._out_seq, sample.seq, sample.timestamp, inferences))
+            self.acked += 1
+            if self._metrics.enabled:
+                self._metrics.frame_acked("inferred" if inferences else "empty",
+                                          time.monotonic() - sample.arrived, True)
+            self._release_permit()
+            return
         results = iter(batch.results)
         acks: list[tuple[int, int, bytes]] = []
         kinds: list[str] = []
