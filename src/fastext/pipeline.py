@@ -20,6 +20,7 @@ bounds-checked) or the embedded bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -219,8 +220,9 @@ class _WorkerLane:
             session, f.encoding, f.pixel_format, f.width, f.height, f.stride, spec.shm_name,
             spec.shm_length, config))
 
-    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
-        self.backend.submit(self, token, payloads)
+        # submit(token, payloads) is the backend's, bound to this lane: no frame in between.
+        self.submit: Callable[[int, Sequence[Payload]], None] = functools.partial(
+            backend.submit, self)
 
     def close(self) -> None:
         self.backend.close_lane(self)
@@ -248,6 +250,7 @@ class WorkerBackend:
         # Per slot, the live process's submit ring and doorbell fd (None / -1 until READY):
         # looked up per flush and per completion wake-up.
         self._submit_rings: list[Ring | None] = [None] * config.workers
+        self._completion_rings: list[Ring | None] = [None] * config.workers
         self._doorbells: list[int] = [-1] * config.workers
 
     @property
@@ -355,7 +358,10 @@ class WorkerBackend:
             return
         worker = placement.workers[slot.index]
         metrics = self._metrics
-        for record in rings.completion.ring.pop_many(1 << 16, 0):
+        ring = self._completion_rings[slot.index]
+        if ring is None:
+            ring = self._completion_rings[slot.index] = rings.completion.ring
+        for record in ring.pop_many(1 << 16, 0):
             kind = record[0]
             if kind == records.DONE:
                 batch_id, outcomes, processing_us = records.unpack_done(record)
@@ -365,7 +371,7 @@ class WorkerBackend:
                         processing = processing_us / 1e6
                         metrics.batch_done(time.perf_counter() - job.submitted - processing,
                                            processing)
-                    cast(_WorkerLane, job.lane).deliver(job.token, outcomes)
+                    job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
             elif kind == records.READY:
                 self._submit_rings[slot.index] = rings.submit.ring
                 self._doorbells[slot.index] = (slot.doorbell.fileno()
@@ -385,6 +391,7 @@ class WorkerBackend:
         if slot.rings is not None:  # its rings go with it: keep their count
             self._unsignalled_retired += slot.rings.unsignalled_wakeups()
         self._submit_rings[slot.index] = None  # the slot's next process gets new ones
+        self._completion_rings[slot.index] = None
         self._doorbells[slot.index] = -1
         placement = self._placement
         if placement is None:

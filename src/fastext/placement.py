@@ -106,6 +106,11 @@ class Placement:
 
     def _copy_in(self, job: Job) -> bool:
         """Turn payloads into references; embedded bytes are copied into the arena once."""
+        payloads = job.payloads
+        if len(payloads) == 1 and type(payloads[0]) is ShmRef:  # one frame in the client's file
+            job.refs = [(records.SRC_CLIENT, *payloads[0])]
+            job.payloads = ()
+            return True
         refs: list[Ref] = []
         alloc = self._alloc
         for payload in job.payloads:
@@ -163,7 +168,8 @@ class Placement:
         job = worker.jobs.pop(batch_id, None)
         if job is not None:
             worker.frames -= len(job.refs or ())
-            self.release(job)
+            if job.blocks:
+                self.release(job)
         return job
 
     def release(self, job: Job) -> None:

@@ -104,6 +104,8 @@ class Session:
         self._spec: StreamSpec | None = None
         self._lane: Lane | None = None
         self._processor_name = "-"
+        self._raw = False
+        self._frame_bytes = 0
         self._out_seq = 0
         self._last_in_seq = 0
         self._received = 0  # messages read from the call: a message's position in it
@@ -189,6 +191,7 @@ class Session:
         except ValueError as exc:
             raise SessionEnd("INVALID_ARGUMENT", str(exc)) from None
         self._spec = spec
+        self._raw, self._frame_bytes = spec.raw, spec.frame_bytes  # read per frame
         self._processor_name = name
         self._last_in_seq = first.sequence_number
         return spec
@@ -303,20 +306,21 @@ class Session:
     def _payload(self, kind: int, a: int, b: int, data: bytes) -> Payload:
         """The frame a sample carries: embedded bytes ``data[a:a + b]`` (kept as a
         view: no copy), or a checked region of shared memory (``a`` offset, ``b`` length)."""
-        spec = self._spec
-        assert spec is not None
         if kind == CONTENT_REFERENCE:
             if self._memory is None:
                 raise SampleError("sample refers to shared memory, but the descriptor set up none")
-            if spec.raw:
-                return self._memory.frame(a, b, spec.frame_bytes)
+            if self._raw:
+                return self._memory.frame(a, b, self._frame_bytes)
             return self._memory.content(a, b)
         if kind == CONTENT_BYTES:
-            if spec.raw:
-                if b < spec.frame_bytes:
+            if self._raw:
+                need = self._frame_bytes
+                if b < need:
+                    spec = self._spec
+                    assert spec is not None
                     raise SampleError(f"embedded frame has {b} bytes; a "
-                                      f"{spec.width}x{spec.height} frame needs {spec.frame_bytes}")
-                return memoryview(data)[a : a + spec.frame_bytes]
+                                      f"{spec.width}x{spec.height} frame needs {need}")
+                return memoryview(data)[a : a + need]
             if not b:
                 raise SampleError("embedded image is empty")
             return memoryview(data)[a : a + b]
@@ -385,7 +389,10 @@ class Session:
             if self._metrics.enabled:
                 self._metrics.frame_acked("inferred" if inferences else "empty",
                                           time.monotonic() - sample.arrived, True)
-            self._release_permit()
+            self._inflight -= 1
+            window = self._window
+            if window is not None and not window.done():
+                window.set_result(None)
             return
         results = iter(batch.results)
         acks: list[tuple[int, int, bytes]] = []
