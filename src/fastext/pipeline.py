@@ -341,6 +341,7 @@ class WorkerBackend:
     # -- completions and deaths ----------------------------------------------------------
 
     def _on_completions(self, slot: WorkerSlot) -> None:
+        """The worker rang its doorbell: take its completions, then place what waits."""
         fd = self._doorbells[slot.index]
         if fd >= 0:
             try:
@@ -361,17 +362,19 @@ class WorkerBackend:
         ring = self._completion_rings[slot.index]
         if ring is None:
             ring = self._completion_rings[slot.index] = rings.completion.ring
+        finished = placement.finished
         for record in ring.pop_many(1 << 16, 0):
             kind = record[0]
             if kind == records.DONE:
                 batch_id, outcomes, processing_us = records.unpack_done(record)
-                job = placement.finished(worker, batch_id)
-                if job is not None:
-                    if metrics.enabled:
-                        processing = processing_us / 1e6
-                        metrics.batch_done(time.perf_counter() - job.submitted - processing,
-                                           processing)
-                    job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
+                job = finished(worker, batch_id)
+                if job is None:
+                    continue  # a batch it no longer holds (re-run elsewhere after a death)
+                if metrics.enabled:
+                    processing = processing_us / 1e6
+                    metrics.batch_done(time.perf_counter() - job.submitted - processing,
+                                       processing)
+                job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
             elif kind == records.READY:
                 self._submit_rings[slot.index] = rings.submit.ring
                 self._doorbells[slot.index] = (slot.doorbell.fileno()

@@ -60,13 +60,11 @@ class SessionEnd(Exception):
         self.code = code
 
 
-@dataclass(slots=True)
-class _Sample:
-    seq: int
-    timestamp: int
-    error: str | None  # why it gets no inference; None: its result comes from the lane
-    holds_permit: bool = True  # a dropped frame is acked without taking a window permit
-    arrived: float = 0.0  # time.monotonic() when read
+#: One sample read and not yet acked, a plain tuple (one is made per frame, and a tuple is
+#: the cheapest object to make): (sequence number, timestamp, why it gets no inference or
+#: None when its result comes from the lane, whether it holds a window permit (a dropped
+#: frame does not), time.monotonic() when read (0.0 with metrics off)).
+_Sample = tuple[int, int, str | None, bool, float]
 
 
 @dataclass(slots=True, eq=False)
@@ -259,7 +257,7 @@ class Session:
         now = time.monotonic() if metrics.enabled else 0.0
         if dropped:
             self.dropped += 1
-            self._pending.append(_Sample(seq, timestamp, DROPPED, False, now))
+            self._pending.append((seq, timestamp, DROPPED, False, now))
             self._dispatch()  # ack it as soon as the frames before it are acked
             return
         self._inflight += 1
@@ -268,7 +266,7 @@ class Session:
             error = None
         except SampleError as exc:
             error = str(exc)
-        self._pending.append(_Sample(seq, timestamp, error, True, now))
+        self._pending.append((seq, timestamp, error, True, now))
         if metrics.enabled:
             metrics.frame_accepted()
         if len(self._pending) >= self._batch_size:
@@ -380,15 +378,16 @@ class Session:
     async def _write_batch(self, batch: _Batch, write: Write) -> None:
         assert batch.results is not None
         samples = batch.samples
-        if len(samples) == 1 and samples[0].error is None and type(batch.results[0]) is bytes:
+        inferences = batch.results[0] if len(samples) == 1 and samples[0][2] is None else None
+        if type(inferences) is bytes:
             # One frame with its serialized result (--batch-size 1, workers): the common case.
-            sample, inferences = samples[0], batch.results[0]
+            seq, timestamp, _, _, arrived = samples[0]
             self._out_seq += 1
-            await write(encode_ack(self._out_seq, sample.seq, sample.timestamp, inferences))
+            await write(encode_ack(self._out_seq, seq, timestamp, inferences))
             self.acked += 1
             if self._metrics.enabled:
                 self._metrics.frame_acked("inferred" if inferences else "empty",
-                                          time.monotonic() - sample.arrived, True)
+                                          time.monotonic() - arrived, True)
             self._inflight -= 1
             window = self._window
             if window is not None and not window.done():
@@ -398,32 +397,34 @@ class Session:
         acks: list[tuple[int, int, bytes]] = []
         kinds: list[str] = []
         for sample in batch.samples:
-            outcome = sample.error if sample.error is not None else next(results)
+            seq, timestamp, error, _, _ = sample
+            outcome = error if error is not None else next(results)
             if isinstance(outcome, bytes):  # serialized inferences; b"": none
-                acks.append((sample.seq, sample.timestamp, outcome))
+                acks.append((seq, timestamp, outcome))
                 kinds.append("inferred" if outcome else "empty")
                 continue
             if outcome is DROPPED:
                 kinds.append("dropped")
             elif isinstance(outcome, str):
-                self._log_invalid(sample.seq, outcome)
+                self._log_invalid(seq, outcome)
                 kinds.append("invalid")
             else:  # inference objects (a backend that did not serialize them)
                 inferences = MediaSample(inferences=outcome).SerializeToString()
-                acks.append((sample.seq, sample.timestamp, inferences))
+                acks.append((seq, timestamp, inferences))
                 kinds.append("inferred" if inferences else "empty")
                 continue
-            acks.append((sample.seq, sample.timestamp, b""))
+            acks.append((seq, timestamp, b""))
         # One native call numbers and encodes the batch's acks.
         messages = encode_acks(self._out_seq + 1, acks)
         self._out_seq += len(messages)
         metrics = self._metrics
-        for sample, message, kind in zip(batch.samples, messages, kinds, strict=True):
+        for (_, _, _, permit, arrived), message, kind in zip(batch.samples, messages, kinds,
+                                                             strict=True):
             await write(message)
             self.acked += 1
             if metrics.enabled:
-                metrics.frame_acked(kind, time.monotonic() - sample.arrived, sample.holds_permit)
-            if sample.holds_permit:
+                metrics.frame_acked(kind, time.monotonic() - arrived, permit)
+            if permit:
                 self._release_permit()
 
     def _release_permit(self) -> None:
