@@ -349,8 +349,8 @@ class WorkerBackend:
             except (BlockingIOError, OSError):
                 pass
         self._take_completions(slot)
-        if self._placement is not None and self._placement.backlog:
-            self._pump()  # completions freed arena space or worker load
+        if self._placement is not None and self._placement.backlog and not self._pump_scheduled:
+            self._pump()  # completions freed arena space or worker load (unless a pump is due)
 
     def _take_completions(self, slot: WorkerSlot) -> None:
         """Every record the worker has written: DONE results go to their sessions."""
