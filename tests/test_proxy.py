@@ -236,7 +236,9 @@ def _one_instance_lost(instances: Any, tmp_path: Path, sig: int) -> tuple[dict, 
 def test_nginx_instance_killed_streams_reconnect_and_lose_nothing(instances, tmp_path):
     report, victim, (victim_code, moved) = _one_instance_lost(instances, tmp_path, signal.SIGKILL)
     assert victim_code == -signal.SIGKILL
-    assert report["resent"] >= 1  # frames in flight on the killed instance came again
+    # Frames in flight on the killed instance came again, each at most once per lost call
+    # (how many were in flight at the kill depends on timing: 0 is possible at 100 fps).
+    assert 0 <= report["resent"] <= 16 * sum(s["reconnects"] for s in moved)
     for s in moved:  # a reset stream through nginx, or grpc.aio's stand-in when a write raced it
         status = s["calls"][0]["status"]
         assert "RST_STREAM" in status or "Internal error from Core" in status, status
