@@ -175,34 +175,6 @@ def test_import_compiles_nothing() -> None:
     assert run_python(code).strip() == "0"
 
 
-def test_warm_covers_every_type_frames_uses() -> None:
-    # In a fresh process: after warm(), no frame of any kind may compile anything new.
-    code = f"""
-import io
-import numpy as np
-from PIL import Image
-from fastext import frames, kernels
-kernels.warm()
-before = {{k: len(getattr(kernels, k).signatures) for k in {KERNELS!r}}}
-for fmt, layout in frames.LAYOUTS.items():
-    for pad in (0, 8):
-        stride = frames.default_stride(fmt, 6) + pad
-        buf = bytes(frames.raw_frame_size(fmt, 6, 4, stride))
-        for data in (buf, bytearray(buf), np.frombuffer(buf, np.uint8)):
-            frame = frames.frame_from_raw(data, fmt, 6, 4, stride)
-            frame.luma_mean()
-            frame.luma()
-for name, enc in (("JPEG", frames.Encoding.JPG), ("PNG", frames.Encoding.PNG)):
-    out = io.BytesIO()
-    Image.new("RGB", (9, 9)).save(out, name)
-    frames.frame_from_encoded(out.getvalue(), enc, luma_scale=8).luma_mean()
-after = {{k: len(getattr(kernels, k).signatures) for k in {KERNELS!r}}}
-print(before == after, before, after)
-"""
-    result = run_python(code)
-    assert result.startswith("True"), result
-
-
 def test_warm_shared_leaves_nothing_to_compile_for_any_frame() -> None:
     # What a worker does before READY; then every kind of frame, every Frame method and
     # both built-in processors: no jitted function (helpers too) may gain a signature.

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import free_port, scrape
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fastext_proxy_script", ROOT / "scripts/proxy.py")
 assert _spec is not None and _spec.loader is not None
@@ -234,7 +236,9 @@ def _one_instance_lost(instances: Any, tmp_path: Path, sig: int) -> tuple[dict, 
 def test_nginx_instance_killed_streams_reconnect_and_lose_nothing(instances, tmp_path):
     report, victim, (victim_code, moved) = _one_instance_lost(instances, tmp_path, signal.SIGKILL)
     assert victim_code == -signal.SIGKILL
-    assert report["resent"] >= 1  # frames in flight on the killed instance came again
+    # Frames in flight on the killed instance came again, each at most once per lost call
+    # (how many were in flight at the kill depends on timing: 0 is possible at 100 fps).
+    assert 0 <= report["resent"] <= 16 * sum(s["reconnects"] for s in moved)
     for s in moved:  # a reset stream through nginx, or grpc.aio's stand-in when a write raced it
         status = s["calls"][0]["status"]
         assert "RST_STREAM" in status or "Internal error from Core" in status, status
@@ -268,11 +272,24 @@ def _health(envoy: Any) -> dict[str, str]:
     return flags
 
 
-def _requests(envoy: Any, address: str) -> int:
+def _traffic(envoy: Any, address: str) -> dict[str, int]:
+    """What Envoy sent one instance: calls (rq_total) and connections, refused ones too."""
+    counts = {}
     for line in envoy.admin("/clusters").splitlines():
-        if line == f"fastext::{address}::rq_total" or line.startswith(f"fastext::{address}::rq_total::"):
-            return int(line.rsplit("::", 1)[1])
-    raise AssertionError(f"no rq_total for {address}")
+        parts = line.split("::")
+        if len(parts) == 4 and parts[1] == address and parts[2] in ("rq_total", "cx_total"):
+            counts[parts[2]] = int(parts[3])
+    assert len(counts) == 2, f"no counters for {address}"
+    return counts
+
+
+def _hc_failures(envoy: Any) -> int:
+    """Failed health checks in the cluster so far (Envoy's counter)."""
+    for line in envoy.admin("/stats?filter=health_check.failure").splitlines():
+        name, _, value = line.partition(": ")
+        if name == "cluster.fastext.health_check.failure":
+            return int(value)
+    raise AssertionError("no cluster.fastext.health_check.failure")
 
 
 def _until(what: str, check: Any, deadline_s: float) -> None:
@@ -288,10 +305,11 @@ def _until(what: str, check: Any, deadline_s: float) -> None:
 def test_envoy_sends_no_new_call_to_a_draining_instance(instances, tmp_path):
     # The draining instance is held in its drain: its one worker is stopped with a frame
     # in hand, so the drain waits (up to --drain-s) while the port still answers.
-    draining = instances(1, "--workers", "1", "--drain-s", "40")[0]
+    metrics = free_port()
+    draining = instances(1, "--workers", "1", "--drain-s", "40", "--metrics-port", str(metrics))[0]
     others = instances(2, "--workers", "0")
     draining.wait_for("warm worker", lambda: any("kernels warm" in x for x in draining.lines), 60)
-    worker = int(re.search(r"kernels warm in \S+ s \(pid (\d+)\)",  # type: ignore[union-attr]
+    worker = int(re.search(r"kernels warm in .*?\(pid (\d+)\)",  # type: ignore[union-attr]
                            "".join(draining.lines)).group(1))
     insts = [draining, *others]
     summary = tmp_path / "s.json"
@@ -301,15 +319,25 @@ def test_envoy_sends_no_new_call_to_a_draining_instance(instances, tmp_path):
         holder = stream("--target", draining.address, "--max-frames", "5", "--window", "1",
                         "--ack-timeout", "60")
         try:
-            draining.wait_for("the held session", lambda: draining.sessions >= 1, 30)
+            # Its first frame read (in the stopped worker's hand), not just the session
+            # started: a SIGTERM before that finds nothing to drain, and the instance
+            # closes its port at once (it stays up only to wait for its stopped worker).
+            _until("the held frame in flight",
+                   lambda: scrape(metrics).get("fastext_frames_in_flight", 0) >= 1, 30)
             draining.proc.send_signal(signal.SIGTERM)
             _until("the draining instance marked unhealthy",
                    lambda: "failed_active_hc" in _health(envoy)[draining.address], 10)
-            before = _requests(envoy, draining.address)
+            # The admin page shows the flag before Envoy's load balancer acts on it: new
+            # calls still reached the flagged instance (and, refused with UNAVAILABLE,
+            # were retried onto it again, least-request preferring the idle host) until
+            # its next check, about one interval later. Wait for that check to fail too.
+            failures = _hc_failures(envoy)
+            _until("the next failed check", lambda: _hc_failures(envoy) > failures, 10)
+            before = _traffic(envoy, draining.address)
             code, _, err = finish(stream("--target", envoy.target, "--streams", "6",
                                          "--max-frames", "30", "--summary-json", str(summary)), 30)
             assert code == 0, err  # no call refused: none reached the draining instance
-            assert _requests(envoy, draining.address) == before
+            assert _traffic(envoy, draining.address) == before
             assert draining.proc.poll() is None  # it was still up, draining, all along
             report = json.loads(summary.read_text())
             assert sum(report["instances"].values()) == 6 and report["reconnects"] == 0

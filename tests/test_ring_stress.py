@@ -192,8 +192,10 @@ def build_driver(tmp_path_factory: pytest.TempPathFactory):
     return build
 
 
-def run_driver(exe: Path, items: int, capacity: int, spin: int) -> dict[str, int]:
-    out = run_isolated([str(exe), str(items), str(capacity), str(spin)], f"{exe.name} {items}")
+def run_driver(exe: Path, items: int, capacity: int, spin: int,
+               timeout: float = HARD_TIMEOUT) -> dict[str, int]:
+    out = run_isolated([str(exe), str(items), str(capacity), str(spin)], f"{exe.name} {items}",
+                       timeout)
     facts = dict(_DRIVER_LINE.findall(out))
     return {k: int(v, 16) if k == "checksum" else int(v) for k, v in facts.items()}
 
@@ -221,7 +223,10 @@ def test_ring_c_driver_is_clean_under_thread_sanitizer(build_driver) -> None:
     if "unexpected memory mapping" in probe.stderr:
         pytest.skip("ThreadSanitizer cannot run on this kernel's address-space layout")
     # Fewer records than the plain run: TSan costs ~10x; this keeps it ~3 s.
-    facts = run_driver(exe, 2_000_000, 4096, 0)
+    # 240 s, not 60: under qemu-user on a busy host the TSan run took 85 s (49 s on a quiet
+    # one). The deadline only catches a hang; a lost wake-up fails the driver itself (each
+    # of its waits gives up after 10 s, and an unsignalled wake-up is counted).
+    facts = run_driver(exe, 2_000_000, 4096, 0, timeout=240.0)
     assert facts["items"] == facts["pushed"] == facts["popped"] == 2_000_000
 
 
