@@ -393,15 +393,18 @@ class WorkerBackend:
     def _on_exit(self, slot: WorkerSlot) -> None:
         if slot.rings is not None:  # its rings go with it: keep their count
             self._unsignalled_retired += slot.rings.unsignalled_wakeups()
-        self._submit_rings[slot.index] = None  # the slot's next process gets new ones
-        self._completion_rings[slot.index] = None
+        self._submit_rings[slot.index] = None  # no more records to a dead process
         self._doorbells[slot.index] = -1
         placement = self._placement
+        if placement is not None:
+            if self._supervisor is not None and not self._supervisor.stopping:
+                self._metrics.worker_restarted()
+            self._take_completions(slot)  # what it finished before dying still counts
+        # Only now: taking completions above reads (and caches) the old ring, which the
+        # supervisor closes after this returns; the slot's next process has new rings.
+        self._completion_rings[slot.index] = None
         if placement is None:
             return
-        if self._supervisor is not None and not self._supervisor.stopping:
-            self._metrics.worker_restarted()
-        self._take_completions(slot)  # what it finished before dying still counts
         worker = placement.workers[slot.index]
         held = len(worker.jobs)
         for job in placement.worker_died(worker):
