@@ -95,7 +95,7 @@ class Placement:
             job = backlog[0]
             if job.refs is None and not self._copy_in(job):
                 break  # arena full: frees come with completions
-            worker = self._choose(job.lane)
+            worker = self._choose(job.lane) if job.lane.stateful else self._least_loaded()
             if worker is None:
                 break  # no worker ready
             backlog.popleft()

@@ -365,8 +365,22 @@ class Session:
     async def _write_acks(self, write: Write) -> None:
         order = self._order
         while True:
-            while order and order[0].results is not None:
-                await self._write_batch(order.popleft(), write)
+            while order and (results := order[0].results) is not None:
+                samples = order.popleft().samples
+                if len(samples) == 1 and samples[0][2] is None and type(results[0]) is bytes:
+                    # One frame with its serialized result (--batch-size 1, workers): the
+                    # common case, written here without a coroutine per batch.
+                    seq, timestamp, _, _, arrived = samples[0]
+                    inferences: bytes = results[0]  # type: ignore[assignment]
+                    self._out_seq += 1
+                    await write(encode_ack(self._out_seq, seq, timestamp, inferences))
+                    self.acked += 1
+                    if self._metrics.enabled:
+                        self._metrics.frame_acked("inferred" if inferences else "empty",
+                                                  time.monotonic() - arrived, True)
+                    self._release_permit()
+                else:
+                    await self._write_batch(samples, results, write)
             if self._input_done and not order:
                 return
             self._wake = self._loop.create_future()
@@ -375,28 +389,12 @@ class Session:
             finally:
                 self._wake = None
 
-    async def _write_batch(self, batch: _Batch, write: Write) -> None:
-        assert batch.results is not None
-        samples = batch.samples
-        inferences = batch.results[0] if len(samples) == 1 and samples[0][2] is None else None
-        if type(inferences) is bytes:
-            # One frame with its serialized result (--batch-size 1, workers): the common case.
-            seq, timestamp, _, _, arrived = samples[0]
-            self._out_seq += 1
-            await write(encode_ack(self._out_seq, seq, timestamp, inferences))
-            self.acked += 1
-            if self._metrics.enabled:
-                self._metrics.frame_acked("inferred" if inferences else "empty",
-                                          time.monotonic() - arrived, True)
-            self._inflight -= 1
-            window = self._window
-            if window is not None and not window.done():
-                window.set_result(None)
-            return
-        results = iter(batch.results)
+    async def _write_batch(self, samples: list[_Sample], outcomes: Sequence[Result],
+                           write: Write) -> None:
+        results = iter(outcomes)
         acks: list[tuple[int, int, bytes]] = []
         kinds: list[str] = []
-        for sample in batch.samples:
+        for sample in samples:
             seq, timestamp, error, _, _ = sample
             outcome = error if error is not None else next(results)
             if isinstance(outcome, bytes):  # serialized inferences; b"": none
@@ -418,7 +416,7 @@ class Session:
         messages = encode_acks(self._out_seq + 1, acks)
         self._out_seq += len(messages)
         metrics = self._metrics
-        for (_, _, _, permit, arrived), message, kind in zip(batch.samples, messages, kinds,
+        for (_, _, _, permit, arrived), message, kind in zip(samples, messages, kinds,
                                                              strict=True):
             await write(message)
             self.acked += 1
