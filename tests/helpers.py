@@ -105,7 +105,10 @@ class RunningServer:
     def start(self) -> RunningServer:
         self._thread.start()
         self.server = self.call(self._make())
-        self.port = self.call(self.server.start())
+        # Start-up includes warming the kernels: on an empty numba cache (a fresh CI
+        # checkout, whichever test comes first) that is a cold compile, which on a busy
+        # 2-core host ran past 30 s. The server's own bound on it is 180 s.
+        self.port = self.call(self.server.start(), timeout=240.0)
         return self
 
     async def _make(self) -> ExtensionServer:
