@@ -159,7 +159,9 @@ def test_bad_arguments_raise_instead_of_reading_out_of_bounds() -> None:
 def run_python(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])}
     done = subprocess.run(
-        [sys.executable, "-c", code], check=True, timeout=120, env=env, capture_output=True
+        # 600 s: a bound for a hang, not a speed test; under qemu-user on a busy host the
+        # warm-coverage run took over 120 s.
+        [sys.executable, "-c", code], check=True, timeout=600, env=env, capture_output=True
     )
     return done.stdout.decode()
 
