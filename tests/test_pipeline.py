@@ -223,3 +223,41 @@ def test_sigterm_right_after_ready_still_cleans_up():
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert _segments(proc.pid) == []
+
+
+def test_records_left_in_an_outbox_go_when_the_worker_makes_room(make_server, monkeypatch):
+    # A submit ring of 4 KiB holds ~80 one-frame BATCH records; a stopped worker lets the
+    # rest pile up in its outbox. When it runs again and frees ring space, the outbox
+    # must follow, although no new job comes its way (the client sent everything and
+    # waits for acks): nothing else would send it.
+    from fastext import pipeline
+
+    monkeypatch.setattr(pipeline, "_RING_CAPACITY", 4096)
+    srv = make_server(workers=1, max_inflight=400)
+    (pid,) = worker_pids(srv)
+    frame = to_pixel_format(solid(ORANGE, 16, 16), VF.RGB24)
+    done: list[object] = []
+
+    def client() -> None:
+        opts = StreamOptions(target=srv.target, width=16, height=16, window=300,
+                             ack_timeout_s=30.0)
+        done.append(run_stream(opts, [frame] * 300))
+
+    import threading
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        # Every frame read: ~80 in the ring, the rest waiting in the outbox.
+        while srv.server.backend.queued() < 200:
+            assert time.monotonic() < deadline, "the outbox never filled"
+            time.sleep(0.01)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    thread.join(timeout=60)
+    assert done, "the stream did not finish: records stayed in the outbox"
+    result = done[0]
+    assert result.acked == result.sent == 300  # type: ignore[attr-defined]
+    assert srv.server.backend.queued() == 0

@@ -308,3 +308,15 @@ async def test_session_drain_acks_what_was_read_then_ends_unavailable() -> None:
     assert ended.value.code == "UNAVAILABLE"
     assert call.acks() == [2, 3]
     assert len(call.lane.batches) == 2
+
+
+@on_loop
+async def test_session_drained_during_its_handshake_ends_unavailable() -> None:
+    call = Call(batch_size=1)
+    call.session.drain()  # the server began to stop before this call's reader ran
+    call.send(descriptor(8, 8), *frames(2, 2))
+    with pytest.raises(SessionEnd) as ended:
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert ended.value.code == "UNAVAILABLE"  # not OK: the client must know to reconnect
+    assert len(call.written) == 1 and call.lane.batches == []

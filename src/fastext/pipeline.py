@@ -263,6 +263,10 @@ class WorkerBackend:
         """Frames acked empty after too many worker deaths."""
         return self._placement.abandoned if self._placement is not None else 0
 
+    def queued(self) -> int:
+        """Batches not yet in a worker's ring (the backlog and the outboxes)."""
+        return self._placement.queued() if self._placement is not None else 0
+
     def worker_pids(self) -> list[int]:
         """The pids of the worker processes alive now (for tests and tools)."""
         slots = self._supervisor.slots if self._supervisor is not None else ()
@@ -349,7 +353,14 @@ class WorkerBackend:
             except (BlockingIOError, OSError):
                 pass
         self._take_completions(slot)
-        if self._placement is not None and self._placement.backlog and not self._pump_scheduled:
+        placement = self._placement
+        if placement is None:
+            return
+        # The worker consumed records, so its ring has room: what waited in its outbox for
+        # that room goes now (nothing else would send it if no new job came its way).
+        if placement.workers[slot.index].outbox:
+            self._flush(placement.workers[slot.index])
+        if placement.backlog and not self._pump_scheduled:
             self._pump()  # completions freed arena space or worker load (unless a pump is due)
 
     def _take_completions(self, slot: WorkerSlot) -> None:
@@ -387,22 +398,30 @@ class WorkerBackend:
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
         slots = self._supervisor.slots if self._supervisor is not None else ()
-        live = sum(s.rings.unsignalled_wakeups() for s in slots if s.rings is not None)
+        live = 0
+        for slot in slots:  # read by the scrape thread: a slot's rings may be closing
+            rings = slot.rings
+            if rings is not None:
+                try:
+                    live += rings.unsignalled_wakeups()
+                except ValueError:  # closed under us: its count moved to the retired total
+                    pass
         return self._unsignalled_retired + live
 
     def _on_exit(self, slot: WorkerSlot) -> None:
         if slot.rings is not None:  # its rings go with it: keep their count
             self._unsignalled_retired += slot.rings.unsignalled_wakeups()
-        self._submit_rings[slot.index] = None  # no more records to a dead process
-        self._doorbells[slot.index] = -1
         placement = self._placement
         if placement is not None:
             if self._supervisor is not None and not self._supervisor.stopping:
                 self._metrics.worker_restarted()
             self._take_completions(slot)  # what it finished before dying still counts
-        # Only now: taking completions above reads (and caches) the old ring, which the
-        # supervisor closes after this returns; the slot's next process has new rings.
+        # Only now: taking completions above reads (and caches) the old rings and, if its
+        # READY was still unread, its doorbell fd; the supervisor closes them after this
+        # returns, and the slot's next process has new ones.
+        self._submit_rings[slot.index] = None
         self._completion_rings[slot.index] = None
+        self._doorbells[slot.index] = -1
         if placement is None:
             return
         worker = placement.workers[slot.index]

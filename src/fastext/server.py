@@ -144,13 +144,14 @@ class ExtensionServer:
     ) -> None:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        # Once per call, ahead of the descriptor reply (which would carry headers anyway):
-        # who served this call, for clients behind a proxy.
-        await context.send_initial_metadata(self._instance_metadata)
+        # Registered before any await, so a drain that starts meanwhile sees this call.
         session = Session(self.config, self.backend, peer=context.peer(), metrics=self.metrics)
         self._sessions.add(session)
         self._idle.clear()
         try:
+            # Once per call, ahead of the descriptor reply (which would carry headers
+            # anyway): who served this call, for clients behind a proxy.
+            await context.send_initial_metadata(self._instance_metadata)
             await session.serve(requests, context.write)
         except SessionEnd as end:
             await context.abort(grpc.StatusCode[end.code], str(end))

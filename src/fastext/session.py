@@ -95,6 +95,7 @@ class Session:
         self._wake: asyncio.Future[None] | None = None  # the writer waits for results
         self._idle: asyncio.Future[None] | None = None  # cleanup waits for running batches
         self._input_done = False
+        self._client_done = False  # the client half-closed: every message was read
         self._closed = False  # cleanup has begun: nothing more goes to the lane
         self._timer: asyncio.TimerHandle | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -201,7 +202,8 @@ class Session:
             await self._write_acks(write)  # returns once the reader is done and all is acked
         finally:
             reader.cancel()
-        if reader.cancelled():
+        if reader.cancelled() or (self._draining and not self._client_done):
+            # (The second: a drain that began before the reader ran, during the handshake.)
             raise SessionEnd("UNAVAILABLE", "server is shutting down; every frame "
                              "received was acknowledged, reconnect to continue")
         error = reader.exception()
@@ -221,6 +223,7 @@ class Session:
                 await self._window_open()  # window full: stop reading (back-pressure)
             message = await anext(requests, None)
             if message is None:
+                self._client_done = True
                 return
             self._received += 1
             # Overload policy drop: never stop reading; a frame that finds the window
