@@ -42,11 +42,13 @@ def faults_per_frame(keep_mb: int, frames: int = 200, warm: int = 300) -> float:
 
 def test_freed_heap_is_reused_not_faulted_in_again():
     # glibc's defaults hand the heap back after each message, so every frame's memory
-    # is fresh pages (measured: 80-180 faults per 519 KB frame, steadily); with
-    # --malloc-keep-mb's default the heap is reused (0-8 per frame after warming).
+    # is fresh pages; with --malloc-keep-mb's default the heap is reused. Measured per
+    # 519 KB frame: 80-180 against 0-8 while the front still parsed requests with
+    # protobuf (three large allocations a message); since the raw-bytes front (one, grpc's
+    # own), 49 against 5 on x86-64 and 19.8 against 0.2 on aarch64 under qemu.
     kept, default = faults_per_frame(KEEP_MB), faults_per_frame(0)
     assert kept < 15, f"{kept:.1f} page faults per frame with the heap kept"
-    assert default > 4 * max(kept, 5.0), (default, kept)
+    assert default > 4 * max(kept, 2.0), (default, kept)
 
 
 def test_keep_freed_memory_zero_leaves_the_allocator_alone():
