@@ -172,16 +172,23 @@ def test_generated_imports_are_absolute():
 
 
 @pytest.mark.parametrize(("seq", "ack", "ts"), [(1, 1, 0), (2, 5, 90000), (300, 2**40, 2**63), (7, 0, 1)])
-def test_serialized_sample_response_equals_protobuf(seq, ack, ts):
-    from fastext.protocol import sample_response, serialized_sample_response
+def test_server_ack_equals_protobuf(seq, ack, ts):
+    # The ack the session writes: wire.encode_ack around a worker's serialized inferences.
+    from fastext.wire import encode_ack
 
     inf = inferencing_pb2.Inference(type=inferencing_pb2.Inference.CLASSIFICATION,
                                     classification=inferencing_pb2.Classification(
                                         tag=inferencing_pb2.Tag(value="dark", confidence=1.0)))
     blob = extension_pb2.MediaSample(inferences=[inf, inf]).SerializeToString()
-    want = sample_response(seq, ack, ts, [inf, inf]).SerializeToString()
-    assert serialized_sample_response(seq, ack, ts, blob) == want
-    assert serialized_sample_response(seq, ack, ts, b"") == sample_response(seq, ack, ts).SerializeToString()
+
+    def want(inferences: list) -> bytes:
+        return extension_pb2.MediaStreamMessage(
+            sequence_number=seq, ack_sequence_number=ack,
+            media_sample=extension_pb2.MediaSample(timestamp=ts, inferences=inferences),
+        ).SerializeToString()
+
+    assert encode_ack(seq, ack, ts, blob) == want([inf, inf])
+    assert encode_ack(seq, ack, ts, b"") == want([])
 
 
 @pytest.mark.parametrize(("seq", "ts"), [(2, 0), (3, 90000), (2**33, 2**63), (0, 1)])

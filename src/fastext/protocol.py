@@ -2,7 +2,7 @@
 
 * :func:`validate_descriptor` turns a client's first message into an immutable
   :class:`StreamSpec` or raises :class:`DescriptorError` naming the problem.
-* :func:`descriptor_reply` / :func:`sample_response` build the server's messages.
+* :func:`descriptor_reply` builds the server's first message (acks: :func:`fastext.wire.encode_ack`).
 * :func:`parse_request` is the server's request deserializer: it never raises, so
   bytes that are not a message reach the session as :class:`Unparsed`, and the
   session ends the call with a status naming the message (after its acks).
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastext import wire
-from fastext._proto import extension_pb2, inferencing_pb2, media_pb2
+from fastext._proto import extension_pb2, media_pb2
 from fastext.errors import DescriptorError
 from fastext.frames import MAX_DIMENSION, Encoding, PixelFormat, default_stride, raw_frame_size
 
@@ -23,8 +23,6 @@ __all__ = [
     "Unparsed",
     "descriptor_reply",
     "parse_request",
-    "sample_response",
-    "serialized_sample_response",
     "validate_descriptor",
     "validate_handle_name",
 ]
@@ -195,27 +193,3 @@ def descriptor_reply(sequence_number: int, ack: int, spec: StreamSpec) -> MediaS
             media_descriptor=media_pb2.MediaDescriptor(timescale=spec.timescale),
         ),
     )
-
-
-def sample_response(
-    sequence_number: int,
-    ack: int,
-    timestamp: int,
-    inferences: list[inferencing_pb2.Inference] | tuple[()] = (),
-) -> MediaStreamMessage:
-    """The ack of one sample, carrying its timestamp and (possibly no) inferences."""
-    return MediaStreamMessage(
-        sequence_number=sequence_number,
-        ack_sequence_number=ack,
-        media_sample=extension_pb2.MediaSample(timestamp=timestamp, inferences=inferences),
-    )
-
-
-def serialized_sample_response(sequence_number: int, ack: int, timestamp: int,
-                               inferences: bytes) -> bytes:
-    """The wire bytes of :func:`sample_response`, around inferences a worker serialized.
-
-    ``inferences`` is a serialized MediaSample holding only field 10 (the inference
-    list); the server's message is assembled around it without parsing it again.
-    """
-    return wire.sample_message(sequence_number, ack, timestamp, inferences=inferences)
