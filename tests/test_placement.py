@@ -28,7 +28,7 @@ def make(workers: int = 2, arena: int = 4096) -> tuple[Placement, bytearray]:
 
     placement = Placement(workers, ArenaAllocator(arena), write)
     for worker in placement.workers:
-        worker.ready = True
+        placement.set_ready(worker)
     return placement, memory
 
 
@@ -39,11 +39,9 @@ def batches(worker: Worker) -> list[tuple[int, int, list[tuple[int, int, int]]]]
 def test_placement_sends_open_once_per_worker_then_batches() -> None:
     placement, _ = make(workers=1)
     lane = Lane(7)
-    for token in (1, 2):
-        placement.add(lane, token, [ShmRef(100 * token, 10)], 0.0)
-    touched = placement.place()
+    placed = [placement.add(lane, token, [ShmRef(100 * token, 10)], 0.0) for token in (1, 2)]
     (worker,) = placement.workers
-    assert touched == [worker]
+    assert placed == [worker, worker] and placement.place() == []
     assert worker.outbox[0] == lane.open_record
     assert [(s, refs) for s, _, refs in batches(worker)] == [
         (7, [(records.SRC_CLIENT, 100, 10)]), (7, [(records.SRC_CLIENT, 200, 10)])]
@@ -54,25 +52,37 @@ def test_placement_picks_the_least_loaded_ready_worker() -> None:
     placement, _ = make(workers=3)
     a, b, c = placement.workers
     a.frames, b.frames, c.frames = 5, 1, 3
-    placement.add(Lane(1), 1, [ShmRef(0, 1)], 0.0)
-    assert placement.place() == [b]
-    b.ready = False
-    placement.add(Lane(1), 2, [ShmRef(0, 1)], 0.0)
-    assert placement.place() == [c]
+    assert placement.add(Lane(1), 1, [ShmRef(0, 1)], 0.0) is b
+    placement.set_ready(b, False)
+    assert placement.add(Lane(1), 2, [ShmRef(0, 1)], 0.0) is c
+    a.frames = c.frames  # a tie goes to the first
+    assert placement.add(Lane(1), 3, [ShmRef(0, 1)], 0.0) is a
 
 
 def test_placement_keeps_a_stateful_lane_on_one_worker_and_repins_after_a_death() -> None:
     placement, _ = make(workers=2)
     lane = Lane(3, stateful=True)
-    placement.add(lane, 1, [ShmRef(0, 1)], 0.0)
-    (first,) = placement.place()
+    first = placement.add(lane, 1, [ShmRef(0, 1)], 0.0)
+    assert first is not None
     placement.workers[1 - first.index].frames = -100  # much less loaded: still not chosen
-    placement.add(lane, 2, [ShmRef(0, 1)], 0.0)
-    assert placement.place() == [first]
+    assert placement.add(lane, 2, [ShmRef(0, 1)], 0.0) is first
     placement.worker_died(first)
     (second,) = placement.place()  # its two batches run again, elsewhere, in order
     assert second is not first and lane.pinned is second
     assert [batch_id for _, batch_id, _ in batches(second)] == [1, 2]
+
+
+def test_placement_places_a_batch_at_once_unless_others_wait_before_it() -> None:
+    placement, _ = make(workers=1)
+    (worker,) = placement.workers
+    placement.set_ready(worker, False)
+    assert placement.add(Lane(1), 1, [ShmRef(0, 8)], 0.0) is None  # no worker: it waits
+    placement.set_ready(worker)
+    assert placement.add(Lane(1), 2, [ShmRef(8, 8)], 0.0) is None  # behind the first, in order
+    assert not batches(worker) and placement.place() == [worker]
+    assert [b for _, b, _ in batches(worker)] == [1, 2]
+    assert placement.add(Lane(1), 3, [ShmRef(16, 8)], 0.0) is worker  # nothing waits: at once
+    assert [b for _, b, _ in batches(worker)] == [1, 2, 3] and not placement.backlog
 
 
 def test_placement_copies_embedded_frames_into_the_arena_once() -> None:
@@ -115,7 +125,7 @@ def test_placement_reruns_a_dead_workers_batches_then_gives_up() -> None:
     placement.add(Lane(1), 2, [ShmRef(0, 8)], 0.0)
     given_up = []
     for run in range(1, MAX_RUNS + 1):
-        worker.ready = True
+        placement.set_ready(worker)
         placement.place()
         assert [b for _, b, _ in batches(worker)] == [1, 2], f"run {run}: oldest first"
         given_up = placement.worker_died(worker)
@@ -130,15 +140,15 @@ def test_placement_reruns_a_dead_workers_batches_then_gives_up() -> None:
 def test_placement_places_nothing_without_a_ready_worker() -> None:
     placement, _ = make(workers=2)
     for worker in placement.workers:
-        worker.ready = False
+        placement.set_ready(worker, False)
     placement.add(Lane(1), 1, [ShmRef(0, 8)], 0.0)
     assert placement.place() == [] and placement.queued() == 1
 
 
 def test_placement_close_goes_only_to_workers_that_opened_the_session() -> None:
     placement, _ = make(workers=2)
-    placement.add(Lane(5, stateful=True), 1, [ShmRef(0, 8)], 0.0)
-    (opened,) = placement.place()
+    opened = placement.add(Lane(5, stateful=True), 1, [ShmRef(0, 8)], 0.0)
+    assert opened is not None
     opened.outbox.clear()
     assert placement.close_lane(5) == [opened]
     assert list(opened.outbox) == [records.pack_close(5)]

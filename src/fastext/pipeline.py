@@ -298,14 +298,18 @@ class WorkerBackend:
     # -- submitting ------------------------------------------------------------------
 
     def submit(self, lane: _WorkerLane, token: int, payloads: Sequence[Payload]) -> None:
-        """Queue a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
+        """Place a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
         placement = self._placement
         assert placement is not None and self._loop is not None, "WorkerBackend.start() first"
-        placement.add(lane, token, payloads,
-                      time.perf_counter() if self._metrics.enabled else 0.0)
-        if not self._pump_scheduled:
-            # Place everything submitted in this loop iteration together: one ring
-            # publish and at most one futex wake per worker, not one per frame.
+        worker = placement.add(lane, token, payloads,
+                               time.perf_counter() if self._metrics.enabled else 0.0)
+        if worker is not None:  # placed at once (nothing waited before it): into its ring
+            self._flush(worker)
+            if self._metrics.enabled:
+                self._metrics.queue_depth(placement.queued())
+        elif not self._pump_scheduled:
+            # It waits for arena space or a ready worker: place it (and whatever else
+            # waits) at the end of this loop iteration, or when completions free room.
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)
 
@@ -350,29 +354,32 @@ class WorkerBackend:
         if fd >= 0:
             try:
                 os.read(fd, 65536)
-            except (BlockingIOError, OSError):
+            except OSError:  # BlockingIOError too: nothing more to read
                 pass
-        self._take_completions(slot)
-        placement = self._placement
-        if placement is None:
+        worker = self._take_completions(slot)
+        if worker is None:
             return
         # The worker consumed records, so its ring has room: what waited in its outbox for
         # that room goes now (nothing else would send it if no new job came its way).
-        if placement.workers[slot.index].outbox:
-            self._flush(placement.workers[slot.index])
-        if placement.backlog and not self._pump_scheduled:
+        if worker.outbox:
+            self._flush(worker)
+        if self._placement.backlog and not self._pump_scheduled:  # type: ignore[union-attr]
             self._pump()  # completions freed arena space or worker load (unless a pump is due)
 
-    def _take_completions(self, slot: WorkerSlot) -> None:
-        """Every record the worker has written: DONE results go to their sessions."""
-        rings, placement = slot.rings, self._placement
-        if rings is None or placement is None:
-            return
-        worker = placement.workers[slot.index]
-        metrics = self._metrics
+    def _take_completions(self, slot: WorkerSlot) -> Worker | None:
+        """Every record the worker has written: DONE results go to their sessions.
+        Returns placement's view of the worker (None before start or after the slot's
+        rings are gone)."""
+        placement = self._placement
         ring = self._completion_rings[slot.index]
         if ring is None:
+            rings = slot.rings
+            if rings is None or placement is None:
+                return None
             ring = self._completion_rings[slot.index] = rings.completion.ring
+        assert placement is not None
+        worker = placement.workers[slot.index]
+        metrics = self._metrics
         finished = placement.finished
         for record in ring.pop_many(1 << 16, 0):
             kind = record[0]
@@ -387,13 +394,17 @@ class WorkerBackend:
                                        processing)
                 job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
             elif kind == records.READY:
+                rings = slot.rings
+                assert rings is not None
                 self._submit_rings[slot.index] = rings.submit.ring
                 self._doorbells[slot.index] = (slot.doorbell.fileno()
                                                if slot.doorbell is not None else -1)
-                slot.ready = worker.ready = True
+                slot.ready = True
+                placement.set_ready(worker)
                 log.info("worker %d ready (pid %d)", slot.index, records.unpack_ready(record))
-                if self._all_ready is not None and all(w.ready for w in placement.workers):
+                if self._all_ready is not None and len(placement.ready) == len(placement.workers):
                     self._all_ready.set()
+        return worker
 
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""

@@ -12,6 +12,7 @@ drive it directly.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -22,6 +23,7 @@ from fastext.shm import ArenaAllocator, ShmRef
 __all__ = ["MAX_RUNS", "Job", "Placement", "PlacedLane", "Worker"]
 
 MAX_RUNS = 3  # a batch whose worker died this many times is acked empty instead
+_LOAD = operator.attrgetter("frames")  # a worker's load, read by min() without a Python call
 #: Embedded frame bytes, or a checked region of the client's file.
 Payload = ShmRef | memoryview
 Ref = tuple[int, int, int]  # (source, offset, size), as records.pack_batch takes them
@@ -45,9 +47,15 @@ class Job:
                  batch_id: int, submitted: float) -> None:
         self.lane = lane
         self.token = token  # the session's name for the batch
-        self.payloads = payloads
         self.batch_id = batch_id
-        self.refs: list[Ref] | None = None  # set once its embedded bytes are in the arena
+        self.refs: list[Ref] | None  # set once its embedded bytes are in the arena
+        self.payloads: Sequence[Payload]  # () once it has refs
+        if len(payloads) == 1 and type(ref := payloads[0]) is ShmRef:
+            # One frame in the client's file (--batch-size 1 by shared memory): nothing to
+            # copy, its reference is ready now.
+            self.refs, self.payloads = [(records.SRC_CLIENT, ref[0], ref[1])], ()
+        else:
+            self.refs, self.payloads = None, payloads
         self.blocks: list[list[int]] = []  # arena blocks it holds
         self.runs = 0  # times it was handed to a worker
         self.submitted = submitted
@@ -73,6 +81,7 @@ class Placement:
     def __init__(self, count: int, alloc: ArenaAllocator,
                  write: Callable[[int, memoryview], None]) -> None:
         self.workers = [Worker(i) for i in range(count)]
+        self.ready: list[Worker] = []  # the ready workers, by index
         self.backlog: deque[Job] = deque()  # waiting for arena space or a ready worker
         self._alloc = alloc
         self._write = write  # copies bytes into the arena at an offset
@@ -80,11 +89,23 @@ class Placement:
         self.retried = 0  # batches run again after their worker died
         self.abandoned = 0  # frames acked empty after too many worker deaths
 
+    def set_ready(self, worker: Worker, ready: bool = True) -> None:
+        """A worker can take batches (its READY came), or no longer can."""
+        worker.ready = ready
+        self.ready = [w for w in self.workers if w.ready]
+
     def add(self, lane: PlacedLane, token: int, payloads: Sequence[Payload],
-            submitted: float) -> Job:
+            submitted: float) -> Worker | None:
+        """Take a batch.  With nothing waiting before it, it is placed at once if it can
+        go, and the worker whose outbox got its records is returned; otherwise it joins
+        the backlog (for :meth:`place`) and None is returned."""
         job = Job(lane, token, payloads, next(self._ids), submitted)
+        if not self.backlog:
+            worker = self._place(job)
+            if worker is not None:
+                return worker
         self.backlog.append(job)
-        return job
+        return None
 
     def place(self) -> list[Worker]:
         """Place waiting jobs, oldest first, until one cannot go (arena full, no ready
@@ -92,25 +113,26 @@ class Placement:
         touched: list[Worker] = []
         backlog = self.backlog
         while backlog:
-            job = backlog[0]
-            if job.refs is None and not self._copy_in(job):
-                break  # arena full: frees come with completions
-            worker = self._choose(job.lane) if job.lane.stateful else self._least_loaded()
+            worker = self._place(backlog[0])
             if worker is None:
-                break  # no worker ready
+                break
             backlog.popleft()
-            self._assign(worker, job)
             if worker not in touched:
                 touched.append(worker)
         return touched
 
+    def _place(self, job: Job) -> Worker | None:
+        """Give a job to a worker; None when it cannot go yet (arena full: frees come with
+        completions; or no worker ready)."""
+        if job.refs is None and not self._copy_in(job):
+            return None
+        worker = self._choose(job.lane) if job.lane.stateful else self._least_loaded()
+        if worker is not None:
+            self._assign(worker, job)
+        return worker
+
     def _copy_in(self, job: Job) -> bool:
         """Turn payloads into references; embedded bytes are copied into the arena once."""
-        payloads = job.payloads
-        if len(payloads) == 1 and type(payloads[0]) is ShmRef:  # one frame in the client's file
-            job.refs = [(records.SRC_CLIENT, *payloads[0])]
-            job.payloads = ()
-            return True
         refs: list[Ref] = []
         alloc = self._alloc
         for payload in job.payloads:
@@ -144,11 +166,7 @@ class Placement:
         return self._least_loaded()
 
     def _least_loaded(self) -> Worker | None:
-        best = None
-        for worker in self.workers:
-            if worker.ready and (best is None or worker.frames < best.frames):
-                best = worker
-        return best
+        return min(self.ready, key=_LOAD, default=None)  # the first of the least loaded
 
     def _assign(self, worker: Worker, job: Job) -> None:
         refs = job.refs
@@ -187,7 +205,7 @@ class Placement:
         worker.outbox.clear()
         worker.sessions.clear()
         worker.frames = 0
-        worker.ready = False
+        self.set_ready(worker, False)
         given_up: list[Job] = []
         for job in reversed(orphans):  # appendleft: the oldest ends up first
             if job.runs >= MAX_RUNS:

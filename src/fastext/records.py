@@ -39,6 +39,7 @@ _SESSION = struct.Struct("<BxxxI")  # CLOSE: kind session; READY: kind pid
 _DONE = struct.Struct("<BxxxIQI")  # kind processing_us batch_id count
 _OUTCOME = struct.Struct("<BxxxI")  # ok length
 _DONE1 = struct.Struct(_DONE.format + _OUTCOME.format[1:])  # DONE of one frame, before its bytes
+_DONE1_SIZE, _unpack_done1 = _DONE1.size, _DONE1.unpack_from  # read per frame
 
 
 class Open(NamedTuple):
@@ -127,12 +128,12 @@ def pack_done(batch_id: int, outcomes: Sequence[bytes | str], processing_us: int
 
 def unpack_done(buf: bytes) -> tuple[int, list[bytes | str], int]:
     """(batch id, outcomes, processing time in microseconds)."""
-    _, processing_us, batch_id, count = _DONE.unpack_from(buf)
-    if count == 1 and len(buf) >= _DONE1.size:  # one frame, the default: no loop
-        ok, length = _OUTCOME.unpack_from(buf, _DONE.size)
-        if len(buf) == _DONE1.size + length:
-            data = buf[_DONE1.size :]
+    if len(buf) >= _DONE1_SIZE:  # one frame, the default: one unpack, no loop
+        _, processing_us, batch_id, count, ok, length = _unpack_done1(buf)
+        if count == 1 and len(buf) == _DONE1_SIZE + length:
+            data = buf[_DONE1_SIZE:]
             return batch_id, [data if ok else data.decode(errors="replace")], processing_us
+    _, processing_us, batch_id, count = _DONE.unpack_from(buf)
     pos, outcomes = _DONE.size, []
     view = memoryview(buf)
     for _ in range(count):

@@ -15,12 +15,13 @@ back on the client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 from fastext._proto.extension_pb2 import MediaSample, MediaStreamMessage
 from fastext.config import Config
@@ -36,7 +37,7 @@ from fastext.protocol import (
     parse_request,
     validate_descriptor,
 )
-from fastext.shm import ClientMemory
+from fastext.shm import ClientMemory, ShmRef
 from fastext.wire import CONTENT_BYTES, CONTENT_REFERENCE, encode_ack, encode_acks, parse_sample
 
 __all__ = ["Session", "SessionEnd"]
@@ -67,10 +68,12 @@ class SessionEnd(Exception):
 _Sample = tuple[int, int, str | None, bool, float]
 
 
-@dataclass(slots=True, eq=False)
-class _Batch:
-    samples: list[_Sample]
-    results: Sequence[Result] | None = None  # one per sample without an error; None: not yet
+#: One batch not yet acked, a two-item list (made per frame at --batch-size 1; a list is
+#: the cheapest mutable object to make): [its samples, its results (one per sample without
+#: an error) or None until the lane delivers them].
+_Batch = list[Any]
+#: ShmRef(offset, size) without the Python-level __new__ a NamedTuple call runs.
+_shm_ref: Callable[[tuple[int, int]], ShmRef] = functools.partial(tuple.__new__, ShmRef)
 
 
 class Session:
@@ -105,6 +108,9 @@ class Session:
         self._processor_name = "-"
         self._raw = False
         self._frame_bytes = 0
+        # The largest offset at which a RAW frame fits in the client's file (-1: no RAW
+        # frames by shared memory in this session): the per-frame bounds check is one compare.
+        self._last_offset = -1
         self._out_seq = 0
         self._last_in_seq = 0
         self._received = 0  # messages read from the call: a message's position in it
@@ -191,6 +197,8 @@ class Session:
             raise SessionEnd("INVALID_ARGUMENT", str(exc)) from None
         self._spec = spec
         self._raw, self._frame_bytes = spec.raw, spec.frame_bytes  # read per frame
+        if self._memory is not None and spec.raw:
+            self._last_offset = self._memory.length - spec.frame_bytes
         self._processor_name = name
         self._last_in_seq = first.sequence_number
         return spec
@@ -264,14 +272,28 @@ class Session:
             self._dispatch()  # ack it as soon as the frames before it are acked
             return
         self._inflight += 1
-        try:
-            self._payloads.append(self._payload(kind, a, b, data))
+        need = self._frame_bytes
+        if kind == CONTENT_REFERENCE and a <= self._last_offset and b >= need:
+            # A RAW frame inside the client's file: the common shared-memory case, checked
+            # here rather than through _payload and ClientMemory.frame (per frame).
+            payload: Payload | None = _shm_ref((a, need))
             error = None
-        except SampleError as exc:
-            error = str(exc)
-        self._pending.append((seq, timestamp, error, True, now))
+        else:
+            try:
+                payload = self._payload(kind, a, b, data)
+                error = None
+            except SampleError as exc:
+                payload, error = None, str(exc)
+        sample = (seq, timestamp, error, True, now)
         if metrics.enabled:
             metrics.frame_accepted()
+        if self._batch_size == 1 and not self._pending:
+            # --batch-size 1 (the default): each frame is its own batch, submitted now.
+            self._send([sample], [payload] if payload is not None else [])
+            return
+        if payload is not None:
+            self._payloads.append(payload)
+        self._pending.append(sample)
         if len(self._pending) >= self._batch_size:
             self._dispatch()
         elif self._timer is None:
@@ -332,31 +354,36 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending or self._closed:
+        if not self._pending:
             return
-        batch = _Batch(self._pending)
-        payloads = self._payloads
+        samples, payloads = self._pending, self._payloads
         self._pending, self._payloads = [], []
+        self._send(samples, payloads)
+
+    def _send(self, samples: list[_Sample], payloads: list[Payload]) -> None:
+        """Queue a batch for its acks and submit its payloads to the lane (if it has any)."""
+        if self._closed:
+            return
+        batch: _Batch = [samples, None]
         self._order.append(batch)
         if not payloads:
-            batch.results = []
+            batch[1] = ()
             self._wake_writer()
             return
-        assert self._lane is not None
         token = next(self._tokens)
         self._running[token] = batch
-        self._lane.submit(token, payloads)
+        self._lane.submit(token, payloads)  # type: ignore[union-attr]  # set by the handshake
 
     def _deliver(self, token: int, results: Sequence[Result]) -> None:
         """A batch's results, from the backend (on the event loop)."""
         batch = self._running.pop(token, None)
         if batch is None:
             return  # not ours any more: the session ended without waiting for it
-        batch.results = results
-        if not self._running and self._idle is not None and not self._idle.done():
+        batch[1] = results
+        if self._idle is not None and not self._running and not self._idle.done():
             self._idle.set_result(None)
-        if self._order and self._order[0] is batch:
-            self._wake_writer()
+        if self._order[0] is batch and (wake := self._wake) is not None and not wake.done():
+            wake.set_result(None)  # the oldest batch is complete: the writer can go on
 
     # -- writing ----------------------------------------------------------------
 
@@ -367,21 +394,24 @@ class Session:
 
     async def _write_acks(self, write: Write) -> None:
         order = self._order
+        metrics = self._metrics
         while True:
-            while order and (results := order[0].results) is not None:
-                samples = order.popleft().samples
+            while order and (results := order[0][1]) is not None:
+                samples = order.popleft()[0]
                 if len(samples) == 1 and samples[0][2] is None and type(results[0]) is bytes:
                     # One frame with its serialized result (--batch-size 1, workers): the
                     # common case, written here without a coroutine per batch.
                     seq, timestamp, _, _, arrived = samples[0]
-                    inferences: bytes = results[0]  # type: ignore[assignment]
+                    inferences: bytes = results[0]
                     self._out_seq += 1
                     await write(encode_ack(self._out_seq, seq, timestamp, inferences))
                     self.acked += 1
-                    if self._metrics.enabled:
-                        self._metrics.frame_acked("inferred" if inferences else "empty",
-                                                  time.monotonic() - arrived, True)
-                    self._release_permit()
+                    if metrics.enabled:
+                        metrics.frame_acked("inferred" if inferences else "empty",
+                                            time.monotonic() - arrived, True)
+                    self._inflight -= 1  # _release_permit, inlined (per frame)
+                    if (window := self._window) is not None and not window.done():
+                        window.set_result(None)
                 else:
                     await self._write_batch(samples, results, write)
             if self._input_done and not order:
