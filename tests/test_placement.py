@@ -14,6 +14,7 @@ class Lane:
     session: int
     stateful: bool = False
     pinned: Worker | None = None
+    closed: bool = False
 
     @property
     def open_record(self) -> bytes:
@@ -147,9 +148,30 @@ def test_placement_places_nothing_without_a_ready_worker() -> None:
 
 def test_placement_close_goes_only_to_workers_that_opened_the_session() -> None:
     placement, _ = make(workers=2)
-    opened = placement.add(Lane(5, stateful=True), 1, [ShmRef(0, 8)], 0.0)
+    lane = Lane(5, stateful=True)
+    opened = placement.add(lane, 1, [ShmRef(0, 8)], 0.0)
     assert opened is not None
     opened.outbox.clear()
-    assert placement.close_lane(5) == [opened]
+    assert placement.close_lane(lane) == [opened]
     assert list(opened.outbox) == [records.pack_close(5)]
-    assert placement.close_lane(5) == []  # once
+    assert placement.close_lane(lane) == []  # once
+
+
+def test_placement_a_closed_lanes_batches_never_reopen_it() -> None:
+    # A session that stopped waiting (its cleanup timed out) closes its lane while one of
+    # its batches waits for arena space and another is held by a worker that then dies.
+    placement, _ = make(workers=1, arena=1024)
+    (worker,) = placement.workers
+    lane, other = Lane(1), Lane(2)
+    assert placement.add(lane, 1, [memoryview(bytes(800))], 0.0) is worker
+    assert placement.add(lane, 2, [memoryview(bytes(800))], 0.0) is None  # arena full
+    assert placement.add(other, 1, [ShmRef(0, 8)], 0.0) is None  # behind it, in order
+    worker.outbox.clear()
+    assert placement.close_lane(lane) == [worker]
+    assert [j.lane for j in placement.backlog] == [other], "the closed lane's batch still waits"
+    assert placement.worker_died(worker) == [] and [j.lane for j in placement.backlog] == [other]
+    placement.set_ready(worker)
+    assert placement.place() == [worker]
+    sent = list(worker.outbox)
+    assert sent == [other.open_record, records.pack_batch(2, 3, [(records.SRC_CLIENT, 0, 8)])]
+    assert placement._alloc.alloc(1024) is not None, "the closed lane's arena space was kept"

@@ -294,6 +294,25 @@ async def test_session_cleanup_waits_for_running_batches_before_closing_the_lane
 
 
 @on_loop
+async def test_session_cancelled_again_during_cleanup_still_closes_after_running_batches() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 1))
+    await call.until(lambda: len(call.lane.batches) == 1)
+    call.task.cancel()  # the client went away with a frame being processed
+    for _ in range(20):
+        await asyncio.sleep(0)
+    call.task.cancel()  # and the server stops: a second cancel lands in the cleanup wait
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not call.task.done() and not call.lane.closed, "closed under a running batch"
+    call.lane.answer(call.lane.batches[0][0])
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert call.lane.closed, "the lane (and the client file) were left open"
+
+
+@on_loop
 async def test_session_drain_acks_what_was_read_then_ends_unavailable() -> None:
     call = await opened(batch_size=1)
     call.send(*frames(2, 2))

@@ -214,6 +214,7 @@ class _WorkerLane:
         # of the session goes to that worker, whose ring keeps them in order.
         self.stateful = bool(getattr(processor, "stateful", False))
         self.pinned: Worker | None = None
+        self.closed = False  # the session is over (placement's)
         config = json.dumps({"processor": spec.processor, **spec.params})
         f = spec.format
         self.open_record = records.pack_open(records.Open(
@@ -343,7 +344,7 @@ class WorkerBackend:
     def close_lane(self, lane: _WorkerLane) -> None:
         """The session is over: its workers unmap its file after its last batch."""
         if self._placement is not None:
-            for worker in self._placement.close_lane(lane.session):
+            for worker in self._placement.close_lane(lane):
                 self._flush(worker)
 
     # -- completions and deaths ----------------------------------------------------------

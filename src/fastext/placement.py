@@ -36,6 +36,7 @@ class PlacedLane(Protocol):
     stateful: bool
     open_record: bytes
     pinned: Worker | None
+    closed: bool  # set by close_lane: its batches are not placed (or re-run) any more
 
 
 class Job:
@@ -126,7 +127,9 @@ class Placement:
         completions; or no worker ready)."""
         if job.refs is None and not self._copy_in(job):
             return None
-        worker = self._choose(job.lane) if job.lane.stateful else self._least_loaded()
+        lane = job.lane
+        # (_least_loaded, inlined: this runs per batch)
+        worker = self._choose(lane) if lane.stateful else min(self.ready, key=_LOAD, default=None)
         if worker is not None:
             self._assign(worker, job)
         return worker
@@ -208,7 +211,9 @@ class Placement:
         self.set_ready(worker, False)
         given_up: list[Job] = []
         for job in reversed(orphans):  # appendleft: the oldest ends up first
-            if job.runs >= MAX_RUNS:
+            if job.lane.closed:  # its session is over (it stopped waiting): nobody wants it
+                self.release(job)
+            elif job.runs >= MAX_RUNS:
                 self.abandoned += len(job.refs or ())
                 self.release(job)
                 given_up.append(job)
@@ -218,9 +223,19 @@ class Placement:
         given_up.reverse()
         return given_up
 
-    def close_lane(self, session: int) -> list[Worker]:
+    def close_lane(self, lane: PlacedLane) -> list[Worker]:
         """The session is over: a CLOSE record for every worker that opened it (rings are
-        FIFO, so it follows the session's last batch); returns those workers."""
+        FIFO, so it follows the session's last batch); returns those workers.  Its batches
+        still waiting (a session that stopped waiting for them) are dropped, and any that
+        a worker holds will not run again after a death: placed later, they would send a
+        new OPEN that no CLOSE follows."""
+        lane.closed = True
+        if any(job.lane is lane for job in self.backlog):
+            for job in self.backlog:
+                if job.lane is lane:
+                    self.release(job)
+            self.backlog = deque(job for job in self.backlog if job.lane is not lane)
+        session = lane.session
         touched = []
         for worker in self.workers:
             if session in worker.sessions:

@@ -287,9 +287,16 @@ class Session:
         sample = (seq, timestamp, error, True, now)
         if metrics.enabled:
             metrics.frame_accepted()
-        if self._batch_size == 1 and not self._pending:
-            # --batch-size 1 (the default): each frame is its own batch, submitted now.
-            self._send([sample], [payload] if payload is not None else [])
+        if self._batch_size == 1 and payload is not None and not self._pending:
+            # --batch-size 1 (the default): each frame is its own batch, submitted now
+            # (what _send does, inlined: this runs per frame).
+            if self._closed:
+                return
+            batch: _Batch = [[sample], None]
+            self._order.append(batch)
+            token = next(self._tokens)
+            self._running[token] = batch
+            self._lane.submit(token, [payload])  # type: ignore[union-attr]
             return
         if payload is not None:
             self._payloads.append(payload)
@@ -486,16 +493,28 @@ class Session:
             self._timer = None
         self._pending.clear()
         self._payloads.clear()
+        cancelled = False
         if self._running:  # frames still being read from the mapping: let them finish first
-            self._idle = self._loop.create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._idle), _CLEANUP_WAIT_S)
-            except TimeoutError:
-                log.error("%d batches still running after %.0f s at session end",
-                          len(self._running), _CLEANUP_WAIT_S)
+            # Bounded, and shielded from further cancels: unmapping (or telling the workers
+            # to unmap) under a running batch is not an option, and skipping the close would
+            # leak the client file's descriptor and the workers' mappings.
+            self._idle = idle = self._loop.create_future()
+            deadline = self._loop.time() + _CLEANUP_WAIT_S
+            while not idle.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(idle),
+                                           max(0.0, deadline - self._loop.time()))
+                except TimeoutError:
+                    log.error("%d batches still running after %.0f s at session end",
+                              len(self._running), _CLEANUP_WAIT_S)
+                    break
+                except asyncio.CancelledError:
+                    cancelled = True  # cancelled again: finish the cleanup, then go
         self._running.clear()
         self._order.clear()
         if self._lane is not None:
             self._lane.close()
         if self._memory is not None:
             self._memory.close()
+        if cancelled:
+            raise asyncio.CancelledError
