@@ -123,15 +123,28 @@ class Placement:
         return touched
 
     def _place(self, job: Job) -> Worker | None:
-        """Give a job to a worker; None when it cannot go yet (arena full: frees come with
-        completions; or no worker ready)."""
-        if job.refs is None and not self._copy_in(job):
-            return None
+        """Give a job to a worker: its session's OPEN first if that worker lacks it, then
+        its BATCH, on the worker's outbox.  None when it cannot go yet (arena full: frees
+        come with completions; or no worker ready)."""
+        refs = job.refs
+        if refs is None:
+            if not self._copy_in(job):
+                return None
+            refs = job.refs
+            assert refs is not None
         lane = job.lane
         # (_least_loaded, inlined: this runs per batch)
         worker = self._choose(lane) if lane.stateful else min(self.ready, key=_LOAD, default=None)
-        if worker is not None:
-            self._assign(worker, job)
+        if worker is None:
+            return None
+        session = lane.session
+        if session not in worker.sessions:
+            worker.sessions.add(session)
+            worker.outbox.append(lane.open_record)
+        worker.outbox.append(records.pack_batch(session, job.batch_id, refs))
+        worker.jobs[job.batch_id] = job
+        worker.frames += len(refs)
+        job.runs += 1
         return worker
 
     def _copy_in(self, job: Job) -> bool:
@@ -170,18 +183,6 @@ class Placement:
 
     def _least_loaded(self) -> Worker | None:
         return min(self.ready, key=_LOAD, default=None)  # the first of the least loaded
-
-    def _assign(self, worker: Worker, job: Job) -> None:
-        refs = job.refs
-        assert refs is not None
-        session = job.lane.session
-        if session not in worker.sessions:
-            worker.sessions.add(session)
-            worker.outbox.append(job.lane.open_record)
-        worker.outbox.append(records.pack_batch(session, job.batch_id, refs))
-        worker.jobs[job.batch_id] = job
-        worker.frames += len(refs)
-        job.runs += 1
 
     def finished(self, worker: Worker, batch_id: int) -> Job | None:
         """The worker reported a batch done: the job, its arena blocks freed (None for a

@@ -226,8 +226,7 @@ class Session:
     async def _read(self, requests: Requests) -> None:
         dropping = self.config.overload == "drop"
         while not self._draining:
-            full = self._inflight >= self._max_inflight
-            if full and not dropping:
+            if self._inflight >= self._max_inflight and not dropping:
                 await self._window_open()  # window full: stop reading (back-pressure)
             message = await anext(requests, None)
             if message is None:
@@ -236,7 +235,7 @@ class Session:
             self._received += 1
             # Overload policy drop: never stop reading; a frame that finds the window
             # full is acknowledged (after the frames before it) without inference.
-            self._accept(message, dropped=dropping and self._inflight >= self._max_inflight)
+            self._accept(message, dropping and self._inflight >= self._max_inflight)
 
     async def _window_open(self) -> None:
         while self._inflight >= self._max_inflight:
