@@ -327,6 +327,25 @@ def test_architecture_running_worker_never_loads_grpc() -> None:
         stop_server(proc)
 
 
+# -- the supervisor knows nothing of what its processes run -------------------------------
+
+# What a worker runs and how the front talks to it: the caller's (pipeline.py's) to wire.
+SUPERVISOR_MUST_NOT_REACH = {"fastext.worker", "fastext.ring", "fastext.records",
+                             "fastext.pipeline"}
+
+
+def test_architecture_supervisor_imports_no_worker_ring_records_or_pipeline() -> None:
+    modules = package_modules()
+    assert SUPERVISOR_MUST_NOT_REACH <= set(modules)  # the names are real modules
+    # The scanner sees these imports where they are (the pipeline wires workers and rings).
+    assert {"fastext.worker", "fastext.ring", "fastext.records", "fastext.supervisor"} <= {
+        m for m, _ in imports_of(modules["fastext.pipeline"], SRC)}
+    direct = {m for m, _ in imports_of(modules["fastext.supervisor"], SRC)}
+    assert "fastext.doorbell" in direct
+    # Nor through another module: everything importing the supervisor can run.
+    assert sorted(closure(["fastext.supervisor"]) & SUPERVISOR_MUST_NOT_REACH) == []
+
+
 # -- the client imports nothing of the server --------------------------------------------
 
 # The contract (the package root's METHOD_PATH and the generated _proto messages),

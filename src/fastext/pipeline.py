@@ -34,15 +34,18 @@ from typing import Any, Protocol, cast
 
 from fastext import records
 from fastext.config import Config
+from fastext.doorbell import Doorbell
 from fastext.execute import FrameFormat, Outcome, fetch_payload, run_batch, serialized
 from fastext.metrics import MetricsSink, NullMetrics
 from fastext.placement import Placement, Worker
 from fastext.processors import create
 from fastext.processors.base import Processor
-from fastext.ring import Ring
+from fastext.ring import Ring, RingPair
 from fastext.segments import cleanup_stale_segments, segment_name
 from fastext.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
-from fastext.supervisor import Supervisor, WorkerSlot
+from fastext.supervisor import Slot, Supervisor
+from fastext.worker import WorkerSpec
+from fastext.worker import main as worker_main
 
 __all__ = ["Backend", "Deliver", "InlineBackend", "Lane", "Payload", "WorkerBackend",
            "make_backend"]
@@ -233,8 +236,9 @@ class WorkerBackend:
     """Batches run in worker processes fed through shared-memory rings.
 
     The decisions (backlog, arena, which worker, re-runs) are :class:`Placement`'s;
-    this class is the wiring: the supervisor's processes, their rings and doorbells,
-    completions, and the results handed back to sessions.
+    the processes (spawn, restart, stop) are the :class:`Supervisor`'s; this class is
+    the wiring: each process's rings and spec (:meth:`_launch`, :meth:`_release`), its
+    doorbell, completions, and the results handed back to sessions.
     """
 
     def __init__(self, config: Config, metrics: MetricsSink | None = None) -> None:
@@ -248,11 +252,13 @@ class WorkerBackend:
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
         self._unsignalled_retired = 0  # counted on rings of workers since replaced
-        # Per slot, the live process's submit ring and doorbell fd (None / -1 until READY):
+        # Per slot, the ring pair of its process of the moment (from _launch to _release).
+        self._rings: list[RingPair | None] = [None] * config.workers
+        # Per slot, the live process's submit ring and doorbell (None until READY):
         # looked up per flush and per completion wake-up.
         self._submit_rings: list[Ring | None] = [None] * config.workers
         self._completion_rings: list[Ring | None] = [None] * config.workers
-        self._doorbells: list[int] = [-1] * config.workers
+        self._doorbells: list[Doorbell | None] = [None] * config.workers
 
     @property
     def retried(self) -> int:
@@ -282,9 +288,8 @@ class WorkerBackend:
         self._arena = arena = Arena.create(segment_name("arena"), size)
         self._placement = Placement(self.config.workers, ArenaAllocator(size), arena.write)
         self._all_ready = asyncio.Event()
-        self._supervisor = Supervisor(
-            self.config.workers, (arena.name, size), self.config.log_level,
-            self.config.log_format, _RING_CAPACITY, self._on_completions, self._on_exit)
+        self._supervisor = Supervisor(self.config.workers, self._launch, worker_main,
+                                      self._on_completions, self._on_exit, self._release)
         self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
         self._supervisor.start()
         try:
@@ -329,8 +334,7 @@ class WorkerBackend:
         ring = self._submit_rings[worker.index]
         outbox = worker.outbox
         if ring is None:  # not READY yet (a STOP at start-up, say): the slot's own rings
-            slots = self._supervisor.slots if self._supervisor is not None else ()
-            rings = slots[worker.index].rings if slots else None
+            rings = self._rings[worker.index]
             ring = rings.submit.ring if rings is not None else None
         if ring is None or not outbox:
             return
@@ -349,14 +353,11 @@ class WorkerBackend:
 
     # -- completions and deaths ----------------------------------------------------------
 
-    def _on_completions(self, slot: WorkerSlot) -> None:
+    def _on_completions(self, slot: Slot) -> None:
         """The worker rang its doorbell: take its completions, then place what waits."""
-        fd = self._doorbells[slot.index]
-        if fd >= 0:
-            try:
-                os.read(fd, 65536)
-            except OSError:  # BlockingIOError too: nothing more to read
-                pass
+        doorbell = self._doorbells[slot.index]
+        if doorbell is not None:
+            doorbell.drain()
         worker = self._take_completions(slot)
         if worker is None:
             return
@@ -367,14 +368,14 @@ class WorkerBackend:
         if self._placement.backlog and not self._pump_scheduled:  # type: ignore[union-attr]
             self._pump()  # completions freed arena space or worker load (unless a pump is due)
 
-    def _take_completions(self, slot: WorkerSlot) -> Worker | None:
+    def _take_completions(self, slot: Slot) -> Worker | None:
         """Every record the worker has written: DONE results go to their sessions.
         Returns placement's view of the worker (None before start or after the slot's
         rings are gone)."""
         placement = self._placement
         ring = self._completion_rings[slot.index]
         if ring is None:
-            rings = slot.rings
+            rings = self._rings[slot.index]
             if rings is None or placement is None:
                 return None
             ring = self._completion_rings[slot.index] = rings.completion.ring
@@ -395,11 +396,10 @@ class WorkerBackend:
                                        processing)
                 job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
             elif kind == records.READY:
-                rings = slot.rings
+                rings = self._rings[slot.index]
                 assert rings is not None
                 self._submit_rings[slot.index] = rings.submit.ring
-                self._doorbells[slot.index] = (slot.doorbell.fileno()
-                                               if slot.doorbell is not None else -1)
+                self._doorbells[slot.index] = slot.doorbell
                 slot.ready = True
                 placement.set_ready(worker)
                 log.info("worker %d ready (pid %d)", slot.index, records.unpack_ready(record))
@@ -409,10 +409,8 @@ class WorkerBackend:
 
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
-        slots = self._supervisor.slots if self._supervisor is not None else ()
         live = 0
-        for slot in slots:  # read by the scrape thread: a slot's rings may be closing
-            rings = slot.rings
+        for rings in self._rings:  # read by the scrape thread: a slot's rings may be closing
             if rings is not None:
                 try:
                     live += rings.unsignalled_wakeups()
@@ -420,20 +418,45 @@ class WorkerBackend:
                     pass
         return self._unsignalled_retired + live
 
-    def _on_exit(self, slot: WorkerSlot) -> None:
-        if slot.rings is not None:  # its rings go with it: keep their count
-            self._unsignalled_retired += slot.rings.unsignalled_wakeups()
+    def _launch(self, slot: Slot) -> WorkerSpec:
+        """The supervisor starts a process in ``slot``: its rings, and what it is told."""
+        arena = self._arena
+        assert arena is not None and slot.doorbell is not None
+        rings = RingPair.create(_RING_CAPACITY, tag=f"w{slot.index}")
+        self._rings[slot.index] = rings
+        config = self.config
+        return WorkerSpec(index=slot.index, rings=rings.names, arena_name=arena.name,
+                          arena_size=arena.size, log_level=config.log_level,
+                          log_format=config.log_format, parent_pid=os.getpid(),
+                          heartbeat=slot.heartbeat, doorbell=slot.doorbell.ringer)
+
+    def _release(self, slot: Slot, aborting: bool) -> None:
+        """The slot's process is gone (after :meth:`_on_exit`): close its rings, which
+        unlinks them.  ``aborting`` (the program exits now): only unlink the names."""
+        rings = self._rings[slot.index]
+        if rings is None:
+            return
+        if aborting:
+            rings.unlink()
+            return
+        try:  # its rings go with it: keep their count
+            self._unsignalled_retired += rings.unsignalled_wakeups()
+        finally:
+            self._rings[slot.index] = None
+            rings.close()
+
+    def _on_exit(self, slot: Slot) -> None:
         placement = self._placement
         if placement is not None:
             if self._supervisor is not None and not self._supervisor.stopping:
                 self._metrics.worker_restarted()
             self._take_completions(slot)  # what it finished before dying still counts
         # Only now: taking completions above reads (and caches) the old rings and, if its
-        # READY was still unread, its doorbell fd; the supervisor closes them after this
-        # returns, and the slot's next process has new ones.
+        # READY was still unread, its doorbell; the supervisor closes the doorbell and
+        # _release the rings after this returns, and the slot's next process has new ones.
         self._submit_rings[slot.index] = None
         self._completion_rings[slot.index] = None
-        self._doorbells[slot.index] = -1
+        self._doorbells[slot.index] = None
         if placement is None:
             return
         worker = placement.workers[slot.index]
@@ -468,7 +491,7 @@ class WorkerBackend:
             self._arena.unlink()
         log.warning("backend aborted: %d workers killed, shared memory unlinked", killed)
 
-    def _send_stop(self, slot: WorkerSlot) -> None:
+    def _send_stop(self, slot: Slot) -> None:
         if self._placement is None:
             return
         worker = self._placement.workers[slot.index]

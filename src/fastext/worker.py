@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastext import logs, records
+from fastext.doorbell import Ringer
 from fastext.execute import FrameFormat, fetch_payload, run_batch, serialized
 from fastext.processors import create
 from fastext.processors.base import Processor
@@ -48,7 +49,7 @@ class WorkerSpec:
     log_format: str
     parent_pid: int
     heartbeat: Any  # multiprocessing RawValue('d'): monotonic time of the last beat
-    doorbell: Any  # multiprocessing Connection (write end): one byte after completions
+    doorbell: Ringer  # the front's doorbell for this worker: rung after completions
 
 
 class _Lane:
@@ -81,8 +82,7 @@ class Worker:
         self.completion = self.pair.completion.ring
         self.arena = Arena.attach(spec.arena_name, spec.arena_size)
         self.lanes: dict[int, _Lane] = {}  # session id -> what this worker holds for it
-        self._doorbell_fd = spec.doorbell.fileno()
-        os.set_blocking(self._doorbell_fd, False)
+        self._ring = spec.doorbell.ring  # after a round of completions: never blocks
 
     def run(self) -> None:
         started = time.perf_counter()
@@ -157,18 +157,13 @@ class Worker:
             if os.getppid() != self.spec.parent_pid:
                 raise SystemExit(0)
 
-    def _ring(self) -> None:
-        try:
-            os.write(self._doorbell_fd, b"\x01")
-        except BlockingIOError:
-            pass  # the pipe is full of unread wakes: the front will look anyway
-
     def close(self) -> None:
         for lane in self.lanes.values():
             lane.close()
         self.lanes.clear()
         self.arena.close()
         self.pair.close()
+        self.spec.doorbell.close()
 
 
 def _die_with_parent() -> None:
