@@ -20,15 +20,15 @@ def readable(doorbell: Doorbell) -> bool:
     return bool(select.select([doorbell.fileno()], [], [], 0)[0])
 
 
-def test_doorbell_drain_takes_every_ring_and_an_empty_drain_is_zero() -> None:
+def test_doorbell_clear_takes_every_ring_and_an_empty_clear_is_zero() -> None:
     bell = Doorbell()
     try:
-        assert bell.drain() == 0 and not readable(bell)  # empty: no EAGAIN escapes
+        assert bell.clear() == 0 and not readable(bell)  # empty: no EAGAIN escapes
         for _ in range(5):
             bell.ringer.ring()
         assert readable(bell)
-        assert bell.drain() == 5
-        assert not readable(bell) and bell.drain() == 0
+        assert bell.clear() == 5
+        assert not readable(bell) and bell.clear() == 0
     finally:
         bell.close()
 
@@ -42,10 +42,10 @@ def test_doorbell_ringing_a_full_pipe_never_blocks() -> None:
         for _ in range(capacity + 10_000):  # past full: the extra rings are dropped
             bell.ringer.ring()
         assert time.monotonic() - started < 20
-        assert bell.drain() == capacity
-        assert bell.drain() == 0 and not readable(bell)
-        bell.ringer.ring()  # rings again once drained
-        assert bell.drain() == 1
+        assert bell.clear() == capacity
+        assert bell.clear() == 0 and not readable(bell)
+        bell.ringer.ring()  # rings again once cleared
+        assert bell.clear() == 1
     finally:
         bell.close()
 
@@ -55,7 +55,7 @@ def test_doorbell_close_is_idempotent_and_closes_both_ends() -> None:
     bell.ringer.ring()
     bell.close()
     assert bell.closed and bell.ringer.closed and bell.fileno() == -1
-    assert bell.drain() == 0  # a late wake-up on a closed bell: nothing, no error
+    assert bell.clear() == 0  # a late wake-up on a closed bell: nothing, no error
     bell.close()
     bell.ringer.close()
 
@@ -81,8 +81,8 @@ def test_doorbell_ringer_rings_from_a_spawned_child() -> None:
         bell.ringer.close()  # the parent's copy: the child holds its own
         child.join(45)
         assert child.exitcode == 0
-        assert bell.drain() == 3
-        assert bell.drain() == 0  # every ringer closed: end of file reads as empty
+        assert bell.clear() == 3
+        assert bell.clear() == 0  # every ringer closed: end of file reads as empty
     finally:
         bell.close()
 

@@ -64,7 +64,7 @@ class Harness:
 
     def _take(self, slot: Slot) -> None:
         assert slot.doorbell is not None
-        self.rang[(slot.index, self.gen(slot))] += slot.doorbell.drain()
+        self.rang[(slot.index, self.gen(slot))] += slot.doorbell.clear()
 
     def on_wake(self, slot: Slot) -> None:
         self._take(slot)

@@ -341,8 +341,10 @@ def test_parse_sample_fuzz_agrees_with_protobuf_whenever_it_answers(data: bytes)
 # -- encode -------------------------------------------------------------------------------
 
 def serialized_inferences(inferences: list[inferencing_pb2.Inference]) -> bytes:
-    """What a worker sends back for one frame (worker.py's _serialize)."""
-    return MediaSample(inferences=inferences).SerializeToString()
+    """What a worker sends back for one frame (worker.py's _serialize).  Deterministic,
+    here and in protobuf_ack: the inferences hold a map, whose order protobuf does not
+    otherwise fix (the byte comparison failed about 1 run in 15 without it)."""
+    return MediaSample(inferences=inferences).SerializeToString(deterministic=True)
 
 
 INFERENCE_LISTS = [[], _inferences()[:1], _inferences()]
@@ -350,7 +352,8 @@ INFERENCE_LISTS = [[], _inferences()[:1], _inferences()]
 
 def protobuf_ack(seq: int, ack: int, ts: int, inferences: list[inferencing_pb2.Inference]) -> bytes:
     return MSM(sequence_number=seq, ack_sequence_number=ack,
-               media_sample=MediaSample(timestamp=ts, inferences=inferences)).SerializeToString()
+               media_sample=MediaSample(timestamp=ts, inferences=inferences)
+               ).SerializeToString(deterministic=True)
 
 
 def test_encode_ack_equals_protobuf_over_a_value_grid() -> None:

@@ -5,7 +5,7 @@ watched with ``loop.add_reader(doorbell.fileno(), ...)``; the child gets the wri
 (:class:`Ringer`, pickled into its arguments by ``spawn``) and calls
 :meth:`Ringer.ring` after it has put something where the parent will look (a ring).
 The bytes carry no meaning: one readable pipe means "look", however many rings it
-took, so a full pipe is fine (the bell is already ringing) and the parent drains
+took, so a full pipe is fine (the bell is already ringing) and the parent clears
 everything at once.
 
 Its own module, not the supervisor's: a child imports it to unpickle its ringer, and
@@ -71,7 +71,7 @@ def _attach_ringer(dup: Any) -> Ringer:
 
 
 class Doorbell:
-    """The parent's side: watch :meth:`fileno`, :meth:`drain` when it is readable.
+    """The parent's side: watch :meth:`fileno`, :meth:`clear` when it is readable.
 
     :attr:`ringer` is the write end, to hand to the child (in its spawn arguments);
     close the parent's copy (``doorbell.ringer.close()``) once the child is started.
@@ -92,21 +92,26 @@ class Doorbell:
     def closed(self) -> bool:
         return self._fd < 0
 
-    def drain(self) -> int:
+    def clear(self) -> int:
         """Read and discard every pending ring; returns how many there were.  Never
-        blocks and never raises for an empty pipe (0 after :meth:`close` too)."""
+        blocks and never raises for an empty pipe (0 after :meth:`close` too).  One read
+        when fewer than a read's worth are pending (the usual case: it runs per wake-up)."""
         fd = self._fd
-        total = 0
         if fd < 0:
-            return total
-        for _ in range(_MAX_READS):
+            return 0
+        try:
+            n = len(os.read(fd, _READ))
+        except BlockingIOError:
+            return 0
+        total = n
+        for _ in range(_MAX_READS - 1):
+            if n < _READ:  # short read (or end of file: every ringer closed): empty now
+                break
             try:
                 n = len(os.read(fd, _READ))
             except BlockingIOError:
-                return total
+                break
             total += n
-            if n < _READ:  # short read (or end of file: every ringer closed): empty now
-                return total
         return total
 
     def close(self) -> None:

@@ -357,7 +357,7 @@ class WorkerBackend:
         """The worker rang its doorbell: take its completions, then place what waits."""
         doorbell = self._doorbells[slot.index]
         if doorbell is not None:
-            doorbell.drain()
+            doorbell.clear()
         worker = self._take_completions(slot)
         if worker is None:
             return

@@ -11,8 +11,8 @@ The event loop learns of a process's exit from its sentinel and of its news from
 doorbell: both file descriptors watched with ``loop.add_reader``; nothing polls.  The
 caller's callbacks, all on the loop:
 
-* ``on_wake(slot)``: the slot's doorbell is readable.  It drains it
-  (``doorbell.drain()``) and reads what the process left for it.
+* ``on_wake(slot)``: the slot's doorbell is readable.  It clears it
+  (``doorbell.clear()``) and reads what the process left for it.
 * ``on_exit(slot)``: the slot's process has ended (crash, heartbeat kill, stop).  Its
   doorbell and the caller's resources are still there: whatever the process finished
   is taken, and what it held handed elsewhere, before the slot is recycled.
@@ -146,7 +146,7 @@ class Supervisor:
         if not self._stopping:
             log.error("%s %d (pid %d) exited with code %s", self._name, slot.index, process.pid,
                       process.exitcode)
-        self._on_exit(slot)  # completions are drained and frames re-queued before the slot resets
+        self._on_exit(slot)  # completions are taken and frames re-queued before the slot resets
         self._release(slot)
         if self._stopping:
             return
