@@ -103,15 +103,22 @@ class Doorbell:
             n = len(os.read(fd, _READ))
         except BlockingIOError:
             return 0
-        total = n
+        if n < _READ:  # a short read (or end of file: every ringer closed): empty now
+            return n
+        return n + self._clear_more(fd)
+
+    @staticmethod
+    def _clear_more(fd: int) -> int:
+        """The rest of a pipe that held a whole read's worth (bounded: _MAX_READS)."""
+        total = 0
         for _ in range(_MAX_READS - 1):
-            if n < _READ:  # short read (or end of file: every ringer closed): empty now
-                break
             try:
                 n = len(os.read(fd, _READ))
             except BlockingIOError:
                 break
             total += n
+            if n < _READ:
+                break
         return total
 
     def close(self) -> None:

@@ -353,34 +353,22 @@ class WorkerBackend:
 
     # -- completions and deaths ----------------------------------------------------------
 
-    def _on_completions(self, slot: Slot) -> None:
-        """The worker rang its doorbell: take its completions, then place what waits."""
-        doorbell = self._doorbells[slot.index]
+    def _on_completions(self, slot: Slot, exited: bool = False) -> None:
+        """The worker rang its doorbell (or ``exited``): take every record it wrote (DONE
+        results go to their sessions), then send what waits.  One call per wake-up."""
+        index = slot.index
+        doorbell = self._doorbells[index]
         if doorbell is not None:
             doorbell.clear()
-        worker = self._take_completions(slot)
-        if worker is None:
-            return
-        # The worker consumed records, so its ring has room: what waited in its outbox for
-        # that room goes now (nothing else would send it if no new job came its way).
-        if worker.outbox:
-            self._flush(worker)
-        if self._placement.backlog and not self._pump_scheduled:  # type: ignore[union-attr]
-            self._pump()  # completions freed arena space or worker load (unless a pump is due)
-
-    def _take_completions(self, slot: Slot) -> Worker | None:
-        """Every record the worker has written: DONE results go to their sessions.
-        Returns placement's view of the worker (None before start or after the slot's
-        rings are gone)."""
         placement = self._placement
-        ring = self._completion_rings[slot.index]
-        if ring is None:
-            rings = self._rings[slot.index]
+        ring = self._completion_rings[index]
+        if ring is None:  # the first wake-up of this process (its READY)
+            rings = self._rings[index]
             if rings is None or placement is None:
-                return None
-            ring = self._completion_rings[slot.index] = rings.completion.ring
+                return
+            ring = self._completion_rings[index] = rings.completion.ring
         assert placement is not None
-        worker = placement.workers[slot.index]
+        worker = placement.workers[index]
         metrics = self._metrics
         finished = placement.finished
         for record in ring.pop_many(1 << 16, 0):
@@ -396,16 +384,23 @@ class WorkerBackend:
                                        processing)
                 job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
             elif kind == records.READY:
-                rings = self._rings[slot.index]
+                rings = self._rings[index]
                 assert rings is not None
-                self._submit_rings[slot.index] = rings.submit.ring
-                self._doorbells[slot.index] = slot.doorbell
+                self._submit_rings[index] = rings.submit.ring
+                self._doorbells[index] = slot.doorbell
                 slot.ready = True
                 placement.set_ready(worker)
-                log.info("worker %d ready (pid %d)", slot.index, records.unpack_ready(record))
+                log.info("worker %d ready (pid %d)", index, records.unpack_ready(record))
                 if self._all_ready is not None and len(placement.ready) == len(placement.workers):
                     self._all_ready.set()
-        return worker
+        if exited:
+            return
+        # The worker consumed records, so its ring has room: what waited in its outbox for
+        # that room goes now (nothing else would send it if no new job came its way).
+        if worker.outbox:
+            self._flush(worker)
+        if placement.backlog and not self._pump_scheduled:
+            self._pump()  # completions freed arena space or worker load (unless a pump is due)
 
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
@@ -450,7 +445,7 @@ class WorkerBackend:
         if placement is not None:
             if self._supervisor is not None and not self._supervisor.stopping:
                 self._metrics.worker_restarted()
-            self._take_completions(slot)  # what it finished before dying still counts
+            self._on_completions(slot, exited=True)  # what it finished before dying counts
         # Only now: taking completions above reads (and caches) the old rings and, if its
         # READY was still unread, its doorbell; the supervisor closes the doorbell and
         # _release the rings after this returns, and the slot's next process has new ones.
