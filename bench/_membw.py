@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["ColdRead", "cold_reads", "sum_words"]
+__all__ = ["ColdRead", "ColdReader", "sum_words"]
 
 
 @njit(nogil=True, cache=False, boundscheck=False)
@@ -35,6 +35,58 @@ def sum_words(words):  # type: ignore[no-untyped-def]
     for i in range(words.shape[0]):
         total += words[i]
     return total
+
+
+class ColdReader:
+    """A buffer of ``frames`` frames, several times the last-level cache, written once;
+    each :meth:`measure` reads it whole (bandwidth) and then frame by frame (the cold
+    read of one frame), so it can be called between the rounds it is a yardstick for.
+
+    ``kind`` "anon" is a numpy array; "shm" a ``/dev/shm`` file mapped shared, unlinked
+    at once (nothing is left behind), as a worker maps a client's file.
+    """
+
+    def __init__(self, frame_bytes: int, frames: int = 40, kind: str = "shm",
+                 directory: str = "/dev/shm") -> None:
+        self.kind = kind
+        self.frame_words = frame_bytes // 8
+        self.frames = frames
+        size = self.frame_words * 8 * frames
+        self._map: mmap.mmap | None = None
+        if kind == "anon":
+            self.words = np.empty(size // 8, np.uint64)
+        else:
+            path = os.path.join(directory, f"fastext_bench_membw_{os.getpid()}")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.unlink(path)
+                os.ftruncate(fd, size)
+                self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self.words = np.frombuffer(self._map, np.uint64)
+        self.words[:] = 1  # every page present before anything is timed
+        sum_words(self.words[:8])  # compiled before any clock starts
+
+    def measure(self) -> ColdRead:
+        start = time.perf_counter()
+        sum_words(self.words)
+        whole = time.perf_counter() - start
+        per_frame = _read_frames(self.words, self.frame_words, self.frames, 1)
+        return ColdRead(self.kind, self.words.nbytes / whole / 1e9,
+                        statistics.median(per_frame) * 1e6, self.frame_words * 8)
+
+    def close(self) -> None:
+        del self.words
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> ColdReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -53,40 +105,3 @@ def _read_frames(words: np.ndarray, frame_words: int, frames: int, passes: int) 
             sum_words(words[k * frame_words:(k + 1) * frame_words])
             times.append(time.perf_counter() - start)
     return times
-
-
-def _measure(kind: str, words: np.ndarray, frame_bytes: int, frames: int, passes: int) -> ColdRead:
-    frame_words = frame_bytes // 8
-    sum_words(words[:frame_words])  # compiled before any clock starts
-    words[:] = 1  # every page present before it is timed (not a page fault per 4 KiB)
-    whole = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        sum_words(words)
-        whole.append(time.perf_counter() - start)
-    per_frame = _read_frames(words, frame_words, frames, passes)
-    return ColdRead(kind, words.nbytes / min(whole) / 1e9,
-                    statistics.median(per_frame) * 1e6, frame_words * 8)
-
-
-def cold_reads(frame_bytes: int, frames: int = 40, passes: int = 3,
-               directory: str = "/dev/shm") -> list[ColdRead]:
-    """Bandwidth and one frame's cold read, for anonymous memory and for a /dev/shm file,
-    each over a buffer of ``frames`` frames (make it several times the last-level cache)."""
-    size = frame_bytes // 8 * 8 * frames
-    results = [_measure("anon", np.empty(size // 8, np.uint64), frame_bytes, frames, passes)]
-    path = os.path.join(directory, f"fastext_bench_membw_{os.getpid()}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.unlink(path)  # nothing left behind, whatever happens next
-        os.ftruncate(fd, size)
-        mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-    try:
-        words = np.frombuffer(mapping, np.uint64)
-        results.append(_measure("shm", words, frame_bytes, frames, passes))
-        del words
-    finally:
-        mapping.close()
-    return results
