@@ -8,7 +8,11 @@ Servers (each its own process, started once per run):
 
 Cases: shared memory 416x416 RGB24, embedded 416x416 RGB24, embedded 1080p JPEG, with 1,
 4 and 16 streams; latency under a realistic load (4 streams x 30 fps, shared memory
-416x416); embedded 1080p JPEG with 1 and 2 workers.
+416x416); embedded 1080p JPEG with 1 and 2 workers.  Against the ceiling, rounds
+alternated between bare and fastext (issue 11's targets 2 and 3): shared memory 416x416
+RGB24, and shared memory 1080p RGB24 with the client's slots written once per session
+(``StreamOptions.shm_reuse``), the latter beside this machine's cold read of a 1080p frame
+and its memory read bandwidth, measured in the same run (``bench/_membw.py``).
 
 Run: ``pytest --benchmark`` (or ``pytest bench/bench_e2e.py --benchmark-only``).
 ``extra_info`` holds frames/s (``fps``), ack latency p50/p99 (ms), and CPU per frame of
@@ -19,9 +23,11 @@ rate the client alone could offer on one core (1 s / its CPU per frame).
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -43,6 +49,12 @@ MODES = {  # name: (encoding, width, height, shm, frames per stream and round at
     "embedded-416-rgb24": (VF.RAW, 416, 416, False, 600),
     "embedded-1080p-jpeg": (VF.JPG, 1920, 1080, False, 90),
 }
+# Measured against the ceiling only (not in the bare/naive/fastext grid above).
+CEILING_MODES = {
+    **MODES,
+    # 1080p RAW: 8 distinct frames, so 2 streams x 16 slots hold them all (shm_reuse).
+    "shm-1080p-rgb24": (VF.RAW, 1920, 1080, True, 1500),
+}
 _FRAMES: dict[tuple[int, int, int], list[bytes]] = {}
 
 
@@ -56,14 +68,18 @@ def frames_for(encoding: int, width: int, height: int) -> list[bytes]:
 
 
 def run_round(target: str, mode: str, streams: int, per_stream: int, window: int,
-              fps: float = 0.0) -> list[StreamResult]:
-    encoding, width, height, shm, _ = MODES[mode]
+              fps: float = 0.0, shm_reuse: bool = False) -> list[StreamResult]:
+    """One round: ``streams`` sessions at once, ``per_stream`` frames each.  With
+    ``shm_reuse`` a slot is written once per session and then only referenced (the
+    source repeats its frames): the client then costs one message per frame."""
+    encoding, width, height, shm, _ = CEILING_MODES[mode]
     frames = frames_for(encoding, width, height)
 
     async def go() -> list[StreamResult]:
         opts = [StreamOptions(target=target, width=width, height=height, encoding=encoding,
                               pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE, shm=shm,
-                              window=window, fps=fps, graph_instance=f"bench-{k}")
+                              window=window, fps=fps, graph_instance=f"bench-{k}",
+                              shm_reuse=shm_reuse)
                 for k in range(streams)]
         return list(await asyncio.gather(*(
             stream_frames(o, (frames[i % len(frames)] for i in range(per_stream))) for o in opts)))
@@ -103,6 +119,21 @@ def measure(benchmark, server, mode: str, streams: int, window: int = 16, fps: f
     })
 
 
+def _children_minor_faults(parent: int) -> int:
+    """Minor page faults so far of ``parent``'s live child processes (a server's workers)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                total += int(fields[7])
+    return total
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -122,10 +153,112 @@ def bench_latency_4_streams_30fps(benchmark, servers, server_key):
     measure(benchmark, servers[server_key], "shm-416-rgb24", streams=4, fps=30.0, per_stream=45)
 
 
-@pytest.mark.parametrize("server_key", ["bare", "fastext"])
-def bench_shm_416_two_streams_16_in_flight(benchmark, servers, server_key):
+def bench_shm_416_two_streams_16_in_flight(benchmark, servers):
+    """Issue 11, target 2: fastext (2 workers) over the bare ceiling, rounds alternated."""
     benchmark.group = "fastext 2 workers vs ceiling: shm 416x416 RGB24, 2 streams x 16 in flight"
-    measure(benchmark, servers[server_key], "shm-416-rgb24", streams=2, window=16, per_stream=400)
+    versus_ceiling(benchmark, servers["bare"], servers["fastext"], "shm-416-rgb24", per_stream=400)
+
+
+def bench_shm_1080p_prefilled_two_streams_16_in_flight(benchmark, servers):
+    """Issue 11, target 3: shm 1080p RGB24 with the client's slots written once per session
+    (one message per frame), fastext (2 workers) over the bare ceiling, rounds alternated;
+    beside it, in the same run, this core's cold read of a 1080p frame and the memory's
+    read bandwidth: a worker's CPU per frame over that cold read is ``worker_over_cold_read``.
+    """
+    benchmark.group = "fastext 2 workers vs ceiling: shm 1080p RGB24 prefilled, 2 x 16 in flight"
+    if benchmark.disabled:  # the smoke form: the rounds only
+        versus_ceiling(benchmark, servers["bare"], servers["fastext"], "shm-1080p-rgb24",
+                       per_stream=1500, shm_reuse=True)
+        return
+    from bench._membw import ColdReader
+
+    encoding, width, height = CEILING_MODES["shm-1080p-rgb24"][:3]
+    frame_bytes = len(frames_for(encoding, width, height)[0])
+    # 40 frames (250 MB, far beyond the last-level cache: every frame is read cold), read
+    # between the rounds, so the yardstick is taken under the same load as they are
+    with ColdReader(frame_bytes, 40, "shm") as shm, ColdReader(frame_bytes, 40, "anon") as anon:
+        reads: dict[str, list] = {"shm": [], "anon": []}
+
+        def between() -> None:
+            reads["shm"].append(shm.measure())
+            reads["anon"].append(anon.measure())
+
+        # Rounds of 2 x 1500 frames: each session's first touch of its 32 slots (page
+        # faults in each worker, ~0.4 ms per 6.2 MB slot with 4 KiB pages) is spread as a
+        # long stream's is.
+        versus_ceiling(benchmark, servers["bare"], servers["fastext"], "shm-1080p-rgb24",
+                       per_stream=1500, shm_reuse=True, between=between)
+    info = benchmark.extra_info
+    for kind, measured in reads.items():
+        info[f"read_bandwidth_gb_s_{kind}"] = round(
+            statistics.median(r.bandwidth_gb_s for r in measured[1:]), 1)
+        info[f"cold_read_us_{kind}"] = round(statistics.median(r.frame_us for r in measured[1:]), 1)
+    # the worker maps a /dev/shm file: its cold read is the yardstick
+    info["worker_over_cold_read"] = round(
+        info["workers_cpu_us_fastext"] / info["cold_read_us_shm"], 2)
+
+
+def versus_ceiling(benchmark, bare, fastext, mode: str, per_stream: int, rounds: int = 6,
+                   shm_reuse: bool = False, between: Callable[[], None] | None = None) -> None:
+    """2 streams x 16 in flight against fastext and the bare ceiling, rounds alternated (the
+    order flips each pair) so drift hits both alike; one warm-up pair is not counted.
+
+    extra_info: the median frames/s of each and their ratio (``ratio`` = fastext / bare,
+    medians, and ``ratio_median_of_pairs``), and each one's CPU per frame (µs) of the
+    front, the workers and the client (medians over rounds).  ``between`` runs once per
+    pair, before its rounds and outside their clocks (a yardstick measured under the
+    same load).
+    """
+    if benchmark.disabled:  # the smoke form: one pair, few frames
+        per_stream = min(per_stream, 40)
+    servers = {"bare": bare, "fastext": fastext}
+    fps: dict[str, list[float]] = {k: [] for k in servers}
+    cpu: dict[str, dict[str, list[float]]] = {
+        k: {"front": [], "workers": [], "client": []} for k in servers}
+    copies: list[int] = []
+    faults: list[float] = []  # fastext's workers' minor page faults per frame
+    flip = [False]
+    frames_for(*CEILING_MODES[mode][:3])  # made before the clocks start: not the client's cost
+
+    def pair() -> None:
+        if between is not None:
+            between()
+        flip[0] = not flip[0]
+        for key in (["bare", "fastext"] if flip[0] else ["fastext", "bare"]):
+            server = servers[key]
+            before = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
+            faulted = _children_minor_faults(server.proc.pid)
+            start = time.perf_counter()
+            results = run_round(server.target, mode, 2, per_stream, 16, shm_reuse=shm_reuse)
+            elapsed = time.perf_counter() - start
+            after = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
+            if key == "fastext":
+                faults.append((_children_minor_faults(server.proc.pid) - faulted) / (2 * per_stream))
+            assert sum(r.acked for r in results) == 2 * per_stream
+            copies.append(sum(r.shm_copies for r in results))
+            fps[key].append(2 * per_stream / elapsed)
+            for part, a, b in zip(("front", "workers", "client"), after, before, strict=True):
+                cpu[key][part].append((a - b) / (2 * per_stream) * 1e6)
+
+    benchmark.pedantic(pair, rounds=rounds, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:
+        return
+    med = {k: statistics.median(v[1:]) for k, v in fps.items()}
+    pairs = [f / b for f, b in zip(fps["fastext"][1:], fps["bare"][1:], strict=True)]
+    info = benchmark.extra_info
+    info.update({
+        "mode": mode, "streams": 2, "window": 16, "frames_per_round": 2 * per_stream,
+        "rounds": len(pairs), "shm_reuse": shm_reuse,
+        "fps_bare": round(med["bare"], 1), "fps_fastext": round(med["fastext"], 1),
+        "ratio": round(med["fastext"] / med["bare"], 3),
+        "ratio_median_of_pairs": round(statistics.median(pairs), 3),
+        "ratios": [round(r, 3) for r in pairs],
+        "client_shm_copies_per_round": max(copies),
+        "workers_minor_faults_per_frame": round(statistics.median(faults[1:]), 2),
+    })
+    for key in servers:
+        for part, values in cpu[key].items():
+            info[f"{part}_cpu_us_{key}"] = round(statistics.median(values[1:]), 1)
 
 
 @pytest.mark.parametrize("server_key", ["fastext-1w", "fastext"])

@@ -326,3 +326,53 @@ def test_reconnect_exit_status_when_the_reconnects_run_out(tmp_path):
     assert calls == 3 and report["reconnects"] == 2 and report["resent"] >= 4
     assert [len(s["calls"]) for s in report["per_stream"]] == [3]
     assert "reconnects 2, frames resent" in proc.stdout
+
+
+def test_slot_writer_reuse_writes_a_repeated_frame_once():
+    from fastext.client.shm import SlotWriter
+
+    frames = [bytes([k]) * 10 for k in range(3)]
+    with SlotWriter(16, 4, reuse=True) as writer:
+        with open(writer.path, "rb", buffering=0) as fh:
+            def slot_holds(offset: int, data: bytes) -> bool:
+                return os.pread(fh.fileno(), len(data), offset) == data
+
+            held: list[tuple[int, int]] = []
+            for i in range(40):  # 3 frames cycling, at most 3 in flight
+                data = frames[i % 3]
+                slot, offset = writer.write(data)
+                assert slot_holds(offset, data)
+                held.append((slot, offset))
+                if len(held) == 3:
+                    writer.release(held.pop(0)[0])
+            assert writer.copies == 3  # each frame written once, then sent from its slot
+            # A different object with equal bytes is copied: identity, not equality.
+            writer.write(bytes(frames[0][:1]) * 10)
+            assert writer.copies == 4
+            # A mutable buffer is never taken as already written.
+            buf = bytearray(b"\x07" * 10)
+            writer.release(held.pop(0)[0])
+            writer.write(buf)
+            writer.release(held.pop(0)[0])
+            buf[:] = b"\x08" * 10
+            slot, offset = writer.write(buf)
+            assert writer.copies == 6 and slot_holds(offset, bytes(buf))
+    with SlotWriter(16, 4) as plain:  # without reuse every frame is copied
+        for _ in range(3):
+            plain.release(plain.write(frames[0])[0])
+        assert plain.copies == 3
+
+
+def test_stream_shm_reuse_sends_repeated_frames_without_copying():
+    frames = _numbered_frames(8)
+    opts = StreamOptions(target="", width=4, height=4, shm=True, shm_reuse=True, window=16)
+    with MinimalServer() as srv:
+        opts.target = srv.target
+        result = asyncio.run(stream_frames(opts, (frames[i % 8] for i in range(200))))
+    assert (result.sent, result.acked) == (200, 200)
+    assert 8 <= result.shm_copies <= 16  # at most one copy per slot
+    refs = {}
+    for m in srv.calls[0][1:]:  # each frame always from one of its slots
+        ref = m.media_sample.content_reference
+        refs.setdefault(ref.address_offset, set()).add(m.media_sample.timestamp // 3000 % 8)
+    assert all(len(kinds) == 1 for kinds in refs.values())

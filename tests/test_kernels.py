@@ -58,7 +58,7 @@ def luma_ref(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("pad", [0, 1, 64])
 @pytest.mark.parametrize("layout", RGB_LAYOUTS)
-@pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 17), (13, 101), (2, 1000)])
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 17), (13, 101), (2, 1000), (8, 5), (1081, 7)])
 def test_rgb_kernels_match_numpy(
     h: int, w: int, layout: tuple[int, int, int, int], pad: int
 ) -> None:

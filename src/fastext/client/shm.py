@@ -12,12 +12,23 @@ _counter = itertools.count()
 
 
 class SlotWriter:
-    """A ``/dev/shm`` file cut into equal slots; a slot is free again once its frame is acked."""
+    """A ``/dev/shm`` file cut into equal slots; a slot is free again once its frame is acked.
 
-    def __init__(self, slot_bytes: int, slots: int, directory: str = "/dev/shm") -> None:
+    With ``reuse``, a slot remembers the ``bytes`` object last written into it, and a
+    write of that same object (``is``: immutable, so its bytes are still there) takes
+    that slot when it is free, without copying: a source that repeats its frames
+    writes each slot once and then costs one message per frame.
+    """
+
+    def __init__(self, slot_bytes: int, slots: int, directory: str = "/dev/shm",
+                 reuse: bool = False) -> None:
         if slot_bytes <= 0 or slots <= 0:
             raise ValueError("slot size and slot count must be positive")
         self.slot_bytes = slot_bytes
+        self.reuse = reuse
+        self.copies = 0  # frames copied into a slot (a reused slot is not counted)
+        # reuse: the bytes object each slot holds (kept alive: its id is never recycled)
+        self._held: list[bytes | None] = [None] * slots
         self.length = slot_bytes * slots
         self.name = f"fastext_client_{os.getpid()}_{next(_counter)}"
         self.path = os.path.join(directory, self.name)
@@ -42,10 +53,30 @@ class SlotWriter:
             raise ValueError(f"frame of {len(data)} bytes exceeds the {self.slot_bytes}-byte slot")
         if not self._free:
             raise RuntimeError("no free shared-memory slot (a frame is being written before an ack)")
+        if self.reuse:
+            slot = self._reuse_slot(data)
+            if slot >= 0:
+                return slot, slot * self.slot_bytes
         slot = self._free.pop()
         offset = slot * self.slot_bytes
         self._map[offset : offset + len(data)] = data
+        self.copies += 1
+        if self.reuse:
+            self._held[slot] = data if type(data) is bytes else None
         return slot, offset
+
+    def _reuse_slot(self, data: bytes | memoryview) -> int:
+        """Take the free slot already holding ``data`` (-1: none), or else put a slot
+        never written on top of the free list, so a slot holding a frame is kept."""
+        free, held = self._free, self._held
+        for i in range(len(free) - 1, -1, -1):  # bounded by the slot count
+            if held[free[i]] is data:
+                return free.pop(i)
+        for i in range(len(free) - 1, -1, -1):
+            if held[free[i]] is None:
+                free.append(free.pop(i))
+                break
+        return -1
 
     def release(self, slot: int) -> None:
         """Return a slot once the server acknowledged the frame in it."""

@@ -46,6 +46,9 @@ class StreamOptions:
     stride: int = 0
     shm: bool = False
     shm_slot_bytes: int = 0  # 0: the largest frame is measured from the first one (RAW: exact)
+    # A frame (the same bytes object) still in a free slot is sent from there, not copied
+    # again: a source repeating at most ``window`` frames writes each slot once.
+    shm_reuse: bool = False
     window: int = 16
     timescale: int = 90000
     fps: float = 0.0  # 0: as fast as the window allows
@@ -90,6 +93,7 @@ class StreamResult:
     calls: list[CallRecord] = field(default_factory=list)
     reconnects: int = 0
     resent: int = 0
+    shm_copies: int = 0  # frames copied into a shared-memory slot (fewer with shm_reuse)
 
     @property
     def fps(self) -> float:
@@ -308,7 +312,7 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
     if opts.shm:
         first = next(frames, None)
         size = opts.shm_slot_bytes or (len(first) if first is not None else 1)
-        shm = SlotWriter(size, max(1, opts.window))
+        shm = SlotWriter(size, max(1, opts.window), reuse=opts.shm_reuse)
         if first is not None:
             frames = _chain(first, frames)
     limit = opts.max_message_mb * 1024 * 1024
@@ -329,6 +333,7 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
             result.elapsed_s = time.monotonic() - stream.started
     finally:
         if shm is not None:
+            result.shm_copies = shm.copies
             shm.close()
     return result
 
