@@ -164,19 +164,26 @@ class Supervisor:
 
     def _release(self, slot: Slot) -> None:
         """The slot's process is gone: its doorbell, the caller's resources, the process."""
+        self._close_doorbell(slot)
+        self._release_resources(slot, aborting=False)
+        process, slot.process = slot.process, None
+        if process is not None and process.exitcode is not None:
+            process.close()  # (one that survived SIGKILL is left to the garbage collector)
+        slot.ready = False
+
+    def _close_doorbell(self, slot: Slot) -> None:
         doorbell, slot.doorbell = slot.doorbell, None
         if doorbell is not None:
             if self._loop is not None and not doorbell.closed:
                 self._loop.remove_reader(doorbell.fileno())
             doorbell.close()
+
+    def _release_resources(self, slot: Slot, aborting: bool) -> None:
+        """The caller's per-process resources, once per launch (``release(slot, aborting)``)."""
         if slot.launched:
             slot.launched = False
             if self._release_hook is not None:
-                self._release_hook(slot, False)
-        process, slot.process = slot.process, None
-        if process is not None and process.exitcode is not None:
-            process.close()  # (one that survived SIGKILL is left to the garbage collector)
-        slot.ready = False
+                self._release_hook(slot, aborting)
 
     def _check_heartbeats(self) -> None:
         assert self._loop is not None
@@ -207,19 +214,12 @@ class Supervisor:
                 log.error("%s pid %d not reaped within %.1f s of SIGKILL", self._name,
                           process.pid, deadline_s)
         for slot in self.slots:
-            if slot.launched:
-                slot.launched = False
-                if self._release_hook is not None:
-                    self._release_hook(slot, True)
+            self._release_resources(slot, aborting=True)
             # Should the loop run on, no on_exit and no restart follow: watch nothing more.
             process, slot.process = slot.process, None
             if process is not None and self._loop is not None:
                 self._loop.remove_reader(process.sentinel)
-            doorbell, slot.doorbell = slot.doorbell, None
-            if doorbell is not None:
-                if self._loop is not None and not doorbell.closed:
-                    self._loop.remove_reader(doorbell.fileno())
-                doorbell.close()
+            self._close_doorbell(slot)
             slot.ready = False
         return len(killed)
 
