@@ -134,7 +134,7 @@ class Placement:
             assert refs is not None
         lane = job.lane
         # (_least_loaded, inlined: this runs per batch)
-        worker = self._choose(lane) if lane.stateful else min(self.ready, key=_LOAD, default=None)
+        worker = self._pinned(lane) if lane.stateful else min(self.ready, key=_LOAD, default=None)
         if worker is None:
             return None
         session = lane.session
@@ -172,14 +172,13 @@ class Placement:
         job.payloads = ()  # the bytes live in the arena now
         return True
 
-    def _choose(self, lane: PlacedLane) -> Worker | None:
-        if lane.stateful:
-            pinned = lane.pinned
-            if pinned is None or not pinned.ready:
-                # first batch, or its worker died (its state died too): pin to a live one
-                lane.pinned = pinned = self._least_loaded()
-            return pinned
-        return self._least_loaded()
+    def _pinned(self, lane: PlacedLane) -> Worker | None:
+        """A stateful lane's worker: every batch of it goes to the one that holds its state."""
+        pinned = lane.pinned
+        if pinned is None or not pinned.ready:
+            # first batch, or its worker died (its state died too): pin to a live one
+            lane.pinned = pinned = self._least_loaded()
+        return pinned
 
     def _least_loaded(self) -> Worker | None:
         return min(self.ready, key=_LOAD, default=None)  # the first of the least loaded
