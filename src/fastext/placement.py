@@ -230,11 +230,13 @@ class Placement:
         a worker holds will not run again after a death: placed later, they would send a
         new OPEN that no CLOSE follows."""
         lane.closed = True
-        if any(job.lane is lane for job in self.backlog):
-            for job in self.backlog:
-                if job.lane is lane:
-                    self.release(job)
-            self.backlog = deque(job for job in self.backlog if job.lane is not lane)
+        kept: deque[Job] = deque()
+        for job in self.backlog:
+            if job.lane is lane:
+                self.release(job)
+            else:
+                kept.append(job)
+        self.backlog = kept
         session = lane.session
         touched = []
         for worker in self.workers:
