@@ -129,3 +129,13 @@ def test_cli_taken_port_exits_with_one_line():
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_metrics_host_takes_an_address_or_a_name_without_a_port():
+    assert load({}, {}).metrics_host == "0.0.0.0"
+    assert load({}, {"FASTEXT_METRICS_HOST": "127.0.0.1"}).metrics_host == "127.0.0.1"
+    assert load({"metrics_host": "[::1]"}, {}).metrics_host == "::1"
+    assert load({"metrics_host": "metrics.local"}, {}).metrics_host == "metrics.local"
+    for bad in ("127.0.0.1:9100", "", "http://x", "a b"):
+        with pytest.raises(ConfigError, match="metrics_host|address|host"):
+            load({"metrics_host": bad}, {})

@@ -20,7 +20,13 @@ def minor_faults(pid: int) -> int:
         return int(fh.read().rsplit(")", 1)[1].split()[7])
 
 
-def faults_per_frame(keep_mb: int, frames: int = 200, warm: int = 300) -> float:
+def faults_per_frame(keep_mb: int, frames: int = 100, windows: int = 3, warm: int = 300) -> float:
+    """Minor faults per frame in the steady state: the quietest of a few windows.
+
+    One-off growth (a new arena for a thread grpc starts late, a thread's stack, a
+    scheduling quirk under qemu) lands in one window; the allocator's per-message
+    behaviour shows in every window, so the smallest window is the steady state.
+    """
     proc, port = start_server("--workers", "0", "--malloc-keep-mb", str(keep_mb))
     frame = bytes(range(256)) * (SIDE * SIDE * 3 // 256) + bytes(SIDE * SIDE * 3 % 256)
     opts = StreamOptions(target=f"127.0.0.1:{port}", width=SIDE, height=SIDE, window=8)
@@ -33,9 +39,12 @@ def faults_per_frame(keep_mb: int, frames: int = 200, warm: int = 300) -> float:
         # Warm: first sessions, grpc's threads and their heaps up to their high-water mark
         # (kept: tens of faults per frame over the first ~300 frames, then about none).
         asyncio.run(send(warm))
-        before = minor_faults(proc.pid)
-        asyncio.run(send(frames))
-        return (minor_faults(proc.pid) - before) / frames
+        per_window = []
+        for _ in range(windows):
+            before = minor_faults(proc.pid)
+            asyncio.run(send(frames))
+            per_window.append((minor_faults(proc.pid) - before) / frames)
+        return min(per_window)
     finally:
         stop_server(proc)
 
@@ -45,7 +54,9 @@ def test_freed_heap_is_reused_not_faulted_in_again():
     # is fresh pages; with --malloc-keep-mb's default the heap is reused. Measured per
     # 519 KB frame: 80-180 against 0-8 while the front still parsed requests with
     # protobuf (three large allocations a message); since the raw-bytes front (one, grpc's
-    # own), 49 against 5 on x86-64 and 19.8 against 0.2 on aarch64 under qemu.
+    # own), 49 against 5 on x86-64 and 19.8 against 0.2 on aarch64 under qemu. One
+    # ARM64 run once gave 13.7 against 3.5 over a single 200-frame window: the kept
+    # server's count had a one-off burst in it, hence the quietest of three windows.
     kept, default = faults_per_frame(KEEP_MB), faults_per_frame(0)
     assert kept < 15, f"{kept:.1f} page faults per frame with the heap kept"
     assert default > 4 * max(kept, 2.0), (default, kept)

@@ -120,3 +120,13 @@ def test_unsignalled_wakeups_are_read_from_their_source_at_scrape_time():
     on.count_unsignalled_wakeups(lambda: counts[0])
     counts[0] = 3
     assert on.value("fastext_ring_unsignalled_wakeups_total") == 3
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", None], ids=["loopback", "default"])
+def test_metrics_listen_on_the_configured_host(make_server, host):
+    port = free_port()
+    changes = {"metrics_host": host} if host else {}
+    srv = make_server(metrics_port=port, **changes)
+    http = srv.server.metrics._http
+    assert http.server_address == (host or "0.0.0.0", port)
+    assert scrape(port)["fastext_streams_active"] == 0  # 127.0.0.1 reaches both

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -97,6 +98,20 @@ def _text(text: str) -> str:
     return str(text)
 
 
+def _host(text: str) -> str:
+    """An address or a host name to listen on, without a port."""
+    value = str(text).strip().strip("[]")
+    if not value or any(c.isspace() or c in "/@" for c in value):
+        raise ConfigError(f"expected an address or host name, got {text!r}")
+    if ":" in value:  # only an IPv6 address has colons: a port does not belong here
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ConfigError(f"{text!r} is neither an IPv6 address nor a host name "
+                              "(give the port with --metrics-port)") from None
+    return value
+
+
 def _name(text: str) -> str:
     value = str(text).strip()
     if not value:
@@ -153,6 +168,9 @@ OPTIONS: tuple[Option, ...] = (
            "CA bundle (PEM): require client certificates signed by it (mutual TLS)"),
     Option("metrics_port", "--metrics-port", "FASTEXT_METRICS_PORT", _int_in(0, 65535),
            "serve Prometheus metrics on this port (0: off)"),
+    Option("metrics_host", "--metrics-host", "FASTEXT_METRICS_HOST", _host,
+           "the address the metrics port listens on (127.0.0.1: this host only; "
+           "0.0.0.0 lets a Prometheus in another container scrape it)"),
     Option("instance", "--instance", "FASTEXT_INSTANCE", _text,
            "this instance's name, sent in every call's initial metadata as x-fastext-instance "
            "(empty: host:pid), so clients behind a proxy can tell instances apart"),
@@ -189,6 +207,7 @@ class Config:
     tls_key: str = ""
     tls_client_ca: str = ""
     metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
     instance: str = ""  # empty: host:pid, resolved by the server process itself
     log_level: str = "INFO"
     log_format: LogFormat = "text"

@@ -195,8 +195,8 @@ class Metrics(NullMetrics):
             self._http = None
 
 
-def make_metrics(port: int, enabled: bool | None = None) -> MetricsSink:
-    """Metrics served on ``port``; counting is on when served (or when ``enabled``)."""
+def make_metrics(port: int, enabled: bool | None = None, host: str = "0.0.0.0") -> MetricsSink:
+    """Metrics served on ``host:port``; counting is on when served (or when ``enabled``)."""
     if enabled is None:
         enabled = port > 0
-    return Metrics(port) if enabled else NullMetrics()
+    return Metrics(port, host) if enabled else NullMetrics()

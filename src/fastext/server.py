@@ -42,7 +42,9 @@ class ExtensionServer:
     def __init__(self, config: Config, backend: Backend | None = None,
                  metrics: MetricsSink | None = None) -> None:
         self.config = config
-        self.metrics = metrics if metrics is not None else make_metrics(config.metrics_port)
+        if metrics is None:
+            metrics = make_metrics(config.metrics_port, host=config.metrics_host)
+        self.metrics = metrics
         self.backend: Backend = backend or make_backend(config, self.metrics)
         self.port = 0
         self._sessions: set[Session] = set()
