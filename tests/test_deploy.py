@@ -155,7 +155,7 @@ def test_dockerfile_warms_the_numba_cache_as_that_user(dockerfile: list[Any]) ->
     assert env.get("NUMBA_CACHE_DIR", "").startswith("/var/cache/")
     order = [(i.keyword, i.args) for i in runtime.instructions]
     user_at = max(n for n, (kw, _) in enumerate(order) if kw == "USER")
-    warm = [n for n, (kw, args) in enumerate(order) if kw == "RUN" and "kernels.warm()" in args]
+    warm = [n for n, (kw, args) in enumerate(order) if kw == "RUN" and "fastext warm" in args]
     assert warm and warm[0] > user_at, "kernels must be warmed by the user that serves"
     chown = [args for kw, args in order[:user_at] if kw == "RUN" and "chown" in args]
     assert any(env["NUMBA_CACHE_DIR"].rsplit("/", 1)[0] in c for c in chown)

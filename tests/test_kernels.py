@@ -219,3 +219,34 @@ print(before == after, {n: (before[n], after[n]) for n in before if before[n] !=
 """
     result = run_python(code)
     assert result.startswith("True"), result
+
+
+def _fastext_warm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastext", "warm", *args], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
+        timeout=600,  # a bound for a hang: a cold compile under qemu takes minutes
+    )
+
+
+def test_warm_command_readies_every_kernel_in_each_process() -> None:
+    # The cache this test's fastext uses (warm by now, or compiled here once, split):
+    # every function ready in both processes, none compiled by more than one.
+    every = set().union(*(u.functions for u in kernels.warm_units()))
+    done = _fastext_warm("--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"fastext warm: {len(every)} functions ready in "), line
+    assert "with 2 process(es)" in line, line
+    split = line.split("compiled ", 1)[1].split(",", 1)[0]
+    assert sum(int(n) for n in split.split(" + ")) <= len(every), line
+    assert f"cache: {kernels.cache_dir()}" in line, line
+
+
+def test_warm_command_reports_each_process_that_failed() -> None:
+    done = _fastext_warm("--jobs", "2", NUMBA_DISABLE_JIT="1")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert [line.split(":", 2)[1] for line in lines] == [" process 1", " process 2"], lines
+    assert all("NUMBA_DISABLE_JIT is set" in line for line in lines), lines
+    assert done.stdout == ""

@@ -1,4 +1,4 @@
-"""The ``fastext`` command: ``serve``, ``demo`` and ``stream``."""
+"""The ``fastext`` command: ``serve``, ``demo``, ``stream``, ``health`` and ``warm``."""
 
 from __future__ import annotations
 
@@ -134,6 +134,83 @@ def _add_stream(sub: Any) -> None:
     p.set_defaults(run=_cmd_stream, needs_config=False)
 
 
+def _warm_child(conn: Any) -> None:
+    """One process of ``fastext warm``: :func:`kernels.warm_shared`, its report sent back."""
+    try:
+        from numba.core import config as numba_config
+
+        if getattr(numba_config, "DISABLE_JIT", False):
+            raise RuntimeError("NUMBA_DISABLE_JIT is set: there is nothing to compile or keep")
+        from fastext import kernels
+
+        report = kernels.warm_shared()
+        every = sorted(set().union(*(u.functions for u in kernels.warm_units())))
+        conn.send(("ok", report.compiled, every, kernels.cache_dir()))
+    except BaseException as exc:  # reported by the parent, with the process's exit status
+        conn.send(("error", f"{type(exc).__name__}: {exc}", [], None))
+    finally:
+        conn.close()
+
+
+def _cmd_warm(config: Config | None, args: argparse.Namespace) -> int:
+    """Fill numba's cache with every kernel, the compile work split over ``--jobs``
+    processes (each function compiled by one of them: fastext.warmup), so that the
+    image's or the device's first start loads instead of compiling."""
+    import multiprocessing
+    import os
+    import time
+
+    jobs = args.jobs or os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked locks
+    start = time.monotonic()
+    started = []
+    for _ in range(jobs):
+        receive, send = context.Pipe(duplex=False)
+        proc = context.Process(target=_warm_child, args=(send,), daemon=True)
+        proc.start()
+        send.close()  # the child holds the only write end: EOF when it dies unheard
+        started.append((proc, receive))
+    compiled: list[list[str]] = []
+    ready: set[str] = set()
+    errors: list[str] = []
+    cache = None
+    for number, (proc, receive) in enumerate(started, 1):
+        try:
+            status, first, functions, cache_dir = receive.recv()
+        except EOFError:
+            proc.join()
+            status, first, functions, cache_dir = (
+                "error", f"exited with status {proc.exitcode} before reporting", [], None)
+        proc.join()
+        if status != "ok":
+            errors.append(f"process {number}: {first}")
+            continue
+        compiled.append(first)
+        ready.update(functions)
+        cache = cache_dir
+    took = time.monotonic() - start
+    for error in errors:
+        print(f"fastext warm: {error}", file=sys.stderr)
+    if errors:
+        return 1
+    if cache is None:
+        print("fastext warm: numba found no writable cache directory, so nothing was kept: "
+              "set NUMBA_CACHE_DIR to one", file=sys.stderr)
+        return 1
+    split = " + ".join(str(len(c)) for c in compiled)
+    print(f"fastext warm: {len(ready)} functions ready in {took:.1f} s with {jobs} "
+          f"process(es); compiled {split}, the rest loaded from the cache; cache: {cache}")
+    return 0
+
+
+def _add_warm(sub: Any) -> None:
+    p = sub.add_parser("warm", help="compile every kernel into numba's cache now (an image "
+                       "build, a device's first boot), split over several processes")
+    p.add_argument("--jobs", type=_positive(int), default=0, metavar="N",
+                   help="processes compiling at once (0, the default: one per CPU)")
+    p.set_defaults(run=_cmd_warm, needs_config=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastext", description="A fast gRPC inference extension "
                                      "for the LVA/AVA MediaGraphExtension contract.")
@@ -149,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo)
     _add_stream(sub)
     _add_health(sub)
+    _add_warm(sub)
     return parser
 
 

@@ -41,6 +41,7 @@ from numba.extending import overload
 from fastext.warmup import Unit, run_units
 
 __all__ = [
+    "cache_dir",
     "luma_mean_packed16",
     "luma_mean_rgb",
     "luma_packed16",
@@ -363,7 +364,7 @@ def warm_shared() -> WarmReport:
     Without a writable cache directory, each process compiles what it needs itself.
     """
     units = warm_units()
-    run_units(units, _cache_dir(), prefix="kernels.")
+    run_units(units, cache_dir(), prefix="kernels.")
     functions = sorted(set().union(*(u.functions for u in units)))
     stats = {name: globals()[name].stats for name in functions}
     return WarmReport(
@@ -372,9 +373,9 @@ def warm_shared() -> WarmReport:
     )
 
 
-def _cache_dir() -> str | None:
-    # Where numba puts this module's index files: NUMBA_CACHE_DIR, else __pycache__
-    # next to this file, else a per-user directory; None when it found none writable.
+def cache_dir() -> str | None:
+    """Where numba keeps this module's cache: NUMBA_CACHE_DIR, else ``__pycache__`` next
+    to this file, else a per-user directory; None when it found none writable."""
     path = mean_u8.stats.cache_path
     return path if isinstance(path, str) and path else None
 
