@@ -1,7 +1,7 @@
 """A client process made to vanish: streams shared-memory frames until it is SIGKILLed.
 
 Usage: ``python bench/_vanish_client.py TARGET GRAPH_INSTANCE ACKS``.  After ACKS acks
-it prints ``acked A sent S`` (S > A: frames are in flight) and goes on sending, so the
+it prints ``acked A sent S`` once frames are in flight (S > A) and goes on sending, so the
 kill lands mid-stream.  Bounded on its own too: it stops after ``_MAX_FRAMES`` frames,
 or when the server stops answering for the client's ack timeout.
 """
@@ -22,10 +22,16 @@ _SIZE = 416
 def main(target: str, graph_instance: str, acks: int) -> None:
     frame = to_pixel_format(scene(_SIZE, _SIZE, 0, light=True), VF.RGB24)
     result = StreamResult()
+    told = False
 
     def on_ack(seq: int, sample: object) -> None:
-        if result.acked == acks:  # the client counts an ack before this callback
-            print(f"acked {acks} sent {result.sent}", flush=True)
+        nonlocal told
+        # The client counts an ack before this callback. A window's acks may all land
+        # before the sender refills it (sent == acked): tell at the first ack after
+        # ``acks`` that leaves frames in flight.
+        if not told and result.acked >= acks and result.sent > result.acked:
+            told = True
+            print(f"acked {result.acked} sent {result.sent}", flush=True)
 
     opts = StreamOptions(target=target, width=_SIZE, height=_SIZE, shm=True, window=16,
                          graph_instance=graph_instance, on_ack=on_ack)
