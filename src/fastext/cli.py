@@ -134,8 +134,11 @@ def _add_stream(sub: Any) -> None:
     p.set_defaults(run=_cmd_stream, needs_config=False)
 
 
-def _warm_child(conn: Any) -> None:
-    """One process of ``fastext warm``: :func:`kernels.warm_shared`, its report sent back."""
+def _warm_child() -> None:
+    """One process of ``fastext warm``: :func:`kernels.warm_shared`, its report printed as
+    one JSON line on stdout (``python -c "import fastext.cli as c; c._warm_child()"``)."""
+    import json
+
     try:
         from numba.core import config as numba_config
 
@@ -145,49 +148,50 @@ def _warm_child(conn: Any) -> None:
 
         report = kernels.warm_shared()
         every = sorted(set().union(*(u.functions for u in kernels.warm_units())))
-        conn.send(("ok", report.compiled, every, kernels.cache_dir()))
-    except BaseException as exc:  # reported by the parent, with the process's exit status
-        conn.send(("error", f"{type(exc).__name__}: {exc}", [], None))
-    finally:
-        conn.close()
+        print(json.dumps({"compiled": report.compiled, "functions": every,
+                          "cache": kernels.cache_dir()}), flush=True)
+    except Exception as exc:  # reported by the parent, named by its process number
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        raise SystemExit(1) from None
 
 
 def _cmd_warm(config: Config | None, args: argparse.Namespace) -> int:
     """Fill numba's cache with every kernel, the compile work split over ``--jobs``
     processes (each function compiled by one of them: fastext.warmup), so that the
     image's or the device's first start loads instead of compiling."""
-    import multiprocessing
+    import json
     import os
+    import subprocess
     import time
 
     jobs = args.jobs or os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked locks
     start = time.monotonic()
-    started = []
-    for _ in range(jobs):
-        receive, send = context.Pipe(duplex=False)
-        proc = context.Process(target=_warm_child, args=(send,), daemon=True)
-        proc.start()
-        send.close()  # the child holds the only write end: EOF when it dies unheard
-        started.append((proc, receive))
+    child = [sys.executable, "-c", "import fastext.cli as c; c._warm_child()"]
+    started = [subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(jobs)]
     compiled: list[list[str]] = []
     ready: set[str] = set()
     errors: list[str] = []
     cache = None
-    for number, (proc, receive) in enumerate(started, 1):
-        try:
-            status, first, functions, cache_dir = receive.recv()
-        except EOFError:
-            proc.join()
-            status, first, functions, cache_dir = (
-                "error", f"exited with status {proc.exitcode} before reporting", [], None)
-        proc.join()
-        if status != "ok":
-            errors.append(f"process {number}: {first}")
-            continue
-        compiled.append(first)
-        ready.update(functions)
-        cache = cache_dir
+    try:
+        for number, proc in enumerate(started, 1):
+            out, err = proc.communicate()  # each ends with its compile: bounded by it
+            try:
+                report = json.loads(out.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                tail = err.strip().splitlines()[-1:] or ["no output"]
+                report = {"error": f"exited with status {proc.returncode}: {tail[0]}"}
+            if "error" in report:
+                errors.append(f"process {number}: {report['error']}")
+                continue
+            compiled.append(report["compiled"])
+            ready.update(report["functions"])
+            cache = report["cache"]
+    finally:  # interrupted: no compile goes on without us
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     took = time.monotonic() - start
     for error in errors:
         print(f"fastext warm: {error}", file=sys.stderr)
