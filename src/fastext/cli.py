@@ -147,8 +147,7 @@ def _warm_child() -> None:
         from fastext import kernels
 
         report = kernels.warm_shared()
-        every = sorted(set().union(*(u.functions for u in kernels.warm_units())))
-        print(json.dumps({"compiled": report.compiled, "functions": every,
+        print(json.dumps({"compiled": report.compiled, "functions": report.functions,
                           "cache": kernels.cache_dir()}), flush=True)
     except Exception as exc:  # reported by the parent, named by its process number
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)

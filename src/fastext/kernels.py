@@ -349,8 +349,11 @@ def warm() -> None:
 
 @dataclass(frozen=True)
 class WarmReport:
-    """What one process's warm-up did: cached functions compiled here, or loaded."""
+    """What one process's warm-up did: every cached function it made ready, and of those
+    the ones compiled here or loaded (a function may have signatures of each kind; a
+    helper compiled into its caller's cache entry is in neither)."""
 
+    functions: list[str]
     compiled: list[str]
     loaded: list[str]
 
@@ -368,6 +371,7 @@ def warm_shared() -> WarmReport:
     functions = sorted(set().union(*(u.functions for u in units)))
     stats = {name: globals()[name].stats for name in functions}
     return WarmReport(
+        functions=functions,
         compiled=[n for n in functions if sum(stats[n].cache_misses.values())],
         loaded=[n for n in functions if sum(stats[n].cache_hits.values())],
     )
