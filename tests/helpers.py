@@ -187,6 +187,13 @@ def free_port() -> int:
         return port
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python that imports the fastext this test imports:
+    the installed one in CI and in the ARM64 image, whose numba cache is the warm one
+    (the source tree ahead of it would be a second copy, compiled cold)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **extra}
+
+
 # -- `fastext serve` as a process -------------------------------------------------------
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import mmap
-import os
 import struct
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from fastext.frames import (
     raw_frame_size,
     raw_view,
 )
-from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb
+from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb, subprocess_env
 
 RGB_FORMATS = [*BYTE_ORDERS, *PACKED]
 
@@ -494,7 +493,4 @@ def test_frames_import_neither_grpc_nor_protobuf() -> None:
         "bad = [m for m in sys.modules if m.startswith(('grpc', 'google.protobuf'))]\n"
         "assert not bad, bad\n"
     )
-    # The fastext this test imports (the installed one in CI and in the ARM64 image),
-    # whose numba cache is the warm one: the source tree first would compile cold.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=subprocess_env())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastext import kernels
+from tests.helpers import subprocess_env
 
 WEIGHTS = np.array([299, 587, 114])
 
@@ -155,9 +155,7 @@ def test_bad_arguments_raise_instead_of_reading_out_of_bounds() -> None:
 
 
 def run_python(code: str) -> str:
-    # The fastext this test imports (the installed one in CI and in the ARM64 image),
-    # whose numba cache is the warm one: the source tree first would compile cold.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = subprocess_env()
     done = subprocess.run(
         # 600 s: a bound for a hang, not a speed test; under qemu-user on a busy host the
         # warm-coverage run took over 120 s.
@@ -224,7 +222,7 @@ print(before == after, {n: (before[n], after[n]) for n in before if before[n] !=
 def _fastext_warm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fastext", "warm", *args], capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
+        env=subprocess_env(**env),
         timeout=600,  # a bound for a hang: a cold compile under qemu takes minutes
     )
 

@@ -32,6 +32,7 @@ from fastext.ring import (
     required_size,
 )
 from fastext.segments import segment_name
+from tests.helpers import subprocess_env
 
 # Header layout (ring.c): magic u32 @0, capacity u32 @8, tail u64 @128,
 # head u64 @256; data area at HEADER_SIZE.  Records: {u32 len, u32 kind}.
@@ -382,7 +383,7 @@ def test_blocked_pop_without_timeout_is_interrupted_by_sigint() -> None:
         "    print(owner.name, flush=True)\n"
         "    owner.ring.pop()\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = subprocess_env()
     child = subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
