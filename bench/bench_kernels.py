@@ -4,7 +4,7 @@ Run: ``PYTHONPATH=src python -m pytest bench/bench_kernels.py --benchmark-only -
 
 ``luma_mean <size>`` compares, on one read-only RGB24 view of a frame:
 
-- ``numba``: :func:`fastext.kernels.luma_mean_rgb` (what ``Frame.luma_mean`` runs);
+- ``numba``: :func:`fastext.vision.kernels.luma_mean_rgb` (what ``Frame.luma_mean`` runs);
 - ``numba padded``: the same frame with 64 bytes of padding per row (a strided view);
 - ``numpy``: the straightforward ``(px[..., 0] * 0.299 + ...).mean()``;
 - ``memcpy``: ``np.copyto`` of the same frame, the bandwidth ceiling of one pass.
@@ -13,7 +13,7 @@ Targets: numba at least 5x numpy and at least half of memcpy's bandwidth
 (``extra_info["bytes"]`` holds the frame size, to turn times into GB/s).
 
 ``jpeg decode 1920x1080`` compares a full RGB decode, a decode straight to gray, and
-the 1/8-scale gray decode the brightness processor uses (both through fastext.frames),
+the 1/8-scale gray decode the brightness processor uses (both through fastext.vision.frames),
 next to Pillow's decode + ``convert("L")``.
 """
 
@@ -28,8 +28,8 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from fastext import kernels
-from fastext.frames import Encoding, PixelFormat, frame_from_encoded, raw_view
+from fastext.vision import kernels
+from fastext.vision.frames import Encoding, PixelFormat, frame_from_encoded, raw_view
 
 SIZES = [(416, 416), (1920, 1080)]
 PAD = 64

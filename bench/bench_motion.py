@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from bench.numpy_motion import NumpyMotion
-from fastext import kernels
 from fastext.processors.motion import MotionDetector
+from fastext.vision import kernels
 
 SIZES = [(416, 416), (1920, 1080)]
 FRAMES = 8

@@ -1,4 +1,4 @@
-"""Cross-process transport benchmarks: fastext.ring against multiprocessing.Queue
+"""Cross-process transport benchmarks: fastext.backend.ring against multiprocessing.Queue
 and posix_ipc.MessageQueue, side by side.
 
     PYTHONPATH=src pytest bench/bench_ring.py --benchmark-only
@@ -30,7 +30,7 @@ from typing import Any
 import posix_ipc
 import pytest
 
-from fastext.ring import SharedRing
+from fastext.backend.ring import SharedRing
 
 CTX = mp.get_context("spawn")
 RECORD = 64

@@ -1,5 +1,5 @@
 """The motion detector's algorithm in plain numpy: the baseline of bench_motion.py, and
-the twin tests/test_motion.py checks MotionDetector against (the same boxes on random
+the twin tests/processors/test_motion.py checks MotionDetector against (the same boxes on random
 scenes). It lives here because benchmarks never import tests.
 """
 

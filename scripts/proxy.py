@@ -8,7 +8,7 @@ of its own (never /etc/nginx, never a system service).
 
 The shipped files are used as written except for the lines this script replaces: the
 listen address, the backend list, nginx's temp and pid paths (into the run directory)
-and Envoy's admin port.  tests/test_proxy.py and bench/bench_proxy.py load this file
+and Envoy's admin port.  tests/front/test_proxy.py and bench/bench_proxy.py load this file
 (by path, as tests/test_deploy.py loads scripts/dockerfile.py), so what they prove is
 the shipped configuration.
 """

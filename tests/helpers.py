@@ -30,8 +30,8 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.stream import StreamResult
 from fastext.config import Config
-from fastext.frames import PixelFormat
-from fastext.server import ExtensionServer
+from fastext.front.server import ExtensionServer
+from fastext.vision.frames import PixelFormat
 
 Msg = extension_pb2.MediaStreamMessage
 

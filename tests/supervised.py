@@ -1,6 +1,6 @@
-"""Trivial children for tests/test_supervisor.py: what a Supervisor runs there instead of
+"""Trivial children for tests/backend/test_supervisor.py: what a Supervisor runs there instead of
 fastext's worker.  A module of its own (not a test module, not helpers: a spawned child
-imports it, so it imports nothing but the standard library and fastext.doorbell).
+imports it, so it imports nothing but the standard library and fastext.backend.doorbell).
 
 Every child ends within ``LIFETIME_S`` whatever happens, and with an exit code that
 says how: 0 when asked to stop, ``CRASH_CODE`` when it crashes on purpose,
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fastext.doorbell import Ringer
+from fastext.backend.doorbell import Ringer
 
 LIFETIME_S = 30.0
 CRASH_CODE = 3
@@ -56,6 +56,6 @@ def child(spec: ChildSpec) -> None:
 
 
 def ring_times(ringer: Ringer, times: int) -> None:
-    """Ring ``times`` times and exit (tests/test_doorbell.py: a ringer sent to a child)."""
+    """Ring ``times`` times and exit (tests/backend/test_doorbell.py: a ringer sent to a child)."""
     for _ in range(times):
         ringer.ring()

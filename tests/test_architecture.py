@@ -104,7 +104,7 @@ def is_grpc(module: str) -> bool:
 # -- only ring.py and wire.py import _native, each its own module ------------------------
 
 # Each native module has one Python front; the front imports that module and no other.
-NATIVE_FRONTS = {"fastext/ring.py": "fastext._native._ring", "fastext/wire.py": "fastext._native._wire"}
+NATIVE_FRONTS = {"fastext/backend/ring.py": "fastext._native._ring", "fastext/contract/wire.py": "fastext._native._wire"}
 
 
 def native_importers() -> dict[str, set[str]]:
@@ -248,11 +248,11 @@ def test_architecture_environment_scanner_sees_every_spelling(tmp_path: Path) ->
 
 def test_architecture_worker_import_closure_has_no_grpc() -> None:
     modules = package_modules()
-    worker_side = closure(["fastext.worker"])
+    worker_side = closure(["fastext.backend.worker"])
     # What runs per frame in a worker is in the closure (kernels and the processors too).
-    assert {"fastext.execute", "fastext.frames", "fastext.kernels", "fastext.shm",
-            "fastext.processors.motion", "fastext.ring", "fastext.records"} <= worker_side
-    assert any(is_grpc(m) for m, _ in imports_of(modules["fastext.server"], SRC))  # seen when there
+    assert {"fastext.backend.execute", "fastext.vision.frames", "fastext.vision.kernels", "fastext.backend.shm",
+            "fastext.processors.motion", "fastext.backend.ring", "fastext.backend.records"} <= worker_side
+    assert any(is_grpc(m) for m, _ in imports_of(modules["fastext.front.server"], SRC))  # seen when there
     offenders = {name: sorted({m for m, _ in imports_of(modules[name], SRC) if is_grpc(m)})
                  for name in sorted(worker_side)}
     assert {name: found for name, found in offenders.items() if found} == {}
@@ -261,10 +261,11 @@ def test_architecture_worker_import_closure_has_no_grpc() -> None:
 _WORKER_START = """
 import sys
 import numpy as np
-import fastext.worker
-from fastext import kernels, logs, processors
-from fastext.execute import FrameFormat, run_batch
-from fastext.frames import Encoding, PixelFormat
+import fastext.backend.worker
+from fastext import logs, processors
+from fastext.vision import kernels
+from fastext.backend.execute import FrameFormat, run_batch
+from fastext.vision.frames import Encoding, PixelFormat
 
 logs.setup("INFO", "json", worker=0)
 kernels.warm()
@@ -288,7 +289,7 @@ sys.exit(1 if bad else 0)
 
 def test_architecture_worker_start_never_imports_grpc() -> None:
     # What a worker does before and while serving, short of its rings: import
-    # fastext.worker, set up logging, warm the kernels, and run one batch through every
+    # fastext.backend.worker, set up logging, warm the kernels, and run one batch through every
     # processor (plug-ins included).
     proc = subprocess.run([sys.executable, "-c", _WORKER_START], capture_output=True,
                           text=True, timeout=240)
@@ -327,23 +328,85 @@ def test_architecture_running_worker_never_loads_grpc() -> None:
         stop_server(proc)
 
 
+# -- packages by concern, every import running downward ----------------------------------
+
+# The tree is the architecture: each area of fastext (a package, or a top-level module)
+# has a rank, and a module imports only areas of a lower rank, or its own. So the front
+# may use the backend but never the reverse, pixels (vision) know nothing of processes,
+# and no circle can form between areas.
+RANKS = {
+    "_native": 0, "_proto": 0, "fastext": 0, "errors": 0, "malloc": 0, "logs": 0, "metrics": 0,
+    "config": 1, "contract": 1, "vision": 1,
+    "models": 2, "client": 2,
+    "processors": 3,
+    "backend": 4,
+    "front": 5,
+    "demo": 6, "cli": 7, "__main__": 8,
+}
+
+
+def area(module: str) -> str:
+    """``fastext.front.session`` -> ``front``; ``fastext.config`` -> ``config``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(modules: dict[str, Path], root: Path = SRC) -> list[tuple[str, int, str]]:
+    """(module, line, imported) for every import of an area ranked at or above the
+    importer's own (other than itself)."""
+    found = []
+    for name, path in modules.items():
+        mine = area(name)
+        for imported, line in imports_of(path, root):
+            if imported in modules and area(imported) != mine:
+                if RANKS[area(imported)] >= RANKS[mine]:
+                    found.append((name, line, imported))
+    return found
+
+
+def test_architecture_every_area_has_a_rank() -> None:
+    assert {area(m) for m in package_modules()} <= set(RANKS)
+
+
+def test_architecture_packages_import_only_downward() -> None:
+    modules = package_modules()
+    # The scanner sees the downward imports that exist (front -> backend -> processors -> vision).
+    seen = {(area(n), area(i)) for n, p in modules.items() for i, _ in imports_of(p, SRC)
+            if i in modules}
+    assert {("front", "backend"), ("backend", "processors"), ("processors", "vision")} <= seen
+    assert upward_imports(modules) == []
+
+
+def test_architecture_upward_import_is_seen(tmp_path: Path) -> None:
+    pkg = tmp_path / "fastext"
+    (pkg / "vision").mkdir(parents=True)
+    (pkg / "front").mkdir()
+    for init in (pkg / "__init__.py", pkg / "vision" / "__init__.py", pkg / "front" / "__init__.py"):
+        init.write_text("")
+    (pkg / "front" / "server.py").write_text("")
+    (pkg / "vision" / "frames.py").write_text("def f():\n    from fastext.front import server\n")
+    fake = {module_name(p, tmp_path): p for p in pkg.rglob("*.py")}
+    found = upward_imports(fake, tmp_path)
+    assert ("fastext.vision.frames", 2, "fastext.front.server") in found
+
+
 # -- the supervisor knows nothing of what its processes run -------------------------------
 
 # What a worker runs and how the front talks to it: the caller's (pipeline.py's) to wire.
-SUPERVISOR_MUST_NOT_REACH = {"fastext.worker", "fastext.ring", "fastext.records",
-                             "fastext.pipeline"}
+SUPERVISOR_MUST_NOT_REACH = {"fastext.backend.worker", "fastext.backend.ring", "fastext.backend.records",
+                             "fastext.backend.pipeline"}
 
 
 def test_architecture_supervisor_imports_no_worker_ring_records_or_pipeline() -> None:
     modules = package_modules()
     assert SUPERVISOR_MUST_NOT_REACH <= set(modules)  # the names are real modules
     # The scanner sees these imports where they are (the pipeline wires workers and rings).
-    assert {"fastext.worker", "fastext.ring", "fastext.records", "fastext.supervisor"} <= {
-        m for m, _ in imports_of(modules["fastext.pipeline"], SRC)}
-    direct = {m for m, _ in imports_of(modules["fastext.supervisor"], SRC)}
-    assert "fastext.doorbell" in direct
+    assert {"fastext.backend.worker", "fastext.backend.ring", "fastext.backend.records", "fastext.backend.supervisor"} <= {
+        m for m, _ in imports_of(modules["fastext.backend.pipeline"], SRC)}
+    direct = {m for m, _ in imports_of(modules["fastext.backend.supervisor"], SRC)}
+    assert "fastext.backend.doorbell" in direct
     # Nor through another module: everything importing the supervisor can run.
-    assert sorted(closure(["fastext.supervisor"]) & SUPERVISOR_MUST_NOT_REACH) == []
+    assert sorted(closure(["fastext.backend.supervisor"]) & SUPERVISOR_MUST_NOT_REACH) == []
 
 
 # -- the client imports nothing of the server --------------------------------------------
@@ -352,8 +415,8 @@ def test_architecture_supervisor_imports_no_worker_ring_records_or_pipeline() ->
 # the two modules client and server share (wire: the per-frame messages, with its
 # native codec; metadata: the inference JSON form), and the client-side allocator
 # setting (malloc).
-CLIENT_MAY_IMPORT = {"fastext", "fastext.wire", "fastext._native", "fastext._native._wire",
-                     "fastext.metadata", "fastext.malloc"}
+CLIENT_MAY_IMPORT = {"fastext", "fastext.contract", "fastext.contract.wire", "fastext._native", "fastext._native._wire",
+                     "fastext.contract.metadata", "fastext.malloc"}
 
 
 def client_may_import(module: str) -> bool:
@@ -367,7 +430,7 @@ def client_modules() -> list[str]:
 
 def test_architecture_client_imports_only_the_contract_and_shared_modules() -> None:
     reach = closure(client_modules())
-    assert {"fastext.wire", "fastext.metadata", "fastext.malloc", "fastext._proto.extension_pb2"} <= reach
+    assert {"fastext.contract.wire", "fastext.contract.metadata", "fastext.malloc", "fastext._proto.extension_pb2"} <= reach
     assert sorted(m for m in reach if not client_may_import(m)) == []
 
 

@@ -95,7 +95,7 @@ def test_dockerignore_rules_keep_sources_and_drop_builds() -> None:
     assert reader._ignored("src/fastext/_proto/extension_pb2.py", patterns)
     assert not reader._ignored("src/fastext/_native/ring.c", patterns)
     assert not reader._ignored("src/fastext/_proto/__init__.py", patterns)
-    assert not reader._ignored("tests/test_ring_stress.py", patterns)
+    assert not reader._ignored("tests/backend/test_ring_stress.py", patterns)
     assert not reader._ignored("README.md", patterns)  # the package's readme
 
 

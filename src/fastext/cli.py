@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 
 def _cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from fastext.server import serve
+    from fastext.front.server import serve
 
     serve(config)
     return 0
@@ -144,7 +144,7 @@ def _warm_child() -> None:
 
         if getattr(numba_config, "DISABLE_JIT", False):
             raise RuntimeError("NUMBA_DISABLE_JIT is set: there is nothing to compile or keep")
-        from fastext import kernels
+        from fastext.vision import kernels
 
         report = kernels.warm_shared()
         print(json.dumps({"compiled": report.compiled, "functions": report.functions,
@@ -156,7 +156,7 @@ def _warm_child() -> None:
 
 def _cmd_warm(config: Config | None, args: argparse.Namespace) -> int:
     """Fill numba's cache with every kernel, the compile work split over ``--jobs``
-    processes (each function compiled by one of them: fastext.warmup), so that the
+    processes (each function compiled by one of them: fastext.vision.warmup), so that the
     image's or the device's first start loads instead of compiling."""
     import json
     import os

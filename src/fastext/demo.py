@@ -19,8 +19,8 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 from fastext.config import Config
-from fastext.metadata import sample_to_json
-from fastext.server import ExtensionServer, new_event_loop
+from fastext.contract.metadata import sample_to_json
+from fastext.front.server import ExtensionServer, new_event_loop
 
 __all__ = ["run_demo"]
 

@@ -1,1 +1,1 @@
-"""Stress drivers run in subprocesses by tests/test_ring_stress.py (not collected)."""
+"""Stress drivers run in subprocesses by tests/backend/test_ring_stress.py (not collected)."""

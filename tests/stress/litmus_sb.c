@@ -13,7 +13,7 @@
  * Each round, two new threads leave a spin barrier together and walk PAIRS
  * fresh (X, Y) pairs in step; prints one "key=value" line with the number of
  * forbidden (r1 == r2 == 0) outcomes.  Exit 0, or 2 on bad usage.
- * Built and run by tests/test_ring_litmus.py.
+ * Built and run by tests/backend/test_ring_stress.py.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

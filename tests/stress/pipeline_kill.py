@@ -1,6 +1,6 @@
 """Stress: 4 streams x 2,000 frames through 2 workers that are SIGKILLed at random points.
 
-Run as a script (in a subprocess, under a deadline, by tests/test_pipeline_stress.py).
+Run as a script (in a subprocess, under a deadline, by tests/backend/test_pipeline_stress.py).
 Prints one JSON line of counts; exits 0 only if every frame of every stream was
 acknowledged exactly once with the right tag.
 """
@@ -18,7 +18,7 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.synthetic import to_pixel_format
 from fastext.config import Config
-from fastext.server import ExtensionServer
+from fastext.front.server import ExtensionServer
 
 STREAMS, FRAMES, KILLS = 4, 2000, 6
 LIGHT, DARK = (250, 190, 60), (20, 30, 120)

@@ -9,7 +9,7 @@
  *
  * Exit 0: all good (prints one "key=value" line); 1: a record was wrong;
  * 2: a wait timed out (a lost wake-up or a stall); 3: usage / setup.
- * Built and run by tests/test_ring_stress.py, also under ThreadSanitizer.
+ * Built and run by tests/backend/test_ring_stress.py, also under ThreadSanitizer.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

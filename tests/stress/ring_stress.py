@@ -1,11 +1,11 @@
-"""Cross-process stress scenarios for fastext.ring, one scenario per run.
+"""Cross-process stress scenarios for fastext.backend.ring, one scenario per run.
 
     python tests/stress/ring_stress.py SCENARIO [--deadline SECONDS]
 
 Scenarios: spsc, mesh, consumer-kill, producer-kill, wakeups (see each
 function).  Workers are started with multiprocessing "spawn", like fastext's
 own workers.  The run prints one JSON line of facts (counts, orders, exit
-codes) and exits 0; tests/test_ring_stress.py judges the facts.  It exits 3
+codes) and exits 0; tests/backend/test_ring_stress.py judges the facts.  It exits 3
 when its own deadline expires (a deadlock: the children still alive are
 named), and the test adds a hard subprocess timeout on top of that.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 import posix_ipc
 
-from fastext.ring import Ring, SharedRing
-from fastext.segments import segment_name
+from fastext.backend.ring import Ring, SharedRing
+from fastext.backend.segments import segment_name
 
 CTX = mp.get_context("spawn")
 WAIT = 10.0  # no single wait may take this long: treat it as a lost wake-up

@@ -33,7 +33,8 @@
  * seq_cst accesses: on AArch64 a seq_cst store and load (STLR then LDAR) are
  * ordered by the hardware, but qemu-user on an x86 host lets that store pass
  * that load (a store-buffering litmus run there shows the forbidden outcome;
- * tests/test_ring_litmus.py), and the ring stalled there exactly so.
+ * tests/stress/litmus_sb.c, run by tests/backend/test_ring_stress.py), and the
+ * ring stalled there exactly so.
  *
  * Sleeps are bounded too (FX_RING_MAX_SLEEP_NS): a wake-up lost to any cause
  * (a fence missing on some target, a peer killed between its publish and its

@@ -35,8 +35,8 @@ from fastext.client.sinks import VIDEO_SUFFIXES, SinkError
 from fastext.client.sources import SourceError, frame_rate, frames_from
 from fastext.client.stream import StreamError, StreamOptions, StreamResult, stream_frames
 from fastext.client.view import LiveView, ViewError, parse_address
+from fastext.contract.metadata import sample_to_dict
 from fastext.malloc import KEEP_MB, keep_freed_memory
-from fastext.metadata import sample_to_dict
 
 __all__ = ["StreamCommand", "run_stream_command"]
 

@@ -20,7 +20,7 @@ import grpc
 from fastext import INSTANCE_HEADER, METHOD_PATH
 from fastext._proto import extension_pb2, media_pb2
 from fastext.client.shm import SlotWriter
-from fastext.wire import sample_message
+from fastext.contract.wire import sample_message
 
 __all__ = ["CallRecord", "FrameSource", "StreamError", "StreamOptions", "StreamResult",
            "stream_frames"]
@@ -431,7 +431,7 @@ async def _stop(sender: asyncio.Task[None], session: _Call) -> None:
 
 
 def _serialize(message: Msg | bytes) -> bytes:
-    """Samples are encoded by hand (fastext.wire: the frame is copied once); the
+    """Samples are encoded by hand (fastext.contract.wire: the frame is copied once); the
     descriptor is a message."""
     return message if isinstance(message, bytes) else message.SerializeToString()
 

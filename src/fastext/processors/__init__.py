@@ -24,10 +24,10 @@ from fastext._proto.inferencing_pb2 import (
     Tag,
     Text,
 )
-from fastext.frames import Frame
 from fastext.processors.base import Processor
 from fastext.processors.brightness import Brightness
 from fastext.processors.motion import MotionDetector
+from fastext.vision.frames import Frame
 
 __all__ = [
     "Attribute",

@@ -1,6 +1,6 @@
 """The public processor API: a batch of frames in, one list of inferences per frame out.
 
-A processor never sees gRPC or shared memory: it gets :class:`fastext.frames.Frame`
+A processor never sees gRPC or shared memory: it gets :class:`fastext.vision.frames.Frame`
 objects and returns the contract's ``Inference`` messages.  It declares what it
 needs from a frame, so fastext prepares only that:
 
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fastext._proto.inferencing_pb2 import Inference
-from fastext.frames import NEEDS, Frame, check_size
+from fastext.vision.frames import NEEDS, Frame, check_size
 
 __all__ = ["NEEDS", "Frame", "Inference", "Processor"]
 

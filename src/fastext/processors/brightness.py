@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastext._proto.inferencing_pb2 import Classification, Inference, Tag
-from fastext.frames import Frame
 from fastext.processors.base import Processor
+from fastext.vision.frames import Frame
 
 __all__ = ["Brightness"]
 

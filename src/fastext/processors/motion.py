@@ -16,7 +16,7 @@ did not change, still make one box when they are that close. Farther apart they 
 two boxes for a frame or two, until the background forgets the object's old place.
 Each region whose changed pixels cover at least ``min_area`` of the frame becomes
 one ``MOTION`` inference whose box bounds its changed pixels (normalized 0..1).
-Both passes are numba kernels (:mod:`fastext.kernels`) that release the GIL.
+Both passes are numba kernels (:mod:`fastext.vision.kernels`) that release the GIL.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from fastext._proto.inferencing_pb2 import Inference, Motion, Rectangle
-from fastext.frames import Frame
 from fastext.processors.base import Processor
+from fastext.vision.frames import Frame
 
 __all__ = ["MotionDetector", "threshold_for"]
 
@@ -116,7 +116,7 @@ class MotionDetector(Processor):
             return self._detect(luma)
 
     def _detect(self, luma: np.ndarray) -> list[tuple[float, float, float, float]]:
-        from fastext import kernels  # on first use: the front never loads numba
+        from fastext.vision import kernels  # on first use: the front never loads numba
 
         if luma.flags.writeable:  # one compiled kernel: read-only views, as frames give
             luma = luma.view()

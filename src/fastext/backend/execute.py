@@ -1,0 +1,131 @@
+"""Run a processor over one batch: payloads → frames → inferences, errors per frame.
+
+Frames are prepared as the processor declares (``needs``, ``luma_scale``,
+``rgb_size``); a stateful processor's batches must reach :func:`run_batch` one at a
+time and in frame order (the backends guarantee it, not this module).
+
+Shared by the in-process backend and the worker processes, so a frame is turned
+into a :class:`~fastext.vision.frames.Frame` and judged the same way wherever it runs.
+Nothing here touches gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastext._proto.extension_pb2 import MediaSample
+from fastext._proto.inferencing_pb2 import Inference
+from fastext.backend.shm import Arena, ArenaRef, ClientMemory, ShmRef
+from fastext.errors import FastextError, FrameError
+from fastext.processors.base import Processor
+from fastext.vision.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
+
+__all__ = ["FrameFormat", "Outcome", "fetch_payload", "make_frame", "run_batch", "serialized"]
+
+log = logging.getLogger("fastext.backend.execute")
+
+#: A frame's result: its inferences, or the reason it has none.
+Outcome = list[Inference] | str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFormat:
+    """What a payload holds (the part of a StreamSpec that frames need)."""
+
+    encoding: int
+    pixel_format: int
+    width: int
+    height: int
+    stride: int
+
+
+def make_frame(
+    fmt: FrameFormat,
+    payload: np.ndarray | bytes | memoryview,
+    luma_scale: int = 1,
+    *,
+    needs: str = "luma",
+    rgb_size: tuple[int, int] | None = None,
+) -> Frame:
+    """A RAW payload becomes a zero-copy view, whatever ``needs`` says (the processor
+    converts what it reads); an encoded one is decoded as ``needs`` asks: to luma (at
+    1/``luma_scale``), to RGB (no smaller than ``rgb_size``), or not at all (``"raw"``).
+    """
+    if fmt.encoding == Encoding.RAW:
+        return frame_from_raw(payload, fmt.pixel_format, fmt.width, fmt.height, fmt.stride)
+    return frame_from_encoded(
+        payload, fmt.encoding, luma_scale=luma_scale, needs=needs, rgb_size=rgb_size
+    )
+
+
+def run_batch(
+    processor: Processor,
+    fmt: FrameFormat,
+    payloads: Sequence[np.ndarray | bytes | memoryview | str],
+) -> list[Outcome]:
+    """One outcome per payload; a bad frame or a failing processor never raises.
+
+    A ``str`` payload is a frame that could not even be fetched (a reference outside
+    the file, a file cut short): it is that frame's outcome as it stands.
+    """
+    outcomes: list[Outcome] = ["not processed"] * len(payloads)
+    frames: list[Frame] = []
+    index: list[int] = []
+    needs, rgb_size = processor.needs, processor.rgb_size
+    for i, payload in enumerate(payloads):
+        if isinstance(payload, str):
+            outcomes[i] = payload
+            continue
+        try:
+            frames.append(
+                make_frame(fmt, payload, processor.luma_scale, needs=needs, rgb_size=rgb_size)
+            )
+            index.append(i)
+        except FrameError as exc:
+            outcomes[i] = str(exc)
+    if not frames:
+        return outcomes
+    try:
+        results = processor.process(frames)
+        if len(results) != len(frames):
+            raise RuntimeError(f"returned {len(results)} results for {len(frames)} frames")
+    except Exception as exc:  # a user's model must not take the stream down
+        log.exception("processor %r failed on a batch of %d frames", processor.name, len(frames))
+        reason = f"processor {processor.name!r} failed: {exc}"
+        for i in index:
+            outcomes[i] = reason
+        return outcomes
+    for i, inferences in zip(index, results, strict=True):
+        outcomes[i] = list(inferences)
+    return outcomes
+
+
+def serialized(outcomes: Sequence[Outcome]) -> list[bytes | str]:
+    """Each frame's inferences as the bytes of a MediaSample holding only them (field 10,
+    what the front splices into the ack; b"" for none), or the reason there are none."""
+    return [o if isinstance(o, str) else MediaSample(inferences=o).SerializeToString()
+            for o in outcomes]
+
+
+def fetch_payload(payload: ShmRef | ArenaRef | memoryview, memory: ClientMemory | None,
+                  arena: Arena | None = None) -> np.ndarray | memoryview | str:
+    """One frame's bytes where a batch runs, in place (no copy), or why they cannot be had:
+    a str, which :func:`run_batch` makes that frame's outcome.  ``payload`` is embedded
+    bytes, a region of the session's client file, or (in a worker) of the server's arena.
+    The one fetch for both the worker processes and the in-process lane."""
+    try:
+        if isinstance(payload, ShmRef):
+            if memory is None:
+                raise FrameError("reference to a client file the session does not have")
+            return memory.view(payload)  # checks the bounds and that the file still holds it
+        if isinstance(payload, ArenaRef):
+            if arena is None:
+                raise FrameError("reference to an arena this process does not have")
+            return arena.read(payload.offset, payload.size)
+        return payload
+    except (FastextError, OSError, ValueError) as exc:  # the file shrank, the session ended
+        return str(exc)

@@ -1,0 +1,494 @@
+"""Where batches run: the front's side of the processing backend.
+
+A session opens a *lane* (:meth:`Backend.open`) with a *deliver* callback and
+submits batches of payloads to it, each under a token of the session's choosing;
+when a batch is done the backend calls ``deliver(token, results)`` on the event
+loop, one result per payload, in order.  No future per batch: the front's cost per
+frame is what this module is measured by.  A payload is a
+:class:`~fastext.backend.shm.ShmRef` into the session's client file (already
+bounds-checked) or the embedded bytes.
+
+* :class:`InlineBackend` (``--workers 0``) runs batches on a thread pool of the
+  server process; numba kernels release the GIL, so streams run in parallel.
+* :class:`WorkerBackend` (``--workers N``) hands references to worker processes
+  over per-worker SPSC rings in shared memory.  Embedded frames are copied once
+  into the server's arena.  A batch is resolved only when its worker reports it
+  done; if the worker dies first, the batch runs again elsewhere (bounded), so
+  no frame is lost or acknowledged twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from fastext.backend import records
+from fastext.backend.doorbell import Doorbell
+from fastext.backend.execute import FrameFormat, Outcome, fetch_payload, run_batch, serialized
+from fastext.backend.placement import Placement, Worker
+from fastext.backend.ring import Ring, RingPair
+from fastext.backend.segments import cleanup_stale_segments, segment_name
+from fastext.backend.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
+from fastext.backend.supervisor import Slot, Supervisor
+from fastext.backend.worker import WorkerSpec
+from fastext.backend.worker import main as worker_main
+from fastext.config import Config
+from fastext.metrics import MetricsSink, NullMetrics
+from fastext.processors import create
+from fastext.processors.base import Processor
+
+__all__ = ["Backend", "Deliver", "InlineBackend", "Lane", "Payload", "WorkerBackend",
+           "make_backend"]
+
+log = logging.getLogger("fastext.backend.pipeline")
+
+#: What a session submits per frame: a checked region of its client file, or embedded bytes.
+Payload = ShmRef | memoryview
+#: One frame's result as the backend returns it: inferences (objects, or serialized as a
+#: MediaSample's field 10 by a worker), or the reason there are none.
+Result = Outcome | bytes
+#: How a backend hands a batch's results back: ``deliver(token, results)``, on the loop.
+Deliver = Callable[[int, Sequence[Result]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSpec:
+    """What a backend needs to know about a session."""
+
+    format: FrameFormat
+    processor: str
+    params: dict[str, Any]
+    shm_name: str | None
+    shm_length: int
+
+
+class Lane(Protocol):
+    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        """Start a batch; its results come back through the lane's deliver callback."""
+
+    def close(self) -> None:
+        """The session is over: nothing more will be submitted."""
+
+
+class Backend(Protocol):
+    async def start(self) -> None:
+        """Get ready to take batches (compile or load kernels, start workers)."""
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
+        """A lane for one session; ValueError names a bad processor or parameter.
+
+        ``deliver(token, results)`` is called on the event loop once per submitted
+        batch (results, or the reason for each frame), until the lane is closed.
+        """
+
+    async def close(self) -> None:
+        """Finish or abandon running batches and release every resource."""
+
+    def abort(self) -> None:
+        """The process exits now: stop every child process and remove every name this
+        backend created (shared memory), without waiting for any frame."""
+
+
+def make_backend(config: Config, metrics: MetricsSink | None = None) -> Backend:
+    """The backend ``config.workers`` asks for."""
+    metrics = metrics if metrics is not None else NullMetrics()
+    if config.workers == 0:
+        return InlineBackend(metrics=metrics)
+    return WorkerBackend(config, metrics)
+
+
+# -- in process -------------------------------------------------------------------
+
+
+class _InlineLane:
+    def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None,
+                 deliver: Deliver, metrics: MetricsSink) -> None:
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._deliver = deliver
+        self._metrics = metrics
+        self._format = spec.format
+        self._memory = memory
+        self._processor: Processor = create(spec.processor, spec.params)
+        # A stateful processor (per-stream background, tracks) sees its frames in order:
+        # each batch waits for the one before it. Stateless ones run batches in parallel.
+        self._ordered = bool(getattr(self._processor, "stateful", False))
+        self._waiting: deque[tuple[int, Sequence[Payload], float]] = deque()
+        self._busy = False
+
+    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        job = (token, payloads, time.perf_counter())
+        if not self._ordered:
+            self._start(job)
+        elif self._busy:
+            self._waiting.append(job)
+        else:
+            self._busy = True
+            self._start(job)
+
+    def _start(self, job: tuple[int, Sequence[Payload], float]) -> None:
+        token, payloads, submitted = job
+        done = self._pool.submit(self._run, payloads, submitted)
+        done.add_done_callback(lambda f: self._from_thread(token, len(payloads), f))
+
+    def _from_thread(self, token: int, count: int, done: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._complete, token, count, done)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
+
+    def _complete(self, token: int, count: int, done: Any) -> None:
+        try:
+            results: list[Result] = done.result()
+        except BaseException as exc:  # noqa: BLE001 - a processor's failure is the frames' outcome
+            if not done.cancelled():
+                log.error("batch failed in the server process: %s", exc, exc_info=exc)
+            results = [f"processing failed: {exc or type(exc).__name__}"] * count
+        self._deliver(token, results)
+        if self._ordered:
+            if self._waiting:
+                self._start(self._waiting.popleft())
+            else:
+                self._busy = False
+
+    def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
+        started = time.perf_counter()
+        arrays = [fetch_payload(p, self._memory) for p in payloads]
+        # Serialized here, in the pool's thread, not on the event loop (as workers do).
+        outcomes: list[Result] = list(serialized(run_batch(self._processor, self._format, arrays)))
+        self._metrics.batch_done(started - submitted, time.perf_counter() - started)
+        return outcomes
+
+    def close(self) -> None:
+        pass
+
+
+class InlineBackend:
+    """Runs batches on a thread pool of the server process."""
+
+    def __init__(self, threads: int | None = None, metrics: MetricsSink | None = None) -> None:
+        self._metrics = metrics if metrics is not None else NullMetrics()
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or os.cpu_count() or 1, thread_name_prefix="fastext-batch"
+        )
+
+    async def start(self) -> None:
+        # The first frame must not pay for numba's compilation (or cache load).  Imported
+        # here: with workers, the front never loads numba.
+        from fastext.vision import kernels
+
+        await asyncio.to_thread(kernels.warm)
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
+        return _InlineLane(self._pool, spec, memory, deliver, self._metrics)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        pass  # threads and memory of this process end with it
+
+
+# -- worker processes -----------------------------------------------------------------
+
+_RING_CAPACITY = 1 << 20  # bytes of records per ring: thousands of batches of references
+_READY_TIMEOUT_S = 180.0  # a cold numba cache on a slow ARM board compiles for a while
+
+
+class _WorkerLane:
+    def __init__(self, backend: WorkerBackend, session: int, spec: LaneSpec,
+                 deliver: Deliver) -> None:
+        # Reject bad parameters now, at descriptor time; workers make their own instances.
+        processor = create(spec.processor, spec.params)
+        self.backend = backend
+        self.session = session
+        self.deliver = deliver
+        # A stateful processor keeps per-stream state in one worker's instance: every batch
+        # of the session goes to that worker, whose ring keeps them in order.
+        self.stateful = bool(getattr(processor, "stateful", False))
+        self.pinned: Worker | None = None
+        self.closed = False  # the session is over (placement's)
+        config = json.dumps({"processor": spec.processor, **spec.params})
+        f = spec.format
+        self.open_record = records.pack_open(records.Open(
+            session, f.encoding, f.pixel_format, f.width, f.height, f.stride, spec.shm_name,
+            spec.shm_length, config))
+
+        # submit(token, payloads) is the backend's, bound to this lane: no frame in between.
+        self.submit: Callable[[int, Sequence[Payload]], None] = functools.partial(
+            backend.submit, self)
+
+    def close(self) -> None:
+        self.backend.close_lane(self)
+
+
+class WorkerBackend:
+    """Batches run in worker processes fed through shared-memory rings.
+
+    The decisions (backlog, arena, which worker, re-runs) are :class:`Placement`'s;
+    the processes (spawn, restart, stop) are the :class:`Supervisor`'s; this class is
+    the wiring: each process's rings and spec (:meth:`_launch`, :meth:`_release`), its
+    doorbell, completions, and the results handed back to sessions.
+    """
+
+    def __init__(self, config: Config, metrics: MetricsSink | None = None) -> None:
+        self.config = config
+        self._metrics = metrics if metrics is not None else NullMetrics()
+        self._lanes = itertools.count(1)
+        self._arena: Arena | None = None
+        self._placement: Placement | None = None
+        self._supervisor: Supervisor | None = None
+        self._all_ready: asyncio.Event | None = None
+        self._pump_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
+        self._unsignalled_retired = 0  # counted on rings of workers since replaced
+        # Per slot, the ring pair of its process of the moment (from _launch to _release).
+        self._rings: list[RingPair | None] = [None] * config.workers
+        # Per slot, the live process's submit ring and doorbell (None until READY):
+        # looked up per flush and per completion wake-up.
+        self._submit_rings: list[Ring | None] = [None] * config.workers
+        self._completion_rings: list[Ring | None] = [None] * config.workers
+        self._doorbells: list[Doorbell | None] = [None] * config.workers
+
+    @property
+    def retried(self) -> int:
+        """Batches run again after their worker died."""
+        return self._placement.retried if self._placement is not None else 0
+
+    @property
+    def abandoned(self) -> int:
+        """Frames acked empty after too many worker deaths."""
+        return self._placement.abandoned if self._placement is not None else 0
+
+    def queued(self) -> int:
+        """Batches not yet in a worker's ring (the backlog and the outboxes)."""
+        return self._placement.queued() if self._placement is not None else 0
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes alive now (for tests and tools)."""
+        slots = self._supervisor.slots if self._supervisor is not None else ()
+        return [s.process.pid for s in slots if s.process is not None]
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        removed = cleanup_stale_segments()
+        if removed:
+            log.info("removed %d stale shared-memory segments of dead servers", len(removed))
+        size = self.config.shm_size_mb * 1024 * 1024
+        self._arena = arena = Arena.create(segment_name("arena"), size)
+        self._placement = Placement(self.config.workers, ArenaAllocator(size), arena.write)
+        self._all_ready = asyncio.Event()
+        self._supervisor = Supervisor(self.config.workers, self._launch, worker_main,
+                                      self._on_completions, self._on_exit, self._release)
+        self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
+        self._supervisor.start()
+        try:
+            await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
+        except TimeoutError:
+            await self.close()
+            raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
+        return _WorkerLane(self, next(self._lanes), spec, deliver)
+
+    # -- submitting ------------------------------------------------------------------
+
+    def submit(self, lane: _WorkerLane, token: int, payloads: Sequence[Payload]) -> None:
+        """Place a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
+        placement = self._placement
+        assert placement is not None and self._loop is not None, "WorkerBackend.start() first"
+        worker = placement.add(lane, token, payloads,
+                               time.perf_counter() if self._metrics.enabled else 0.0)
+        if worker is not None:  # placed at once (nothing waited before it): into its ring
+            self._flush(worker)
+            if self._metrics.enabled:
+                self._metrics.queue_depth(placement.queued())
+        elif not self._pump_scheduled:
+            # It waits for arena space or a ready worker: place it (and whatever else
+            # waits) at the end of this loop iteration, or when completions free room.
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        placement = self._placement
+        if placement is None:
+            return
+        for worker in placement.place():
+            self._flush(worker)
+        if self._metrics.enabled:
+            self._metrics.queue_depth(placement.queued())
+
+    def _flush(self, worker: Worker) -> None:
+        """Move a worker's outbox into its ring: one publish (and at most one wake)."""
+        ring = self._submit_rings[worker.index]
+        outbox = worker.outbox
+        if ring is None:  # not READY yet (a STOP at start-up, say): the slot's own rings
+            rings = self._rings[worker.index]
+            ring = rings.submit.ring if rings is not None else None
+        if ring is None or not outbox:
+            return
+        pushed = ring.push_many(outbox)
+        if pushed == len(outbox):
+            outbox.clear()
+        else:
+            for _ in range(pushed):
+                outbox.popleft()
+
+    def close_lane(self, lane: _WorkerLane) -> None:
+        """The session is over: its workers unmap its file after its last batch."""
+        if self._placement is not None:
+            for worker in self._placement.close_lane(lane):
+                self._flush(worker)
+
+    # -- completions and deaths ----------------------------------------------------------
+
+    def _on_completions(self, slot: Slot, exited: bool = False) -> None:
+        """The worker rang its doorbell (or ``exited``): take every record it wrote (DONE
+        results go to their sessions), then send what waits.  One call per wake-up."""
+        index = slot.index
+        doorbell = self._doorbells[index]
+        if doorbell is not None:
+            doorbell.clear()
+        placement = self._placement
+        ring = self._completion_rings[index]
+        if ring is None:  # the first wake-up of this process (its READY)
+            rings = self._rings[index]
+            if rings is None or placement is None:
+                return
+            ring = self._completion_rings[index] = rings.completion.ring
+        assert placement is not None
+        worker = placement.workers[index]
+        metrics = self._metrics
+        finished = placement.finished
+        for record in ring.pop_many(1 << 16, 0):
+            kind = record[0]
+            if kind == records.DONE:
+                batch_id, outcomes, processing_us = records.unpack_done(record)
+                job = finished(worker, batch_id)
+                if job is None:
+                    continue  # a batch it no longer holds (re-run elsewhere after a death)
+                if metrics.enabled:
+                    processing = processing_us / 1e6
+                    metrics.batch_done(time.perf_counter() - job.submitted - processing,
+                                       processing)
+                job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
+            elif kind == records.READY:
+                rings = self._rings[index]
+                assert rings is not None
+                self._submit_rings[index] = rings.submit.ring
+                self._doorbells[index] = slot.doorbell
+                slot.ready = True
+                placement.set_ready(worker)
+                log.info("worker %d ready (pid %d)", index, records.unpack_ready(record))
+                if self._all_ready is not None and len(placement.ready) == len(placement.workers):
+                    self._all_ready.set()
+        if exited:
+            return
+        # The worker consumed records, so its ring has room: what waited in its outbox for
+        # that room goes now (nothing else would send it if no new job came its way).
+        if worker.outbox:
+            self._flush(worker)
+        if placement.backlog and not self._pump_scheduled:
+            self._pump()  # completions freed arena space or worker load (unless a pump is due)
+
+    def unsignalled_wakeups(self) -> int:
+        """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
+        live = 0
+        for rings in self._rings:  # read by the scrape thread: a slot's rings may be closing
+            if rings is not None:
+                try:
+                    live += rings.unsignalled_wakeups()
+                except ValueError:  # closed under us: its count moved to the retired total
+                    pass
+        return self._unsignalled_retired + live
+
+    def _launch(self, slot: Slot) -> WorkerSpec:
+        """The supervisor starts a process in ``slot``: its rings, and what it is told."""
+        arena = self._arena
+        assert arena is not None and slot.doorbell is not None
+        rings = RingPair.create(_RING_CAPACITY, tag=f"w{slot.index}")
+        self._rings[slot.index] = rings
+        config = self.config
+        return WorkerSpec(index=slot.index, rings=rings.names, arena_name=arena.name,
+                          arena_size=arena.size, log_level=config.log_level,
+                          log_format=config.log_format, parent_pid=os.getpid(),
+                          heartbeat=slot.heartbeat, doorbell=slot.doorbell.ringer)
+
+    def _release(self, slot: Slot, aborting: bool) -> None:
+        """The slot's process is gone (after :meth:`_on_exit`): close its rings, which
+        unlinks them.  ``aborting`` (the program exits now): only unlink the names."""
+        rings = self._rings[slot.index]
+        if rings is None:
+            return
+        if aborting:
+            rings.unlink()
+            return
+        try:  # its rings go with it: keep their count
+            self._unsignalled_retired += rings.unsignalled_wakeups()
+        finally:
+            self._rings[slot.index] = None
+            rings.close()
+
+    def _on_exit(self, slot: Slot) -> None:
+        placement = self._placement
+        if placement is not None:
+            if self._supervisor is not None and not self._supervisor.stopping:
+                self._metrics.worker_restarted()
+            self._on_completions(slot, exited=True)  # what it finished before dying counts
+        # Only now: taking completions above reads (and caches) the old rings and, if its
+        # READY was still unread, its doorbell; the supervisor closes the doorbell and
+        # _release the rings after this returns, and the slot's next process has new ones.
+        self._submit_rings[slot.index] = None
+        self._completion_rings[slot.index] = None
+        self._doorbells[slot.index] = None
+        if placement is None:
+            return
+        worker = placement.workers[slot.index]
+        held = len(worker.jobs)
+        for job in placement.worker_died(worker):
+            reason = f"worker died while processing this frame ({job.runs} times)"
+            cast(_WorkerLane, job.lane).deliver(job.token, [reason] * len(job.refs or ()))
+        if held:
+            log.warning("worker %d died holding %d batches: running them again elsewhere",
+                        slot.index, held)
+        # The supervisor marks the slot dead after this returns: place the orphans then.
+        asyncio.get_running_loop().call_soon(self._pump)
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.stop(self._send_stop, deadline_s=max(1.0, self.config.drain_s))
+            self._supervisor = None
+        if self._placement is not None:
+            backlog, self._placement.backlog = self._placement.backlog, deque()
+            for job in backlog:
+                self._placement.release(job)
+                cast(_WorkerLane, job.lane).deliver(
+                    job.token, ["server stopped before the frame was processed"]
+                    * len(job.refs or job.payloads))
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
+
+    def abort(self) -> None:
+        killed = self._supervisor.kill() if self._supervisor is not None else 0
+        if self._arena is not None:
+            self._arena.unlink()
+        log.warning("backend aborted: %d workers killed, shared memory unlinked", killed)
+
+    def _send_stop(self, slot: Slot) -> None:
+        if self._placement is None:
+            return
+        worker = self._placement.workers[slot.index]
+        worker.outbox.append(records.pack_stop())
+        self._flush(worker)

@@ -1,0 +1,341 @@
+"""Session through its seams: a fake lane instead of a backend, requests from a queue,
+writes into a list.  Batching by size and by delay, in-order acks whatever order
+results come back in, the drop policy, statuses, and cleanup that waits for running
+batches.  (A real server end to end: tests/test_end_to_end.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+import pytest
+
+from fastext._proto.extension_pb2 import MediaStreamMessage
+from fastext.backend.pipeline import LaneSpec, Payload, Result
+from fastext.backend.shm import ClientMemory
+from fastext.config import Config
+from fastext.front.session import DROPPED, Session, SessionEnd
+from tests.helpers import ORANGE, descriptor, embedded, solid
+
+Msg = MediaStreamMessage
+FRAME = solid(ORANGE, 8, 8).tobytes()
+END = object()  # the client half-closes the call
+
+
+class FakeLane:
+    def __init__(self, deliver: Any) -> None:
+        self.deliver = deliver
+        self.batches: list[tuple[int, list[Payload]]] = []
+        self.submitted = asyncio.Event()
+        self.closed = False
+
+    def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        assert not self.closed, "a batch was submitted after the lane closed"
+        self.batches.append((token, list(payloads)))
+        self.submitted.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def answer(self, token: int, results: list[Result] | None = None) -> None:
+        """Deliver a batch's results: one 'inferred' result per frame by default."""
+        count = dict(self.batches)[token]
+        self.deliver(token, results if results is not None else [b""] * len(count))
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.lane: FakeLane | None = None
+
+    def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Any) -> FakeLane:
+        self.lane = FakeLane(deliver)
+        return self.lane
+
+
+class Call:
+    """One session driven by hand: ``send`` messages, read ``written``, ``finish``."""
+
+    def __init__(self, **changes: Any) -> None:
+        self.config = Config(workers=0).replace(**changes)
+        self.backend = FakeBackend()
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.written: list[Msg] = []
+        self.wrote = asyncio.Event()
+        self.session = Session(self.config, self.backend)  # type: ignore[arg-type]
+        self.task = asyncio.create_task(self.session.serve(self._requests(), self._write))
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while (item := await self.inbox.get()) is not END:
+            yield item
+
+    async def _write(self, message: Msg | bytes) -> None:
+        self.written.append(Msg.FromString(message) if isinstance(message, bytes) else message)
+        self.wrote.set()
+
+    def send(self, *messages: Any) -> None:
+        """Queue requests as the call receives them: serialized (bytes stay as they are)."""
+        for message in messages:
+            raw = message if isinstance(message, bytes) or message is END else (
+                message.SerializeToString())
+            self.inbox.put_nowait(raw)
+
+    @property
+    def lane(self) -> FakeLane:
+        assert self.backend.lane is not None
+        return self.backend.lane
+
+    def acks(self) -> list[int]:
+        return [m.ack_sequence_number for m in self.written[1:]]
+
+    async def until(self, predicate: Any, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.wrote.clear()
+                self.lane.submitted.clear()
+                waits = [asyncio.ensure_future(e.wait())
+                         for e in (self.wrote, self.lane.submitted)]
+                try:
+                    await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+
+    async def finish(self) -> None:
+        self.send(END)
+        async with asyncio.timeout(5.0):
+            await self.task
+
+
+def on_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop, under a hard deadline."""
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30.0))
+    return run
+
+
+def frames(first: int, count: int) -> list[Msg]:
+    return [embedded(seq, FRAME) for seq in range(first, first + count)]
+
+
+async def opened(**changes: Any) -> Call:
+    call = Call(**changes)
+    call.send(descriptor(8, 8))
+    async with asyncio.timeout(5.0):
+        while not call.written:
+            await asyncio.sleep(0)
+    return call
+
+
+@on_loop
+async def test_session_batches_by_size_and_flushes_the_rest_at_stream_end() -> None:
+    call = await opened(batch_size=3, batch_delay_ms=10_000.0)
+    call.send(*frames(2, 7))
+    await call.until(lambda: len(call.lane.batches) == 2)
+    assert [len(p) for _, p in call.lane.batches] == [3, 3]
+    call.send(END)
+    await call.until(lambda: len(call.lane.batches) == 3)
+    assert [len(p) for _, p in call.lane.batches] == [3, 3, 1]
+    for token, _ in call.lane.batches:
+        call.lane.answer(token)
+    async with asyncio.timeout(5.0):
+        await call.task
+    assert call.acks() == list(range(2, 9))
+    assert [m.sequence_number for m in call.written] == list(range(1, 9))
+    assert call.lane.closed
+
+
+@on_loop
+async def test_session_flushes_a_partial_batch_after_the_delay() -> None:
+    call = await opened(batch_size=8, batch_delay_ms=20.0)
+    call.send(*frames(2, 2))  # fewer than a batch, and the stream stays open
+    await call.until(lambda: len(call.lane.batches) == 1)
+    assert [len(p) for _, p in call.lane.batches] == [2]
+    call.lane.answer(call.lane.batches[0][0])
+    await call.until(lambda: len(call.written) == 3)
+    assert call.acks() == [2, 3]
+    await call.finish()
+
+
+@on_loop
+async def test_session_acks_in_order_whatever_order_results_arrive_in() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 4))
+    await call.until(lambda: len(call.lane.batches) == 4)
+    tokens = [t for t, _ in call.lane.batches]
+    for token in reversed(tokens[1:]):  # every batch but the oldest
+        call.lane.answer(token)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(call.written) == 1, "an ack went out before the frames ahead of it"
+    call.lane.answer(tokens[0])
+    await call.until(lambda: len(call.written) == 5)
+    assert call.acks() == [2, 3, 4, 5]
+    await call.finish()
+
+
+@on_loop
+async def test_session_stops_reading_at_a_full_window() -> None:
+    call = await opened(batch_size=1, max_inflight=2)
+    call.send(*frames(2, 5))
+    await call.until(lambda: len(call.lane.batches) == 2)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(call.lane.batches) == 2, "read past a full window"
+    assert call.inbox.qsize() == 3
+    call.lane.answer(call.lane.batches[0][0])
+    await call.until(lambda: len(call.lane.batches) == 3)  # one ack, one more frame read
+    for token, _ in call.lane.batches[1:]:
+        call.lane.answer(token)
+    await call.until(lambda: len(call.lane.batches) == 5)
+    for token, _ in call.lane.batches[3:]:
+        call.lane.answer(token)
+    await call.finish()
+    assert call.acks() == [2, 3, 4, 5, 6]
+
+
+@on_loop
+async def test_session_drop_policy_acks_dropped_frames_in_order_without_inference() -> None:
+    call = await opened(batch_size=1, max_inflight=2, overload="drop")
+    call.send(*frames(2, 5))
+    await call.until(lambda: call.session.dropped == 3)
+    assert len(call.lane.batches) == 2  # frames 4, 5, 6 never reach the lane
+    assert len(call.written) == 1  # and are not acked ahead of frames 2 and 3
+    call.lane.answer(call.lane.batches[1][0], [[]])  # frame 3 first: nothing moves yet
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(call.written) == 1
+    call.lane.answer(call.lane.batches[0][0])
+    await call.until(lambda: len(call.written) == 6)
+    assert call.acks() == [2, 3, 4, 5, 6]
+    assert [len(m.media_sample.inferences) for m in call.written[1:]] == [0] * 5
+    await call.finish()
+    assert DROPPED  # the reason logged for them
+
+
+@on_loop
+async def test_session_a_violation_ends_the_call_after_acking_what_was_read() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 2), descriptor(8, 8, seq=4))
+    await call.until(lambda: len(call.lane.batches) == 2)
+    for token, _ in call.lane.batches:
+        call.lane.answer(token)
+    with pytest.raises(SessionEnd) as ended:
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert ended.value.code == "INVALID_ARGUMENT"
+    assert "message 4 of this call" in str(ended.value)
+    assert "second media_stream_descriptor" in str(ended.value)
+    assert call.acks() == [2, 3]
+
+
+@on_loop
+async def test_session_unparsed_message_names_its_position() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 1), embedded(3, FRAME).SerializeToString()[:9])  # cut short
+    await call.until(lambda: len(call.lane.batches) == 1)
+    call.lane.answer(call.lane.batches[0][0])
+    with pytest.raises(SessionEnd) as ended:
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert ended.value.code == "INVALID_ARGUMENT"
+    assert str(ended.value).startswith("message 3 of this call is not a valid")
+    assert call.acks() == [2]
+
+
+@pytest.mark.parametrize(("first", "code"), [
+    (b"\xff\xff\xff", "INVALID_ARGUMENT"),
+    (embedded(1, FRAME), "INVALID_ARGUMENT"),
+    (descriptor(8, 8, shm=("no-such-fastext-file", 4096)), "FAILED_PRECONDITION"),
+    (descriptor(8, 8, config='{"processor": "brightness", '), "INVALID_ARGUMENT"),
+], ids=["not-a-message", "sample-first", "missing-shm", "bad-configuration-json"])
+@on_loop
+async def test_session_bad_first_message_maps_to_its_status(first: Any, code: str) -> None:
+    call = Call()
+    call.send(first)
+    with pytest.raises(SessionEnd) as ended:
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert ended.value.code == code
+    assert call.written == []
+
+
+@on_loop
+async def test_session_invalid_sample_is_acked_empty_without_reaching_the_lane() -> None:
+    call = await opened(batch_size=1)
+    call.send(embedded(2, FRAME[:10]), *frames(3, 1))
+    await call.until(lambda: len(call.lane.batches) == 1)
+    call.lane.answer(call.lane.batches[0][0])
+    await call.finish()
+    assert call.acks() == [2, 3]
+    assert call.session.invalid == 1
+
+
+@on_loop
+async def test_session_cleanup_waits_for_running_batches_before_closing_the_lane() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 2))
+    await call.until(lambda: len(call.lane.batches) == 2)
+    call.task.cancel()  # the client went away with two frames being processed
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not call.task.done() and not call.lane.closed
+    call.lane.answer(call.lane.batches[0][0])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not call.lane.closed, "closed with a batch still reading the frames"
+    call.lane.answer(call.lane.batches[1][0])
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert call.lane.closed
+
+
+@on_loop
+async def test_session_cancelled_again_during_cleanup_still_closes_after_running_batches() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 1))
+    await call.until(lambda: len(call.lane.batches) == 1)
+    call.task.cancel()  # the client went away with a frame being processed
+    for _ in range(20):
+        await asyncio.sleep(0)
+    call.task.cancel()  # and the server stops: a second cancel lands in the cleanup wait
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not call.task.done() and not call.lane.closed, "closed under a running batch"
+    call.lane.answer(call.lane.batches[0][0])
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert call.lane.closed, "the lane (and the client file) were left open"
+
+
+@on_loop
+async def test_session_drain_acks_what_was_read_then_ends_unavailable() -> None:
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 2))
+    await call.until(lambda: len(call.lane.batches) == 2)
+    call.session.drain()
+    call.send(*frames(4, 2))  # never read
+    for token, _ in call.lane.batches:
+        call.lane.answer(token)
+    with pytest.raises(SessionEnd) as ended:
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert ended.value.code == "UNAVAILABLE"
+    assert call.acks() == [2, 3]
+    assert len(call.lane.batches) == 2
+
+
+@on_loop
+async def test_session_drained_during_its_handshake_ends_unavailable() -> None:
+    call = Call(batch_size=1)
+    call.session.drain()  # the server began to stop before this call's reader ran
+    call.send(descriptor(8, 8), *frames(2, 2))
+    with pytest.raises(SessionEnd) as ended:
+        async with asyncio.timeout(5.0):
+            await call.task
+    assert ended.value.code == "UNAVAILABLE"  # not OK: the client must know to reconnect
+    assert len(call.written) == 1 and call.lane.batches == []
