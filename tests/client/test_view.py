@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import queue
@@ -85,11 +87,11 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
-def screenshot(url: str, out: Path, profile: Path) -> None:
+def screenshot(url: str, out: Path, profile: Path, size: tuple[int, int] = (800, 650)) -> None:
     assert CHROMIUM is not None
     args = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}",
-            f"--screenshot={out}", "--window-size=800,650",
+            f"--screenshot={out}", f"--window-size={size[0]},{size[1]}",
             # The page's <img> is an endless MJPEG response; Chromium counts the page loaded
             # once the first part is shown and shoots then. --timeout only caps the wait.
             "--timeout=15000", url]
@@ -140,6 +142,58 @@ def test_view_page_in_headless_chromium_shows_the_frame_and_the_figures(tmp_path
     rows, cols = np.nonzero(table)
     inside = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert (inside.min(axis=-1) > 180).sum() > 200
+
+
+def solid_jpeg(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def frame_boxes(shot: Path, colors: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Where each solid-colored frame landed in a screenshot: (left, top, right, bottom)."""
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    boxes = []
+    for color in colors:
+        rows, cols = np.nonzero(near(pixels, color, 30))
+        assert rows.size > 10_000, f"frame {color} not on the page"
+        boxes.append((int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1))
+    return boxes
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it "
+                    "when it runs as root: apt-get install chromium)")
+def test_view_lays_streams_out_in_a_grid_that_uses_a_wide_screen(tmp_path):
+    colors = [(220, 40, 40), (40, 200, 40), (40, 80, 230), (230, 200, 30)]
+    frames = [solid_jpeg(color) for color in colors]
+    view = LiveView("127.0.0.1", 0, streams=len(colors))
+    done = threading.Event()
+
+    def play() -> None:  # frames keep coming, as in a run (Chromium shows an MJPEG part late)
+        while not done.wait(0.05):
+            for k, jpeg in enumerate(frames):
+                view.publish(k, jpeg, (320, 240))
+
+    player = threading.Thread(target=play, daemon=True)
+    player.start()
+    try:
+        screenshot(view.url, tmp_path / "wide.png", tmp_path / "profile", size=(1920, 1080))
+        screenshot(view.url, tmp_path / "narrow.png", tmp_path / "profile", size=(600, 3000))
+    finally:
+        done.set()
+        player.join(5)
+        view.close()
+    # 1920 px wide: the streams side by side, each frame scaled up past its own 320 px to
+    # fill a column, the columns together spanning most of the screen.
+    wide = frame_boxes(tmp_path / "wide.png", colors)
+    rows = {top for _, top, _, _ in wide}
+    assert len(rows) < len(wide), wide  # at least two panels share a row
+    assert all(right - left >= 400 for left, _, right, _ in wide), wide
+    assert max(b[2] for b in wide) - min(b[0] for b in wide) >= 0.9 * 1920, wide
+    # 600 px wide: one column, one stream under the other, each frame as wide as the page.
+    narrow = frame_boxes(tmp_path / "narrow.png", colors)
+    assert all(a[3] <= b[1] for a, b in itertools.pairwise(narrow)), narrow
+    assert all(right - left >= 540 for left, _, right, _ in narrow), narrow
 
 
 def test_view_ends_with_the_run_while_a_feed_is_open():

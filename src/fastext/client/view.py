@@ -221,12 +221,17 @@ def _stream_of(path: str, prefix: str, suffix: str, streams: int) -> int | None:
     return int(middle) if middle.isdigit() and int(middle) < streams else None
 
 
+# The streams in a grid: as many columns of at least 440 px as the window holds (four on a
+# 1920 px wide screen), one on a narrow one; each frame scaled to its column's width, but
+# never so tall that its figures leave the window (letterboxed instead).
 _STYLE = """
 body { background: #111; color: #eee; font: 14px system-ui, sans-serif; margin: 12px; }
 h1 { font-size: 18px; margin: 0 0 10px; }
-.grid { display: flex; flex-wrap: wrap; gap: 12px; }
-.card { background: #1b1b1b; padding: 8px; border-radius: 6px; }
-.card img { display: block; max-width: 100%; height: auto; background: #282828; }
+.grid { display: grid; gap: 12px;
+        grid-template-columns: repeat(auto-fill, minmax(min(100%, 440px), 1fr)); }
+.card { background: #1b1b1b; padding: 8px; border-radius: 6px; min-width: 0; }
+.card img { display: block; width: 100%; height: auto; max-height: calc(100vh - 180px);
+            object-fit: contain; background: #282828; }
 .figs { background: #16324f; color: #fff; padding: 6px 8px; margin-top: 6px; }
 .figs td { padding: 1px 10px 1px 0; }
 """

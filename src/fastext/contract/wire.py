@@ -5,7 +5,7 @@ per frame.  Building them as protobuf objects copies a frame's bytes into the
 message and again into the serialized string; here the few header bytes are
 encoded directly and the frame (or a worker's already serialized inferences) is
 joined to them once.  The bytes equal protobuf's ``SerializeToString`` exactly,
-zero-valued scalars omitted as proto3 does (tests/front/test_proto.py compares them).
+zero-valued scalars omitted as proto3 does (tests/contract/test_proto.py compares them).
 
 The server's per-frame path uses the native codec (``fastext._native._wire``; this
 is the only module that imports it):
