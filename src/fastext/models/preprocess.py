@@ -1,0 +1,736 @@
+"""A model's input from a frame, in one fused numba pass per frame.
+
+:func:`prepare` reads a frame as it was received (any RAW pixel format of the contract,
+rows padded or not, straight from its buffer) or an image decoded to RGB (or luma), and
+writes that frame's slot of a batch's input tensor: letterboxed or stretched to the
+model's size, resized, converted to RGB or BGR, normalised, laid out NCHW or NHWC, as
+float32 or uint8. No RGB copy of the frame at its own size is made; Python touches the
+frame once, the kernel every pixel.
+
+Letterbox, as Ultralytics' ``LetterBox`` (centred): ``r = min(H / h, W / w)``, content
+``round(w * r) x round(h * r)``, padding ``round(d - 0.1)`` before and ``round(d + 0.1)``
+after (``d`` half the free space), filled with 114. Stretch fills the whole tensor.
+
+Resampling is separable and chosen per axis (source size ``S``, content size ``D``):
+
+- ``D == S``: none, the pixels are converted only (exactly: a lookup table of the
+  256 normalised values, computed in float64 and rounded once);
+- ``S <= 2 D``: bilinear, pixel centres aligned (``s = (d + 0.5) * S / D - 0.5``,
+  clamped at the edges), what OpenCV's ``INTER_LINEAR`` and so Ultralytics compute;
+- ``S > 2 D``: area averaging, each output pixel the mean of the source it covers
+  (fractional pixels weighted by coverage, as OpenCV's ``INTER_AREA``): bilinear
+  would skip pixels there, and a 1080p frame shrunk to 320 would alias.
+
+Each output row first sums its source rows, whole rows of bytes at a time (contiguous
+loops LLVM vectorises, alpha bytes included); the row's pixels then sum their taps of
+that one row. Packed 16-bit and YUV420P rows are converted to RGB once each, into a
+small ring of rows, before they are summed (YUV420P as :mod:`fastext.frames` reads it:
+BT.601 full range, each chroma sample covering 2x2 pixels).
+
+:class:`Transform` maps tensor coordinates back to the frame.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastext.errors import FrameError
+from fastext.frames import (
+    Encoding,
+    Frame,
+    check_size,
+    frame_from_encoded,
+    frame_from_raw,
+)
+from fastext.kernels import _jit, _jitted_closure
+from fastext.warmup import Unit
+
+__all__ = [
+    "PAD_VALUE",
+    "InputSpec",
+    "Transform",
+    "geometry",
+    "prepare",
+    "prepare_raw",
+    "warm",
+    "warm_units",
+]
+
+#: Ultralytics' letterbox grey.
+PAD_VALUE = 114
+
+_LAYOUTS = ("NCHW", "NHWC")
+_DTYPES = ("float32", "uint8")
+_CHANNELS = ("RGB", "BGR")
+_RESIZE = ("letterbox", "stretch")
+
+# Source kinds the kernel reads.
+_BYTES, _PACKED16, _YUV420P = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """What a model's input tensor expects of one image.
+
+    ``width`` x ``height``: the tensor's spatial size. ``layout``: ``"NCHW"`` (a slot is
+    ``(3, height, width)``) or ``"NHWC"`` (``(height, width, 3)``). ``dtype``:
+    ``"float32"``, ``x / 255`` or, with ``mean`` and ``std`` (three each, on the 0..1
+    scale, in the tensor's channel order), ``(x / 255 - mean) / std``; or ``"uint8"``,
+    the pixel values themselves. ``channels``: ``"RGB"`` or ``"BGR"``. ``resize``:
+    ``"letterbox"`` or ``"stretch"``. ``pad_value``: the letterbox's grey, before
+    normalisation.
+    """
+
+    width: int
+    height: int
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    channels: str = "RGB"
+    resize: str = "letterbox"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    pad_value: int = PAD_VALUE
+
+    def __post_init__(self) -> None:
+        check_size((self.width, self.height), "input size")
+        for name, value, allowed in (
+            ("layout", self.layout, _LAYOUTS),
+            ("dtype", self.dtype, _DTYPES),
+            ("channels", self.channels, _CHANNELS),
+            ("resize", self.resize, _RESIZE),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both or neither")
+        if self.mean is not None and self.std is not None:
+            if self.dtype == "uint8":
+                raise ValueError("mean and std apply to float32 tensors only")
+            for name, values in (("mean", self.mean), ("std", self.std)):
+                if not isinstance(values, tuple) or len(values) != 3:
+                    raise ValueError(f"{name} must be a tuple of 3 numbers; got {values!r}")
+            if not all(np.isfinite(v) for v in self.mean + self.std) or min(self.std) <= 0:
+                raise ValueError(f"std must be positive and finite; got {self.std!r}")
+        if not isinstance(self.pad_value, int) or not 0 <= self.pad_value <= 255:
+            raise ValueError(f"pad_value must be an int within 0..255; got {self.pad_value!r}")
+
+    @property
+    def slot_shape(self) -> tuple[int, int, int]:
+        """The shape of one image's slot of the tensor."""
+        if self.layout == "NCHW":
+            return (3, self.height, self.width)
+        return (self.height, self.width, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """How a tensor's pixels relate to its frame's: ``tensor = frame * scale + pad``.
+
+    Coordinates are continuous, pixel edges at integers (x right, y down), so
+    ``frame_x = (tensor_x - pad_x) / scale_x``. ``width`` x ``height`` is the frame's size.
+    """
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    width: int
+    height: int
+
+    def to_frame(self, x: float, y: float) -> tuple[float, float]:
+        """A point of the tensor in frame coordinates."""
+        return (x - self.pad_x) / self.scale_x, (y - self.pad_y) / self.scale_y
+
+    def to_tensor(self, x: float, y: float) -> tuple[float, float]:
+        """A point of the frame in tensor coordinates."""
+        return x * self.scale_x + self.pad_x, y * self.scale_y + self.pad_y
+
+    def boxes_to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """``(n, 4)`` boxes ``x0, y0, x1, y1`` of the tensor in frame coordinates, clipped
+        to the frame (a new float64 array)."""
+        out = np.array(boxes, np.float64, copy=True).reshape(-1, 4)
+        out[:, 0::2] = np.clip((out[:, 0::2] - self.pad_x) / self.scale_x, 0, self.width)
+        out[:, 1::2] = np.clip((out[:, 1::2] - self.pad_y) / self.scale_y, 0, self.height)
+        return out
+
+
+def geometry(width: int, height: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` frame lands in the tensor: content width and
+    height, left and top padding (Ultralytics' centred letterbox, or the whole tensor)."""
+    if spec.resize == "stretch":
+        return spec.width, spec.height, 0, 0
+    r = min(spec.height / height, spec.width / width)
+    # At least one pixel: a 1 x 16384 frame would otherwise round to nothing.
+    new_w = max(1, min(spec.width, int(round(width * r))))
+    new_h = max(1, min(spec.height, int(round(height * r))))
+    left = int(round((spec.width - new_w) / 2 - 0.1))
+    top = int(round((spec.height - new_h) / 2 - 0.1))
+    return new_w, new_h, left, top
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(spec: InputSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per tensor channel: the 256 normalised values, multiplier, offset and pad value
+    (read-only float32; for uint8 tensors the multiplier is unused)."""
+    mean = np.zeros(3) if spec.mean is None else np.array(spec.mean, np.float64)
+    std = np.ones(3) if spec.std is None else np.array(spec.std, np.float64)
+    if spec.dtype == "uint8":
+        lut = np.tile(np.arange(256, dtype=np.float64), (3, 1))
+        mul, add = np.ones(3), np.zeros(3)
+    else:
+        lut = (np.arange(256)[np.newaxis, :] / 255.0 - mean[:, np.newaxis]) / std[:, np.newaxis]
+        mul, add = 1.0 / (255.0 * std), -mean / std
+    tables = (lut, mul, add, lut[:, spec.pad_value].copy())
+    out = []
+    for table in tables:
+        array = np.ascontiguousarray(table, np.float32)
+        array.flags.writeable = False
+        out.append(array)
+    return out[0], out[1], out[2], out[3]
+
+
+def _flat(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """A read-only 1-D view over exactly the bytes a 2-D uint8 array of rows spans, and
+    its row stride (a copy only where rows are not runs of bytes)."""
+    if rows.strides[1] != 1 or rows.strides[0] < rows.shape[1]:
+        rows = np.ascontiguousarray(rows)
+    stride = int(rows.strides[0]) if rows.shape[0] > 1 else int(rows.shape[1])
+    span = (rows.shape[0] - 1) * stride + rows.shape[1]
+    flat = np.lib.stride_tricks.as_strided(rows, shape=(span,), strides=(1,), writeable=False)
+    return flat, stride
+
+
+def _check_out(out: Any, spec: InputSpec) -> None:
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != spec.slot_shape or out.dtype != np.dtype(spec.dtype):
+        raise ValueError(
+            f"out must be {spec.dtype} {spec.slot_shape} ({spec.layout}); "
+            f"got {out.dtype} {out.shape}"
+        )
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writable C-contiguous array (one slot of a batch)")
+
+
+def prepare(frame: Frame | np.ndarray, out: np.ndarray, spec: InputSpec) -> Transform:
+    """Write ``frame`` into ``out``, its slot of a batch's input tensor, as ``spec`` says.
+
+    ``frame``: a :class:`~fastext.frames.Frame` (RAW, decoded to RGB or luma, or still
+    encoded: then decoded here, a JPG at the smallest DCT scale still as big as the
+    content) or a ``(height, width, 3)`` uint8 RGB array. ``out``: a writable
+    C-contiguous array of ``spec.slot_shape`` and ``spec.dtype``, e.g. ``batch[i]``;
+    every value of it is written. Returns the :class:`Transform` from the tensor back to
+    the frame. A frame that cannot be read raises :class:`FrameError`; a wrong ``out``
+    raises ValueError. Releases the GIL while the kernel runs.
+    """
+    _check_out(out, spec)
+    if isinstance(frame, np.ndarray):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+            raise FrameError(f"an image must be (height, width, 3) uint8; got {frame.dtype} "
+                             f"{frame.shape}")
+        frame = Frame(frame.shape[1], frame.shape[0], None, frame, None, Encoding.BMP)
+    width, height = frame.width, frame.height
+    new_w, new_h, left, top = geometry(width, height, spec)
+    layout = frame.layout
+    data = frame.data
+    src_w, src_h = width, height
+    if layout is None and data.ndim == 1:
+        decoded = frame_from_encoded(data, frame.encoding, needs="rgb", rgb_size=(new_w, new_h))
+        data, src_w, src_h = decoded.data, decoded.width, decoded.height
+    ubuf = vbuf = None
+    cstride = 0
+    big_endian = is565 = False
+    bpp, r, g, b = 3, 0, 1, 2
+    if layout is None:
+        kind = _BYTES
+        if data.ndim == 2:  # luma: one byte per pixel, read as grey RGB
+            bpp, r, g, b = 1, 0, 0, 0
+        rows = data.reshape(data.shape[0], -1) if data.ndim == 2 else _rgb_rows(data)
+    else:
+        rows = data
+        if layout.kind == "rgb":
+            kind = _BYTES
+            bpp, r, g, b = layout.bytes_per_pixel, layout.r, layout.g, layout.b
+        elif layout.kind == "yuv420p":
+            kind = _YUV420P
+            assert frame.chroma is not None
+            ubuf, cstride = _flat(frame.chroma[0])
+            vbuf, vstride = _flat(frame.chroma[1])
+            if vstride != cstride:
+                raise FrameError("U and V planes have different strides")
+        else:
+            kind = _PACKED16
+            big_endian, is565 = layout.big_endian, layout.kind == "rgb565"
+    ybuf, ystride = _flat(rows)
+    lut, mul, add, pad = _tables(spec)
+    try:
+        _prepare(ybuf, ystride, ybuf if ubuf is None else ubuf, ybuf if vbuf is None else vbuf,
+                 cstride, kind, bpp, r, g, b, big_endian, is565, src_w, src_h, out,
+                 spec.layout == "NCHW", spec.dtype == "uint8", spec.channels == "BGR",
+                 lut, mul, add, pad, left, top, new_w, new_h)
+    except ValueError as exc:  # the kernel's own bounds checks: a frame it will not read
+        raise FrameError(f"frame cannot be preprocessed: {exc}") from None
+    return Transform(new_w / width, new_h / height, left, top, width, height)
+
+
+def _rgb_rows(image: np.ndarray) -> np.ndarray:
+    """An (h, w, 3) uint8 image as (h, w * 3) rows, without a copy where rows are runs."""
+    h, w, _ = image.shape
+    if image.strides[2] == 1 and image.strides[1] == 3 and image.strides[0] >= 3 * w:
+        return np.lib.stride_tricks.as_strided(
+            image, shape=(h, 3 * w), strides=(image.strides[0], 1), writeable=False)
+    return np.ascontiguousarray(image).reshape(h, 3 * w)
+
+
+def prepare_raw(buf: Any, pixel_format: int, width: int, height: int, stride: int,
+                out: np.ndarray, spec: InputSpec) -> Transform:
+    """:func:`prepare` of a RAW frame in ``buf`` (bytes-like, from index 0), as
+    :func:`fastext.frames.raw_view` reads it; stride 0 means unpadded rows."""
+    return prepare(frame_from_raw(buf, pixel_format, width, height, stride), out, spec)
+
+
+# -- kernels ---------------------------------------------------------------------------
+#
+# Every buffer is a read-only 1-D uint8 array (a frame's bytes, rows ``stride`` apart):
+# one type for padded and unpadded frames, and each row a contiguous slice.
+
+# BT.601 YCbCr -> RGB, full range, 16.16 fixed point: the arithmetic of
+# fastext.kernels.rgb_yuv420p, so a frame at the model's size converts exactly as
+# Frame.rgb() does (tests/test_models_preprocess.py compares them).
+_FIX = 1 << 16
+_KR, _KGU, _KGV, _KB = (round(1.402 * _FIX), round(0.344136 * _FIX), round(0.714136 * _FIX),
+                        round(1.772 * _FIX))
+
+
+@_jit
+def _pp_clamp_u8(v):  # type: ignore[no-untyped-def]
+    return np.uint8(min(max(np.int32(v) >> 16, 0), 255))
+
+
+@_jit
+def _pp_yuv_row(ybuf, yoff, ubuf, vbuf, coff, width, dst):  # type: ignore[no-untyped-def]
+    """One row of RGB bytes (``dst``, 3 * width) from its Y row and its chroma rows."""
+    yrow = ybuf[yoff:yoff + width]
+    urow = ubuf[coff:coff + (width + 1) // 2]
+    vrow = vbuf[coff:coff + (width + 1) // 2]
+    half = np.int32(1 << 15)
+    for x in range(width):
+        luma = np.int32(np.int32(yrow[x]) << 16)
+        cb = np.int32(urow[x >> 1]) - np.int32(128)
+        cr = np.int32(vrow[x >> 1]) - np.int32(128)
+        dst[3 * x] = _pp_clamp_u8(luma + np.int32(_KR * cr + half))
+        dst[3 * x + 1] = _pp_clamp_u8(luma + np.int32(half - _KGU * cb - _KGV * cr))
+        dst[3 * x + 2] = _pp_clamp_u8(luma + np.int32(_KB * cb + half))
+
+
+@_jit
+def _pp_packed_row_order(src, dst, width, hi, lo, is565):  # type: ignore[no-untyped-def]
+    for x in range(width):
+        word = np.uint32(np.uint32(np.uint32(src[2 * x + hi]) << 8) | np.uint32(src[2 * x + lo]))
+        b5 = np.uint32(word & 31)
+        if is565:
+            r5 = np.uint32(word >> 11)
+            g6 = np.uint32(np.uint32(word >> 5) & 63)
+            g8 = np.uint32(np.uint32(g6 << 2) | np.uint32(g6 >> 4))
+        else:
+            r5 = np.uint32(np.uint32(word >> 10) & 31)
+            g5 = np.uint32(np.uint32(word >> 5) & 31)
+            g8 = np.uint32(np.uint32(g5 << 3) | np.uint32(g5 >> 2))
+        dst[3 * x] = np.uint8(np.uint32(r5 << 3) | np.uint32(r5 >> 2))
+        dst[3 * x + 1] = np.uint8(g8)
+        dst[3 * x + 2] = np.uint8(np.uint32(b5 << 3) | np.uint32(b5 >> 2))
+
+
+@_jit
+def _pp_packed_row(src, dst, width, big_endian, is565):  # type: ignore[no-untyped-def]
+    """One row of RGB bytes from RGB565/RGB555 words, channels widened by bit replication."""
+    # Literal arguments in each branch let LLVM specialise the inlined loop.
+    if big_endian:
+        if is565:
+            _pp_packed_row_order(src, dst, width, 0, 1, True)
+        else:
+            _pp_packed_row_order(src, dst, width, 0, 1, False)
+    elif is565:
+        _pp_packed_row_order(src, dst, width, 1, 0, True)
+    else:
+        _pp_packed_row_order(src, dst, width, 1, 0, False)
+
+
+@_jit
+def _pp_window(start, w, d, src, i, weight):  # type: ignore[no-untyped-def]
+    """Add ``weight`` for source index ``i`` to output ``d``'s window of taps."""
+    w[d, min(max(i - start[d], 0), w.shape[1] - 1)] += np.float32(weight)
+
+
+@_jit
+def _pp_taps(src, dst):  # type: ignore[no-untyped-def]
+    """Resampling taps of one axis: per output index, the first source index of a window
+    of k consecutive ones (within the source) and their k float32 weights.
+
+    Identity when the sizes match; bilinear (centres aligned, clamped) up to a 2x
+    shrink; beyond it area averaging, weights from exact integer coverage (in units of
+    1 / dst source pixels).
+    """
+    start = np.empty(dst, np.int64)
+    if src == dst or src == 1:
+        for d in range(dst):
+            start[d] = d if src == dst else 0
+        return start, np.ones((dst, 1), np.float32)
+    if src <= 2 * dst:
+        w = np.zeros((dst, 2), np.float32)
+        scale = src / dst
+        for d in range(dst):
+            s = (d + 0.5) * scale - 0.5
+            if s < 0.0:
+                s = 0.0
+            lo = min(int(s), src - 1)
+            frac = s - lo
+            start[d] = min(lo, src - 2)
+            _pp_window(start, w, d, src, lo, 1.0 - frac)
+            _pp_window(start, w, d, src, min(lo + 1, src - 1), frac)
+        return start, w
+    k = 0
+    for d in range(dst):
+        k = max(k, ((d + 1) * src + dst - 1) // dst - d * src // dst)
+    w = np.zeros((dst, k), np.float32)
+    for d in range(dst):
+        lo = d * src
+        hi = (d + 1) * src
+        first = lo // dst
+        stop = (hi + dst - 1) // dst
+        start[d] = min(first, src - k)
+        for i in range(first, stop):
+            _pp_window(start, w, d, src, i, (min((i + 1) * dst, hi) - max(i * dst, lo)) / src)
+    return start, w
+
+
+@_jit
+def _pp_vsum(buf, starts, weights, n, acc):  # type: ignore[no-untyped-def]
+    """``acc[:n]`` = the sum over taps k of ``weights[k] * buf[starts[k]:starts[k] + n]``."""
+    first = buf[starts[0]:starts[0] + n]
+    w0 = weights[0]
+    taps = starts.shape[0]
+    if taps == 1:
+        for i in range(n):
+            acc[i] = np.float32(first[i]) * w0
+        return
+    second = buf[starts[1]:starts[1] + n]
+    w1 = weights[1]
+    for i in range(n):
+        acc[i] = np.float32(first[i]) * w0 + np.float32(second[i]) * w1
+    for k in range(2, taps):
+        wk = weights[k]
+        if wk == 0:
+            continue
+        row = buf[starts[k]:starts[k] + n]
+        for i in range(n):
+            acc[i] += np.float32(row[i]) * wk
+
+
+@_jit
+def _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, taps):  # type: ignore[no-untyped-def]
+    for x in range(xbase.shape[0]):
+        p = xbase[x]
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        for k in range(taps):
+            wk = xw[x, k]
+            s0 += wk * acc[p + o0]
+            s1 += wk * acc[p + o1]
+            s2 += wk * acc[p + o2]
+            p += bpp
+        l0[x] = s0
+        l1[x] = s1
+        l2[x] = s2
+
+
+@_jit
+def _pp_hsum(acc, xbase, xw, bpp, offs, line):  # type: ignore[no-untyped-def]
+    """``line[t, x]``: output pixel x of tensor channel t, from the taps of one summed
+    row (``xbase``: byte offset of each window's first pixel)."""
+    o0, o1, o2 = offs[0], offs[1], offs[2]
+    l0, l1, l2 = line[0], line[1], line[2]
+    # All three channels share each window's offset and weights (loaded once); a
+    # literal tap count unrolls the window (the common counts: 2 bilinear, 3 to 7 area
+    # from 2x to 6x).
+    taps = xw.shape[1]
+    if taps == 2:
+        _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, 2)
+    elif taps == 3:
+        _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, 3)
+    elif taps == 4:
+        _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, 4)
+    else:
+        _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, taps)
+
+
+@_jit
+def _pp_step(start, w):  # type: ignore[no-untyped-def]
+    """The step between windows when every window has the same weights and starts
+    ``step`` source pixels after the one before (whole-number shrinks: area 3x, 6x,
+    bilinear 2x); else 0."""
+    n, taps = w.shape
+    if n < 2:
+        return 0
+    step = start[1] - start[0]
+    if step < 1:
+        return 0
+    for x in range(1, n):
+        if start[x] - start[x - 1] != step:
+            return 0
+        for k in range(taps):
+            if w[x, k] != w[0, k]:
+                return 0
+    return step
+
+
+@_jit
+def _pp_hsum_regular(acc, tmp, x0, step, weights, bpp, offs, line):  # type: ignore[no-untyped-def]
+    """:func:`_pp_hsum` for windows ``step`` pixels apart with shared ``weights``: every
+    window's sum at every byte first (shifted contiguous rows: vectorised), then every
+    ``step``-th pixel of it."""
+    taps = weights.shape[0]
+    n = acc.shape[0] - (taps - 1) * bpp
+    w0 = weights[0]
+    head = acc[:n]
+    for i in range(n):
+        tmp[i] = head[i] * w0
+    for k in range(1, taps):
+        wk = weights[k]
+        shifted = acc[k * bpp:k * bpp + n]
+        for i in range(n):
+            tmp[i] += shifted[i] * wk
+    stride = step * bpp
+    for t in range(3):
+        dst = line[t]
+        src = tmp[x0 * bpp + offs[t]:]
+        for x in range(dst.shape[0]):
+            dst[x] = src[x * stride]
+
+
+@_jit
+def _pp_emit(line, out, y, left, nchw, to_u8, mul, add):  # type: ignore[no-untyped-def]
+    """Write one row of resampled values (``line``, channels x width) into the tensor."""
+    n = line.shape[1]
+    if nchw:
+        for t in range(3):
+            src = line[t]
+            dst = out[t, y][left:left + n]
+            if to_u8:
+                for x in range(n):
+                    dst[x] = np.uint8(min(np.int32(src[x] + np.float32(0.5)), 255))
+            else:
+                m = mul[t]
+                a = add[t]
+                for x in range(n):
+                    dst[x] = src[x] * m + a
+        return
+    dst = out[y].reshape(-1)[3 * left:3 * (left + n)]
+    if to_u8:
+        for x in range(n):
+            for t in range(3):
+                dst[3 * x + t] = np.uint8(min(np.int32(line[t, x] + np.float32(0.5)), 255))
+    else:
+        m0, m1, m2 = mul[0], mul[1], mul[2]
+        a0, a1, a2 = add[0], add[1], add[2]
+        for x in range(n):
+            dst[3 * x] = line[0, x] * m0 + a0
+            dst[3 * x + 1] = line[1, x] * m1 + a1
+            dst[3 * x + 2] = line[2, x] * m2 + a2
+
+
+@_jit
+def _pp_emit_lut(row, bpp, offs, out, y, left, width, nchw, lut):  # type: ignore[no-untyped-def]
+    """Write one row of source pixels, unresampled, through the lookup table."""
+    if nchw:
+        for t in range(3):
+            o = offs[t]
+            table = lut[t]
+            dst = out[t, y][left:left + width]
+            for x in range(width):
+                dst[x] = table[row[x * bpp + o]]
+        return
+    dst = out[y].reshape(-1)[3 * left:3 * (left + width)]
+    t0, t1, t2 = lut[0], lut[1], lut[2]
+    o0, o1, o2 = offs[0], offs[1], offs[2]
+    for x in range(width):
+        dst[3 * x] = t0[row[x * bpp + o0]]
+        dst[3 * x + 1] = t1[row[x * bpp + o1]]
+        dst[3 * x + 2] = t2[row[x * bpp + o2]]
+
+
+@_jit
+def _pp_fill(out, nchw, pad, left, top, new_w, new_h):  # type: ignore[no-untyped-def]
+    """Fill everything outside the content rectangle with the pad value."""
+    if nchw:
+        height, width = out.shape[1], out.shape[2]
+        for t in range(3):
+            v = pad[t]
+            plane = out[t]
+            for y in range(height):
+                row = plane[y]
+                if top <= y < top + new_h:
+                    row[:left] = v
+                    row[left + new_w:] = v
+                else:
+                    row[:] = v
+        return
+    height, width = out.shape[0], out.shape[1]
+    for y in range(height):
+        row = out[y]
+        if top <= y < top + new_h:
+            for x in range(left):
+                row[x, 0] = pad[0]
+                row[x, 1] = pad[1]
+                row[x, 2] = pad[2]
+            for x in range(left + new_w, width):
+                row[x, 0] = pad[0]
+                row[x, 1] = pad[1]
+                row[x, 2] = pad[2]
+        else:
+            for x in range(width):
+                row[x, 0] = pad[0]
+                row[x, 1] = pad[1]
+                row[x, 2] = pad[2]
+
+
+@_jit
+def _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, height,
+              out, nchw, left, top, new_w, new_h):  # type: ignore[no-untyped-def]
+    """Every check made before a byte is read or written: nothing outside a buffer."""
+    if width < 1 or height < 1:
+        raise ValueError("frame size is not positive")
+    if kind == 0:
+        if bpp < 1 or not (0 <= r < bpp and 0 <= g < bpp and 0 <= b < bpp):
+            raise ValueError("channel offset outside the pixel")
+        row_bytes = width * bpp
+    elif kind == 1:
+        row_bytes = 2 * width
+    else:
+        row_bytes = width
+    if ystride < row_bytes or (height - 1) * ystride + row_bytes > ybuf.shape[0]:
+        raise ValueError("frame rows exceed its buffer")
+    if kind == 2:
+        cw = (width + 1) // 2
+        need = ((height + 1) // 2 - 1) * cstride + cw
+        if cstride < cw or need > ubuf.shape[0] or need > vbuf.shape[0]:
+            raise ValueError("chroma rows exceed their buffer")
+    if nchw:
+        out_h, out_w, channels = out.shape[1], out.shape[2], out.shape[0]
+    else:
+        out_h, out_w, channels = out.shape[0], out.shape[1], out.shape[2]
+    if channels != 3:
+        raise ValueError("out must have 3 channels")
+    if new_w < 1 or new_h < 1 or left < 0 or top < 0 or left + new_w > out_w or top + new_h > out_h:
+        raise ValueError("content rectangle outside the tensor")
+
+
+@_jit
+def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian, is565,  # type: ignore[no-untyped-def]
+             width, height, out, nchw, to_u8, bgr, lut, mul, add, pad, left, top, new_w, new_h):
+    """The whole pass: pad, then each content row resampled (or converted) and written.
+
+    ``kind`` 0: byte channels at offsets r, g, b of ``bpp``-byte pixels; 1: RGB565
+    (``is565``) or RGB555 words; 2: YUV420P (chroma in ``ubuf``/``vbuf``, rows
+    ``cstride`` apart). Rows of ``ybuf`` are ``ystride`` apart.
+    """
+    _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, height,
+              out, nchw, left, top, new_w, new_h)
+    offs = np.empty(3, np.int64)
+    if kind == 0:
+        ebpp = bpp
+        offs[0], offs[1], offs[2] = r, g, b
+    else:  # converted rows hold R, G, B bytes
+        ebpp = 3
+        offs[0], offs[1], offs[2] = 0, 1, 2
+    if bgr:
+        offs[0], offs[2] = offs[2], offs[0]
+    _pp_fill(out, nchw, pad, left, top, new_w, new_h)
+    row_bytes = width * ebpp
+    rgb_row = np.empty(width * 3, np.uint8)
+    if new_w == width and new_h == height:
+        for y in range(height):
+            if kind == 0:
+                src = ybuf[y * ystride:y * ystride + row_bytes]
+                _pp_emit_lut(src, ebpp, offs, out, top + y, left, width, nchw, lut)
+                continue
+            if kind == 1:
+                _pp_packed_row(ybuf[y * ystride:y * ystride + 2 * width], rgb_row, width,
+                               big_endian, is565)
+            else:
+                _pp_yuv_row(ybuf, y * ystride, ubuf, vbuf, (y // 2) * cstride, width, rgb_row)
+            _pp_emit_lut(rgb_row, ebpp, offs, out, top + y, left, width, nchw, lut)
+        return
+    xbase, xw = _pp_taps(width, new_w)
+    ystart, yw = _pp_taps(height, new_h)
+    step = _pp_step(xbase, xw)
+    for i in range(new_w):
+        xbase[i] *= ebpp
+    taps_y = yw.shape[1]
+    tmp = np.empty(row_bytes, np.float32)
+    acc = np.empty(row_bytes, np.float32)
+    line = np.empty((3, new_w), np.float32)
+    starts = np.empty(taps_y, np.int64)
+    # Converted rows: a ring of taps_y rows, row i in slot i % taps_y. One output row's
+    # taps are consecutive rows, so they never evict each other; each row is converted
+    # once while output rows move down the frame.
+    ring = np.empty((taps_y, row_bytes if kind != 0 else 1), np.uint8)
+    ring_flat = ring.reshape(-1)
+    tags = np.full(taps_y, -1, np.int64)
+    for oy in range(new_h):
+        if kind == 0:
+            for k in range(taps_y):
+                starts[k] = (ystart[oy] + k) * ystride
+            _pp_vsum(ybuf, starts, yw[oy], row_bytes, acc)
+        else:
+            for k in range(taps_y):
+                sy = ystart[oy] + k
+                slot = sy % taps_y
+                if tags[slot] != sy:
+                    dst = ring[slot]
+                    if kind == 1:
+                        _pp_packed_row(ybuf[sy * ystride:sy * ystride + 2 * width], dst, width,
+                                       big_endian, is565)
+                    else:
+                        _pp_yuv_row(ybuf, sy * ystride, ubuf, vbuf, (sy // 2) * cstride,
+                                    width, dst)
+                    tags[slot] = sy
+                starts[k] = slot * row_bytes
+            _pp_vsum(ring_flat, starts, yw[oy], row_bytes, acc)
+        if step:
+            _pp_hsum_regular(acc, tmp, xbase[0] // ebpp, step, xw[0], ebpp, offs, line)
+        else:
+            _pp_hsum(acc, xbase, xw, ebpp, offs, line)
+        _pp_emit(line, out, top + oy, left, nchw, to_u8, mul, add)
+
+
+# -- warm-up ---------------------------------------------------------------------------
+
+
+def warm_units() -> list[Unit]:
+    """The warm-up as one unit: :func:`prepare`'s kernel for both tensor dtypes (its
+    other arguments have one type each: read-only 1-D buffers, ints, bools, tables).
+
+    Hook it in beside :func:`fastext.kernels.warm_units`, with its own lock prefix
+    (``run_units(warm_units(), cache_dir, prefix="preprocess.")``).
+    """
+
+    def run() -> None:
+        image = np.zeros((2, 2, 3), np.uint8)
+        for dtype in _DTYPES:
+            spec = InputSpec(1, 1, dtype=dtype)
+            prepare(image, np.empty(spec.slot_shape, spec.dtype), spec)
+
+    return [Unit("preprocess", run, _jitted_closure(_prepare))]
+
+
+def warm() -> None:
+    """Compile, or load from numba's cache, every kernel :func:`prepare` runs."""
+    for unit in warm_units():
+        unit.run()
+
