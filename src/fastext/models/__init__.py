@@ -1,0 +1,1 @@
+"""Real models: preprocessing, output decoding, the model repository and engine."""
