@@ -15,6 +15,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import onnxruntime as ort
@@ -23,13 +25,36 @@ from fastext.models.decode import decode_detections, detect_layout, labels_from_
 from fastext.models.toy import yolo_like, yolo_like_flops
 
 
-def _median_ms(fn: object, runs: int) -> tuple[float, float]:
+def _median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), min(times)
+
+
+def time_size(size: int, runs: int, threads: int) -> str:
+    """One size's line of the report."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(yolo_like(size), options, providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 3, size, size), np.float32)
+    infer = partial(sess.run, None, {sess.get_inputs()[0].name: image})
+    for _ in range(3):
+        (out,) = infer()
+    infer_med, infer_min = _median_ms(infer, runs)
+    labels = labels_from_metadata(sess.get_modelmeta().custom_metadata_map)
+    spec = detect_layout([o.shape for o in sess.get_outputs()],
+                         None if labels is None else len(labels))
+    decode = partial(decode_detections, out, spec, (1, 1, 0, 0), (size, size))
+    decode()  # compile or load from numba's cache
+    decode_med, _ = _median_ms(decode, runs)
+    return (f"size {size}: output {list(out.shape)}, {yolo_like_flops(size) / 1e9:.2f} GFLOPs; "
+            f"onnxruntime median {infer_med:.1f} ms (fastest {infer_min:.1f}); "
+            f"decode median {decode_med:.2f} ms")
 
 
 def main() -> None:
@@ -41,25 +66,7 @@ def main() -> None:
     print(f"host {platform.node()} {platform.machine()} cpus {os.cpu_count()} "
           f"onnxruntime {ort.__version__} threads {args.threads}")
     for size in args.sizes:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sess = ort.InferenceSession(yolo_like(size), options, providers=["CPUExecutionProvider"])
-        image = np.random.default_rng(0).random((1, 3, size, size), np.float32)
-        feed = {sess.get_inputs()[0].name: image}
-        for _ in range(3):
-            (out,) = sess.run(None, feed)
-        infer_med, infer_min = _median_ms(lambda: sess.run(None, feed), args.runs)
-        labels = labels_from_metadata(sess.get_modelmeta().custom_metadata_map)
-        spec = detect_layout([o.shape for o in sess.get_outputs()],
-                             None if labels is None else len(labels))
-        decode = lambda: decode_detections(out, spec, (1, 1, 0, 0), (size, size))  # noqa: E731
-        decode()  # compile or load from numba's cache
-        decode_med, _ = _median_ms(decode, args.runs)
-        print(f"size {size}: output {list(out.shape)}, "
-              f"{yolo_like_flops(size) / 1e9:.2f} GFLOPs; onnxruntime median "
-              f"{infer_med:.1f} ms (fastest {infer_min:.1f}); decode median {decode_med:.2f} ms")
+        print(time_size(size, args.runs, args.threads))
 
 
 if __name__ == "__main__":
