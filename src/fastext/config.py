@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +23,9 @@ from typing import Any, Literal
 from fastext.errors import ConfigError
 from fastext.malloc import KEEP_MB
 
-__all__ = ["Config", "OPTIONS", "Option", "add_arguments", "load", "parse_bind"]
+__all__ = ["Config", "ModelSpec", "OPTIONS", "Option", "add_arguments", "load", "parse_bind"]
+
+_MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -112,6 +115,71 @@ def _host(text: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the operator names: ``NAME=PATH`` and its settings (from ``--config``).
+
+    Only names and paths are read here; the file itself is opened by
+    :mod:`fastext.models.repository` at start, which also checks the settings.
+    """
+
+    name: str
+    path: str
+    settings: tuple[tuple[str, Any], ...] = ()  # (key, JSON value), sorted: hashable, picklable
+
+    def settings_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+
+def _model_name(name: str, origin: str) -> str:
+    if not _MODEL_NAME.match(name):
+        raise ConfigError(f"{origin}: model name {name!r} must start with a letter and hold "
+                          "only letters, digits, '_', '.' or '-' (at most 64)")
+    return name
+
+
+def _models(text: str) -> tuple[ModelSpec, ...]:
+    """``NAME=PATH[,NAME=PATH...]`` (the environment's form; each flag gives one)."""
+    specs: list[ModelSpec] = []
+    for item in filter(None, (part.strip() for part in str(text).split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(f"expected NAME=PATH.onnx, got {item!r}")
+        specs.append(ModelSpec(_model_name(name.strip(), "model"), path.strip()))
+    return _unique(specs)
+
+
+def _unique(specs: Sequence[ModelSpec]) -> tuple[ModelSpec, ...]:
+    names = [s.name for s in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"model {name!r} is named twice")
+    return tuple(specs)
+
+
+def _models_from_file(data: Any, base: str) -> tuple[ModelSpec, ...]:
+    """The ``models`` object of a ``--config`` file: ``{"NAME": "PATH"}`` or
+    ``{"NAME": {"path": "PATH", ...settings}}``; a relative path is relative to the file."""
+    if isinstance(data, str):
+        return _models(data)
+    if not isinstance(data, dict):
+        raise ConfigError("expected an object of NAME: PATH or NAME: {\"path\": PATH, ...}")
+    specs = []
+    for name, value in data.items():
+        settings: dict[str, Any] = {}
+        if isinstance(value, dict):
+            settings = dict(value)
+            value = settings.pop("path", None)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"model {name!r}: expected a path to an .onnx file")
+        path = value.strip()
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(base)), path)
+        specs.append(ModelSpec(_model_name(str(name), "model"), path,
+                               tuple(sorted(settings.items()))))
+    return _unique(specs)
+
+
 def _name(text: str) -> str:
     value = str(text).strip()
     if not value:
@@ -149,6 +217,11 @@ OPTIONS: tuple[Option, ...] = (
            "without inference)"),
     Option("processor", "--processor", "FASTEXT_PROCESSOR", _name,
            "processor used when a session does not choose one"),
+    Option("models", "--model", "FASTEXT_MODELS", _models,
+           "a model this server serves, NAME=PATH.onnx (a flag per model; in the environment "
+           "NAME=PATH,NAME=PATH); a session selects it with {\"model\": \"NAME\"}"),
+    Option("model_threads", "--model-threads", "FASTEXT_MODEL_THREADS", _int_in(1, 256),
+           "ONNX Runtime threads per model in each worker"),
     Option("drain_s", "--drain-s", "FASTEXT_DRAIN_S", _float_in(0.0, 3600.0),
            "on SIGTERM, seconds allowed for in-flight frames to finish"),
     Option("shm_size_mb", "--shm-size-mb", "FASTEXT_SHM_SIZE_MB", _int_in(1, 65536),
@@ -197,6 +270,8 @@ class Config:
     max_message_mb: int = 256
     overload: Overload = "block"
     processor: str = "brightness"
+    models: tuple[ModelSpec, ...] = ()
+    model_threads: int = 1
     drain_s: float = 10.0
     shm_size_mb: int = 64
     malloc_keep_mb: int = KEEP_MB
@@ -227,12 +302,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="JSON file with settings "
                         "(fastext's option names or the seed's grpcBinding/batchSize)")
     for opt in OPTIONS:
-        if opt.flag:  # environment-only options (secrets) have no flag
+        if opt.field == "models":  # one flag per model
+            parser.add_argument(opt.flag, dest=opt.field, default=None, action="append",
+                                metavar="NAME=PATH", help=f"{opt.help} [env {opt.env}]")
+        elif opt.flag:  # environment-only options (secrets) have no flag
             parser.add_argument(opt.flag, dest=opt.field, default=None,
                                 metavar=opt.field.upper(), help=f"{opt.help} [env {opt.env}]")
 
 
 def _apply(values: dict[str, Any], opt: Option, raw: Any, origin: str) -> None:
+    if isinstance(raw, list | tuple):  # a repeated flag (--model)
+        raw = ",".join(map(str, raw))
     try:
         values[opt.field] = opt.convert(str(raw))
     except ConfigError as exc:
@@ -272,7 +352,12 @@ def load(
         data = _read_file(config_file)
         for opt in OPTIONS:
             for key in (*opt.aliases, opt.field):  # fastext's own name wins over the seed's
-                if key in data and data[key] is not None:
+                if key == "models" and data.get(key) is not None:
+                    try:
+                        values[key] = _models_from_file(data[key], config_file)
+                    except ConfigError as exc:
+                        raise ConfigError(f"--config {config_file}: models: {exc}") from None
+                elif key in data and data[key] is not None:
                     _apply(values, opt, data[key], f"--config {config_file}: {key}")
     for opt in OPTIONS:
         for name in (*opt.aliases, opt.env):
@@ -314,7 +399,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
 def option_table() -> Sequence[tuple[str, str, str, str]]:
     """(flag, environment, default, help) rows, for the README and ``--help``."""
     defaults = Config()
-    return [(o.flag, o.env, str(getattr(defaults, o.field)), o.help) for o in OPTIONS]
+    shown = {"models": "none"}
+    return [(o.flag, o.env, shown.get(o.field, str(getattr(defaults, o.field))), o.help)
+            for o in OPTIONS]
 
 
 def read_file(path: str, what: str) -> bytes:

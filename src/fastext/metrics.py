@@ -18,6 +18,7 @@ from typing import Any, Protocol
 __all__ = ["Metrics", "MetricsSink", "NullMetrics", "make_metrics"]
 
 log = logging.getLogger("fastext.metrics")
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -34,6 +35,7 @@ class MetricsSink(Protocol):
     def stream_started(self, shm_bytes: int) -> None: ...
     def stream_ended(self, shm_bytes: int) -> None: ...
     def worker_restarted(self) -> None: ...
+    def model_run(self, model: str, frames: int, seconds: float) -> None: ...
     def auth_failed(self) -> None: ...
     def count_unsignalled_wakeups(self, source: Callable[[], int]) -> None: ...
     def close(self) -> None: ...
@@ -52,6 +54,7 @@ class NullMetrics:
     def stream_started(self, shm_bytes: int) -> None: ...
     def stream_ended(self, shm_bytes: int) -> None: ...
     def worker_restarted(self) -> None: ...
+    def model_run(self, model: str, frames: int, seconds: float) -> None: ...
     def auth_failed(self) -> None: ...
     def count_unsignalled_wakeups(self, source: Callable[[], int]) -> None: ...
     def close(self) -> None: ...
@@ -71,14 +74,17 @@ class _Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def family(self, name: str, doc: str) -> Any:
-        from prometheus_client.core import HistogramMetricFamily
-
-        cumulative, buckets = 0, []
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, buckets = 0, list[tuple[str, float]]()
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+        return buckets
+
+    def family(self, name: str, doc: str) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        return HistogramMetricFamily(name, doc, buckets=self.buckets(), sum_value=self.total)
 
 
 class Metrics(NullMetrics):
@@ -100,6 +106,9 @@ class Metrics(NullMetrics):
         self.wait = _Histogram(_LATENCY_BUCKETS)
         self.processing = _Histogram(_LATENCY_BUCKETS)
         self._unsignalled: Callable[[], int] | None = None
+        # Per model: frames per runtime call, and the call's time (reported by workers).
+        self.model_batches: dict[str, _Histogram] = {}
+        self.model_seconds: dict[str, _Histogram] = {}
         self._lock = threading.Lock()
         self.registry = CollectorRegistry()
         self.registry.register(self)  # collect() below
@@ -145,6 +154,15 @@ class Metrics(NullMetrics):
     def auth_failed(self) -> None:
         self.auth += 1
 
+    def model_run(self, model: str, frames: int, seconds: float) -> None:
+        """One runtime call of ``model`` on ``frames`` frames (of any sessions) took ``seconds``."""
+        with self._lock:  # the in-process backend reports from its threads
+            if model not in self.model_batches:
+                self.model_batches[model] = _Histogram(_BATCH_BUCKETS)
+                self.model_seconds[model] = _Histogram(_LATENCY_BUCKETS)
+            self.model_batches[model].observe(frames)
+            self.model_seconds[model].observe(seconds)
+
     def count_unsignalled_wakeups(self, source: Callable[[], int]) -> None:
         """``source()`` is read at scrape time (the counts live in the rings)."""
         self._unsignalled = source
@@ -182,6 +200,24 @@ class Metrics(NullMetrics):
                                          "Time a worker spent on a batch")
         yield self.latency.family("fastext_frame_latency_seconds",
                                   "From a sample's arrival to its acknowledgement")
+        yield from self._model_families()
+
+    def _model_families(self) -> Iterator[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        batches = HistogramMetricFamily(
+            "fastext_model_batch_frames", "Frames in one runtime call of a model (batched "
+            "across streams)", labels=["model"])
+        seconds = HistogramMetricFamily(
+            "fastext_model_inference_seconds", "Time of one runtime call of a model",
+            labels=["model"])
+        with self._lock:
+            for model in sorted(self.model_batches):
+                batch, took = self.model_batches[model], self.model_seconds[model]
+                batches.add_metric([model], batch.buckets(), batch.total)
+                seconds.add_metric([model], took.buckets(), took.total)
+        yield batches
+        yield seconds
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value (for tests and the benchmark)."""

@@ -24,7 +24,8 @@ from fastext.errors import FastextError, FrameError
 from fastext.processors.base import Processor
 from fastext.vision.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
 
-__all__ = ["FrameFormat", "Outcome", "fetch_payload", "make_frame", "run_batch", "serialized"]
+__all__ = ["FrameFormat", "Outcome", "fetch_payload", "frames_of", "make_frame", "run_batch",
+           "serialized"]
 
 log = logging.getLogger("fastext.backend.execute")
 
@@ -62,6 +63,22 @@ def make_frame(
     )
 
 
+def frames_of(fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview | str]
+              ) -> list[Frame | str]:
+    """Each payload as it arrived (a zero-copy view of RAW pixels, or the still encoded
+    bytes), or why it cannot be read: what a model's one-pass preprocessing takes."""
+    frames: list[Frame | str] = []
+    for payload in payloads:
+        if isinstance(payload, str):
+            frames.append(payload)
+            continue
+        try:
+            frames.append(make_frame(fmt, payload, needs="raw"))
+        except FrameError as exc:
+            frames.append(str(exc))
+    return frames
+
+
 def run_batch(
     processor: Processor,
     fmt: FrameFormat,
@@ -90,7 +107,7 @@ def run_batch(
     if not frames:
         return outcomes
     try:
-        results = processor.process(frames)
+        results = processor.outcomes(frames)
         if len(results) != len(frames):
             raise RuntimeError(f"returned {len(results)} results for {len(frames)} frames")
     except Exception as exc:  # a user's model must not take the stream down
@@ -100,7 +117,7 @@ def run_batch(
             outcomes[i] = reason
         return outcomes
     for i, inferences in zip(index, results, strict=True):
-        outcomes[i] = list(inferences)
+        outcomes[i] = inferences if isinstance(inferences, str) else list(inferences)
     return outcomes
 
 

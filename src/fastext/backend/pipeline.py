@@ -44,7 +44,8 @@ from fastext.backend.worker import WorkerSpec
 from fastext.backend.worker import main as worker_main
 from fastext.config import Config
 from fastext.metrics import MetricsSink, NullMetrics
-from fastext.processors import create
+from fastext.models import repository
+from fastext.processors import ModelProcessor, create
 from fastext.processors.base import Processor
 
 __all__ = ["Backend", "Deliver", "InlineBackend", "Lane", "Payload", "WorkerBackend",
@@ -103,7 +104,7 @@ def make_backend(config: Config, metrics: MetricsSink | None = None) -> Backend:
     """The backend ``config.workers`` asks for."""
     metrics = metrics if metrics is not None else NullMetrics()
     if config.workers == 0:
-        return InlineBackend(metrics=metrics)
+        return InlineBackend(metrics=metrics, model_threads=config.model_threads)
     return WorkerBackend(config, metrics)
 
 
@@ -167,6 +168,9 @@ class _InlineLane:
         # Serialized here, in the pool's thread, not on the event loop (as workers do).
         outcomes: list[Result] = list(serialized(run_batch(self._processor, self._format, arrays)))
         self._metrics.batch_done(started - submitted, time.perf_counter() - started)
+        if isinstance(self._processor, ModelProcessor):
+            for frames, seconds in self._processor.engine.take_runs():
+                self._metrics.model_run(self._processor.info.name, frames, seconds)
         return outcomes
 
     def close(self) -> None:
@@ -176,8 +180,10 @@ class _InlineLane:
 class InlineBackend:
     """Runs batches on a thread pool of the server process."""
 
-    def __init__(self, threads: int | None = None, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, threads: int | None = None, metrics: MetricsSink | None = None,
+                 model_threads: int = 1) -> None:
         self._metrics = metrics if metrics is not None else NullMetrics()
+        self._model_threads = model_threads
         self._pool = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="fastext-batch"
         )
@@ -188,6 +194,11 @@ class InlineBackend:
         from fastext.vision import kernels
 
         await asyncio.to_thread(kernels.warm)
+        models = repository.installed()
+        if models:  # this process is the worker: every model loaded before SERVING
+            from fastext.models import engine
+
+            await asyncio.to_thread(engine.load, models, self._model_threads)
 
     def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
         return _InlineLane(self._pool, spec, memory, deliver, self._metrics)
@@ -383,6 +394,11 @@ class WorkerBackend:
                     metrics.batch_done(time.perf_counter() - job.submitted - processing,
                                        processing)
                 job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
+            elif kind == records.MODEL_RUN:
+                model, frames, inference_us = records.unpack_model_run(record)
+                models = repository.installed()
+                if model < len(models):
+                    metrics.model_run(models[model].name, frames, inference_us / 1e6)
             elif kind == records.READY:
                 rings = self._rings[index]
                 assert rings is not None
@@ -423,7 +439,8 @@ class WorkerBackend:
         return WorkerSpec(index=slot.index, rings=rings.names, arena_name=arena.name,
                           arena_size=arena.size, log_level=config.log_level,
                           log_format=config.log_format, parent_pid=os.getpid(),
-                          heartbeat=slot.heartbeat, doorbell=slot.doorbell.ringer)
+                          heartbeat=slot.heartbeat, doorbell=slot.doorbell.ringer,
+                          models=repository.installed(), model_threads=config.model_threads)
 
     def _release(self, slot: Slot, aborting: bool) -> None:
         """The slot's process is gone (after :meth:`_on_exit`): close its rings, which

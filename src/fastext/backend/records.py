@@ -10,9 +10,10 @@ Front → worker (submit ring), in order per worker:
   Rings are FIFO, so no frame of a session is processed after its close.
 * ``STOP``  the worker exits.
 
-Worker → front (completion ring): ``READY`` once its kernels are warm, and
-``DONE`` for each batch: per frame, serialized inferences or the reason there
-are none.
+Worker → front (completion ring): ``READY`` once its kernels are warm (and its
+models loaded), ``DONE`` for each batch: per frame, serialized inferences or the
+reason there are none; ``MODEL_RUN`` for each call of a model's runtime (which
+model, how many frames of any sessions, how long), for the metrics.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 __all__ = [
-    "BATCH", "CLOSE", "DONE", "OPEN", "READY", "SRC_ARENA", "SRC_CLIENT", "STOP",
+    "BATCH", "CLOSE", "DONE", "MODEL_RUN", "OPEN", "READY", "SRC_ARENA", "SRC_CLIENT", "STOP",
+    "batch_session", "pack_model_run", "unpack_model_run",
     "Open", "pack_batch", "pack_close", "pack_done", "pack_open", "pack_ready", "pack_stop",
     "unpack_batch", "unpack_close", "unpack_done", "unpack_open", "unpack_ready",
 ]
 
 OPEN, BATCH, CLOSE, STOP = 1, 2, 3, 4
-READY, DONE = 10, 11
+READY, DONE, MODEL_RUN = 10, 11, 12
 SRC_CLIENT, SRC_ARENA = 0, 1
 
 _OPEN = struct.Struct("<BxxxIBBxxIIIQHxxI")  # kind session enc pf w h stride shm_len name_len cfg_len
@@ -38,6 +40,7 @@ _BATCH1 = struct.Struct(_BATCH.format + _REF.format[1:])  # a batch of one frame
 _SESSION = struct.Struct("<BxxxI")  # CLOSE: kind session; READY: kind pid
 _DONE = struct.Struct("<BxxxIQI")  # kind processing_us batch_id count
 _OUTCOME = struct.Struct("<BxxxI")  # ok length
+_MODEL_RUN = struct.Struct("<BxxxIII")  # kind model_index frames inference_us
 _DONE1 = struct.Struct(_DONE.format + _OUTCOME.format[1:])  # DONE of one frame, before its bytes
 _DONE1_SIZE, _unpack_done1 = _DONE1.size, _DONE1.unpack_from  # read per frame
 
@@ -144,3 +147,19 @@ def unpack_done(buf: bytes) -> tuple[int, list[bytes | str], int]:
         outcomes.append(data if ok else data.decode(errors="replace"))
         pos += length
     return batch_id, outcomes, processing_us
+
+
+def batch_session(buf: bytes) -> int:
+    """The session id of a BATCH, without decoding its references."""
+    return int.from_bytes(buf[4:8], "little")
+
+
+def pack_model_run(model: int, frames: int, inference_us: int) -> bytes:
+    """Model number ``model`` (its place in the worker's list) ran once on ``frames`` frames."""
+    return _MODEL_RUN.pack(MODEL_RUN, model, frames, min(inference_us, 0xFFFFFFFF))
+
+
+def unpack_model_run(buf: bytes) -> tuple[int, int, int]:
+    """(model number, frames, inference time in microseconds)."""
+    _, model, frames, inference_us = _MODEL_RUN.unpack_from(buf)
+    return model, frames, inference_us

@@ -24,10 +24,18 @@ from typing import Any
 from fastext import logs
 from fastext.backend import records
 from fastext.backend.doorbell import Ringer
-from fastext.backend.execute import FrameFormat, fetch_payload, run_batch, serialized
+from fastext.backend.execute import (
+    FrameFormat,
+    fetch_payload,
+    frames_of,
+    run_batch,
+    serialized,
+)
 from fastext.backend.ring import RingPair
 from fastext.backend.shm import Arena, ArenaRef, ClientMemory, ShmRef
-from fastext.processors import create
+from fastext.models import repository
+from fastext.models.repository import ModelInfo
+from fastext.processors import ModelProcessor, create
 from fastext.processors.base import Processor
 
 __all__ = ["WorkerSpec", "main"]
@@ -51,6 +59,8 @@ class WorkerSpec:
     parent_pid: int
     heartbeat: Any  # multiprocessing RawValue('d'): monotonic time of the last beat
     doorbell: Ringer  # the front's doorbell for this worker: rung after completions
+    models: tuple[ModelInfo, ...] = ()  # the server's models: each loaded here before READY
+    model_threads: int = 1
 
 
 class _Lane:
@@ -83,6 +93,8 @@ class Worker:
         self.completion = self.pair.completion.ring
         self.arena = Arena.attach(spec.arena_name, spec.arena_size)
         self.lanes: dict[int, _Lane] = {}  # session id -> what this worker holds for it
+        self._model_index = {info.name: i for i, info in enumerate(spec.models)}
+        repository.install(spec.models)  # before any OPEN names a model
         self._ring = spec.doorbell.ring  # after a round of completions: never blocks
 
     def run(self) -> None:
@@ -100,6 +112,10 @@ class Worker:
                  len(report.loaded), os.getpid(),
                  extra={"event": "worker_ready", "compiled": report.compiled,
                         "loaded": report.loaded})
+        if self.spec.models:  # every model loaded (and run once) before READY
+            from fastext.models import engine
+
+            engine.load(self.spec.models, self.spec.model_threads)
         self._push(records.pack_ready(os.getpid()))
         self._ring()
         while True:
@@ -109,10 +125,67 @@ class Worker:
                     log.warning("worker %d: the server is gone; exiting", self.spec.index)
                     return
                 continue
-            for record in batch:
-                if not self._handle(record):
-                    return
+            if not self._handle_all(batch):
+                return
             self._ring()
+
+    def _handle_all(self, batch: list[bytes]) -> bool:
+        """Handle records in order, except that consecutive batches of model sessions wait
+        and run together, one runtime call per model for all of them (whichever sessions
+        they come from); they run before any other record is handled, so no CLOSE, OPEN
+        or STOP overtakes them. False when a STOP came."""
+        waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]] = []
+        for record in batch:
+            if record[0] == records.BATCH:
+                lane = self.lanes.get(records.batch_session(record))
+                if lane is not None and isinstance(lane.processor, ModelProcessor):
+                    _, batch_id, refs = records.unpack_batch(record)
+                    waiting.append((lane, batch_id, refs))
+                    continue
+            if waiting:
+                self._run_models(waiting)
+                waiting = []
+            if not self._handle(record):
+                return False
+        if waiting:
+            self._run_models(waiting)
+        return True
+
+    def _run_models(self, waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]]) -> None:
+        by_model: dict[str, list[tuple[_Lane, int, list[tuple[int, int, int]]]]] = {}
+        for item in waiting:
+            processor = item[0].processor
+            assert isinstance(processor, ModelProcessor)
+            by_model.setdefault(processor.info.name, []).append(item)
+        for name, items in by_model.items():
+            started = time.perf_counter()
+            jobs = []
+            for lane, _, refs in items:
+                processor = lane.processor
+                assert isinstance(processor, ModelProcessor)
+                payloads = [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
+                                          else ShmRef(offset, size), lane.memory, self.arena)
+                            for source, offset, size in refs]
+                jobs.append((processor.params, frames_of(lane.format, payloads)))
+            engine = items[0][0].processor.engine  # type: ignore[union-attr]
+            try:
+                results = engine.infer(jobs)
+            except Exception as exc:  # the runtime failed the batch: every frame says so
+                log.exception("model %r failed on a batch of %d frames from %d sessions", name,
+                              sum(len(f) for _, f in jobs), len(jobs))
+                reason = f"model {name!r} failed: {exc}"
+                results = [[reason] * len(frames) for _, frames in jobs]
+            del jobs  # views of shared memory: gone before the front learns a batch is done
+            processing_us = int((time.perf_counter() - started) * 1e6)
+            index = self._model_index[name]
+            for frames, seconds in engine.take_runs():
+                self._push(records.pack_model_run(index, frames, int(seconds * 1e6)))
+            for (_, batch_id, refs), outcomes in zip(items, results, strict=True):
+                done = records.pack_done(batch_id, serialized(outcomes), processing_us)
+                if len(done) > self.completion.max_record:
+                    done = records.pack_done(
+                        batch_id, ["result larger than the completion ring allows"] * len(refs))
+                self._push(done)
 
     def _handle(self, record: bytes) -> bool:
         kind = record[0]

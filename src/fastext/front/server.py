@@ -28,6 +28,8 @@ from fastext.errors import ConfigError
 from fastext.front import security
 from fastext.front.session import Session, SessionEnd
 from fastext.metrics import MetricsSink, make_metrics
+from fastext.models import repository
+from fastext.processors import builtin_names
 
 __all__ = ["ExtensionServer", "SERVICE_NAME", "serve"]
 
@@ -97,11 +99,17 @@ class ExtensionServer:
             raise ConfigError(f"cannot listen on {self.config.bind}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        # The models' facts (kind, input, labels) read in a child process: the runtime never
+        # loads here, and a model that cannot be served stops the start with its reason.
+        if self.config.models:
+            repository.install(await asyncio.to_thread(
+                repository.load_infos, self.config.models, builtin_names()))
         await self.backend.start()  # sessions arriving meanwhile wait for the workers
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("fastext serving on %s (port %d, instance %s, workers=%d, batch_size=%d, "
-                 "tls=%s, auth=%s)", self.config.bind, self.port, self.instance,
+                 "models=%s, tls=%s, auth=%s)", self.config.bind, self.port, self.instance,
                  self.config.workers, self.config.batch_size,
+                 ",".join(repository.names()) or "none",
                  "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
                  "on" if self.config.auth_username else "off")
         return self.port

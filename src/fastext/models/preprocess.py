@@ -24,7 +24,7 @@ Resampling is separable and chosen per axis (source size ``S``, content size ``D
 Each output row first sums its source rows, whole rows of bytes at a time (contiguous
 loops LLVM vectorises, alpha bytes included); the row's pixels then sum their taps of
 that one row. Packed 16-bit and YUV420P rows are converted to RGB once each, into a
-small ring of rows, before they are summed (YUV420P as :mod:`fastext.frames` reads it:
+small ring of rows, before they are summed (YUV420P as :mod:`fastext.vision.frames` reads it:
 BT.601 full range, each chroma sample covering 2x2 pixels).
 
 :class:`Transform` maps tensor coordinates back to the frame.
@@ -39,15 +39,15 @@ from typing import Any
 import numpy as np
 
 from fastext.errors import FrameError
-from fastext.frames import (
+from fastext.vision.frames import (
     Encoding,
     Frame,
     check_size,
     frame_from_encoded,
     frame_from_raw,
 )
-from fastext.kernels import _jit, _jitted_closure
-from fastext.warmup import Unit
+from fastext.vision.kernels import _jit, _jitted_closure
+from fastext.vision.warmup import Unit
 
 __all__ = [
     "PAD_VALUE",
@@ -219,7 +219,7 @@ def _check_out(out: Any, spec: InputSpec) -> None:
 def prepare(frame: Frame | np.ndarray, out: np.ndarray, spec: InputSpec) -> Transform:
     """Write ``frame`` into ``out``, its slot of a batch's input tensor, as ``spec`` says.
 
-    ``frame``: a :class:`~fastext.frames.Frame` (RAW, decoded to RGB or luma, or still
+    ``frame``: a :class:`~fastext.vision.frames.Frame` (RAW, decoded to RGB or luma, or still
     encoded: then decoded here, a JPG at the smallest DCT scale still as big as the
     content) or a ``(height, width, 3)`` uint8 RGB array. ``out``: a writable
     C-contiguous array of ``spec.slot_shape`` and ``spec.dtype``, e.g. ``batch[i]``;
@@ -289,7 +289,7 @@ def _rgb_rows(image: np.ndarray) -> np.ndarray:
 def prepare_raw(buf: Any, pixel_format: int, width: int, height: int, stride: int,
                 out: np.ndarray, spec: InputSpec) -> Transform:
     """:func:`prepare` of a RAW frame in ``buf`` (bytes-like, from index 0), as
-    :func:`fastext.frames.raw_view` reads it; stride 0 means unpadded rows."""
+    :func:`fastext.vision.frames.raw_view` reads it; stride 0 means unpadded rows."""
     return prepare(frame_from_raw(buf, pixel_format, width, height, stride), out, spec)
 
 
@@ -299,7 +299,7 @@ def prepare_raw(buf: Any, pixel_format: int, width: int, height: int, stride: in
 # one type for padded and unpadded frames, and each row a contiguous slice.
 
 # BT.601 YCbCr -> RGB, full range, 16.16 fixed point: the arithmetic of
-# fastext.kernels.rgb_yuv420p, so a frame at the model's size converts exactly as
+# fastext.vision.kernels.rgb_yuv420p, so a frame at the model's size converts exactly as
 # Frame.rgb() does (tests/test_models_preprocess.py compares them).
 _FIX = 1 << 16
 _KR, _KGU, _KGV, _KB = (round(1.402 * _FIX), round(0.344136 * _FIX), round(0.714136 * _FIX),
@@ -716,7 +716,7 @@ def warm_units() -> list[Unit]:
     """The warm-up as one unit: :func:`prepare`'s kernel for both tensor dtypes (its
     other arguments have one type each: read-only 1-D buffers, ints, bools, tables).
 
-    Hook it in beside :func:`fastext.kernels.warm_units`, with its own lock prefix
+    Hook it in beside :func:`fastext.vision.kernels.warm_units`, with its own lock prefix
     (``run_units(warm_units(), cache_dir, prefix="preprocess.")``).
     """
 

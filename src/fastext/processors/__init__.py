@@ -24,8 +24,10 @@ from fastext._proto.inferencing_pb2 import (
     Tag,
     Text,
 )
+from fastext.models import repository
 from fastext.processors.base import Processor
 from fastext.processors.brightness import Brightness
+from fastext.processors.model import ModelProcessor
 from fastext.processors.motion import MotionDetector
 from fastext.vision.frames import Frame
 
@@ -37,6 +39,7 @@ __all__ = [
     "Frame",
     "Inference",
     "Motion",
+    "ModelProcessor",
     "Processor",
     "Rectangle",
     "Tag",
@@ -83,18 +86,28 @@ def _discover() -> tuple[dict[str, type[Processor]], dict[str, str]]:
     return found, broken
 
 
+def builtin_names() -> list[str]:
+    """The built-in processors' names (no model may take one)."""
+    return sorted(_BUILTINS)
+
+
 def create(name: str, params: dict[str, Any] | None = None) -> Processor:
-    """A new processor instance for one session.
+    """A new processor instance for one session: a built-in, a model of this server's
+    repository (:mod:`fastext.models.repository`), or an installed plug-in.
 
     Raises ValueError naming the problem: an unknown processor, a bad parameter, or
     any other failure of the processor's ``__init__`` (e.g. a plug-in's model file).
     """
+    info = repository.get(name) if name not in _BUILTINS else None
+    if info is not None:  # validates the parameters; builds nothing
+        return ModelProcessor(info, **(params or {}))
     registry, broken = _discover()
     cls = registry.get(name)
     if cls is None and name in broken:
         raise ValueError(f"processor {name!r}: {broken[name]}")
     if cls is None:
-        raise ValueError(f"unknown processor {name!r} (available: {', '.join(sorted(registry))})")
+        known = sorted({*registry, *repository.names()})
+        raise ValueError(f"unknown processor {name!r} (available: {', '.join(known)})")
     try:
         processor = cls(**(params or {}))
         processor.check()
@@ -114,8 +127,9 @@ def from_configuration(text: str, default: str) -> tuple[str, dict[str, Any]]:
     """Split a session's ``extension_configuration`` into (processor name, parameters).
 
     Empty text selects ``default`` with no parameters; otherwise the text must be a
-    JSON object, whose optional ``"processor"`` key names the processor and whose
-    other keys are its parameters.
+    JSON object, whose optional ``"processor"`` key names the processor (or ``"model"``
+    a model of this server's repository) and whose other keys are its parameters.
+    A model is named, never given as a path: the server opens no file a client names.
     """
     if not text.strip():
         return default, {}
@@ -129,6 +143,17 @@ def from_configuration(text: str, default: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"extension_configuration cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("extension_configuration must be a JSON object")
+    if "model" in data:
+        if "processor" in data:
+            raise ValueError("extension_configuration: give \"model\" or \"processor\", not both")
+        model = data.pop("model")
+        have = ", ".join(repository.names()) or "none"
+        if not isinstance(model, str) or repository.get(model) is None:
+            shown = model if isinstance(model, str) else json.dumps(model)
+            raise ValueError(f"extension_configuration: unknown model {shown[:200]!r}: this server "
+                             f"has {have} (a session names one of the server's models; the "
+                             "server never opens a file a client names)")
+        return model, data
     name = data.pop("processor", default)
     if not isinstance(name, str):
         raise ValueError("extension_configuration: \"processor\" must be a string")

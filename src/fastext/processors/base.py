@@ -85,6 +85,11 @@ class Processor(ABC):
     def process(self, frames: Sequence[Frame]) -> list[list[Inference]]:
         """Return one list of inferences per frame, in the order of ``frames``."""
 
+    def outcomes(self, frames: Sequence[Frame]) -> list[list[Inference] | str]:
+        """:meth:`process`, where one frame may fail alone: each frame's inferences, or
+        why it has none (a frame the processor could not read). What fastext calls."""
+        return list(self.process(frames))
+
     def rgb_batch(self, frames: Sequence[Frame]) -> np.ndarray:
         """The frames as one (N, height, width, 3) uint8 array at :attr:`rgb_size`.
 

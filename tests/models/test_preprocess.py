@@ -1,6 +1,6 @@
 """fastext.models.preprocess: frames into a model's input tensor, against a numpy reference.
 
-The reference decodes every frame to RGB the way fastext.frames does (``Frame.rgb()``),
+The reference decodes every frame to RGB the way fastext.vision.frames does (``Frame.rgb()``),
 resamples it in float64 with dense weight matrices built from the documented rule
 (bilinear with aligned centres up to a 2x shrink, area averaging beyond), pads it as
 Ultralytics' letterbox does and normalises it; the reference itself is checked against
@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from fastext.errors import FrameError
-from fastext.frames import (
+from fastext.models import preprocess
+from fastext.models.preprocess import InputSpec, Transform, geometry, prepare, prepare_raw
+from fastext.vision.frames import (
     LAYOUTS,
     Encoding,
     PixelFormat,
@@ -25,8 +27,6 @@ from fastext.frames import (
     frame_from_encoded,
     frame_from_raw,
 )
-from fastext.models import preprocess
-from fastext.models.preprocess import InputSpec, Transform, geometry, prepare, prepare_raw
 from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb
 
 ALL_FORMATS = [*BYTE_ORDERS, *PACKED, PixelFormat.YUV420P]
