@@ -16,6 +16,7 @@ from fastext.models.decode import (
     Layout,
     LayoutError,
     OutputSpec,
+    _decode_batch,
     decode_detections,
     default_labels,
     detect_layout,
@@ -23,6 +24,7 @@ from fastext.models.decode import (
     parse_names,
     softmax,
     top_k,
+    warm,
 )
 from fastext.models.toy import (
     COLOURS,
@@ -293,6 +295,29 @@ def test_decode_accepts_float16_and_strided_outputs() -> None:
     transposed = np.ascontiguousarray(out.transpose(0, 2, 1)).transpose(0, 2, 1)
     assert not transposed.flags.c_contiguous
     assert decode_one(transposed) == want
+
+
+def test_decode_warm_compiles_every_signature_decoding_uses() -> None:
+    warm()
+    compiled = set(_decode_batch.signatures)
+    assert len(compiled) == 2  # the output writable, and read-only
+    rng = np.random.default_rng(3)
+    for layout in Layout:
+        out = random_output(rng, layout, n=2, anchors=20, classes=3)
+        for variant in (out, out.astype(np.float16), out.astype(np.float64), out[:, ::-1][:, ::-1]):
+            decode_detections(variant, OutputSpec(layout, 3), np.ones((2, 4))[:, ::1],
+                              np.full((2, 3), 9)[:, :2], classes={1}, max_detections=3)
+        out.flags.writeable = False
+        decode_detections(out, OutputSpec(layout, 3), [1, 1, 0, 0], [9, 9], threshold=0)
+    assert set(_decode_batch.signatures) == compiled
+
+
+def test_decode_empty_batch_and_no_anchors() -> None:
+    assert decode_detections(np.zeros((0, 7, 10), np.float32), OutputSpec(Layout.YOLOV8, 3),
+                             IDENTITY, (1, 1)) == []
+    got = decode_detections(np.zeros((2, 0, 6), np.float32), OutputSpec(Layout.END_TO_END, None),
+                            IDENTITY, (1, 1))
+    assert [len(g.labels) for g in got] == [0, 0]
 
 
 # -- layouts from shapes --------------------------------------------------------------------

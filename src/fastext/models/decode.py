@@ -439,7 +439,8 @@ def _check_output(out: np.ndarray, spec: OutputSpec) -> None:
 
 
 def _per_image(values: Any, n: int, width: int, name: str) -> np.ndarray:
-    """``values`` as a C-contiguous float64 ``[n, width]`` array (one row repeats)."""
+    """``values`` as a new C-contiguous float64 ``[n, width]`` array (one row repeats):
+    always a writable copy, so the kernel sees one array type whatever came in."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.shape == (width,):
         arr = np.broadcast_to(arr, (n, width))
@@ -448,7 +449,7 @@ def _per_image(values: Any, n: int, width: int, name: str) -> np.ndarray:
                          f"not {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite")
-    return np.ascontiguousarray(arr)
+    return np.array(arr, dtype=np.float64, order="C")
 
 
 def _class_mask(classes: Collection[int] | None, num_classes: int | None) -> np.ndarray:
@@ -468,9 +469,14 @@ def _class_mask(classes: Collection[int] | None, num_classes: int | None) -> np.
 
 
 def warm() -> None:
-    """Compile (or load from numba's cache) the decode kernel for the types used."""
+    """Compile (or load from numba's cache) the decode kernel for every argument type
+    :func:`decode_detections` passes it: the output writable or read-only (a view of
+    memory the engine does not own); everything else it makes itself."""
     spec = OutputSpec(Layout.YOLOV8, 1)
-    decode_detections(np.zeros((1, 5, 2), np.float32), spec, (1.0, 1.0, 0.0, 0.0), (1.0, 1.0))
+    out = np.zeros((1, 5, 2), np.float32)
+    for writeable in (True, False):
+        out.flags.writeable = writeable
+        decode_detections(out, spec, (1.0, 1.0, 0.0, 0.0), (1.0, 1.0))
 
 
 # -- labels -------------------------------------------------------------------------------
