@@ -333,6 +333,7 @@ def test_decode_empty_batch_and_no_anchors() -> None:
     ([1, 300, 6], None, OutputSpec(Layout.END_TO_END, None)),
     ([1, 300, 6], 80, OutputSpec(Layout.END_TO_END, 80)),
     (["N", "K", 6], None, OutputSpec(Layout.END_TO_END, None)),
+    ([1, 4, 6], None, OutputSpec(Layout.END_TO_END, None)),  # 4 rows: no room for 4+C
     ([1, 300, 6], 2, OutputSpec(Layout.END_TO_END, 2)),  # not a transposed 2-class output
     ([1, 6, 8400], 2, OutputSpec(Layout.YOLOV8, 2)),
     ([1, 6, 8400], None, OutputSpec(Layout.YOLOV8, 2)),

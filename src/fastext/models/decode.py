@@ -130,7 +130,8 @@ def detect_layout(
 
     Without ``num_classes`` the shape alone decides, by these rules:
 
-    - a last axis of 6 (and a middle axis larger than 6 or dynamic) is ``END_TO_END``;
+    - a last axis of 6 is ``END_TO_END``, unless the middle axis is smaller and at
+      least 5 (then the next rule makes it ``YOLOV8``);
     - otherwise the attribute axis (4+C or 5+C) is the smaller one: exports put
       thousands of anchors on the other (``[1, 84, 8400]`` is YOLOv8's 80 classes,
       ``[1, 8400, 84]`` the same transposed). A smaller middle axis is ``YOLOV8``;
@@ -156,7 +157,9 @@ def detect_layout(
     candidates = [layout] if layout is not None else list(Layout)
     fits = [lay for lay in candidates if _fits(lay, a, b, num_classes)]
     if len(fits) > 1 and a is not None and b is not None and a != b:
-        fits = [lay for lay in fits if (lay is Layout.YOLOV8) == (a < b)]
+        oriented = [lay for lay in fits if (lay is Layout.YOLOV8) == (a < b)]
+        # A short end-to-end output ([N, 4, 6]) is the one exception to orientation.
+        fits = oriented or [lay for lay in fits if lay is Layout.END_TO_END]
     if len(fits) > 1 and Layout.END_TO_END in fits and Layout.YOLOV8 not in fits:
         fits = [Layout.END_TO_END]
     what = f"output {_shapes_text(found)}" + (
