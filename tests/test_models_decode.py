@@ -4,6 +4,7 @@ fastext.models.toy run through ONNX Runtime."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +440,11 @@ def test_top_k_refuses_bad_shapes() -> None:
 
 # -- the toy models through ONNX Runtime ----------------------------------------------------
 
+# Building the toy models needs onnx, running them onnxruntime (both in the test extra).
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")),
+    reason="onnx and onnxruntime (the test extra) are not installed")
+
 SIZE, CELL = 32, 8
 FRAME_W, FRAME_H = 64, 48
 # The 64x48 frame halved to 32x24 and centred in 32x32: 4 rows of padding above.
@@ -470,6 +476,7 @@ def colour_frame() -> np.ndarray:
     return frame
 
 
+@needs_onnx
 @pytest.mark.parametrize("layout", list(Layout))
 def test_toy_detector_finds_the_coloured_squares(layout: Layout) -> None:
     sess = session(colour_detector(layout, SIZE, CELL))
@@ -492,6 +499,7 @@ def test_toy_detector_finds_the_coloured_squares(layout: Layout) -> None:
     assert [labels[c] for c in only_green[0].labels] == ["green"]
 
 
+@needs_onnx
 def test_toy_detector_batch_axis_dynamic_or_fixed() -> None:
     dynamic = session(colour_detector(Layout.YOLOV8))
     assert dynamic.get_inputs()[0].shape == ["N", 3, 32, 32]
@@ -502,6 +510,7 @@ def test_toy_detector_batch_axis_dynamic_or_fixed() -> None:
     assert fixed.get_outputs()[0].shape == [1, 4, 6]
 
 
+@needs_onnx
 def test_toy_classifier_top_colour() -> None:
     sess = session(colour_classifier())
     frames = np.zeros((3, 3, 32, 32), np.float32)
@@ -514,6 +523,7 @@ def test_toy_classifier_top_colour() -> None:
     assert labels_from_metadata(sess.get_modelmeta().custom_metadata_map) == list(COLOURS)
 
 
+@needs_onnx
 def test_yolo_like_shape_and_cost() -> None:
     assert yolo_like_flops(640) == pytest.approx(8.7e9, rel=0.05)  # YOLOv8n's, as Ultralytics counts
     assert yolo_like_flops(320) == pytest.approx(yolo_like_flops(640) / 4)
@@ -527,7 +537,8 @@ def test_yolo_like_shape_and_cost() -> None:
     assert len(decode_detections(out, spec, IDENTITY, (96, 96))) == 1
     with pytest.raises(ValueError, match="multiple of 32"):
         yolo_like(100)
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     graph = onnx.load_model_from_string(yolo_like(640)).graph
     dims = [[d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in (graph.input[0], graph.output[0])]
