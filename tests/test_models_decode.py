@@ -404,6 +404,8 @@ def test_labels_count_must_match_the_model() -> None:
     "{}",
     "'person'",
     "[" * 200_000 + "]" * 200_000,   # deep nesting: refused, not a crash
+    "-" * 500_000 + "1",             # the parser's memory, refused
+    "1" + "+1" * 300_000,            # literal_eval's recursion, refused
     "{0: '" + "a" * (1 << 20) + "'}",  # over the size limit
     "9" * 5000,                  # past int's digit limit
 ])
