@@ -4,6 +4,7 @@ fastext.models.toy run through ONNX Runtime."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastext.models.decode import (
     Layout,
     LayoutError,
     OutputSpec,
+    _decode_batch,
     decode_detections,
     default_labels,
     detect_layout,
@@ -23,6 +25,7 @@ from fastext.models.decode import (
     parse_names,
     softmax,
     top_k,
+    warm,
 )
 from fastext.models.toy import (
     COLOURS,
@@ -295,6 +298,29 @@ def test_decode_accepts_float16_and_strided_outputs() -> None:
     assert decode_one(transposed) == want
 
 
+def test_decode_warm_compiles_every_signature_decoding_uses() -> None:
+    warm()
+    compiled = set(_decode_batch.signatures)
+    assert len(compiled) == 2  # the output writable, and read-only
+    rng = np.random.default_rng(3)
+    for layout in Layout:
+        out = random_output(rng, layout, n=2, anchors=20, classes=3)
+        for variant in (out, out.astype(np.float16), out.astype(np.float64), out[:, ::-1][:, ::-1]):
+            decode_detections(variant, OutputSpec(layout, 3), np.ones((2, 4))[:, ::1],
+                              np.full((2, 3), 9)[:, :2], classes={1}, max_detections=3)
+        out.flags.writeable = False
+        decode_detections(out, OutputSpec(layout, 3), [1, 1, 0, 0], [9, 9], threshold=0)
+    assert set(_decode_batch.signatures) == compiled
+
+
+def test_decode_empty_batch_and_no_anchors() -> None:
+    assert decode_detections(np.zeros((0, 7, 10), np.float32), OutputSpec(Layout.YOLOV8, 3),
+                             IDENTITY, (1, 1)) == []
+    got = decode_detections(np.zeros((2, 0, 6), np.float32), OutputSpec(Layout.END_TO_END, None),
+                            IDENTITY, (1, 1))
+    assert [len(g.labels) for g in got] == [0, 0]
+
+
 # -- layouts from shapes --------------------------------------------------------------------
 
 
@@ -308,6 +334,7 @@ def test_decode_accepts_float16_and_strided_outputs() -> None:
     ([1, 300, 6], None, OutputSpec(Layout.END_TO_END, None)),
     ([1, 300, 6], 80, OutputSpec(Layout.END_TO_END, 80)),
     (["N", "K", 6], None, OutputSpec(Layout.END_TO_END, None)),
+    ([1, 4, 6], None, OutputSpec(Layout.END_TO_END, None)),  # 4 rows: no room for 4+C
     ([1, 300, 6], 2, OutputSpec(Layout.END_TO_END, 2)),  # not a transposed 2-class output
     ([1, 6, 8400], 2, OutputSpec(Layout.YOLOV8, 2)),
     ([1, 6, 8400], None, OutputSpec(Layout.YOLOV8, 2)),
@@ -377,6 +404,8 @@ def test_labels_count_must_match_the_model() -> None:
     "{}",
     "'person'",
     "[" * 200_000 + "]" * 200_000,   # deep nesting: refused, not a crash
+    "-" * 500_000 + "1",             # the parser's memory, refused
+    "1" + "+1" * 300_000,            # literal_eval's recursion, refused
     "{0: '" + "a" * (1 << 20) + "'}",  # over the size limit
     "9" * 5000,                  # past int's digit limit
 ])
@@ -413,6 +442,11 @@ def test_top_k_refuses_bad_shapes() -> None:
 
 # -- the toy models through ONNX Runtime ----------------------------------------------------
 
+# Building the toy models needs onnx, running them onnxruntime (both in the test extra).
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")),
+    reason="onnx and onnxruntime (the test extra) are not installed")
+
 SIZE, CELL = 32, 8
 FRAME_W, FRAME_H = 64, 48
 # The 64x48 frame halved to 32x24 and centred in 32x32: 4 rows of padding above.
@@ -444,6 +478,7 @@ def colour_frame() -> np.ndarray:
     return frame
 
 
+@needs_onnx
 @pytest.mark.parametrize("layout", list(Layout))
 def test_toy_detector_finds_the_coloured_squares(layout: Layout) -> None:
     sess = session(colour_detector(layout, SIZE, CELL))
@@ -466,6 +501,7 @@ def test_toy_detector_finds_the_coloured_squares(layout: Layout) -> None:
     assert [labels[c] for c in only_green[0].labels] == ["green"]
 
 
+@needs_onnx
 def test_toy_detector_batch_axis_dynamic_or_fixed() -> None:
     dynamic = session(colour_detector(Layout.YOLOV8))
     assert dynamic.get_inputs()[0].shape == ["N", 3, 32, 32]
@@ -476,6 +512,7 @@ def test_toy_detector_batch_axis_dynamic_or_fixed() -> None:
     assert fixed.get_outputs()[0].shape == [1, 4, 6]
 
 
+@needs_onnx
 def test_toy_classifier_top_colour() -> None:
     sess = session(colour_classifier())
     frames = np.zeros((3, 3, 32, 32), np.float32)
@@ -488,6 +525,7 @@ def test_toy_classifier_top_colour() -> None:
     assert labels_from_metadata(sess.get_modelmeta().custom_metadata_map) == list(COLOURS)
 
 
+@needs_onnx
 def test_yolo_like_shape_and_cost() -> None:
     assert yolo_like_flops(640) == pytest.approx(8.7e9, rel=0.05)  # YOLOv8n's, as Ultralytics counts
     assert yolo_like_flops(320) == pytest.approx(yolo_like_flops(640) / 4)
@@ -501,7 +539,8 @@ def test_yolo_like_shape_and_cost() -> None:
     assert len(decode_detections(out, spec, IDENTITY, (96, 96))) == 1
     with pytest.raises(ValueError, match="multiple of 32"):
         yolo_like(100)
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     graph = onnx.load_model_from_string(yolo_like(640)).graph
     dims = [[d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in (graph.input[0], graph.output[0])]

@@ -130,7 +130,8 @@ def detect_layout(
 
     Without ``num_classes`` the shape alone decides, by these rules:
 
-    - a last axis of 6 (and a middle axis larger than 6 or dynamic) is ``END_TO_END``;
+    - a last axis of 6 is ``END_TO_END``, unless the middle axis is smaller and at
+      least 5 (then the next rule makes it ``YOLOV8``);
     - otherwise the attribute axis (4+C or 5+C) is the smaller one: exports put
       thousands of anchors on the other (``[1, 84, 8400]`` is YOLOv8's 80 classes,
       ``[1, 8400, 84]`` the same transposed). A smaller middle axis is ``YOLOV8``;
@@ -156,7 +157,9 @@ def detect_layout(
     candidates = [layout] if layout is not None else list(Layout)
     fits = [lay for lay in candidates if _fits(lay, a, b, num_classes)]
     if len(fits) > 1 and a is not None and b is not None and a != b:
-        fits = [lay for lay in fits if (lay is Layout.YOLOV8) == (a < b)]
+        oriented = [lay for lay in fits if (lay is Layout.YOLOV8) == (a < b)]
+        # A short end-to-end output ([N, 4, 6]) is the one exception to orientation.
+        fits = oriented or [lay for lay in fits if lay is Layout.END_TO_END]
     if len(fits) > 1 and Layout.END_TO_END in fits and Layout.YOLOV8 not in fits:
         fits = [Layout.END_TO_END]
     what = f"output {_shapes_text(found)}" + (
@@ -439,7 +442,8 @@ def _check_output(out: np.ndarray, spec: OutputSpec) -> None:
 
 
 def _per_image(values: Any, n: int, width: int, name: str) -> np.ndarray:
-    """``values`` as a C-contiguous float64 ``[n, width]`` array (one row repeats)."""
+    """``values`` as a new C-contiguous float64 ``[n, width]`` array (one row repeats):
+    always a writable copy, so the kernel sees one array type whatever came in."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.shape == (width,):
         arr = np.broadcast_to(arr, (n, width))
@@ -448,7 +452,7 @@ def _per_image(values: Any, n: int, width: int, name: str) -> np.ndarray:
                          f"not {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite")
-    return np.ascontiguousarray(arr)
+    return np.array(arr, dtype=np.float64, order="C")
 
 
 def _class_mask(classes: Collection[int] | None, num_classes: int | None) -> np.ndarray:
@@ -468,9 +472,14 @@ def _class_mask(classes: Collection[int] | None, num_classes: int | None) -> np.
 
 
 def warm() -> None:
-    """Compile (or load from numba's cache) the decode kernel for the types used."""
+    """Compile (or load from numba's cache) the decode kernel for every argument type
+    :func:`decode_detections` passes it: the output writable or read-only (a view of
+    memory the engine does not own); everything else it makes itself."""
     spec = OutputSpec(Layout.YOLOV8, 1)
-    decode_detections(np.zeros((1, 5, 2), np.float32), spec, (1.0, 1.0, 0.0, 0.0), (1.0, 1.0))
+    out = np.zeros((1, 5, 2), np.float32)
+    for writeable in (True, False):
+        out.flags.writeable = writeable
+        decode_detections(out, spec, (1.0, 1.0, 0.0, 0.0), (1.0, 1.0))
 
 
 # -- labels -------------------------------------------------------------------------------

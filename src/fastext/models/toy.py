@@ -91,15 +91,10 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
     corners = np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)[None]  # [1, A, 4]
     inits = [
         _const("colour_weight", weight),
-        _const("cxcywh", cxcywh),
-        _const("corners", corners.astype(np.float32)),
         _const("score_shape", np.array([0, n_cls, -1], np.int64)),
         _const("zero", np.array([0], np.int64)),
         _const("one", np.array([1], np.int64)),
         _const("ones2", np.array([1, 1], np.int64)),
-        _const("k", np.array([min(max_boxes, anchors)], np.int64)),
-        _const("axis2", np.array([2], np.int64)),
-        _const("tile4", np.array([1, 1, 4], np.int64)),
     ]
     nodes = [
         helper.make_node("Conv", ["images", "colour_weight"], ["cells"],
@@ -113,6 +108,9 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
     n_dim: int | str = "N" if batch is None else batch
     if layout is Layout.END_TO_END:
         k = min(max_boxes, anchors)
+        inits += [_const("corners", corners.astype(np.float32)),
+                  _const("k", np.array([k], np.int64)), _const("axis2", np.array([2], np.int64)),
+                  _const("tile4", np.array([1, 1, 4], np.int64))]
         nodes += [
             helper.make_node("ReduceMax", ["scores"], ["best"], axes=[1], keepdims=0),
             helper.make_node("ArgMax", ["scores"], ["best_class"], axis=1, keepdims=0),
@@ -132,6 +130,7 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
         ]
         out_shape: list[int | str] = [n_dim, k, 6]
     else:
+        inits.append(_const("cxcywh", cxcywh))
         nodes.append(helper.make_node("Expand", ["cxcywh", "n11"], ["boxes"]))  # [N, 4, A]
         parts = ["boxes", "scores"]
         if layout is Layout.YOLOV5:
