@@ -188,6 +188,16 @@ def test_prepare_frame_of_the_model_size_is_converted_exactly(
         assert transform.pad_y == (0 if size[1] == h else 9)
 
 
+@pytest.mark.parametrize("pixel_format", ALL_FORMATS, ids=lambda f: LAYOUTS[f].name)
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 6, 7])
+def test_prepare_whole_number_shrinks_match_reference(pixel_format: int, factor: int) -> None:
+    # The exact uint16 path (literal sizes for 2..6, runtime ones beyond) on every format.
+    w, h = 14 * factor, 6 * factor
+    buf, stride = raw_frame(random_rgb(h, w, seed=factor), pixel_format)
+    check(buf, pixel_format, w, h, stride, InputSpec(14, 14))
+    check(buf, pixel_format, w, h, stride, InputSpec(14, 6, layout="NHWC", dtype="uint8"))
+
+
 def test_prepare_yuv420p_reads_chroma_per_2x2_block_at_odd_sizes() -> None:
     w, h = 33, 19  # odd: the last chroma column and row cover one pixel
     buf, stride = raw_frame(random_rgb(h, w), PixelFormat.YUV420P, extra=3, seed=11)

@@ -458,8 +458,22 @@ def _pp_hsum(acc, xbase, xw, bpp, offs, line):  # type: ignore[no-untyped-def]
     # All three channels share each window's offset and weights (loaded once); a
     # literal tap count unrolls the window (the common counts: 2 bilinear, 3 to 7 area
     # from 2x to 6x).
+    # Three-byte pixels (RGB24, BGR24, decoded and converted rows) get a literal size too.
     taps = xw.shape[1]
-    if taps == 2:
+    if bpp == 3 and 2 <= taps <= 7:
+        if taps == 2:
+            _pp_hsum_taps(acc, xbase, xw, 3, o0, o1, o2, l0, l1, l2, 2)
+        elif taps == 3:
+            _pp_hsum_taps(acc, xbase, xw, 3, o0, o1, o2, l0, l1, l2, 3)
+        elif taps == 4:
+            _pp_hsum_taps(acc, xbase, xw, 3, o0, o1, o2, l0, l1, l2, 4)
+        elif taps == 5:
+            _pp_hsum_taps(acc, xbase, xw, 3, o0, o1, o2, l0, l1, l2, 5)
+        elif taps == 6:
+            _pp_hsum_taps(acc, xbase, xw, 3, o0, o1, o2, l0, l1, l2, 6)
+        else:
+            _pp_hsum_taps(acc, xbase, xw, 3, o0, o1, o2, l0, l1, l2, 7)
+    elif taps == 2:
         _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, 2)
     elif taps == 3:
         _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, 3)
@@ -511,6 +525,91 @@ def _pp_hsum_regular(acc, tmp, x0, step, weights, bpp, offs, line):  # type: ign
         src = tmp[x0 * bpp + offs[t]:]
         for x in range(dst.shape[0]):
             dst[x] = src[x * stride]
+
+
+@_jit
+def _pp_equal(w):  # type: ignore[no-untyped-def]
+    """Whether every window's weights are the same one value (a plain mean of taps)."""
+    for k in range(w.shape[1]):
+        if w[0, k] != w[0, 0]:
+            return False
+    return True
+
+
+@_jit
+def _pp_vsum_whole(buf, starts, n, acc):  # type: ignore[no-untyped-def]
+    """:func:`_pp_vsum` with equal weights: the exact uint16 sum of the rows (16 lanes
+    a vector where float32 has 8)."""
+    first = buf[starts[0]:starts[0] + n]
+    if starts.shape[0] == 1:
+        for i in range(n):
+            acc[i] = np.uint16(first[i])
+        return
+    second = buf[starts[1]:starts[1] + n]
+    for i in range(n):
+        acc[i] = np.uint16(np.uint16(first[i]) + np.uint16(second[i]))
+    for k in range(2, starts.shape[0]):
+        row = buf[starts[k]:starts[k] + n]
+        for i in range(n):
+            acc[i] = np.uint16(acc[i] + np.uint16(row[i]))
+
+
+@_jit
+def _pp_hsum_whole_at(acc, tmp, x0, step, taps, bpp, offs, inv, line):  # type: ignore[no-untyped-def]
+    n = acc.shape[0] - (taps - 1) * bpp
+    if taps == 1:
+        for i in range(n):
+            tmp[i] = acc[i]
+    else:
+        head = acc[:n]
+        nxt = acc[bpp:bpp + n]
+        for i in range(n):
+            tmp[i] = np.uint16(head[i] + nxt[i])
+        for k in range(2, taps):
+            shifted = acc[k * bpp:k * bpp + n]
+            for i in range(n):
+                tmp[i] = np.uint16(tmp[i] + shifted[i])
+    stride = step * bpp
+    for t in range(3):
+        dst = line[t]
+        src = tmp[x0 * bpp + offs[t]:]
+        for x in range(dst.shape[0]):
+            dst[x] = np.float32(src[x * stride]) * inv
+
+
+@_jit
+def _pp_hsum_whole(acc, tmp, x0, step, taps, bpp, offs, inv, line):  # type: ignore[no-untyped-def]
+    """:func:`_pp_hsum_regular` with equal weights, in exact uint16 sums; ``inv`` (one
+    over the taps of both axes) scales the sums to means.
+
+    The window is ``step`` pixels (area shrinks by a whole number, and bilinear 2x), and
+    literal sizes for the common ones let LLVM unroll the sums and vectorise the strided
+    reads (measured: 4x faster at 3x on RGB24 than the same loop with runtime sizes).
+    """
+    if taps == step and (bpp == 3 or bpp == 4) and 2 <= step <= 6:
+        if bpp == 3:
+            if step == 2:
+                _pp_hsum_whole_at(acc, tmp, x0, 2, 2, 3, offs, inv, line)
+            elif step == 3:
+                _pp_hsum_whole_at(acc, tmp, x0, 3, 3, 3, offs, inv, line)
+            elif step == 4:
+                _pp_hsum_whole_at(acc, tmp, x0, 4, 4, 3, offs, inv, line)
+            elif step == 5:
+                _pp_hsum_whole_at(acc, tmp, x0, 5, 5, 3, offs, inv, line)
+            else:
+                _pp_hsum_whole_at(acc, tmp, x0, 6, 6, 3, offs, inv, line)
+        elif step == 2:
+            _pp_hsum_whole_at(acc, tmp, x0, 2, 2, 4, offs, inv, line)
+        elif step == 3:
+            _pp_hsum_whole_at(acc, tmp, x0, 3, 3, 4, offs, inv, line)
+        elif step == 4:
+            _pp_hsum_whole_at(acc, tmp, x0, 4, 4, 4, offs, inv, line)
+        elif step == 5:
+            _pp_hsum_whole_at(acc, tmp, x0, 5, 5, 4, offs, inv, line)
+        else:
+            _pp_hsum_whole_at(acc, tmp, x0, 6, 6, 4, offs, inv, line)
+    else:
+        _pp_hsum_whole_at(acc, tmp, x0, step, taps, bpp, offs, inv, line)
 
 
 @_jit
@@ -669,11 +768,20 @@ def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian,
     xbase, xw = _pp_taps(width, new_w)
     ystart, yw = _pp_taps(height, new_h)
     step = _pp_step(xbase, xw)
+    x0 = xbase[0]
     for i in range(new_w):
         xbase[i] *= ebpp
+    taps_x = xw.shape[1]
     taps_y = yw.shape[1]
+    # Whole-number shrinks (area 2x, 3x, 6x..., bilinear exactly 2x) are plain means of
+    # windows at a fixed step on both axes: summed exactly in uint16 (255 * 257 fits).
+    whole = (step > 0 and _pp_equal(xw) and _pp_step(ystart, yw) > 0 and _pp_equal(yw)
+             and taps_x * taps_y <= 257)
+    inv = np.float32(1.0 / (taps_x * taps_y))
     tmp = np.empty(row_bytes, np.float32)
     acc = np.empty(row_bytes, np.float32)
+    tmp16 = np.empty(row_bytes, np.uint16)
+    acc16 = np.empty(row_bytes, np.uint16)
     line = np.empty((3, new_w), np.float32)
     starts = np.empty(taps_y, np.int64)
     # Converted rows: a ring of taps_y rows, row i in slot i % taps_y. One output row's
@@ -686,7 +794,10 @@ def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian,
         if kind == 0:
             for k in range(taps_y):
                 starts[k] = (ystart[oy] + k) * ystride
-            _pp_vsum(ybuf, starts, yw[oy], row_bytes, acc)
+            if whole:
+                _pp_vsum_whole(ybuf, starts, row_bytes, acc16)
+            else:
+                _pp_vsum(ybuf, starts, yw[oy], row_bytes, acc)
         else:
             for k in range(taps_y):
                 sy = ystart[oy] + k
@@ -701,8 +812,13 @@ def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian,
                                     width, dst)
                     tags[slot] = sy
                 starts[k] = slot * row_bytes
-            _pp_vsum(ring_flat, starts, yw[oy], row_bytes, acc)
-        if step:
+            if whole:
+                _pp_vsum_whole(ring_flat, starts, row_bytes, acc16)
+            else:
+                _pp_vsum(ring_flat, starts, yw[oy], row_bytes, acc)
+        if whole:
+            _pp_hsum_whole(acc16, tmp16, x0, step, taps_x, ebpp, offs, inv, line)
+        elif step:
             _pp_hsum_regular(acc, tmp, xbase[0] // ebpp, step, xw[0], ebpp, offs, line)
         else:
             _pp_hsum(acc, xbase, xw, ebpp, offs, line)
