@@ -32,7 +32,7 @@ import pytest
 from PIL import Image
 
 from bench._membw import ColdReader, sum_words
-from fastext.frames import PixelFormat
+from fastext.vision.frames import PixelFormat
 from fastext.models import preprocess
 from fastext.models.preprocess import InputSpec, prepare_raw
 
