@@ -24,6 +24,7 @@ from typing import Any
 from fastext import logs, records
 from fastext.doorbell import Ringer
 from fastext.execute import FrameFormat, fetch_payload, run_batch, serialized
+from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors import create
 from fastext.processors.base import Processor
 from fastext.ring import RingPair
@@ -59,15 +60,18 @@ class _Lane:
         self.format = FrameFormat(o.encoding, o.pixel_format, o.width, o.height, o.stride)
         self.memory: ClientMemory | None = None
         self.processor: Processor | None = None
-        self.error = ""
+        self.error: Unprocessed | None = None
         try:
             params = json.loads(o.processor)
             self.processor = create(params.pop("processor"), params)
             if o.shm_name is not None:
                 self.memory = ClientMemory(o.shm_name, o.shm_length)
         except Exception as exc:  # the front validated it; this process may still see it fail
-            self.error = f"worker could not open the session: {exc}"
-            log.error("session %d: %s", o.session, self.error)
+            # A processor the front could make and this process cannot: the server's fault.
+            # (A client file gone by now leaves the processor: its frames fail one by one,
+            # INVALID, in fetch_payload.)
+            self.error = Unprocessed(Outcome.ERROR, f"worker could not open the session: {exc}")
+            log.error("session %d: %s", o.session, self.error.reason)
 
     def close(self) -> None:
         if self.memory is not None:
@@ -134,8 +138,9 @@ class Worker:
         session_id, batch_id, refs = records.unpack_batch(record)
         lane = self.lanes.get(session_id)
         if lane is None or lane.processor is None:
-            reason = lane.error if lane else f"session {session_id} is not open in this worker"
-            return records.pack_done(batch_id, [reason] * len(refs))
+            failed = (lane.error if lane is not None and lane.error is not None else Unprocessed(
+                Outcome.ERROR, f"session {session_id} is not open in this worker"))
+            return records.pack_done(batch_id, [failed] * len(refs))
         memory, arena = lane.memory, self.arena
         payloads = [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
                                   else ShmRef(offset, size), memory, arena)
@@ -147,8 +152,8 @@ class Worker:
         encoded = serialized(outcomes)
         done = records.pack_done(batch_id, encoded, processing_us)
         if len(done) > self.completion.max_record:
-            done = records.pack_done(batch_id, ["result larger than the completion ring allows"]
-                                     * len(refs))
+            too_large = Unprocessed(Outcome.ERROR, "result larger than the completion ring allows")
+            done = records.pack_done(batch_id, [too_large] * len(refs))
         return done
 
     def _push(self, record: bytes) -> None:
