@@ -32,9 +32,9 @@ import pytest
 from PIL import Image
 
 from bench._membw import ColdReader, sum_words
-from fastext.vision.frames import PixelFormat
 from fastext.models import preprocess
 from fastext.models.preprocess import InputSpec, prepare_raw
+from fastext.vision.frames import PixelFormat
 
 WIDTH, HEIGHT = 1920, 1080
 FRAME_BYTES = WIDTH * HEIGHT * 3

@@ -305,3 +305,15 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def install_entry_points(directory: str, group: str, entries: dict[str, str]) -> None:
+    """Make ``importlib.metadata`` find entry points (``name: "module:attr"``) of ``group``
+    in every process whose ``sys.path`` holds ``directory`` (a spawned worker gets its
+    parent's): a minimal installed distribution written there."""
+    dist = os.path.join(directory, "fastext_test_plugins-1.0.dist-info")
+    os.makedirs(dist, exist_ok=True)
+    with open(os.path.join(dist, "METADATA"), "w") as fh:
+        fh.write("Metadata-Version: 2.1\nName: fastext-test-plugins\nVersion: 1.0\n")
+    with open(os.path.join(dist, "entry_points.txt"), "w") as fh:
+        fh.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))

@@ -335,8 +335,8 @@ def test_architecture_running_worker_never_loads_grpc() -> None:
 # may use the backend but never the reverse, pixels (vision) know nothing of processes,
 # and no circle can form between areas.
 RANKS = {
-    "_native": 0, "_proto": 0, "fastext": 0, "errors": 0, "malloc": 0, "logs": 0, "metrics": 0,
-    "config": 1, "contract": 1, "vision": 1,
+    "_native": 0, "_proto": 0, "fastext": 0, "errors": 0, "outcomes": 0, "malloc": 0, "logs": 0,
+    "config": 1, "contract": 1, "vision": 1, "metrics": 1,
     "models": 2, "client": 2,
     "processors": 3,
     "backend": 4,

@@ -38,6 +38,9 @@ def test_metrics_after_known_frames(make_server, workers):
     assert m['fastext_frames_total{outcome="inferred"}'] == 17
     assert m['fastext_frames_total{outcome="invalid"}'] == 1
     assert m['fastext_frames_total{outcome="dropped"}'] == 0
+    # The server's own faults each have a label, exposed (at 0) before any happens.
+    for label in ("empty", "error", "lost", "shutdown"):
+        assert m[f'fastext_frames_total{{outcome="{label}"}}'] == 0
     assert m["fastext_frame_latency_seconds_count"] == 18
     assert m["fastext_frames_in_flight"] == 0
     assert m["fastext_streams_active"] == 0

@@ -15,6 +15,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from fastext.outcomes import Outcome
+
 __all__ = ["Metrics", "MetricsSink", "NullMetrics", "make_metrics"]
 
 log = logging.getLogger("fastext.metrics")
@@ -100,7 +102,7 @@ class Metrics(NullMetrics):
     def __init__(self, port: int = 0, addr: str = "0.0.0.0") -> None:
         from prometheus_client import CollectorRegistry
 
-        self.outcomes = {name: 0 for name in ("inferred", "empty", "invalid", "dropped")}
+        self.outcomes = {kind.label: 0 for kind in Outcome}  # by fastext_frames_total's label
         self.streams = self.in_flight = self.queue = self.restarts = self.shm = self.auth = 0
         self.latency = _Histogram(_LATENCY_BUCKETS)
         self.wait = _Histogram(_LATENCY_BUCKETS)
@@ -120,6 +122,7 @@ class Metrics(NullMetrics):
             log.info("metrics on http://%s:%d/metrics", addr, port)
 
     def frame_acked(self, outcome: str, latency_s: float, held_permit: bool) -> None:
+        """A frame was acknowledged; ``outcome`` is its :class:`Outcome`'s label."""
         self.outcomes[outcome] += 1
         self.latency.observe(latency_s)
         if held_permit:
@@ -172,7 +175,9 @@ class Metrics(NullMetrics):
 
         frames = CounterMetricFamily(
             "fastext_frames", "Frames acknowledged, by outcome: inferred (with inferences), "
-            "empty (processed, nothing found), invalid (bad sample), dropped (overload drop)",
+            "empty (processed, nothing found), invalid (bad sample: the client's), error "
+            "(the processor failed: the server's), lost (its worker died every time it ran), "
+            "shutdown (the server stopped first), dropped (overload drop)",
             labels=["outcome"])
         for name, count in self.outcomes.items():
             frames.add_metric([name], count)

@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator, Sequence
 
 import grpc
+import pytest
 
 from fastext._proto import extension_pb2
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+from fastext.backend.execute import FrameFormat
+from fastext.backend.pipeline import InlineBackend, LaneSpec, Result, WorkerBackend
 from fastext.client import StreamOptions, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
+from fastext.config import Config
+from fastext.outcomes import Outcome, Unprocessed
+from fastext.processors import Frame, Inference, Processor
+from fastext.vision.frames import Encoding, PixelFormat
 from tests.helpers import (
     ORANGE,
     descriptor,
     free_port,
+    install_entry_points,
     open_call,
     referenced,
     run_stream,
@@ -261,3 +271,151 @@ def test_records_left_in_an_outbox_go_when_the_worker_makes_room(make_server, mo
     result = done[0]
     assert result.acked == result.sent == 300  # type: ignore[attr-defined]
     assert srv.server.backend.queued() == 0
+
+
+# -- how frames end: every kind under its own label ---------------------------------------
+
+W, H = 32, 24
+LABELS = [kind.label for kind in Outcome]
+
+
+@pytest.fixture
+def test_processors(tmp_path, monkeypatch) -> Iterator[None]:
+    """tests/plugin_processors.py's processors, found by this process and its workers."""
+    from fastext import processors
+
+    install_entry_points(str(tmp_path), processors.ENTRY_POINT_GROUP, {
+        "fail-every-third": "tests.plugin_processors:FailEveryThird",
+        "die-on-mark": "tests.plugin_processors:DieOnMark"})
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    processors._discover.cache_clear()
+    yield
+    processors._discover.cache_clear()
+
+
+def marked(mark: int) -> bytes:
+    """A black W x H RGB24 frame whose first byte is ``mark``."""
+    return bytes([mark]) + bytes(W * H * 3 - 1)
+
+
+def frame_counts(srv) -> dict[str, float]:
+    """fastext_frames_total by label (complete once the call's status is in: the session
+    counts each ack as it writes it, and ends the call after the last)."""
+    metrics = srv.server.metrics
+    return {label: metrics.value("fastext_frames_total", {"outcome": label}) for label in LABELS}
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
+def test_processor_errors_are_counted_and_logged_as_errors_not_bad_samples(
+        make_server, test_processors, workers, caplog):
+    caplog.set_level("DEBUG", logger="fastext.front.session")
+    srv = make_server(workers=workers, metrics_port=free_port())
+    opts = StreamOptions(target=srv.target, width=W, height=H, window=8, ack_timeout_s=60.0,
+                         extension_configuration='{"processor": "fail-every-third"}')
+    result = run_stream(opts, [marked(i) for i in range(30)])  # batches of 1: 0, 3, ... fail
+    assert result.acked == result.sent == 30 and result.code == grpc.StatusCode.OK
+    assert {seq: tags_of(s) for seq, s in result.samples.items()} == {
+        i + 2: [] if i % 3 == 0 else ["ok"] for i in range(30)}  # the stream went on
+    assert frame_counts(srv) == {**dict.fromkeys(LABELS, 0), "inferred": 20, "error": 10}
+    logged = [r for r in caplog.records if r.name == "fastext.front.session"
+              and getattr(r, "event", "") == "frame_unprocessed"]
+    assert [(r.levelname, r.outcome, r.sequence_number) for r in logged] == [
+        ("ERROR", "error", i + 2) for i in range(0, 30, 3)]
+    assert all("the model broke" in r.reason and r.peer and r.stream for r in logged)
+
+
+def test_a_frame_that_kills_every_worker_it_reaches_is_counted_lost(make_server,
+                                                                    test_processors):
+    from tests.plugin_processors import POISON
+
+    srv = make_server(workers=2, metrics_port=free_port())
+    opts = StreamOptions(target=srv.target, width=W, height=H, window=8, ack_timeout_s=120.0,
+                         extension_configuration='{"processor": "die-on-mark"}')
+    # The poison frame last: each worker finishes the frames before it in its ring (FIFO)
+    # before it dies, so only the poison frame runs, and dies, MAX_RUNS times.
+    result = run_stream(opts, [marked(i) for i in range(1, 6)] + [marked(POISON)])
+    assert result.acked == result.sent == 6 and result.code == grpc.StatusCode.OK
+    assert [tags_of(result.samples[seq]) for seq in range(2, 8)] == [["ok"]] * 5 + [[]]
+    assert frame_counts(srv) == {**dict.fromkeys(LABELS, 0), "inferred": 5, "lost": 1}
+    assert srv.server.backend.abandoned == 1
+
+
+class _Blocking(Processor):
+    """Holds its first batch until ``release`` is set (so later ones wait in the pool)."""
+
+    name = "blocking"
+    needs = "raw"
+
+    def __init__(self, started: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.started, self.release = started, release
+
+    def process(self, frames: Sequence[Frame]) -> list[list[Inference]]:
+        self.started.set()
+        assert self.release.wait(30), "the test never released the batch"
+        return [[] for _ in frames]
+
+
+def _spec(processor: str, width: int = 2, height: int = 2) -> LaneSpec:
+    return LaneSpec(FrameFormat(Encoding.RAW, PixelFormat.RGB24, width, height, 0), processor,
+                    {}, None, 0)
+
+
+def test_inline_close_acks_the_batches_it_never_ran_as_shutdown(monkeypatch):
+    from fastext.backend import pipeline
+
+    started, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(pipeline, "create", lambda name, params: _Blocking(started, release))
+    got: dict[int, list[Result]] = {}
+
+    async def run() -> None:
+        backend = InlineBackend(threads=1)
+        lane = backend.open(_spec("blocking"), None, lambda t, r: got.__setitem__(t, list(r)))
+        for token in (1, 2, 3):
+            lane.submit(token, [memoryview(bytes(12))])
+        assert await asyncio.to_thread(started.wait, 30)
+        closing = asyncio.ensure_future(backend.close())  # cancels the two still queued
+        async with asyncio.timeout(30):
+            while len(got) < 2:
+                await asyncio.sleep(0.01)
+        release.set()
+        async with asyncio.timeout(30):
+            await closing
+
+    asyncio.run(run())
+    assert got[1] == [b""]  # it ran: processed, nothing found
+    for token in (2, 3):
+        assert [(r.kind, r.reason) for r in got[token]] == [  # type: ignore[union-attr]
+            (Outcome.SHUTDOWN, "server stopped before the frame was processed")]
+
+
+def test_worker_close_acks_the_batches_it_never_ran_as_shutdown():
+    # A stopped worker holds the first batch; the second waits for arena space (two such
+    # frames do not fit in 1 MiB).  Closing kills the worker: neither batch ever ran.
+    width, height = 512, 400  # 600 KiB
+    backend = WorkerBackend(Config(workers=1, shm_size_mb=1, drain_s=1.0))
+    got: dict[int, list[Result]] = {}
+
+    async def run() -> None:
+        await backend.start()
+        (pid,) = backend.worker_pids()
+        lane = backend.open(_spec("brightness", width, height), None,
+                            lambda t, r: got.__setitem__(t, list(r)))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for token in (1, 2):
+                lane.submit(token, [memoryview(bytes(width * height * 3))])
+            assert backend.queued() == 1  # the second, in the backlog
+        finally:
+            async with asyncio.timeout(60):
+                await backend.close()  # kills the stopped worker after its deadline
+
+    try:
+        asyncio.run(run())
+    except BaseException:
+        backend.abort()  # no worker or segment left behind
+        raise
+    assert sorted(got) == [1, 2]
+    for results in got.values():
+        assert [type(r) for r in results] == [Unprocessed]
+        assert results[0].kind is Outcome.SHUTDOWN  # type: ignore[union-attr]

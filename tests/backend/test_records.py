@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastext.backend import records
 from fastext.backend.records import (
@@ -29,7 +31,11 @@ from fastext.backend.records import (
     unpack_open,
     unpack_ready,
 )
+from fastext.outcomes import Outcome, Unprocessed
 
+INVALID, ERROR = Unprocessed(Outcome.INVALID, "no frame"), Unprocessed(Outcome.ERROR, "")
+#: Every kind a frame without inferences can end as.
+UNPROCESSED_KINDS = [k for k in Outcome if k not in (Outcome.INFERRED, Outcome.EMPTY)]
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
 OPENS = [
@@ -77,12 +83,58 @@ def test_records_session_records_round_trip(pack: object, kind: int, unpack: obj
 
 
 def test_records_done_round_trips_results_and_reasons() -> None:
-    outcomes: list[bytes | str] = [b"\x52\x03abc", "", b"", "décodage impossible", b"\x00" * 70000]
+    outcomes: list[bytes | Unprocessed] = [
+        b"\x52\x03abc", ERROR, b"", Unprocessed(Outcome.INVALID, "décodage impossible"),
+        b"\x00" * 70000]
     buf = pack_done(U64, outcomes, processing_us=1234)
     assert buf[0] == DONE
     batch_id, got, processing_us = unpack_done(buf)
     assert (batch_id, got, processing_us) == (U64, outcomes, 1234)
-    assert [type(o) for o in got] == [bytes, str, bytes, str, bytes]  # b"" is not ""
+    assert [type(o) for o in got] == [bytes, Unprocessed, bytes, Unprocessed, bytes]
+
+
+@pytest.mark.parametrize("kind", UNPROCESSED_KINDS, ids=lambda k: k.label)
+@pytest.mark.parametrize("count", [1, 3], ids=["one-frame", "batch"])
+def test_records_done_round_trips_every_kind(kind: Outcome, count: int) -> None:
+    # The kind travels, not only the reason: a processing error must reach the front as
+    # one, never as a bad sample.  (One frame: the front's single-unpack path.)
+    outcomes: list[bytes | Unprocessed] = [Unprocessed(kind, f"why {kind.name}")] * count
+    _, got, _ = unpack_done(pack_done(5, outcomes))
+    assert got == outcomes
+    assert all(type(o) is Unprocessed and o.kind is kind for o in got)
+
+
+def _outcome() -> st.SearchStrategy[bytes | Unprocessed]:
+    return st.one_of(st.binary(max_size=40),
+                     st.builds(Unprocessed, st.sampled_from(UNPROCESSED_KINDS), st.text(max_size=20)))
+
+
+# database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(_outcome(), max_size=6), st.integers(0, U64), st.integers(0, U32))
+def test_records_done_round_trips_any_mix_of_kinds(outcomes: list[bytes | Unprocessed],
+                                                   batch_id: int, processing_us: int) -> None:
+    got = unpack_done(pack_done(batch_id, outcomes, processing_us))
+    assert got == (batch_id, outcomes, processing_us)
+    assert [type(o) for o in got[1]] == [type(o) for o in outcomes]  # b"" is not a reason
+    assert [o.kind for o in got[1] if isinstance(o, Unprocessed)] == [
+        o.kind for o in outcomes if isinstance(o, Unprocessed)]
+
+
+@pytest.mark.parametrize("kind", [Outcome.INFERRED, Outcome.EMPTY], ids=["inferred", "empty"])
+def test_records_done_refuses_a_processed_kind_with_a_reason(kind: Outcome) -> None:
+    # INFERRED and EMPTY travel as inference bytes; a reason under their kind is a bug.
+    with pytest.raises(struct.error):
+        pack_done(1, [Unprocessed(kind, "no")])
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["one-frame", "batch"])
+@pytest.mark.parametrize("code", [Outcome.EMPTY.value, max(Outcome) + 1, 255])
+def test_records_done_with_an_unknown_outcome_code_raises(count: int, code: int) -> None:
+    buf = bytearray(pack_done(1, [INVALID] * count))
+    buf[20] = code  # the first outcome's code
+    with pytest.raises(struct.error):
+        unpack_done(bytes(buf))
 
 
 def test_records_done_of_no_frames() -> None:
@@ -170,14 +222,14 @@ def test_records_invalid_utf8_in_open_raises() -> None:
 
 def test_records_invalid_utf8_in_a_done_reason_is_replaced() -> None:
     # A reason is for a log line: undecodable bytes become U+FFFD rather than fail the batch.
-    buf = bytearray(pack_done(1, ["ab"]))
+    buf = bytearray(pack_done(1, [Unprocessed(Outcome.ERROR, "ab")]))
     buf[-1] = 0xFF
-    assert unpack_done(bytes(buf))[1] == ["a\ufffd"]
+    assert unpack_done(bytes(buf))[1] == [Unprocessed(Outcome.ERROR, "a\ufffd")]
 
 
 @pytest.mark.parametrize(("buf", "unpack", "header"), [
     (pack_open(OPENS[0]), unpack_open, 40),
-    (pack_done(1, [b"abc", "a reason"]), unpack_done, 20),
+    (pack_done(1, [b"abc", INVALID]), unpack_done, 20),
 ], ids=["open", "done"])
 def test_records_truncated_tail_raises_rather_than_decoding_short(
     buf: bytes, unpack: object, header: int
@@ -189,9 +241,10 @@ def test_records_truncated_tail_raises_rather_than_decoding_short(
             unpack(buf[:n])  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("outcome", [b"", b"\x52\x03abc", "", "décodage impossible"],
+@pytest.mark.parametrize("outcome", [b"", b"\x52\x03abc", ERROR,
+                                     Unprocessed(Outcome.INVALID, "décodage impossible")],
                          ids=["empty", "inferences", "empty-reason", "reason"])
-def test_records_done_of_one_frame_round_trips(outcome: bytes | str) -> None:
+def test_records_done_of_one_frame_round_trips(outcome: bytes | Unprocessed) -> None:
     buf = pack_done(7, [outcome], processing_us=99)
     assert unpack_done(buf) == (7, [outcome], 99)
     with pytest.raises(struct.error):  # cut inside the outcome: refused, as for any count

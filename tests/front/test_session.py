@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import pytest
 
-from fastext._proto.extension_pb2 import MediaStreamMessage
+from fastext._proto.extension_pb2 import MediaSample, MediaStreamMessage
+from fastext._proto.inferencing_pb2 import Classification, Inference, Tag
 from fastext.backend.pipeline import LaneSpec, Payload, Result
 from fastext.backend.shm import ClientMemory
 from fastext.config import Config
 from fastext.front.session import DROPPED, Session, SessionEnd
+from fastext.metrics import Metrics, MetricsSink
+from fastext.outcomes import Outcome, Unprocessed
 from tests.helpers import ORANGE, descriptor, embedded, solid
 
 Msg = MediaStreamMessage
@@ -57,13 +61,14 @@ class FakeBackend:
 class Call:
     """One session driven by hand: ``send`` messages, read ``written``, ``finish``."""
 
-    def __init__(self, **changes: Any) -> None:
+    def __init__(self, metrics: MetricsSink | None = None, **changes: Any) -> None:
         self.config = Config(workers=0).replace(**changes)
         self.backend = FakeBackend()
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.written: list[Msg] = []
         self.wrote = asyncio.Event()
-        self.session = Session(self.config, self.backend)  # type: ignore[arg-type]
+        self.session = Session(self.config, self.backend, peer="ipv4:127.0.0.1:5555",  # type: ignore[arg-type]
+                               metrics=metrics)
         self.task = asyncio.create_task(self.session.serve(self._requests(), self._write))
 
     async def _requests(self) -> AsyncIterator[Any]:
@@ -120,8 +125,8 @@ def frames(first: int, count: int) -> list[Msg]:
     return [embedded(seq, FRAME) for seq in range(first, first + count)]
 
 
-async def opened(**changes: Any) -> Call:
-    call = Call(**changes)
+async def opened(metrics: MetricsSink | None = None, **changes: Any) -> Call:
+    call = Call(metrics, **changes)
     call.send(descriptor(8, 8))
     async with asyncio.timeout(5.0):
         while not call.written:
@@ -271,6 +276,52 @@ async def test_session_invalid_sample_is_acked_empty_without_reaching_the_lane()
     await call.finish()
     assert call.acks() == [2, 3]
     assert call.session.invalid == 1
+
+
+@on_loop
+async def test_session_counts_and_logs_each_kind_of_frame_by_whose_fault_it_is(caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="fastext.front.session")
+    metrics = Metrics()  # counted, not served
+    call = await opened(batch_size=1, metrics=metrics)
+    ok = MediaSample(inferences=[Inference(type=Inference.CLASSIFICATION, classification=(
+        Classification(tag=Tag(value="ok"))))]).SerializeToString()
+    answers: list[Result] = [ok, b""] + [
+        Unprocessed(kind, f"why {kind.label}") for kind in (
+            Outcome.ERROR, Outcome.LOST, Outcome.SHUTDOWN, Outcome.SHUTDOWN, Outcome.SHUTDOWN)]
+    call.send(embedded(2, FRAME[:10]), *frames(3, len(answers)))  # the first: too short
+    await call.until(lambda: len(call.lane.batches) == len(answers))
+    for (token, _), answer in zip(call.lane.batches, answers, strict=True):
+        call.lane.answer(token, [answer])
+    await call.finish()
+    assert call.acks() == list(range(2, 10))
+    assert metrics.outcomes == {"inferred": 1, "empty": 1, "invalid": 1, "error": 1, "lost": 1,
+                                "shutdown": 3, "dropped": 0}
+    session = call.session
+    assert (session.invalid, session.failed, session.lost, session.stopped) == (1, 1, 1, 3)
+    logged = [(r.levelname, r.outcome, r.sequence_number) for r in caplog.records
+              if getattr(r, "event", "") == "frame_unprocessed"]
+    # The client's fault a warning, the server's an error, the server stopping once.
+    assert logged == [("WARNING", "invalid", 2), ("ERROR", "error", 5), ("ERROR", "lost", 6),
+                      ("WARNING", "shutdown", 7)]
+    line = next(r.getMessage() for r in caplog.records if getattr(r, "outcome", "") == "lost")
+    assert "peer=ipv4:127.0.0.1:5555 stream=" in line and "why lost" in line
+    end = next(r for r in caplog.records if getattr(r, "event", "") == "session_end")
+    assert (end.invalid, end.error, end.lost, end.shutdown, end.dropped) == (1, 1, 1, 3, 0)
+
+
+@on_loop
+async def test_session_logs_the_first_errors_loud_and_the_rest_at_debug(caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="fastext.front.session")
+    call = await opened(batch_size=1)
+    call.send(*frames(2, 12))
+    await call.until(lambda: len(call.lane.batches) == 12)
+    for token, _ in call.lane.batches:
+        call.lane.answer(token, [Unprocessed(Outcome.ERROR, "the model broke")])
+    await call.finish()
+    levels = [r.levelname for r in caplog.records if getattr(r, "event", "") == "frame_unprocessed"]
+    assert levels == ["ERROR"] * 10 + ["DEBUG"] * 2
+    assert any(r.levelname == "ERROR" and "further samples" in r.getMessage()
+               for r in caplog.records)
 
 
 @on_loop

@@ -17,6 +17,7 @@ from PIL import Image
 from fastext import processors
 from fastext._proto.inferencing_pb2 import Classification, Inference, Tag
 from fastext.backend.execute import FrameFormat, make_frame, run_batch
+from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors import Processor, create, from_configuration
 from fastext.processors.brightness import Brightness
 from fastext.processors.motion import MotionDetector
@@ -379,7 +380,9 @@ def test_run_batch_hands_rgb_to_an_rgb_processor(encoding: Encoding) -> None:
     Dominant.seen.clear()
     outcomes = run_batch(Dominant(), FrameFormat(encoding, 0, 128, 96, 0), payloads)
     assert outcomes[:3] == [[tag("R")], [tag("G")], [tag("B")]]
-    assert isinstance(outcomes[3], str) and encoding.name in outcomes[3]
+    bad = outcomes[3]
+    assert isinstance(bad, Unprocessed) and bad.kind is Outcome.INVALID  # the client's image
+    assert encoding.name in bad.reason
     (batch,) = Dominant.seen
     assert batch.shape == (3, 12, 16, 3) and batch.dtype == np.uint8
     tol = 12 if encoding is Encoding.JPG else 1
@@ -541,6 +544,7 @@ def test_onnx_classifier_bad_parameters(
 def test_run_batch_keeps_a_fetch_failure_as_that_frames_outcome() -> None:
     fmt = FrameFormat(Encoding.RAW, PixelFormat.RGB24, 4, 2, 0)
     light = np.full(4 * 2 * 3, 250, np.uint8)
-    outcomes = run_batch(Brightness(), fmt, [light, "the frame is gone", light])
-    assert outcomes[1] == "the frame is gone"
+    gone = Unprocessed(Outcome.INVALID, "the frame is gone")
+    outcomes = run_batch(Brightness(), fmt, [light, gone, light])
+    assert outcomes[1] is gone
     assert [o[0].classification.tag.value for o in (outcomes[0], outcomes[2])] == ["light"] * 2

@@ -21,16 +21,18 @@ from fastext._proto.extension_pb2 import MediaSample
 from fastext._proto.inferencing_pb2 import Inference
 from fastext.backend.shm import Arena, ArenaRef, ClientMemory, ShmRef
 from fastext.errors import FastextError, FrameError
+from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors.base import Processor
 from fastext.vision.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
 
-__all__ = ["FrameFormat", "Outcome", "fetch_payload", "frames_of", "make_frame", "run_batch",
+__all__ = ["FrameFormat", "FrameResult", "fetch_payload", "frames_of", "make_frame", "run_batch",
            "serialized"]
 
 log = logging.getLogger("fastext.backend.execute")
+_NOT_PROCESSED = Unprocessed(Outcome.ERROR, "not processed")  # every slot is set below
 
-#: A frame's result: its inferences, or the reason it has none.
-Outcome = list[Inference] | str
+#: A frame's result: its inferences, or how it ended without them and why.
+FrameResult = list[Inference] | Unprocessed
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,38 +65,40 @@ def make_frame(
     )
 
 
-def frames_of(fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview | str]
-              ) -> list[Frame | str]:
+def frames_of(fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview | Unprocessed]
+              ) -> list[Frame | Unprocessed]:
     """Each payload as it arrived (a zero-copy view of RAW pixels, or the still encoded
     bytes), or why it cannot be read: what a model's one-pass preprocessing takes."""
-    frames: list[Frame | str] = []
+    frames: list[Frame | Unprocessed] = []
     for payload in payloads:
-        if isinstance(payload, str):
+        if isinstance(payload, Unprocessed):
             frames.append(payload)
             continue
         try:
             frames.append(make_frame(fmt, payload, needs="raw"))
         except FrameError as exc:
-            frames.append(str(exc))
+            frames.append(Unprocessed(Outcome.INVALID, str(exc)))
     return frames
 
 
 def run_batch(
     processor: Processor,
     fmt: FrameFormat,
-    payloads: Sequence[np.ndarray | bytes | memoryview | str],
-) -> list[Outcome]:
-    """One outcome per payload; a bad frame or a failing processor never raises.
+    payloads: Sequence[np.ndarray | bytes | memoryview | Unprocessed],
+) -> list[FrameResult]:
+    """One result per payload; a bad frame or a failing processor never raises.
 
-    A ``str`` payload is a frame that could not even be fetched (a reference outside
-    the file, a file cut short): it is that frame's outcome as it stands.
+    An :class:`Unprocessed` payload is a frame that could not even be fetched (a
+    reference outside the file, a file cut short): it is that frame's result as it
+    stands.  A frame that does not decode is INVALID (the client's); a processor that
+    raises or miscounts its results makes its frames ERROR (the server's).
     """
-    outcomes: list[Outcome] = ["not processed"] * len(payloads)
+    outcomes: list[FrameResult] = [_NOT_PROCESSED] * len(payloads)
     frames: list[Frame] = []
     index: list[int] = []
     needs, rgb_size = processor.needs, processor.rgb_size
     for i, payload in enumerate(payloads):
-        if isinstance(payload, str):
+        if isinstance(payload, Unprocessed):
             outcomes[i] = payload
             continue
         try:
@@ -103,7 +107,7 @@ def run_batch(
             )
             index.append(i)
         except FrameError as exc:
-            outcomes[i] = str(exc)
+            outcomes[i] = Unprocessed(Outcome.INVALID, str(exc))
     if not frames:
         return outcomes
     try:
@@ -112,26 +116,26 @@ def run_batch(
             raise RuntimeError(f"returned {len(results)} results for {len(frames)} frames")
     except Exception as exc:  # a user's model must not take the stream down
         log.exception("processor %r failed on a batch of %d frames", processor.name, len(frames))
-        reason = f"processor {processor.name!r} failed: {exc}"
+        reason = Unprocessed(Outcome.ERROR, f"processor {processor.name!r} failed: {exc}")
         for i in index:
             outcomes[i] = reason
         return outcomes
     for i, inferences in zip(index, results, strict=True):
-        outcomes[i] = inferences if isinstance(inferences, str) else list(inferences)
+        outcomes[i] = inferences if isinstance(inferences, Unprocessed) else list(inferences)
     return outcomes
 
 
-def serialized(outcomes: Sequence[Outcome]) -> list[bytes | str]:
+def serialized(outcomes: Sequence[FrameResult]) -> list[bytes | Unprocessed]:
     """Each frame's inferences as the bytes of a MediaSample holding only them (field 10,
-    what the front splices into the ack; b"" for none), or the reason there are none."""
-    return [o if isinstance(o, str) else MediaSample(inferences=o).SerializeToString()
+    what the front splices into the ack; b"" for none), or how it ended without them."""
+    return [o if isinstance(o, Unprocessed) else MediaSample(inferences=o).SerializeToString()
             for o in outcomes]
 
 
 def fetch_payload(payload: ShmRef | ArenaRef | memoryview, memory: ClientMemory | None,
-                  arena: Arena | None = None) -> np.ndarray | memoryview | str:
+                  arena: Arena | None = None) -> np.ndarray | memoryview | Unprocessed:
     """One frame's bytes where a batch runs, in place (no copy), or why they cannot be had:
-    a str, which :func:`run_batch` makes that frame's outcome.  ``payload`` is embedded
+    an INVALID :class:`Unprocessed`, which :func:`run_batch` makes that frame's result.  ``payload`` is embedded
     bytes, a region of the session's client file, or (in a worker) of the server's arena.
     The one fetch for both the worker processes and the in-process lane."""
     try:
@@ -145,4 +149,4 @@ def fetch_payload(payload: ShmRef | ArenaRef | memoryview, memory: ClientMemory 
             return arena.read(payload.offset, payload.size)
         return payload
     except (FastextError, OSError, ValueError) as exc:  # the file shrank, the session ended
-        return str(exc)
+        return Unprocessed(Outcome.INVALID, str(exc))

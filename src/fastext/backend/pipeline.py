@@ -34,7 +34,7 @@ from typing import Any, Protocol, cast
 
 from fastext.backend import records
 from fastext.backend.doorbell import Doorbell
-from fastext.backend.execute import FrameFormat, Outcome, fetch_payload, run_batch, serialized
+from fastext.backend.execute import FrameFormat, FrameResult, fetch_payload, run_batch, serialized
 from fastext.backend.placement import Placement, Worker
 from fastext.backend.ring import Ring, RingPair
 from fastext.backend.segments import cleanup_stale_segments, segment_name
@@ -45,6 +45,7 @@ from fastext.backend.worker import main as worker_main
 from fastext.config import Config
 from fastext.metrics import MetricsSink, NullMetrics
 from fastext.models import repository
+from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors import ModelProcessor, create
 from fastext.processors.base import Processor
 
@@ -56,8 +57,8 @@ log = logging.getLogger("fastext.backend.pipeline")
 #: What a session submits per frame: a checked region of its client file, or embedded bytes.
 Payload = ShmRef | memoryview
 #: One frame's result as the backend returns it: inferences (objects, or serialized as a
-#: MediaSample's field 10 by a worker), or the reason there are none.
-Result = Outcome | bytes
+#: MediaSample's field 10 by a worker), or how it ended without them and why.
+Result = FrameResult | bytes
 #: How a backend hands a batch's results back: ``deliver(token, results)``, on the loop.
 Deliver = Callable[[int, Sequence[Result]], None]
 
@@ -152,9 +153,14 @@ class _InlineLane:
         try:
             results: list[Result] = done.result()
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is the frames' outcome
-            if not done.cancelled():
+            if done.cancelled():  # the pool shut down (close) before the batch ran
+                failed = Unprocessed(Outcome.SHUTDOWN,
+                                     "server stopped before the frame was processed")
+            else:
                 log.error("batch failed in the server process: %s", exc, exc_info=exc)
-            results = [f"processing failed: {exc or type(exc).__name__}"] * count
+                failed = Unprocessed(Outcome.ERROR,
+                                     f"processing failed: {exc or type(exc).__name__}")
+            results = [failed] * count
         self._deliver(token, results)
         if self._ordered:
             if self._waiting:
@@ -278,7 +284,7 @@ class WorkerBackend:
 
     @property
     def abandoned(self) -> int:
-        """Frames acked empty after too many worker deaths."""
+        """Frames acked LOST after too many worker deaths."""
         return self._placement.abandoned if self._placement is not None else 0
 
     def queued(self) -> int:
@@ -474,8 +480,9 @@ class WorkerBackend:
         worker = placement.workers[slot.index]
         held = len(worker.jobs)
         for job in placement.worker_died(worker):
-            reason = f"worker died while processing this frame ({job.runs} times)"
-            cast(_WorkerLane, job.lane).deliver(job.token, [reason] * len(job.refs or ()))
+            lost = Unprocessed(Outcome.LOST,
+                               f"worker died while processing this frame ({job.runs} times)")
+            cast(_WorkerLane, job.lane).deliver(job.token, [lost] * len(job.refs or ()))
         if held:
             log.warning("worker %d died holding %d batches: running them again elsewhere",
                         slot.index, held)
@@ -488,11 +495,11 @@ class WorkerBackend:
             self._supervisor = None
         if self._placement is not None:
             backlog, self._placement.backlog = self._placement.backlog, deque()
+            stopped = Unprocessed(Outcome.SHUTDOWN, "server stopped before the frame was processed")
             for job in backlog:
                 self._placement.release(job)
-                cast(_WorkerLane, job.lane).deliver(
-                    job.token, ["server stopped before the frame was processed"]
-                    * len(job.refs or job.payloads))
+                cast(_WorkerLane, job.lane).deliver(job.token,
+                                                    [stopped] * len(job.refs or job.payloads))
         if self._arena is not None:
             self._arena.close()
             self._arena = None

@@ -22,7 +22,7 @@ from fastext.backend.shm import ArenaAllocator, ShmRef
 
 __all__ = ["MAX_RUNS", "Job", "Placement", "PlacedLane", "Worker"]
 
-MAX_RUNS = 3  # a batch whose worker died this many times is acked empty instead
+MAX_RUNS = 3  # a batch whose worker died this many times is acked LOST instead
 _LOAD = operator.attrgetter("frames")  # a worker's load, read by min() without a Python call
 #: Embedded frame bytes, or a checked region of the client's file.
 Payload = ShmRef | memoryview
@@ -88,7 +88,7 @@ class Placement:
         self._write = write  # copies bytes into the arena at an offset
         self._ids = itertools.count(1)
         self.retried = 0  # batches run again after their worker died
-        self.abandoned = 0  # frames acked empty after too many worker deaths
+        self.abandoned = 0  # frames acked LOST after too many worker deaths
 
     def set_ready(self, worker: Worker, ready: bool = True) -> None:
         """A worker can take batches (its READY came), or no longer can."""
@@ -202,7 +202,7 @@ class Placement:
     def worker_died(self, worker: Worker) -> list[Job]:
         """Forget what a dead worker held.  Its batches go back to the front of the
         backlog, oldest first, except those that already ran ``MAX_RUNS`` times:
-        those are returned, to be acked empty (their arena space is freed)."""
+        those are returned, to be acked LOST (their arena space is freed)."""
         orphans = sorted(worker.jobs.values(), key=lambda j: j.batch_id)
         worker.jobs.clear()
         worker.outbox.clear()

@@ -10,10 +10,12 @@ Front → worker (submit ring), in order per worker:
   Rings are FIFO, so no frame of a session is processed after its close.
 * ``STOP``  the worker exits.
 
-Worker → front (completion ring): ``READY`` once its kernels are warm (and its
-models loaded), ``DONE`` for each batch: per frame, serialized inferences or the
-reason there are none; ``MODEL_RUN`` for each call of a model's runtime (which
-model, how many frames of any sessions, how long), for the metrics.
+Worker → front (completion ring): ``READY`` once its kernels are warm (and its models
+loaded), ``MODEL_RUN`` for each call of a model's runtime (which model, how many frames
+of any sessions, how long: for the metrics), and
+``DONE`` for each batch: per frame, an :class:`~fastext.outcomes.Outcome` code, then
+bytes: code 0 (INFERRED) for any processed frame, its serialized inferences following
+(none: EMPTY); any other code for a frame without inferences, the reason following.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from fastext.outcomes import Outcome, Unprocessed
 
 __all__ = [
     "BATCH", "CLOSE", "DONE", "MODEL_RUN", "OPEN", "READY", "SRC_ARENA", "SRC_CLIENT", "STOP",
@@ -39,10 +43,13 @@ _REF = struct.Struct("<BxxxxxxxQQ")  # source offset size
 _BATCH1 = struct.Struct(_BATCH.format + _REF.format[1:])  # a batch of one frame
 _SESSION = struct.Struct("<BxxxI")  # CLOSE: kind session; READY: kind pid
 _DONE = struct.Struct("<BxxxIQI")  # kind processing_us batch_id count
-_OUTCOME = struct.Struct("<BxxxI")  # ok length
+_OUTCOME = struct.Struct("<BxxxI")  # outcome code, length
 _MODEL_RUN = struct.Struct("<BxxxIII")  # kind model_index frames inference_us
 _DONE1 = struct.Struct(_DONE.format + _OUTCOME.format[1:])  # DONE of one frame, before its bytes
 _DONE1_SIZE, _unpack_done1 = _DONE1.size, _DONE1.unpack_from  # read per frame
+_PROCESSED = Outcome.INFERRED.value  # 0: a processed frame's inferences follow (none: EMPTY)
+_UNPROCESSED = frozenset(Outcome) - {Outcome.INFERRED, Outcome.EMPTY}
+_BY_CODE = {int(kind): kind for kind in _UNPROCESSED}  # a DONE's code -> its kind
 
 
 class Open(NamedTuple):
@@ -117,34 +124,36 @@ def unpack_ready(buf: bytes) -> int:
     return _SESSION.unpack_from(buf)[1]
 
 
-def pack_done(batch_id: int, outcomes: Sequence[bytes | str], processing_us: int = 0) -> bytes:
-    """bytes: serialized inferences (a MediaSample's field 10); str: why there are none."""
+def pack_done(batch_id: int, outcomes: Sequence[bytes | Unprocessed],
+              processing_us: int = 0) -> bytes:
+    """bytes: serialized inferences (a MediaSample's field 10); Unprocessed: how the
+    frame ended without them, and why."""
     parts = [_DONE.pack(DONE, min(processing_us, 0xFFFFFFFF), batch_id, len(outcomes))]
     for outcome in outcomes:
         if isinstance(outcome, bytes):
-            parts += [_OUTCOME.pack(1, len(outcome)), outcome]
+            parts += [_OUTCOME.pack(_PROCESSED, len(outcome)), outcome]
         else:
-            reason = outcome.encode()
-            parts += [_OUTCOME.pack(0, len(reason)), reason]
+            reason = outcome.reason.encode()
+            parts += [_OUTCOME.pack(_unprocessed_code(outcome.kind), len(reason)), reason]
     return b"".join(parts)
 
 
-def unpack_done(buf: bytes) -> tuple[int, list[bytes | str], int]:
+def unpack_done(buf: bytes) -> tuple[int, list[bytes | Unprocessed], int]:
     """(batch id, outcomes, processing time in microseconds)."""
     if len(buf) >= _DONE1_SIZE:  # one frame, the default: one unpack, no loop
-        _, processing_us, batch_id, count, ok, length = _unpack_done1(buf)
+        _, processing_us, batch_id, count, code, length = _unpack_done1(buf)
         if count == 1 and len(buf) == _DONE1_SIZE + length:
             data = buf[_DONE1_SIZE:]
-            return batch_id, [data if ok else data.decode(errors="replace")], processing_us
+            return batch_id, [_unprocessed(code, data) if code else data], processing_us
     _, processing_us, batch_id, count = _DONE.unpack_from(buf)
     pos, outcomes = _DONE.size, []
     view = memoryview(buf)
     for _ in range(count):
-        ok, length = _OUTCOME.unpack_from(buf, pos)
+        code, length = _OUTCOME.unpack_from(buf, pos)
         pos += _OUTCOME.size
         _check_length(buf, pos + length, "DONE")
         data = bytes(view[pos : pos + length])
-        outcomes.append(data if ok else data.decode(errors="replace"))
+        outcomes.append(_unprocessed(code, data) if code else data)
         pos += length
     return batch_id, outcomes, processing_us
 
@@ -163,3 +172,15 @@ def unpack_model_run(buf: bytes) -> tuple[int, int, int]:
     """(model number, frames, inference time in microseconds)."""
     _, model, frames, inference_us = _MODEL_RUN.unpack_from(buf)
     return model, frames, inference_us
+def _unprocessed_code(kind: Outcome) -> int:
+    if kind not in _UNPROCESSED:  # INFERRED or EMPTY with a reason: a caller's bug
+        raise struct.error(f"{kind!r} is not an outcome without inferences")
+    return int(kind)
+
+
+def _unprocessed(code: int, data: bytes) -> Unprocessed:
+    """A frame that ended without inferences; an unknown code is a corrupt record."""
+    kind = _BY_CODE.get(code)
+    if kind is None:
+        raise struct.error(f"DONE record with outcome code {code}, not one without inferences")
+    return Unprocessed(kind, data.decode(errors="replace"))  # a reason is for a log line

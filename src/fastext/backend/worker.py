@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fastext import logs
 from fastext.backend import records
 from fastext.backend.doorbell import Ringer
@@ -35,6 +37,7 @@ from fastext.backend.ring import RingPair
 from fastext.backend.shm import Arena, ArenaRef, ClientMemory, ShmRef
 from fastext.models import repository
 from fastext.models.repository import ModelInfo
+from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors import ModelProcessor, create
 from fastext.processors.base import Processor
 
@@ -70,15 +73,18 @@ class _Lane:
         self.format = FrameFormat(o.encoding, o.pixel_format, o.width, o.height, o.stride)
         self.memory: ClientMemory | None = None
         self.processor: Processor | None = None
-        self.error = ""
+        self.error: Unprocessed | None = None
         try:
             params = json.loads(o.processor)
             self.processor = create(params.pop("processor"), params)
             if o.shm_name is not None:
                 self.memory = ClientMemory(o.shm_name, o.shm_length)
         except Exception as exc:  # the front validated it; this process may still see it fail
-            self.error = f"worker could not open the session: {exc}"
-            log.error("session %d: %s", o.session, self.error)
+            # A processor the front could make and this process cannot: the server's fault.
+            # (A client file gone by now leaves the processor: its frames fail one by one,
+            # INVALID, in fetch_payload.)
+            self.error = Unprocessed(Outcome.ERROR, f"worker could not open the session: {exc}")
+            log.error("session %d: %s", o.session, self.error.reason)
 
     def close(self) -> None:
         if self.memory is not None:
@@ -163,29 +169,22 @@ class Worker:
             for lane, _, refs in items:
                 processor = lane.processor
                 assert isinstance(processor, ModelProcessor)
-                payloads = [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
-                                          else ShmRef(offset, size), lane.memory, self.arena)
-                            for source, offset, size in refs]
-                jobs.append((processor.params, frames_of(lane.format, payloads)))
+                jobs.append((processor.params, frames_of(lane.format, self._payloads(lane, refs))))
             engine = items[0][0].processor.engine  # type: ignore[union-attr]
             try:
                 results = engine.infer(jobs)
             except Exception as exc:  # the runtime failed the batch: every frame says so
                 log.exception("model %r failed on a batch of %d frames from %d sessions", name,
                               sum(len(f) for _, f in jobs), len(jobs))
-                reason = f"model {name!r} failed: {exc}"
-                results = [[reason] * len(frames) for _, frames in jobs]
+                failed = Unprocessed(Outcome.ERROR, f"model {name!r} failed: {exc}")
+                results = [[failed] * len(frames) for _, frames in jobs]
             del jobs  # views of shared memory: gone before the front learns a batch is done
             processing_us = int((time.perf_counter() - started) * 1e6)
             index = self._model_index[name]
             for frames, seconds in engine.take_runs():
                 self._push(records.pack_model_run(index, frames, int(seconds * 1e6)))
-            for (_, batch_id, refs), outcomes in zip(items, results, strict=True):
-                done = records.pack_done(batch_id, serialized(outcomes), processing_us)
-                if len(done) > self.completion.max_record:
-                    done = records.pack_done(
-                        batch_id, ["result larger than the completion ring allows"] * len(refs))
-                self._push(done)
+            for (_, batch_id, _), outcomes in zip(items, results, strict=True):
+                self._push(self._done(batch_id, serialized(outcomes), processing_us))
 
     def _handle(self, record: bytes) -> bool:
         kind = record[0]
@@ -208,21 +207,31 @@ class Worker:
         session_id, batch_id, refs = records.unpack_batch(record)
         lane = self.lanes.get(session_id)
         if lane is None or lane.processor is None:
-            reason = lane.error if lane else f"session {session_id} is not open in this worker"
-            return records.pack_done(batch_id, [reason] * len(refs))
-        memory, arena = lane.memory, self.arena
-        payloads = [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
-                                  else ShmRef(offset, size), memory, arena)
-                    for source, offset, size in refs]
+            failed = (lane.error if lane is not None and lane.error is not None else Unprocessed(
+                Outcome.ERROR, f"session {session_id} is not open in this worker"))
+            return records.pack_done(batch_id, [failed] * len(refs))
+        payloads = self._payloads(lane, refs)
         started = time.perf_counter()
         outcomes = run_batch(lane.processor, lane.format, payloads)
         processing_us = int((time.perf_counter() - started) * 1e6)
         del payloads  # views of shared memory: gone before the front learns the batch is done
-        encoded = serialized(outcomes)
+        return self._done(batch_id, serialized(outcomes), processing_us)
+
+    def _payloads(self, lane: _Lane, refs: list[tuple[int, int, int]]
+                  ) -> list[np.ndarray | memoryview | Unprocessed]:
+        """A batch's frames in place: views of the client's file or of the arena."""
+        memory, arena = lane.memory, self.arena
+        return [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
+                              else ShmRef(offset, size), memory, arena)
+                for source, offset, size in refs]
+
+    def _done(self, batch_id: int, encoded: list[bytes | Unprocessed], processing_us: int
+              ) -> bytes:
+        """The DONE record of a batch, or one saying its results do not fit the ring."""
         done = records.pack_done(batch_id, encoded, processing_us)
         if len(done) > self.completion.max_record:
-            done = records.pack_done(batch_id, ["result larger than the completion ring allows"]
-                                     * len(refs))
+            too_large = Unprocessed(Outcome.ERROR, "result larger than the completion ring allows")
+            done = records.pack_done(batch_id, [too_large] * len(encoded))
         return done
 
     def _push(self, record: bytes) -> None:

@@ -44,6 +44,7 @@ from fastext.front.protocol import (
     validate_descriptor,
 )
 from fastext.metrics import MetricsSink, NullMetrics
+from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors import from_configuration
 
 __all__ = ["Session", "SessionEnd"]
@@ -51,9 +52,10 @@ __all__ = ["Session", "SessionEnd"]
 log = logging.getLogger("fastext.front.session")
 Write = Callable[[bytes], Awaitable[None]]  # one serialized MediaStreamMessage
 Requests = AsyncIterator[bytes]  # the call's messages as they came (raw bytes)
-_LOUD_INVALID = 10  # invalid samples per session logged at WARNING; the rest at DEBUG
+_LOUD = 10  # frames per session and outcome logged at WARNING/ERROR; the rest at DEBUG
 _CLEANUP_WAIT_S = 30.0  # bound on waiting for running batches before unmapping
-DROPPED = "dropped: the stream's window was full (overload policy drop)"
+DROPPED = Unprocessed(Outcome.DROPPED, "the stream's window was full (overload policy drop)")
+_LABELS = tuple(kind.label for kind in Outcome)  # fastext_frames_total's, by Outcome code
 _STATUS_CHARS = 512  # a status quotes client input: keep it far below gRPC's 8 KiB metadata cap
 
 
@@ -68,10 +70,11 @@ class SessionEnd(Exception):
 
 
 #: One sample read and not yet acked, a plain tuple (one is made per frame, and a tuple is
-#: the cheapest object to make): (sequence number, timestamp, why it gets no inference or
-#: None when its result comes from the lane, whether it holds a window permit (a dropped
-#: frame does not), time.monotonic() when read (0.0 with metrics off)).
-_Sample = tuple[int, int, str | None, bool, float]
+#: the cheapest object to make): (sequence number, timestamp, how and why it gets no
+#: inference (invalid, dropped) or None when its result comes from the lane, whether it
+#: holds a window permit (a dropped frame does not), time.monotonic() when read (0.0 with
+#: metrics off)).
+_Sample = tuple[int, int, Unprocessed | None, bool, float]
 
 
 #: One batch not yet acked, a two-item list (made per frame at --batch-size 1; a list is
@@ -123,8 +126,11 @@ class Session:
         self._draining = False
         self.frames = 0
         self.acked = 0
-        self.invalid = 0
+        self.invalid = 0  # bad samples: the client's fault
         self.dropped = 0
+        self.failed = 0  # processing errors: the server's fault (its processor)
+        self.lost = 0  # frames whose worker died every time they ran
+        self.stopped = 0  # frames the server stopped before processing
 
     # -- the call -------------------------------------------------------------
 
@@ -167,11 +173,14 @@ class Session:
             if self._spec is not None:
                 seconds = time.monotonic() - started
                 log.info("session end peer=%s stream=%s frames=%d invalid=%d dropped=%d "
-                         "seconds=%.1f reason=%s", self.peer, self._spec.stream_name, self.frames,
-                         self.invalid, self.dropped, seconds, reason,
+                         "error=%d lost=%d shutdown=%d seconds=%.1f reason=%s", self.peer,
+                         self._spec.stream_name, self.frames, self.invalid, self.dropped,
+                         self.failed, self.lost, self.stopped, seconds, reason,
                          extra={"event": "session_end", "peer": self.peer,
                                 "stream": self._spec.stream_name, "frames": self.frames,
                                 "invalid": self.invalid, "dropped": self.dropped,
+                                "error": self.failed, "lost": self.lost,
+                                "shutdown": self.stopped,
                                 "seconds": round(seconds, 3), "reason": reason})
 
     @property
@@ -288,7 +297,7 @@ class Session:
                 payload = self._payload(kind, a, b, data)
                 error = None
             except SampleError as exc:
-                payload, error = None, str(exc)
+                payload, error = None, Unprocessed(Outcome.INVALID, str(exc))
         sample = (seq, timestamp, error, True, now)
         if metrics.enabled:
             metrics.frame_accepted()
@@ -446,11 +455,9 @@ class Session:
                 acks.append((seq, timestamp, outcome))
                 kinds.append("inferred" if outcome else "empty")
                 continue
-            if outcome is DROPPED:
-                kinds.append("dropped")
-            elif isinstance(outcome, str):
-                self._log_invalid(seq, outcome)
-                kinds.append("invalid")
+            if isinstance(outcome, Unprocessed):
+                self._unprocessed(seq, outcome)
+                kinds.append(_LABELS[outcome.kind])
             else:  # inference objects (a backend that did not serialize them)
                 inferences = MediaSample(inferences=outcome).SerializeToString()
                 acks.append((seq, timestamp, inferences))
@@ -476,14 +483,39 @@ class Session:
         if window is not None and not window.done():
             window.set_result(None)
 
-    def _log_invalid(self, seq: int, reason: str) -> None:
-        self.invalid += 1
-        level = logging.WARNING if self.invalid <= _LOUD_INVALID else logging.DEBUG
-        log.log(level, "stream %s: sample %d acknowledged without inference: %s",
-                self._spec.stream_name if self._spec else "?", seq, reason)
-        if self.invalid == _LOUD_INVALID:
-            log.warning("stream %s: further invalid samples are logged at DEBUG",
-                        self._spec.stream_name if self._spec else "?")
+    def _unprocessed(self, seq: int, outcome: Unprocessed) -> None:
+        """Count a frame acked without inference, and log it as its kind deserves: a bad
+        sample (the client's) at WARNING, a processing error or a lost frame (the
+        server's) at ERROR, each the first ``_LOUD`` times per session and then at
+        DEBUG; the server stopping at WARNING once per session; a drop not at all (the
+        session's end line and the metrics count them)."""
+        kind = outcome.kind
+        if kind == Outcome.INVALID:
+            self.invalid += 1
+            count, loud = self.invalid, logging.WARNING
+        elif kind == Outcome.ERROR:
+            self.failed += 1
+            count, loud = self.failed, logging.ERROR
+        elif kind == Outcome.LOST:
+            self.lost += 1
+            count, loud = self.lost, logging.ERROR
+        elif kind == Outcome.SHUTDOWN:  # one cause for them all: one line per session
+            self.stopped += 1
+            if self.stopped > 1:
+                return
+            count, loud = 1, logging.WARNING
+        else:  # DROPPED: counted as it was read
+            return
+        stream = self._spec.stream_name if self._spec else "?"
+        label = _LABELS[kind]
+        log.log(loud if count <= _LOUD else logging.DEBUG,
+                "peer=%s stream=%s: sample %d acknowledged without inference (%s): %s",
+                self.peer, stream, seq, label, outcome.reason,
+                extra={"event": "frame_unprocessed", "peer": self.peer, "stream": stream,
+                       "sequence_number": seq, "outcome": label, "reason": outcome.reason})
+        if count == _LOUD:
+            log.log(loud, "peer=%s stream=%s: further samples acknowledged without inference "
+                    "(%s) are logged at DEBUG", self.peer, stream, label)
 
     def _next_seq(self) -> int:
         self._out_seq += 1

@@ -26,13 +26,16 @@ import numpy as np
 from fastext._proto.inferencing_pb2 import Classification, Entity, Inference, Rectangle, Tag
 from fastext.errors import FrameError
 from fastext.models.repository import CLASSIFY, ModelInfo
+from fastext.outcomes import Outcome as Kind
+from fastext.outcomes import Unprocessed
 
 __all__ = ["Engine", "Params", "get", "load", "loaded", "validate_params"]
 
 log = logging.getLogger("fastext.models.engine")
 
 #: A frame's result: its inferences, or why it has none (a frame that could not be read).
-Outcome = list[Inference] | str
+Outcome = list[Inference] | Unprocessed
+_PENDING = Unprocessed(Kind.ERROR, "not run")  # every slot is set before infer() returns
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +147,14 @@ class Engine:
 
     def infer(self, jobs: Sequence[tuple[Params, Sequence[Any]]]) -> list[list[Outcome]]:
         """Each job's outcomes, one per frame in order. A job's frames are
-        :class:`~fastext.vision.frames.Frame` objects (or a reason, a str, for a frame
-        that could not be fetched: kept as it is). A frame that cannot be prepared gets
-        its reason; a runtime failure raises (the whole batch failed)."""
-        results: list[list[Outcome]] = [[""] * len(frames) for _, frames in jobs]
+        :class:`~fastext.vision.frames.Frame` objects (or an :class:`Unprocessed`, for a
+        frame that could not be fetched: kept as it is). A frame that cannot be prepared
+        is INVALID; a runtime failure raises (the whole batch failed)."""
+        results: list[list[Outcome]] = [[_PENDING] * len(frames) for _, frames in jobs]
         pending: list[tuple[int, int, Any]] = []  # (job, frame index, frame)
         for j, (_, frames) in enumerate(jobs):
             for i, frame in enumerate(frames):
-                if isinstance(frame, str):
+                if isinstance(frame, Unprocessed):
                     results[j][i] = frame
                 else:
                     pending.append((j, i, frame))
@@ -173,7 +176,7 @@ class Engine:
             try:
                 t = prepare(frame, tensor[slot], self.input)
             except FrameError as exc:
-                results[j][i] = str(exc)
+                results[j][i] = Unprocessed(Kind.INVALID, str(exc))
                 continue
             placed.append((slot, j, i))
             transforms.append((t.scale_x, t.scale_y, t.pad_x, t.pad_y))

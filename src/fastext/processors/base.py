@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fastext._proto.inferencing_pb2 import Inference
+from fastext.outcomes import Unprocessed
 from fastext.vision.frames import NEEDS, Frame, check_size
 
 __all__ = ["NEEDS", "Frame", "Inference", "Processor"]
@@ -85,9 +86,10 @@ class Processor(ABC):
     def process(self, frames: Sequence[Frame]) -> list[list[Inference]]:
         """Return one list of inferences per frame, in the order of ``frames``."""
 
-    def outcomes(self, frames: Sequence[Frame]) -> list[list[Inference] | str]:
+    def outcomes(self, frames: Sequence[Frame]) -> list[list[Inference] | Unprocessed]:
         """:meth:`process`, where one frame may fail alone: each frame's inferences, or
-        why it has none (a frame the processor could not read). What fastext calls."""
+        how it ended without them (a frame the processor could not read is
+        ``Unprocessed(Outcome.INVALID, why)``). What fastext calls."""
         return list(self.process(frames))
 
     def rgb_batch(self, frames: Sequence[Frame]) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from fastext.models import engine as engines
 from fastext.models.repository import ModelInfo
+from fastext.outcomes import Unprocessed
 from fastext.processors.base import Frame, Inference, Processor
 
 __all__ = ["ModelProcessor"]
@@ -39,5 +40,5 @@ class ModelProcessor(Processor):
     def process(self, frames: Sequence[Frame]) -> list[list[Inference]]:
         return [o if isinstance(o, list) else [] for o in self.outcomes(frames)]
 
-    def outcomes(self, frames: Sequence[Frame]) -> list[list[Inference] | str]:
+    def outcomes(self, frames: Sequence[Frame]) -> list[list[Inference] | Unprocessed]:
         return self.engine.infer([(self.params, frames)])[0]
