@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,8 +30,7 @@ SIGBUS_EXITS = (-signal.SIGBUS, 128 + signal.SIGBUS)
 
 def in_small_shm(size: str, command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     """``command`` in a new mount namespace whose /dev/shm is a tmpfs of ``size`` (8m)."""
-    script = (f"mount -t tmpfs -o size={size} fastext-test /dev/shm && exec "
-              + " ".join(f"'{arg}'" for arg in command))
+    script = f"mount -t tmpfs -o size={size} fastext-test /dev/shm && exec {shlex.join(command)}"
     try:
         return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                               capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
