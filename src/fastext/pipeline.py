@@ -98,7 +98,7 @@ class Backend(Protocol):
         """Finish or abandon running batches and release every resource."""
 
     def on_readiness(self, listener: Readiness) -> None:
-        """``listener(ready)`` is called on the loop, after :meth:`start`, each time the
+        """``listener(ready)`` is called on the loop, from :meth:`start` on, each time the
         backend stops being able to run batches (``False``: no worker is up) or can again
         (``True``).  Batches submitted meanwhile wait; none is lost."""
 
@@ -311,9 +311,10 @@ class WorkerBackend:
                                           on_launch_failure=self._on_launch_failure)
             self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
             self._supervisor.start()
-        except ShmFullError as exc:
+        except ShmFullError:
             await self.close()
-            raise ShmFullError(self._start_advice(free), exc.need, free) from None
+            need = (self.config.shm_size_mb << 20) + _RING_PAIR_BYTES * self.config.workers
+            raise ShmFullError(self._start_advice(free), need, free) from None
         try:
             await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
         except TimeoutError:
