@@ -223,7 +223,28 @@ def stream_shm() -> dict[str, Any]:
     return seen
 
 
-SCENARIOS = {"full_after_start": full_after_start, "stream_shm": stream_shm}
+def segment() -> dict[str, Any]:
+    """Segment.create and SlotWriter where the size does not fit: the error, nothing left."""
+    from fastext.client.shm import ShmSpaceError, SlotWriter
+    from fastext.errors import ShmFullError
+    from fastext.segments import Segment, segment_name
+
+    fds = len(os.listdir("/proc/self/fd"))
+    seen: dict[str, Any] = {}
+    try:
+        Segment.create(segment_name("big"), 4 << 20).close()
+    except ShmFullError as exc:
+        seen["segment"] = [str(exc), exc.need, exc.free]
+    try:
+        SlotWriter(1 << 20, 4).close()
+    except ShmSpaceError as exc:
+        seen["slots"] = str(exc)
+    seen["left_in_shm"] = sorted(os.listdir(SHM))
+    seen["fds_leaked"] = len(os.listdir("/proc/self/fd")) - fds
+    return seen
+
+
+SCENARIOS = {"full_after_start": full_after_start, "stream_shm": stream_shm, "segment": segment}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

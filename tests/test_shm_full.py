@@ -47,6 +47,16 @@ def scenario(name: str, size: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(300)
+def test_segments_too_large_for_dev_shm_are_an_error_and_leave_nothing() -> None:
+    seen = scenario("segment", "1m")
+    assert seen["segment"] == ["/dev/shm has 1.0 MiB free, too little for a 4.0 MiB segment",
+                               4 << 20, 1 << 20]
+    assert seen["slots"].startswith("/dev/shm has 1.0 MiB free, too little for the 4.0 MiB "
+                                    "shared-memory file (4 slots of 1048576 bytes")
+    assert seen["left_in_shm"] == [] and seen["fds_leaked"] == 0
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(("shm_size_mb", "short"), [(16, "the arena"), (7, "the rings")])
 def test_serve_refuses_to_start_when_dev_shm_is_too_small(shm_size_mb: int, short: str) -> None:
     # 8 MiB of /dev/shm: a 16 MiB arena does not fit; a 7 MiB one does, its worker's
