@@ -9,7 +9,7 @@ from typing import Any
 
 from fastext import __version__, logs
 from fastext.config import Config, add_arguments, from_args
-from fastext.errors import ConfigError
+from fastext.errors import ConfigError, ShmFullError
 
 __all__ = ["main"]
 
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup("WARNING")
     try:
         return int(args.run(config, args))
-    except ConfigError as exc:
+    except (ConfigError, ShmFullError) as exc:
         print(f"fastext: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

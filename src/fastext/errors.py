@@ -37,3 +37,17 @@ class ProtocolViolation(FastextError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ShmFullError(FastextError):
+    """``/dev/shm`` has no room to back a shared-memory segment fastext creates.
+
+    Every segment is backed (``posix_fallocate``) when it is made, so a full ``/dev/shm``
+    is this error there and then, never a SIGBUS later on a page first touched.
+    ``need`` and ``free`` are bytes; the message is one line a user can act on.
+    """
+
+    def __init__(self, message: str, need: int, free: int) -> None:
+        super().__init__(message)
+        self.need = need
+        self.free = free

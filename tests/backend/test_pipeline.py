@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.backend.execute import FrameFormat
 from fastext.backend.pipeline import InlineBackend, LaneSpec, Result, WorkerBackend
 from fastext.client import StreamOptions, stream_frames
+from fastext.client.health import check
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 from fastext.config import Config
 from fastext.outcomes import Outcome, Unprocessed
@@ -121,6 +123,44 @@ def test_worker_killed_mid_stream_loses_nothing(make_server):
     assert srv.server.backend._supervisor.slots[0].restarts >= 1
     assert len(worker_pids(srv)) == 2
     assert srv.server.metrics.value("fastext_worker_restarts_total") >= 1
+
+
+def test_failed_worker_launches_are_retried_while_health_and_frames_wait(make_server):
+    # A restart whose launch raises (no fds, /dev/shm full, fork refused) is tried again
+    # with the crash backoff; meanwhile health is NOT_SERVING and frames wait, then all
+    # are acked once by the worker that finally starts.
+    srv = make_server(workers=1, metrics_port=free_port())
+    supervisor = srv.server.backend._supervisor
+    launch, attempts, fails = supervisor._launch, [], 3
+
+    def failing(slot):
+        attempts.append(slot.index)
+        if len(attempts) <= fails:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return launch(slot)
+
+    supervisor._launch = failing
+    metrics = srv.server.metrics
+    assert check(srv.target) == "SERVING"
+    os.kill(worker_pids(srv)[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while metrics.value("fastext_worker_launch_failures_total") < 1:
+        assert time.monotonic() < deadline, "no launch failure seen"
+        time.sleep(0.02)
+    assert check(srv.target) == "NOT_SERVING"
+    assert worker_pids(srv) == []
+    made = list(scenes(64, 48, 20, period=2))
+    result = run_stream(StreamOptions(target=srv.target, width=64, height=48, window=8,
+                                      ack_timeout_s=120.0),
+                        [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made])
+    assert result.acked == result.sent == 20 and result.resent == 0
+    assert {s: tags_of(x) for s, x in result.samples.items()} == {
+        i + 2: ["light" if made[i][1] else "dark"] for i in range(20)}
+    assert attempts == [0] * (fails + 1)
+    assert metrics.value("fastext_worker_launch_failures_total") == fails
+    assert metrics.value("fastext_worker_restarts_total") == 1
+    assert metrics.value("fastext_frames_total", {"outcome": "inferred"}) == 20
+    assert check(srv.target) == "SERVING" and len(worker_pids(srv)) == 1
 
 
 def test_session_end_unmaps_in_every_worker(make_server, shm_file):

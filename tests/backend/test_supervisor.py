@@ -9,6 +9,7 @@ stopped), so no child outlives its test.
 from __future__ import annotations
 
 import asyncio
+import errno
 import multiprocessing
 import signal
 import time
@@ -57,10 +58,17 @@ class Harness:
         self.launches[slot.index] += 1
         self._note("launch", slot)
         assert slot.doorbell is not None and self.stops[slot.index] is None
+        plan = self.plan(slot.index, gen)
+        if plan.get("behaviour") == "no-launch":  # raises having set up nothing
+            raise OSError(errno.EMFILE, "Too many open files")
         stop = self.stops[slot.index] = CTX.Event()
         self.rang[(slot.index, gen)] = 0
-        return ChildSpec(ringer=slot.doorbell.ringer, heartbeat=slot.heartbeat, stop=stop,
-                         **self.plan(slot.index, gen))
+        return ChildSpec(ringer=slot.doorbell.ringer, heartbeat=slot.heartbeat, stop=stop, **plan)
+
+    def on_launch_failure(self, slot: Slot, exc: Exception) -> None:
+        self._note("launch-failure", slot)
+        assert isinstance(exc, OSError) and exc.errno == errno.EMFILE
+        assert slot.process is None and slot.doorbell is None and not slot.ready
 
     def _take(self, slot: Slot) -> None:
         assert slot.doorbell is not None
@@ -100,7 +108,7 @@ class Harness:
 
     def supervisor(self, count: int, **options: Any) -> Supervisor:
         return Supervisor(count, self.launch, child, self.on_wake, self.on_exit, self.release,
-                          name="test-child", **options)
+                          name="test-child", on_launch_failure=self.on_launch_failure, **options)
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
@@ -234,3 +242,55 @@ def test_supervisor_kill_ends_every_child_at_once_and_releases_for_abort() -> No
         assert sup.slots[slot].restarts == 0
     assert sorted(h.aborted) == [(0, 0), (1, 0)]
     assert h.exit_codes == {}
+
+
+@pytest.mark.timeout(120)
+def test_supervisor_retries_a_launch_that_raises_with_the_crash_backoff() -> None:
+    backoff = (0.05, 0.1, 0.2, 0.4)
+    fails = 3  # generations 1..3: launch raises (no fds, /dev/shm full, fork refused)
+    h = Harness(1, lambda slot, gen: {"behaviour": "crash" if gen == 0 else
+                                      "no-launch" if gen <= fails else "ring"})
+    sup = h.supervisor(1, backoff_s=backoff)
+
+    async def body() -> None:
+        await until(lambda: h.rang.get((0, fails + 1)) == 1)
+        await sup.stop(h.send_stop, deadline_s=30.0)
+
+    run(lambda: supervised(sup, body))
+    expected = [("launch", 0), ("exit", 0), ("release", 0)]
+    for gen in range(1, fails + 1):  # nothing to release: the launch raised
+        expected += [("launch", gen), ("launch-failure", gen)]
+    expected += [("launch", fails + 1), ("stop", fails + 1), ("exit", fails + 1),
+                 ("release", fails + 1)]
+    assert h.of(0) == expected
+    assert sup.slots[0].restarts == 1 and sup.slots[0].launch_failures == fails
+    assert h.exit_codes == {(0, 0): CRASH_CODE, (0, fails + 1): 0}
+    assert h.rang == {(0, 0): 1, (0, fails + 1): 1}
+    # Each failure earns the next delay, as an exit does: exit, then 3 failed launches.
+    assert h.at("launch", 0, 1) - h.at("exit", 0, 0) >= backoff[0] - 0.01
+    for gen in range(1, fails + 1):
+        waited = h.at("launch", 0, gen + 1) - h.at("launch-failure", 0, gen)
+        assert waited >= backoff[gen] - 0.01, (gen, waited)
+
+
+@pytest.mark.timeout(120)
+def test_supervisor_start_raises_when_a_first_launch_fails() -> None:
+    # At start a launch that raises is the caller's to report (fastext serve exits 2 on
+    # a full /dev/shm): start() raises; the slots already started stop as usual.
+    h = Harness(2, lambda slot, gen: {"behaviour": "ring" if slot == 0 else "no-launch"})
+    sup = h.supervisor(2, backoff_s=(0.05,))
+
+    async def scenario() -> None:
+        with pytest.raises(OSError, match="Too many open files"):
+            sup.start()
+        try:
+            await until(lambda: h.rang.get((0, 0)) == 1)
+            await asyncio.sleep(0.3)  # nothing retries slot 1
+            await sup.stop(h.send_stop, deadline_s=30.0)
+        finally:
+            sup.kill(deadline_s=5.0)
+
+    run(scenario)
+    assert h.of(0) == [("launch", 0), ("stop", 0), ("exit", 0), ("release", 0)]
+    assert h.of(1) == [("launch", 0)]
+    assert sup.slots[1].launch_failures == 0 and sup.slots[1].process is None

@@ -36,13 +36,14 @@ from fastext.backend import records
 from fastext.backend.doorbell import Doorbell
 from fastext.backend.execute import FrameFormat, FrameResult, fetch_payload, run_batch, serialized
 from fastext.backend.placement import Placement, Worker
-from fastext.backend.ring import Ring, RingPair
-from fastext.backend.segments import cleanup_stale_segments, segment_name
+from fastext.backend.ring import Ring, RingPair, required_size
+from fastext.backend.segments import cleanup_stale_segments, mib, segment_name, shm_free
 from fastext.backend.shm import Arena, ArenaAllocator, ClientMemory, ShmRef
 from fastext.backend.supervisor import Slot, Supervisor
 from fastext.backend.worker import WorkerSpec
 from fastext.backend.worker import main as worker_main
 from fastext.config import Config
+from fastext.errors import ShmFullError
 from fastext.metrics import MetricsSink, NullMetrics
 from fastext.models import repository
 from fastext.outcomes import Outcome, Unprocessed
@@ -61,6 +62,8 @@ Payload = ShmRef | memoryview
 Result = FrameResult | bytes
 #: How a backend hands a batch's results back: ``deliver(token, results)``, on the loop.
 Deliver = Callable[[int, Sequence[Result]], None]
+#: ``listener(ready)``: the backend can take batches again (True) or cannot (False).
+Readiness = Callable[[bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,11 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Finish or abandon running batches and release every resource."""
+
+    def on_readiness(self, listener: Readiness) -> None:
+        """``listener(ready)`` is called on the loop, from :meth:`start` on, each time the
+        backend stops being able to run batches (``False``: no worker is up) or can again
+        (``True``).  Batches submitted meanwhile wait; none is lost."""
 
     def abort(self) -> None:
         """The process exits now: stop every child process and remove every name this
@@ -212,6 +220,9 @@ class InlineBackend:
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
+    def on_readiness(self, listener: Readiness) -> None:
+        pass  # the server process's own threads: ready from start() to close()
+
     def abort(self) -> None:
         pass  # threads and memory of this process end with it
 
@@ -219,6 +230,7 @@ class InlineBackend:
 # -- worker processes -----------------------------------------------------------------
 
 _RING_CAPACITY = 1 << 20  # bytes of records per ring: thousands of batches of references
+_RING_PAIR_BYTES = 2 * required_size(_RING_CAPACITY)  # a worker's rings in /dev/shm
 _READY_TIMEOUT_S = 180.0  # a cold numba cache on a slow ARM board compiles for a while
 
 
@@ -266,6 +278,7 @@ class WorkerBackend:
         self._placement: Placement | None = None
         self._supervisor: Supervisor | None = None
         self._all_ready: asyncio.Event | None = None
+        self._readiness: Readiness | None = None
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
         self._unsignalled_retired = 0  # counted on rings of workers since replaced
@@ -297,26 +310,50 @@ class WorkerBackend:
         return [s.process.pid for s in slots if s.process is not None]
 
     async def start(self) -> None:
+        """Create the arena, start every worker and wait until each is ready.  No room in
+        ``/dev/shm`` for the arena and every worker's rings: :class:`ShmFullError`, whose
+        one line names the need, the free space and what to change."""
         self._loop = asyncio.get_running_loop()
         removed = cleanup_stale_segments()
         if removed:
             log.info("removed %d stale shared-memory segments of dead servers", len(removed))
         size = self.config.shm_size_mb * 1024 * 1024
-        self._arena = arena = Arena.create(segment_name("arena"), size)
-        self._placement = Placement(self.config.workers, ArenaAllocator(size), arena.write)
-        self._all_ready = asyncio.Event()
-        self._supervisor = Supervisor(self.config.workers, self._launch, worker_main,
-                                      self._on_completions, self._on_exit, self._release)
-        self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
-        self._supervisor.start()
+        free = shm_free()
+        try:
+            self._arena = arena = Arena.create(segment_name("arena"), size)
+            self._placement = Placement(self.config.workers, ArenaAllocator(size), arena.write)
+            self._all_ready = asyncio.Event()
+            self._supervisor = Supervisor(self.config.workers, self._launch, worker_main,
+                                          self._on_completions, self._on_exit, self._release,
+                                          on_launch_failure=self._on_launch_failure)
+            self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
+            self._supervisor.start()
+        except ShmFullError:
+            await self.close()
+            need = (self.config.shm_size_mb << 20) + _RING_PAIR_BYTES * self.config.workers
+            raise ShmFullError(self._start_advice(free), need, free) from None
         try:
             await asyncio.wait_for(self._all_ready.wait(), _READY_TIMEOUT_S)
         except TimeoutError:
             await self.close()
             raise RuntimeError(f"workers were not ready within {_READY_TIMEOUT_S:.0f} s") from None
 
+    def _start_advice(self, free: int) -> str:
+        """The one line for a start that found ``/dev/shm`` too small (``free`` bytes)."""
+        workers, arena = self.config.workers, self.config.shm_size_mb << 20
+        rings = _RING_PAIR_BYTES * workers
+        return (f"/dev/shm has {mib(free)} free, too little for the {mib(arena + rings)} "
+                f"fastext needs: a {mib(arena)} arena (--shm-size-mb "
+                f"{self.config.shm_size_mb}) and {mib(_RING_PAIR_BYTES)} of rings per worker "
+                f"(--workers {workers}); lower --shm-size-mb, run fewer "
+                "workers, or give the device a larger /dev/shm (docker run --shm-size, "
+                "HostConfig.ShmSize)")
+
     def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
         return _WorkerLane(self, next(self._lanes), spec, deliver)
+
+    def on_readiness(self, listener: Readiness) -> None:
+        self._readiness = listener
 
     # -- submitting ------------------------------------------------------------------
 
@@ -413,6 +450,8 @@ class WorkerBackend:
                 slot.ready = True
                 placement.set_ready(worker)
                 log.info("worker %d ready (pid %d)", index, records.unpack_ready(record))
+                if len(placement.ready) == 1 and self._readiness is not None:
+                    self._readiness(True)  # the first worker up: batches run again
                 if self._all_ready is not None and len(placement.ready) == len(placement.workers):
                     self._all_ready.set()
         if exited:
@@ -439,7 +478,14 @@ class WorkerBackend:
         """The supervisor starts a process in ``slot``: its rings, and what it is told."""
         arena = self._arena
         assert arena is not None and slot.doorbell is not None
-        rings = RingPair.create(_RING_CAPACITY, tag=f"w{slot.index}")
+        try:
+            rings = RingPair.create(_RING_CAPACITY, tag=f"w{slot.index}")
+        except ShmFullError as exc:
+            raise ShmFullError(
+                f"/dev/shm has {mib(exc.free)} free, too little for worker {slot.index}'s "
+                f"rings ({mib(_RING_PAIR_BYTES)}): free space in /dev/shm (another program's "
+                "files?), give the device a larger /dev/shm (docker run --shm-size), lower "
+                "--shm-size-mb or run fewer --workers", exc.need, exc.free) from None
         self._rings[slot.index] = rings
         config = self.config
         return WorkerSpec(index=slot.index, rings=rings.names, arena_name=arena.name,
@@ -463,6 +509,11 @@ class WorkerBackend:
             self._rings[slot.index] = None
             rings.close()
 
+    def _on_launch_failure(self, slot: Slot, exc: Exception) -> None:
+        """A restart could not start slot's worker (the supervisor logged why and tries
+        again): counted; its frames wait in the backlog meanwhile."""
+        self._metrics.worker_launch_failed()
+
     def _on_exit(self, slot: Slot) -> None:
         placement = self._placement
         if placement is not None:
@@ -479,6 +530,7 @@ class WorkerBackend:
             return
         worker = placement.workers[slot.index]
         held = len(worker.jobs)
+        was_ready = worker.ready
         for job in placement.worker_died(worker):
             lost = Unprocessed(Outcome.LOST,
                                f"worker died while processing this frame ({job.runs} times)")
@@ -486,6 +538,9 @@ class WorkerBackend:
         if held:
             log.warning("worker %d died holding %d batches: running them again elsewhere",
                         slot.index, held)
+        stopping = self._supervisor is None or self._supervisor.stopping
+        if was_ready and not placement.ready and not stopping and self._readiness is not None:
+            self._readiness(False)  # no worker left: batches wait for the next one
         # The supervisor marks the slot dead after this returns: place the orphans then.
         asyncio.get_running_loop().call_soon(self._pump)
 

@@ -10,6 +10,7 @@ opens that one, read-only.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import posix_ipc
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "cleanup_stale_segments", "segment_name"]
+from fastext.errors import ShmFullError
+
+__all__ = ["SEGMENT_PREFIX", "Segment", "cleanup_stale_segments", "mib", "segment_name",
+           "shm_free"]
 
 log = logging.getLogger("fastext.backend.segments")
 
@@ -47,9 +51,19 @@ class Segment:
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
-        """Create ``name`` (it must not exist) with ``size`` bytes, mapped read-write."""
+        """Create ``name`` (it must not exist) with ``size`` bytes, mapped read-write.
+
+        Every page is backed now: on tmpfs a page of a sparse file gets its memory only
+        when first touched, and with ``/dev/shm`` full that touch is a SIGBUS, in
+        whichever process makes it.  No room: :class:`ShmFullError`, and nothing is left.
+        """
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         try:
+            try:
+                _reserve(shm.fd, size)
+            except BaseException:
+                shm.close_fd()
+                raise
             mapping = _map(shm, size, writable=True)
         except BaseException:
             shm.unlink()
@@ -108,6 +122,32 @@ def cleanup_stale_segments(prefix: str = SEGMENT_PREFIX) -> list[str]:
         log.info("removed stale shared-memory segment %s", entry)
         removed.append(entry)
     return removed
+
+
+def shm_free(directory: str | os.PathLike[str] = _SHM_DIR) -> int:
+    """Bytes free for an unprivileged writer in ``directory`` (``/dev/shm``); 0 if unknown."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def mib(nbytes: int) -> str:
+    """``nbytes`` for a message: ``"64.0 MiB"``."""
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Back all ``size`` bytes of a new segment (tmpfs: allocate its pages, zeroed)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        free = shm_free()
+        raise ShmFullError(f"{_SHM_DIR} has {mib(free)} free, too little for a "
+                           f"{mib(size)} segment", size, free) from None
 
 
 def _map(shm: posix_ipc.SharedMemory, size: int, writable: bool) -> mmap.mmap:

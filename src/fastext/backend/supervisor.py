@@ -24,7 +24,10 @@ caller's callbacks, all on the loop:
 
 A process whose heartbeat stalls once the caller marked its slot ``ready`` is killed
 and handled like a crash.  A process that exits while not stopping is restarted after
-a backoff that grows with the exits of the last minute.
+a backoff that grows with the exits of the last minute.  A restart whose launch raises
+(``/dev/shm`` full, no file descriptors, fork refused) is logged with its cause, reported
+to ``on_launch_failure(slot, exc)`` and tried again with the same backoff, until the
+supervisor stops; only the first launches, in :meth:`Supervisor.start`, raise.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _KILLED_EXIT_S = 5.0  # how long stop() waits to see a SIGKILLed process end
 Launch = Callable[["Slot"], Any]
 #: ``release(slot, aborting)``: free what ``launch`` set up (``aborting``: unlink names only).
 Release = Callable[["Slot", bool], None]
+#: ``on_launch_failure(slot, exc)``: a restart could not start a process (it is retried).
+LaunchFailure = Callable[["Slot", Exception], object]
 
 
 class Slot:
@@ -67,7 +72,8 @@ class Slot:
         self.heartbeat: Any = None  # RawValue('d'): the child's time.monotonic() of its last beat
         self.ready = False
         self.restarts = 0
-        self.failures: list[float] = []  # exit times, for backoff
+        self.launch_failures = 0  # restarts whose launch raised (each tried again)
+        self.failures: list[float] = []  # exit and launch-failure times, for backoff
         self.launched = False  # launch() ran and release() has not yet
 
     @property
@@ -91,6 +97,7 @@ class Supervisor:
         name: str = "worker",
         backoff_s: Sequence[float] = BACKOFF_S,
         watch_s: float = WATCH_S,
+        on_launch_failure: LaunchFailure | None = None,
     ) -> None:
         if not backoff_s:
             raise ValueError("backoff_s needs at least one delay")
@@ -100,6 +107,7 @@ class Supervisor:
         self._on_wake = on_wake
         self._on_exit = on_exit
         self._release_hook = release
+        self._on_launch_failure = on_launch_failure
         self._hang_s = hang_s
         self._name = name
         self._backoff = tuple(backoff_s)
@@ -113,7 +121,9 @@ class Supervisor:
         return self._stopping
 
     def start(self) -> None:
-        """Spawn every slot's process (on the running loop)."""
+        """Spawn every slot's process (on the running loop).  A launch that raises here
+        raises (the program cannot start as configured); the slots already started are
+        the caller's to stop."""
         self._loop = asyncio.get_running_loop()
         for slot in self.slots:
             self._spawn(slot)
@@ -151,17 +161,35 @@ class Supervisor:
         self._release(slot)
         if self._stopping:
             return
+        slot.restarts += 1
+        delay = self._respawn_later(slot)
+        log.warning("restarting %s %d in %.1f s (restart %d)", self._name, slot.index, delay,
+                    slot.restarts)
+
+    def _respawn_later(self, slot: Slot) -> float:
+        """Schedule the slot's next launch after the backoff its recent failures earn."""
+        assert self._loop is not None
         now = time.monotonic()
         slot.failures = [t for t in slot.failures if now - t < _FAILURE_WINDOW_S] + [now]
         delay = self._backoff[min(len(slot.failures), len(self._backoff)) - 1]
-        slot.restarts += 1
-        log.warning("restarting %s %d in %.1f s (restart %d)", self._name, slot.index, delay,
-                    slot.restarts)
         self._loop.call_later(delay, self._respawn, slot)
+        return delay
 
     def _respawn(self, slot: Slot) -> None:
-        if not self._stopping:
+        if self._stopping:
+            return
+        try:
             self._spawn(slot)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the slot is tried again
+            # (_spawn released what it had set up.)  Tried again, forever: a slot left
+            # empty would leave its frames waiting for a process that never comes.
+            slot.launch_failures += 1
+            delay = self._respawn_later(slot)
+            log.error("%s %d could not be started: %s; trying again in %.1f s (launch "
+                      "failure %d)", self._name, slot.index, _cause(exc), delay,
+                      slot.launch_failures)
+            if self._on_launch_failure is not None:
+                self._on_launch_failure(slot, exc)
 
     def _release(self, slot: Slot) -> None:
         """The slot's process is gone: its doorbell, the caller's resources, the process."""
@@ -250,3 +278,11 @@ class Supervisor:
                 self._exited(slot)
             else:
                 self._release(slot)
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception for a log line: its type, unless its message says it all (ours)."""
+    text = str(exc)
+    if type(exc).__module__.startswith("fastext.") and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

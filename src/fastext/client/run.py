@@ -31,6 +31,7 @@ import numpy as np
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.annotator import Annotator
 from fastext.client.imagenode import ImageNode
+from fastext.client.shm import ShmSpaceError
 from fastext.client.sinks import VIDEO_SUFFIXES, SinkError
 from fastext.client.sources import SourceError, frame_rate, frames_from
 from fastext.client.stream import StreamError, StreamOptions, StreamResult, stream_frames
@@ -233,7 +234,8 @@ async def _run(cmd: StreamCommand, report: _Report, annotator: Annotator | None)
     for k, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             prefix = f"stream {k}: " if cmd.streams > 1 else ""
-            errors.append(prefix + (str(outcome) if isinstance(outcome, StreamError | SourceError)
+            errors.append(prefix + (str(outcome) if isinstance(outcome, StreamError | SourceError
+                                                                  | ShmSpaceError)
                                     else repr(outcome)))
     return errors
 

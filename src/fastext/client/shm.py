@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
 
-__all__ = ["SlotWriter"]
+__all__ = ["ShmSpaceError", "SlotWriter"]
 
 _counter = itertools.count()
+
+
+class ShmSpaceError(OSError):
+    """The directory (``/dev/shm``) has no room for the slots file: one line a user can
+    act on.  (The client's own: it imports nothing of the server's errors.)"""
 
 
 class SlotWriter:
@@ -35,6 +41,7 @@ class SlotWriter:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, self.length)
+            self._reserve(fd, directory, slot_bytes, slots)
             self._map = mmap.mmap(fd, self.length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.unlink(self.path)
@@ -42,6 +49,26 @@ class SlotWriter:
         finally:
             os.close(fd)
         self._free = list(range(slots - 1, -1, -1))
+
+    def _reserve(self, fd: int, directory: str, slot_bytes: int, slots: int) -> None:
+        """Back every page now: on tmpfs a full ``/dev/shm`` would otherwise be a SIGBUS
+        at the first write into a page never touched, not an error."""
+        try:
+            os.posix_fallocate(fd, 0, self.length)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+                raise
+            try:
+                st = os.statvfs(directory)
+                free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB"
+            except OSError:
+                free = "an unknown amount of space"
+            raise ShmSpaceError(
+                f"{directory} has {free} free, too little for the {self.length / (1 << 20):.1f} "
+                f"MiB shared-memory file ({slots} slots of {slot_bytes} bytes: --window x "
+                "the frame size, --shm-size-mb for encoded images); give it more room (docker "
+                "run --shm-size), lower --window or --shm-size-mb, or send frames embedded "
+                "(without --shm)") from None
 
     @property
     def free_slots(self) -> int:

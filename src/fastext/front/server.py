@@ -52,6 +52,10 @@ class ExtensionServer:
         self.port = 0
         self._sessions: set[Session] = set()
         self._draining = False
+        self._started = False  # the backend's start() returned: health follows its readiness
+        self._backend_ready = True  # until the backend says otherwise (on_readiness)
+        self._health_lock = asyncio.Lock()
+        self._health_updates: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self.instance = config.instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -68,7 +72,8 @@ class ExtensionServer:
                                                on_failure=self.metrics.auth_failed),
         )
         # grpc.health.v1 on the same port: NOT_SERVING until the backend is warm,
-        # SERVING after, NOT_SERVING again while draining.
+        # SERVING after, NOT_SERVING while the backend has no worker up (a crash, a
+        # restart that cannot start one yet), and again while draining.
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         handler = grpc.stream_stream_rpc_method_handler(
@@ -99,13 +104,15 @@ class ExtensionServer:
             raise ConfigError(f"cannot listen on {self.config.bind}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        self.backend.on_readiness(self._on_backend_readiness)
         # The models' facts (kind, input, labels) read in a child process: the runtime never
         # loads here, and a model that cannot be served stops the start with its reason.
         if self.config.models:
             repository.install(await asyncio.to_thread(
                 repository.load_infos, self.config.models, builtin_names()))
         await self.backend.start()  # sessions arriving meanwhile wait for the workers
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._started = True
+        await self._update_health()
         log.info("fastext serving on %s (port %d, instance %s, workers=%d, batch_size=%d, "
                  "models=%s, tls=%s, auth=%s)", self.config.bind, self.port, self.instance,
                  self.config.workers, self.config.batch_size,
@@ -118,7 +125,7 @@ class ExtensionServer:
         """Drain sessions within ``drain_s`` seconds, then stop everything."""
         drain = self.config.drain_s if drain_s is None else drain_s
         self._draining = True
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._update_health()
         for session in list(self._sessions):
             session.drain()
         if self._sessions:
@@ -130,6 +137,26 @@ class ExtensionServer:
         await self.backend.close()
         self.metrics.close()
         log.info("fastext stopped")
+
+    def _on_backend_readiness(self, ready: bool) -> None:
+        """The backend lost its last worker (``False``) or has one ready again: health
+        follows (on the loop; the update is a task, as setting health is a coroutine)."""
+        self._backend_ready = ready
+        if self._started and not self._draining:
+            log.log(logging.INFO if ready else logging.WARNING, "health: %s (%s)",
+                    "SERVING" if ready else "NOT_SERVING",
+                    "a worker is ready again" if ready else "no worker is up; frames wait")
+        task = asyncio.ensure_future(self._update_health())
+        self._health_updates.add(task)  # (held: a task only weakly referenced may vanish)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _update_health(self) -> None:
+        """Set health from what holds when the lock is ours: of updates racing each
+        other, the last one written is the latest state."""
+        async with self._health_lock:
+            serving = self._started and self._backend_ready and not self._draining
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING if serving
+                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):  # "" is the server as a whole
