@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 from fastext import __version__, logs
@@ -75,6 +77,18 @@ def _positive(kind: type) -> Any:
     return convert
 
 
+def _frame_rate(text: str) -> float:
+    """--fps: any positive, finite number of frames per second (29.97, or 30000/1001)."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number of frames per second: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of frames per "
+                                         f"second: {text!r}")
+    return value
+
+
 def _add_stream(sub: Any) -> None:
     from fastext.client.imagenode import ENCODINGS, PIXEL_FORMATS, SCALE_MODES
 
@@ -93,9 +107,11 @@ def _add_stream(sub: Any) -> None:
                       help="RAW pixel format")
     node.add_argument("--jpeg-quality", type=int, default=90, choices=range(1, 101), metavar="1..100")
     play = p.add_argument_group("playback")
-    play.add_argument("--fps", type=_positive(float), default=None,
-                      help="real-time pacing (0: as fast as acks allow, the default without "
-                      "--view; with --view the source's own rate, 30 for synthetic)")
+    play.add_argument("--fps", type=_frame_rate, default=None, metavar="RATE",
+                      help="real-time pacing in frames/s, any positive number (29.97, "
+                      "30000/1001); unset: as fast as acks allow, or with --view the source's "
+                      "own rate (30 for synthetic). Images and synthetic frames are stamped "
+                      "at this rate (30 when unset); a video's frames carry their own times")
     play.add_argument("--loop", type=_positive(int), default=1, help="play the source N times (0: forever)")
     play.add_argument("--max-frames", type=_positive(int), default=0, help="frames per stream (0: all)")
     play.add_argument("--streams", type=int, default=1, choices=range(1, 1025), metavar="N",
