@@ -150,63 +150,38 @@ def _add_stream(sub: Any) -> None:
     p.set_defaults(run=_cmd_stream, needs_config=False)
 
 
-def _warm_child() -> None:
-    """One process of ``fastext warm``: :func:`kernels.warm_shared`, its report printed as
-    one JSON line on stdout (``python -c "import fastext.cli as c; c._warm_child()"``)."""
-    import json
-
-    try:
-        from numba.core import config as numba_config
-
-        if getattr(numba_config, "DISABLE_JIT", False):
-            raise RuntimeError("NUMBA_DISABLE_JIT is set: there is nothing to compile or keep")
-        from fastext import kernels
-
-        report = kernels.warm_shared()
-        print(json.dumps({"compiled": report.compiled, "functions": report.functions,
-                          "cache": kernels.cache_dir()}), flush=True)
-    except Exception as exc:  # reported by the parent, named by its process number
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        raise SystemExit(1) from None
-
-
 def _cmd_warm(config: Config | None, args: argparse.Namespace) -> int:
     """Fill numba's cache with every kernel, the compile work split over ``--jobs``
     processes (each function compiled by one of them: fastext.warmup), so that the
     image's or the device's first start loads instead of compiling."""
     import json
     import os
-    import subprocess
     import time
 
+    from fastext.warmup import run_children, warm_child
+
+    if args.child:
+        return warm_child()
     jobs = args.jobs or os.cpu_count() or 1
     start = time.monotonic()
-    child = [sys.executable, "-c", "import fastext.cli as c; c._warm_child()"]
-    started = [subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(jobs)]
+    child = [sys.executable, "-m", "fastext", "warm", "--child"]
     compiled: list[list[str]] = []
     ready: set[str] = set()
     errors: list[str] = []
     cache = None
-    try:
-        for number, proc in enumerate(started, 1):
-            out, err = proc.communicate()  # each ends with its compile: bounded by it
-            try:
-                report = json.loads(out.strip().splitlines()[-1])
-            except (IndexError, ValueError):
-                tail = err.strip().splitlines()[-1:] or ["no output"]
-                report = {"error": f"exited with status {proc.returncode}: {tail[0]}"}
-            if "error" in report:
-                errors.append(f"process {number}: {report['error']}")
-                continue
-            compiled.append(report["compiled"])
-            ready.update(report["functions"])
-            cache = report["cache"]
-    finally:  # interrupted: no compile goes on without us
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    # All children's output read at once: they wait on each other's locks (fastext.warmup).
+    for number, done in enumerate(run_children([child] * jobs), 1):
+        try:
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            report = {"error": f"exited with status {done.returncode}: {tail[0]}"}
+        if "error" in report:
+            errors.append(f"process {number}: {report['error']}")
+            continue
+        compiled.append(report["compiled"])
+        ready.update(report["functions"])
+        cache = report["cache"]
     took = time.monotonic() - start
     for error in errors:
         print(f"fastext warm: {error}", file=sys.stderr)
@@ -227,6 +202,7 @@ def _add_warm(sub: Any) -> None:
                        "build, a device's first boot), split over several processes")
     p.add_argument("--jobs", type=_positive(int), default=0, metavar="N",
                    help="processes compiling at once (0, the default: one per CPU)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one of them
     p.set_defaults(run=_cmd_warm, needs_config=False)
 
 
