@@ -30,7 +30,6 @@ __all__ = ["CallRecord", "FrameSource", "StreamError", "StreamOptions", "StreamR
 log = logging.getLogger("fastext.client")
 
 
-
 class Timed(NamedTuple):
     """A frame with its own presentation time (a video's), in seconds, exact."""
 
@@ -43,6 +42,7 @@ class Timed(NamedTuple):
 FrameSource = Iterable[bytes | Timed]
 Msg = extension_pb2.MediaStreamMessage
 RAW = media_pb2.VideoFrameSampleFormat.RAW
+_HALF = Fraction(1, 2)
 
 
 class StreamError(Exception):
@@ -179,9 +179,9 @@ class _Stream:
             self.exhausted = True
             return None
         index, self.taken = self.taken, self.taken + 1
-        if isinstance(item, Timed):
-            data, timestamp = item.data, round(item.seconds * self.opts.timescale)
-        else:  # round(index * timescale / fps), in integers: half a tick rounds up
+        if isinstance(item, Timed):  # to the nearest tick, half a tick up (as below)
+            data, timestamp = item.data, math.floor(item.seconds * self.opts.timescale + _HALF)
+        else:  # round(index * timescale / rate), in integers: half a tick rounds up
             data, timestamp = item, (2 * index * self._ticks + self._per) // (2 * self._per)
         frame = _Frame(index + 2, timestamp, None if self.shm is not None else data)
         if self.shm is not None:
