@@ -8,6 +8,8 @@ imports another test module or conftest (tests/test_architecture.py says so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import os
 import re
 import signal
@@ -17,12 +19,15 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 
 from fastext import METHOD_PATH
 from fastext._proto import extension_pb2, media_pb2
@@ -197,12 +202,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 # -- `fastext serve` as a process -------------------------------------------------------
 
 
-def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """``fastext serve`` on a free port; the log lines read while waiting are kept in
-    ``proc.startup_lines``."""
-    proc = subprocess.Popen([sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
-                             *args], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+def start_server(*args: str, env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
+                 prefix: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
+    """``fastext serve`` on a free port (``bind=None``: where its environment says), run
+    behind ``prefix`` (:func:`private_network`'s); the log lines read while waiting are
+    kept in ``proc.startup_lines``."""
+    flags = ["--bind", bind] if bind is not None else []
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "fastext", "serve", *flags, *args],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 60
     assert proc.stderr is not None
     proc.startup_lines = []  # type: ignore[attr-defined]
@@ -216,6 +223,64 @@ def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subproc
             return proc, int(match.group(1))
     proc.kill()
     raise AssertionError(f"server did not start: {proc.stderr.read()}")
+
+
+@dataclass(frozen=True)
+class Image:
+    """What a Dockerfile's runtime stage (its last) runs: from its own lines."""
+
+    entrypoint: list[str]
+    healthcheck: list[str]  # the HEALTHCHECK's CMD, exec form
+    env: dict[str, str]  # every ENV of the stage
+
+
+def read_image(path: str | os.PathLike[str]) -> Image:
+    """The entry point, health check and environment a Dockerfile's image runs with, read
+    by ``scripts/dockerfile.py`` (the reader ``scripts/arm64-check`` uses)."""
+    spec = importlib.util.spec_from_file_location(
+        "fastext_dockerfile", Path(__file__).resolve().parent.parent / "scripts/dockerfile.py")
+    assert spec is not None and spec.loader is not None
+    reader = sys.modules.get(spec.name)
+    if reader is None:
+        reader = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = reader  # dataclasses look their module up by name
+        spec.loader.exec_module(reader)
+    runtime = reader.stages(reader.parse_file(path))[-1]
+    (health,) = runtime.all("HEALTHCHECK")
+    _, command = reader.split_flags(health.args)
+    assert command.startswith("CMD "), command
+    (entry,) = runtime.all("ENTRYPOINT")
+    env = {k: v for ins in runtime.all("ENV") for k, v in reader.env_pairs(ins.args)}
+    return Image(reader.exec_form(entry.args), reader.exec_form(command[4:]), env)
+
+
+@contextmanager
+def private_network() -> Iterator[list[str]]:
+    """A network namespace of its own, only loopback up, kept by a sleeping process: yields
+    the command prefix that runs a program inside it. Fixed ports (an image's own) collide
+    there with nothing else on this machine. Skips the test unless this may (root)."""
+    if os.geteuid() != 0:
+        pytest.skip("a private network namespace needs root (unshare --net)")
+    try:
+        holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "600"])
+    except OSError as exc:
+        pytest.skip(f"no unshare: {exc}")
+    try:
+        ours, theirs = os.readlink("/proc/self/ns/net"), ""
+        for _ in range(500):  # until unshare has moved it (then it execs sleep)
+            with contextlib.suppress(OSError):
+                theirs = os.readlink(f"/proc/{holder.pid}/ns/net")
+            if (theirs and theirs != ours) or holder.poll() is not None:
+                break
+            time.sleep(0.01)
+        if holder.poll() is not None or theirs == ours:
+            pytest.skip("unshare --net is not permitted here")
+        prefix = ["nsenter", "-t", str(holder.pid), "-n", "--"]
+        subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True, timeout=30)
+        yield prefix
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 60) -> str:

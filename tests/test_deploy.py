@@ -29,8 +29,9 @@ SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY|_K
 # Options an image must not fix: credentials, TLS material (deployment-specific files).
 SECRET_OPTIONS = {o.field for o in OPTIONS if o.field.startswith(("auth_", "tls_"))}
 # Off by default and turned on per deployment (the port is EXPOSEd already); the
-# instance name is per container (an image-wide name would make every replica alike).
-DEPLOYMENT_OPTIONS = {"metrics_port", "instance"}
+# instance name is per container (an image-wide name would make every replica alike);
+# the models are the deployment's own files.
+DEPLOYMENT_OPTIONS = {"metrics_port", "instance", "models"}
 
 
 def _load_reader() -> Any:
@@ -167,12 +168,20 @@ def test_dockerfile_health_entrypoint_and_ports(dockerfile: list[Any]) -> None:
     flags, rest = reader.split_flags(health.args)
     assert rest.startswith("CMD ")
     port = default_port()
-    assert reader.exec_form(rest[4:]) == ["fastext", "health", "--target", f"127.0.0.1:{port}"]
+    env = _env(runtime)
+    # The check asks the plaintext health port on loopback, which answers whatever TLS the
+    # deployment puts on the main port (test_health.py runs it in each setting).
+    health_port = int(env["FASTEXT_HEALTH_PORT"])
+    assert env["FASTEXT_HEALTH_HOST"] == "127.0.0.1"
+    assert health_port and health_port != port
+    assert reader.exec_form(rest[4:]) == ["fastext", "health", "--target",
+                                          f"127.0.0.1:{health_port}"]
     (entry,) = runtime.all("ENTRYPOINT")
     assert reader.exec_form(entry.args) == ["fastext", "serve"]
     exposed = {p for i in runtime.all("EXPOSE") for p in i.args.split()}
     assert str(port) in exposed
-    assert str(parse_bind(_env(runtime)["FASTEXT_BIND"])[1]) in exposed
+    assert str(parse_bind(env["FASTEXT_BIND"])[1]) in exposed
+    assert str(health_port) not in exposed  # loopback only: nothing to publish
 
 
 def test_dockerfile_env_names_are_fastext_options(dockerfile: list[Any]) -> None:
@@ -192,7 +201,8 @@ def test_dockerfile_env_matches_fastext_defaults(dockerfile: list[Any]) -> None:
     env = _env(_final(dockerfile))
     defaults = Config()
     for opt in OPTIONS:
-        if opt.env in env and opt.field != "workers":  # workers: 2, chosen for edge devices
+        # workers: 2, chosen for edge devices; health_port: off in fastext, on in the image
+        if opt.env in env and opt.field not in ("workers", "health_port"):
             assert opt.convert(env[opt.env]) == getattr(defaults, opt.field), opt.env
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 from fastext import __version__, logs
@@ -75,6 +77,18 @@ def _positive(kind: type) -> Any:
     return convert
 
 
+def _frame_rate(text: str) -> float:
+    """--fps: any positive, finite number of frames per second (29.97, or 30000/1001)."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number of frames per second: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of frames per "
+                                         f"second: {text!r}")
+    return value
+
+
 def _add_stream(sub: Any) -> None:
     from fastext.client.imagenode import ENCODINGS, PIXEL_FORMATS, SCALE_MODES
 
@@ -93,9 +107,11 @@ def _add_stream(sub: Any) -> None:
                       help="RAW pixel format")
     node.add_argument("--jpeg-quality", type=int, default=90, choices=range(1, 101), metavar="1..100")
     play = p.add_argument_group("playback")
-    play.add_argument("--fps", type=_positive(float), default=None,
-                      help="real-time pacing (0: as fast as acks allow, the default without "
-                      "--view; with --view the source's own rate, 30 for synthetic)")
+    play.add_argument("--fps", type=_frame_rate, default=None, metavar="RATE",
+                      help="real-time pacing in frames/s, any positive number (29.97, "
+                      "30000/1001); unset: as fast as acks allow, or with --view the source's "
+                      "own rate (30 for synthetic). Images and synthetic frames are stamped "
+                      "at this rate (30 when unset); a video's frames carry their own times")
     play.add_argument("--loop", type=_positive(int), default=1, help="play the source N times (0: forever)")
     play.add_argument("--max-frames", type=_positive(int), default=0, help="frames per stream (0: all)")
     play.add_argument("--streams", type=int, default=1, choices=range(1, 1025), metavar="N",
@@ -134,63 +150,38 @@ def _add_stream(sub: Any) -> None:
     p.set_defaults(run=_cmd_stream, needs_config=False)
 
 
-def _warm_child() -> None:
-    """One process of ``fastext warm``: :func:`kernels.warm_shared`, its report printed as
-    one JSON line on stdout (``python -c "import fastext.cli as c; c._warm_child()"``)."""
-    import json
-
-    try:
-        from numba.core import config as numba_config
-
-        if getattr(numba_config, "DISABLE_JIT", False):
-            raise RuntimeError("NUMBA_DISABLE_JIT is set: there is nothing to compile or keep")
-        from fastext.vision import kernels
-
-        report = kernels.warm_shared()
-        print(json.dumps({"compiled": report.compiled, "functions": report.functions,
-                          "cache": kernels.cache_dir()}), flush=True)
-    except Exception as exc:  # reported by the parent, named by its process number
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        raise SystemExit(1) from None
-
-
 def _cmd_warm(config: Config | None, args: argparse.Namespace) -> int:
     """Fill numba's cache with every kernel, the compile work split over ``--jobs``
     processes (each function compiled by one of them: fastext.vision.warmup), so that the
     image's or the device's first start loads instead of compiling."""
     import json
     import os
-    import subprocess
     import time
 
+    from fastext.vision.warmup import run_children, warm_child
+
+    if args.child:
+        return warm_child()
     jobs = args.jobs or os.cpu_count() or 1
     start = time.monotonic()
-    child = [sys.executable, "-c", "import fastext.cli as c; c._warm_child()"]
-    started = [subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(jobs)]
+    child = [sys.executable, "-m", "fastext", "warm", "--child"]
     compiled: list[list[str]] = []
     ready: set[str] = set()
     errors: list[str] = []
     cache = None
-    try:
-        for number, proc in enumerate(started, 1):
-            out, err = proc.communicate()  # each ends with its compile: bounded by it
-            try:
-                report = json.loads(out.strip().splitlines()[-1])
-            except (IndexError, ValueError):
-                tail = err.strip().splitlines()[-1:] or ["no output"]
-                report = {"error": f"exited with status {proc.returncode}: {tail[0]}"}
-            if "error" in report:
-                errors.append(f"process {number}: {report['error']}")
-                continue
-            compiled.append(report["compiled"])
-            ready.update(report["functions"])
-            cache = report["cache"]
-    finally:  # interrupted: no compile goes on without us
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    # All children's output read at once: they wait on each other's locks (fastext.vision.warmup).
+    for number, done in enumerate(run_children([child] * jobs), 1):
+        try:
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            report = {"error": f"exited with status {done.returncode}: {tail[0]}"}
+        if "error" in report:
+            errors.append(f"process {number}: {report['error']}")
+            continue
+        compiled.append(report["compiled"])
+        ready.update(report["functions"])
+        cache = report["cache"]
     took = time.monotonic() - start
     for error in errors:
         print(f"fastext warm: {error}", file=sys.stderr)
@@ -211,6 +202,7 @@ def _add_warm(sub: Any) -> None:
                        "build, a device's first boot), split over several processes")
     p.add_argument("--jobs", type=_positive(int), default=0, metavar="N",
                    help="processes compiling at once (0, the default: one per CPU)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one of them
     p.set_defaults(run=_cmd_warm, needs_config=False)
 
 

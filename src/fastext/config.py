@@ -111,7 +111,7 @@ def _host(text: str) -> str:
             ipaddress.IPv6Address(value)
         except ValueError:
             raise ConfigError(f"{text!r} is neither an IPv6 address nor a host name "
-                              "(give the port with --metrics-port)") from None
+                              "(the port has an option of its own)") from None
     return value
 
 
@@ -244,6 +244,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_host", "--metrics-host", "FASTEXT_METRICS_HOST", _host,
            "the address the metrics port listens on (127.0.0.1: this host only; "
            "0.0.0.0 lets a Prometheus in another container scrape it)"),
+    Option("health_port", "--health-port", "FASTEXT_HEALTH_PORT", _int_in(0, 65535),
+           "also answer grpc.health.v1 (and nothing else) in plaintext on this port, whatever "
+           "TLS the main port requires, for container health checks and probes (0: off)"),
+    Option("health_host", "--health-host", "FASTEXT_HEALTH_HOST", _host,
+           "the address the health port listens on (127.0.0.1: checks from inside the "
+           "container or pod only; 0.0.0.0 for a Kubernetes grpc probe)"),
     Option("instance", "--instance", "FASTEXT_INSTANCE", _text,
            "this instance's name, sent in every call's initial metadata as x-fastext-instance "
            "(empty: host:pid), so clients behind a proxy can tell instances apart"),
@@ -283,6 +289,8 @@ class Config:
     tls_client_ca: str = ""
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
+    health_port: int = 0
+    health_host: str = "127.0.0.1"
     instance: str = ""  # empty: host:pid, resolved by the server process itself
     log_level: str = "INFO"
     log_format: LogFormat = "text"
@@ -388,6 +396,9 @@ def _checked(config: Config) -> Config:
         raise ConfigError("--tls-cert and --tls-key go together")
     if config.tls_client_ca and not config.tls_cert:
         raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    if config.health_port and config.health_port == parse_bind(config.bind)[1]:
+        raise ConfigError(f"--health-port {config.health_port} is the --bind port: the health "
+                          "port is a second listener, give it a port of its own")
     return config
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,113 @@ def test_stream_shm_reuse_sends_repeated_frames_without_copying():
         ref = m.media_sample.content_reference
         refs.setdefault(ref.address_offset, set()).add(m.media_sample.timestamp // 3000 % 8)
     assert all(len(kinds) == 1 for kinds in refs.values())
+
+
+# -- timestamps: the descriptor's timescale, at any frame rate or a video's own times ----
+
+
+def _sent_stamps(srv: MinimalServer) -> list[int]:
+    return [m.media_sample.timestamp for call in srv.calls for m in call[1:]]
+
+
+def test_frames_are_stamped_at_fractional_rates_exactly():
+    # 29.97 frames/s at 90 kHz: frame 1772 is at 1772 / 29.97 s = 59.1258 s
+    opts = StreamOptions(target="", width=4, height=4, window=64, stamp_rate=29.97)
+    with MinimalServer() as srv:
+        opts.target = srv.target
+        result = asyncio.run(stream_frames(opts, [bytes(48)] * 1773))
+    stamps = _sent_stamps(srv)
+    assert (result.acked, len(stamps)) == (1773, 1773)
+    assert stamps[1772] == 5_321_321
+    assert stamps[:4] == [0, 3003, 6006, 9009]  # 3003.003 a frame, never drifting
+    assert stamps == [round(i * 9_000_000 / 2997) for i in range(1773)]
+
+
+@pytest.mark.parametrize("fps, stamps", [("29.97", [0, 3003, 6006]), ("30000/1001", [0, 3003, 6006]),
+                                         ("0.5", [0, 180_000])])
+def test_stream_command_stamps_at_its_fps(fps, stamps):
+    with MinimalServer() as srv:
+        done = stream("synthetic:gradient", "--target", srv.target, "--fps", fps, "--max-frames",
+                      str(len(stamps)), "--width", "8", "--height", "8", "--ack-timeout", "20")
+        sent = _sent_stamps(srv)
+    assert done.returncode == 0, done.stderr
+    assert sent == stamps
+
+
+@pytest.mark.parametrize("fps", ["0", "-1", "nan", "inf", "-inf", "fast", "1/0"])
+def test_stream_command_refuses_a_rate_that_is_not_positive(fps, capsys):
+    from fastext.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["stream", "synthetic:noise", "--fps", fps])
+    assert exit_.value.code == 2
+    assert "argument --fps:" in capsys.readouterr().err
+
+
+def _video(path: Path, frames: int, rate: int, start: int = 0) -> Path:
+    """A small MPEG-4 video at ``rate`` frames/s, its first frame at ``start`` periods."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        out = container.add_stream("mpeg4", rate=rate)
+        out.width, out.height, out.pix_fmt = 32, 24, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(scene(32, 24, i, light=True), format="rgb24")
+            frame.pts = start + i
+            container.mux(out.encode(frame))
+        container.mux(out.encode())
+    return path
+
+
+def test_video_frames_carry_their_own_presentation_times(tmp_path):
+    pytest.importorskip("av")
+    video = _video(tmp_path / "25fps.mp4", 10, 25)
+    with MinimalServer() as srv:  # no --fps: 30 would stamp 3000 ticks a frame
+        done = stream(str(video), "--target", srv.target, "--loop", "2", "--shm")
+        sent = _sent_stamps(srv)
+    assert done.returncode == 0, done.stderr
+    # 3600 ticks a frame at 25 frames/s; the second pass goes on after the first
+    assert sent == [i * 3600 for i in range(20)]
+
+
+def test_a_video_starting_late_keeps_its_times(tmp_path):
+    pytest.importorskip("av")
+    from fastext.client.sources import timed_frames_from
+
+    video = _video(tmp_path / "late.mp4", 4, 25, start=50)
+    times = [t for _, t in timed_frames_from(str(video), loop=2)]
+    assert times == [2 + Fraction(i, 25) for i in range(8)]  # from 2 s, 1/25 s apart
+
+
+# -- a sender that fails ends the stream with its error, at once ---------------------------
+
+
+def test_a_failing_source_ends_the_stream_with_its_error():
+    def source():
+        for _ in range(5):
+            yield bytes(48)
+        raise RuntimeError("camera unplugged")
+
+    opts = StreamOptions(target="", width=4, height=4, window=16, ack_timeout_s=30.0)
+    with MinimalServer() as srv:
+        opts.target = srv.target
+        with pytest.raises(StreamError) as failed:
+            asyncio.run(stream_frames(opts, source()))
+    assert str(failed.value) == "sending stopped after 5 frames: RuntimeError: camera unplugged"
+
+
+@pytest.mark.parametrize("shm", [False, True], ids=["embedded", "shm"])
+def test_stream_command_reports_a_source_failing_mid_stream(tmp_path, shm):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(scene(32, 24, i, light=True)).save(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"not a png")  # read after three frames were sent
+    with MinimalServer() as srv:
+        done = stream(str(tmp_path), "--target", srv.target, *(["--shm"] if shm else []))
+    assert done.returncode == 1
+    assert "fastext stream: error: sending stopped after 3 frames: SourceError: " in done.stderr
+    assert "3.png: cannot read image" in done.stderr
+    assert "no message from the server" not in done.stderr
+    assert re.search(r"^sent 3, acked [0-3] ", done.stdout, re.M)  # acks in flight not awaited
+    assert client_segments(done) == []

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from fastext.vision.warmup import Unit, run_units
+from fastext.vision.warmup import KEEP_BYTES, Unit, run_children, run_units
+from tests.helpers import subprocess_env
 
 # Units sharing helpers, as kernels do: "check" and "unpack" are each used by two units.
 FUNCTIONS = {
@@ -116,3 +121,83 @@ def test_run_units_releases_locks_when_a_unit_fails(tmp_path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
     finally:
         os.close(fd)
+
+
+# -- fastext warm's children: every pipe read at once ------------------------------------
+
+# Two children as fastext warm's coordinate: through a lock. The first waits for it; the
+# second holds it while writing far more to stderr than a pipe holds (64 KiB), so it can
+# only finish (and let the first go on) if its stderr is read while the first still runs.
+_WAITER = """
+import fcntl, os, sys, time
+lock, held = sys.argv[1], sys.argv[2]
+for _ in range(6000):  # until the writer holds the lock (at most 60 s)
+    if os.path.exists(held):
+        break
+    time.sleep(0.01)
+fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("got the lock", flush=True)
+"""
+_WRITER = """
+import fcntl, os, sys
+lock, held = sys.argv[1], sys.argv[2]
+fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+open(held, "w").close()
+sys.stderr.write("x" * 1_000_000 + "end")
+sys.stderr.flush()
+print("wrote", flush=True)
+"""
+_DRIVER = """
+import json, sys
+from fastext.vision.warmup import run_children
+done = run_children(json.loads(sys.argv[1]))
+print(json.dumps([[d.returncode, d.stdout, len(d.stderr), d.stderr[-5:]] for d in done]))
+"""
+
+
+def test_run_children_reads_every_child_at_once(tmp_path: Path) -> None:
+    lock, held = str(tmp_path / "unit.lock"), str(tmp_path / "held")
+    commands = [[sys.executable, "-c", code, lock, held] for code in (_WAITER, _WRITER)]
+    # In a process of its own, its children in its session: a deadlock fails the test
+    # (killed after the bound) instead of hanging it.
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(commands)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env(), start_new_session=True)
+    try:
+        out, err = driver.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.communicate()
+        raise AssertionError("the children deadlocked: a full stderr pipe was not read") from None
+    assert driver.returncode == 0, err
+    assert json.loads(out) == [[0, "got the lock\n", 0, ""],
+                               [0, "wrote\n", KEEP_BYTES, "xxend"]]  # the last 64 KiB kept
+
+
+def _children_with(marker: str) -> list[int]:
+    """Processes this one started that have ``marker`` among their arguments."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == os.getpid() and marker.encode() in argv:
+            found.append(int(entry))
+    return found
+
+
+def test_run_children_kills_what_it_started_when_interrupted(tmp_path: Path) -> None:
+    # A command that cannot start, after one that did: the started one is killed and
+    # reaped (not left compiling), and the error is the caller's.
+    marker = f"fastext-test-{tmp_path.name}"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)", marker]
+    with pytest.raises(FileNotFoundError):
+        run_children([sleeper, [str(tmp_path / "no-such-program")]])
+    assert _children_with(marker) == []

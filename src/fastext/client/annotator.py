@@ -36,6 +36,7 @@ import numpy as np
 from fastext._proto import extension_pb2, inferencing_pb2
 from fastext.client.draw import draw_frame
 from fastext.client.sinks import FrameSink, open_sink
+from fastext.client.stream import Timed
 from fastext.client.view import LiveView
 
 __all__ = ["BACKLOG", "VIEW_FPS", "Annotator"]
@@ -50,6 +51,7 @@ VIEW_FPS = 25.0
 PAINTERS = 2
 
 Inference = inferencing_pb2.Inference
+_Sent = bytes | Timed  # a frame as the stream sends it
 
 
 @dataclass
@@ -141,8 +143,9 @@ class Annotator:
         for painter in self._painters:
             painter.thread.start()
 
-    def frames(self, stream: int, pairs: Iterator[tuple[np.ndarray, bytes]]) -> Iterator[bytes]:
-        """The encoded frames to send; each one's pixels are kept until its ack."""
+    def frames(self, stream: int, pairs: Iterator[tuple[np.ndarray, _Sent]]) -> Iterator[_Sent]:
+        """The encoded frames to send (as they come: bytes, or Timed); each one's pixels
+        are kept until its ack."""
         state = self._states[stream]
         for rgb, data in pairs:
             state.last_rgb = rgb

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,8 +34,8 @@ from fastext.client.annotator import Annotator
 from fastext.client.imagenode import ImageNode
 from fastext.client.shm import ShmSpaceError
 from fastext.client.sinks import VIDEO_SUFFIXES, SinkError
-from fastext.client.sources import SourceError, frame_rate, frames_from
-from fastext.client.stream import StreamError, StreamOptions, StreamResult, stream_frames
+from fastext.client.sources import SourceError, frame_rate, timed_frames_from
+from fastext.client.stream import StreamError, StreamOptions, StreamResult, Timed, stream_frames
 from fastext.client.view import LiveView, ViewError, parse_address
 from fastext.contract.metadata import sample_to_dict
 from fastext.malloc import KEEP_MB, keep_freed_memory
@@ -92,33 +93,36 @@ def _metadata(cmd: StreamCommand) -> tuple[tuple[str, str], ...]:
     return (("x-ms-authentication", f"Basic {token}"),)
 
 
-Frames = Iterator[tuple[np.ndarray, bytes]]
+# Scaled pixels and what is sent: the encoded frame, with a video frame's own time.
+Frames = Iterator[tuple[np.ndarray, bytes | Timed]]
 
 
 def _encoded(cmd: StreamCommand, stream: int) -> tuple[Frames, int, int]:
     """The stream's frames (as scaled, and encoded), and the size they come out at."""
-    raw = frames_from(cmd.source, loop=cmd.loop, seed=stream)
+    raw = timed_frames_from(cmd.source, loop=cmd.loop, seed=stream)
     if cmd.max_frames:
         raw = itertools.islice(raw, cmd.max_frames)
-    first: np.ndarray | None = next(raw, None)
+    first = next(raw, None)
     if first is None:
         raise SourceError(f"{cmd.source}: no frames")
-    width, height = cmd.node.output_size(first.shape[1], first.shape[0])
+    width, height = cmd.node.output_size(first[0].shape[1], first[0].shape[0])
     frames = itertools.chain([first], raw)
     if cmd.source.startswith("synthetic:"):
-        return _encode_once(cmd.node, frames), width, height
+        return _encode_once(cmd.node, (frame for frame, _ in frames)), width, height
     return _scaled_and_encoded(cmd.node, frames), width, height
 
 
-def _scaled_and_encoded(node: ImageNode, frames: Iterator[np.ndarray]) -> Frames:
-    for frame in frames:
+def _scaled_and_encoded(node: ImageNode,
+                        frames: Iterator[tuple[np.ndarray, Fraction | None]]) -> Frames:
+    for frame, seconds in frames:
         scaled = node.scale_frame(frame)
-        yield scaled, node.encode_scaled(scaled)
+        data = node.encode_scaled(scaled)
+        yield scaled, data if seconds is None else Timed(data, seconds)
 
 
 def _encode_once(node: ImageNode, frames: Iterator[np.ndarray]) -> Frames:
     """Synthetic sources replay the same arrays: scale and encode each one once."""
-    cache: dict[int, tuple[np.ndarray, bytes]] = {}
+    cache: dict[int, tuple[np.ndarray, bytes | Timed]] = {}
     for frame in frames:
         pair = cache.get(id(frame))  # the source keeps every array alive, so ids are stable
         if pair is None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from fractions import Fraction
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -22,14 +24,25 @@ from fastext._proto import extension_pb2, media_pb2
 from fastext.client.shm import SlotWriter
 from fastext.contract.wire import sample_message
 
-__all__ = ["CallRecord", "FrameSource", "StreamError", "StreamOptions", "StreamResult",
+__all__ = ["CallRecord", "FrameSource", "StreamError", "StreamOptions", "StreamResult", "Timed",
            "stream_frames"]
 
 log = logging.getLogger("fastext.client")
 
-FrameSource = Iterable[bytes]
+
+class Timed(NamedTuple):
+    """A frame with its own presentation time (a video's), in seconds, exact."""
+
+    data: bytes
+    seconds: Fraction
+
+
+# Frames as bytes are stamped ``round(index * timescale / StreamOptions.stamp_rate)``;
+# Timed frames carry their own time, which the descriptor's timescale counts in.
+FrameSource = Iterable[bytes | Timed]
 Msg = extension_pb2.MediaStreamMessage
 RAW = media_pb2.VideoFrameSampleFormat.RAW
+_HALF = Fraction(1, 2)
 
 
 class StreamError(Exception):
@@ -51,7 +64,10 @@ class StreamOptions:
     shm_reuse: bool = False
     window: int = 16
     timescale: int = 90000
-    fps: float = 0.0  # 0: as fast as the window allows
+    fps: float = 0.0  # real-time pacing, frames/s; 0: as fast as the window allows
+    # frames/s that frames without a time of their own (bytes, not Timed) are stamped at:
+    # round(index * timescale / rate); 0: ``fps``, or 30 when that is 0 too
+    stamp_rate: float = 0.0
     extension_configuration: str = ""
     graph_instance: str = "fastext-stream"
     graph_node: str = "inference"
@@ -145,8 +161,12 @@ class _Stream:
     def __init__(self, opts: StreamOptions, frames: FrameSource, shm: SlotWriter | None,
                  result: StreamResult) -> None:
         self.opts, self.shm, self.result = opts, shm, result
-        self.source = iter(frames)
+        self.source: Iterator[bytes | Timed] = iter(frames)
         self.taken = 0
+        # frames/s as the exact ratio typed (29.97 is 2997/100, not the float's binary value)
+        given = opts.stamp_rate or opts.fps
+        rate = Fraction(str(given)) if given > 0 and math.isfinite(given) else Fraction(30)
+        self._ticks, self._per = opts.timescale * rate.denominator, rate.numerator
         self.exhausted = False
         self.unacked: dict[int, _Frame] = {}
         self.window = asyncio.Semaphore(opts.window)
@@ -154,13 +174,16 @@ class _Stream:
 
     def take(self) -> _Frame | None:
         """The source's next frame, registered as unacked (synchronous: never half done)."""
-        data = next(self.source, None)
-        if data is None:
+        item = next(self.source, None)
+        if item is None:
             self.exhausted = True
             return None
         index, self.taken = self.taken, self.taken + 1
-        frame = _Frame(index + 2, index * self.opts.timescale // int(self.opts.fps or 30),
-                       None if self.shm is not None else data)
+        if isinstance(item, Timed):  # to the nearest tick, half a tick up (as below)
+            data, timestamp = item.data, math.floor(item.seconds * self.opts.timescale + _HALF)
+        else:  # round(index * timescale / rate), in integers: half a tick rounds up
+            data, timestamp = item, (2 * index * self._ticks + self._per) // (2 * self._per)
+        frame = _Frame(index + 2, timestamp, None if self.shm is not None else data)
         if self.shm is not None:
             frame.slot, frame.offset = self.shm.write(data)
             frame.length = len(data)
@@ -311,7 +334,8 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
     shm = None
     if opts.shm:
         first = next(frames, None)
-        size = opts.shm_slot_bytes or (len(first) if first is not None else 1)
+        measured = first.data if isinstance(first, Timed) else first  # not the pair's len
+        size = opts.shm_slot_bytes or (len(measured) if measured is not None else 1)
         shm = SlotWriter(size, max(1, opts.window), reuse=opts.shm_reuse)
         if first is not None:
             frames = _chain(first, frames)
@@ -390,8 +414,17 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _St
     result.reply = reply
     session = _Call(stream, call, record)
     sender = asyncio.create_task(session.send())
+    receiver = asyncio.create_task(session.receive())
     try:
-        await session.receive()
+        # A sender that fails (the source raised, a frame could not be stamped) ends the
+        # stream with its error now, not as a server silent for --ack-timeout.
+        await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            failure = sender.exception()
+            call.cancel()
+            raise StreamError(f"sending stopped after {result.sent} frames: "
+                              f"{type(failure).__name__}: {failure}") from failure
+        await receiver
     except grpc.aio.AioRpcError as exc:
         code, details = await status.final(call, exc.code(), exc.details())
         if (code, details) == _FirstStatus.STAND_IN and session.cut_short:
@@ -401,6 +434,9 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _St
         if code != grpc.StatusCode.OK:
             raise _ended(code, details) from None
     finally:
+        if not receiver.done():
+            receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
         await _stop(sender, session)
     result.code, result.details = await status.final(call)
     if result.code != grpc.StatusCode.OK:
@@ -436,7 +472,7 @@ def _serialize(message: Msg | bytes) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-def _chain(first: bytes, rest: FrameSource):  # -> Iterator[bytes]
+def _chain(first: bytes | Timed, rest: FrameSource):  # -> Iterator[bytes | Timed]
     yield first
     yield from rest
 

@@ -76,6 +76,14 @@ class ExtensionServer:
         # restart that cannot start one yet), and again while draining.
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        # --health-port: the same health service, and no other, on a second plaintext
+        # server (its own, so MediaGraphExtension is never reachable without the main
+        # port's TLS): a container's HEALTHCHECK and probes reach it whatever that TLS is.
+        self.health_port = 0
+        self._health_server: grpc.aio.Server | None = None
+        if config.health_port:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         handler = grpc.stream_stream_rpc_method_handler(
             self._process_media_stream,
             # Raw bytes both ways: the session parses samples natively (protobuf only
@@ -102,8 +110,12 @@ class ExtensionServer:
             raise ConfigError(f"cannot listen on {self.config.bind}: {exc}") from None
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.bind}")
+        if self._health_server is not None:
+            self.health_port = self._bind_health(self._health_server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         self.backend.on_readiness(self._on_backend_readiness)
         # The models' facts (kind, input, labels) read in a child process: the runtime never
         # loads here, and a model that cannot be served stops the start with its reason.
@@ -114,12 +126,25 @@ class ExtensionServer:
         self._started = True
         await self._update_health()
         log.info("fastext serving on %s (port %d, instance %s, workers=%d, batch_size=%d, "
-                 "models=%s, tls=%s, auth=%s)", self.config.bind, self.port, self.instance,
+                 "models=%s, tls=%s, auth=%s, health port %s)", self.config.bind, self.port,
+                 self.instance,
                  self.config.workers, self.config.batch_size,
                  ",".join(repository.names()) or "none",
                  "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
-                 "on" if self.config.auth_username else "off")
+                 "on" if self.config.auth_username else "off",
+                 f"{self.config.health_host}:{self.health_port}" if self.health_port else "off")
         return self.port
+
+    def _bind_health(self, server: grpc.aio.Server) -> int:
+        host, port = self.config.health_host, self.config.health_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on health port {address}: {exc}") from None
+        if not bound:
+            raise ConfigError(f"cannot listen on health port {address}")
+        return bound
 
     async def stop(self, drain_s: float | None = None) -> None:
         """Drain sessions within ``drain_s`` seconds, then stop everything."""
@@ -134,6 +159,8 @@ class ExtensionServer:
             except TimeoutError:
                 log.warning("%d sessions still open after draining %.1f s", len(self._sessions), drain)
         await self._server.stop(grace=_STOP_GRACE_S)
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
         await self.backend.close()
         self.metrics.close()
         log.info("fastext stopped")

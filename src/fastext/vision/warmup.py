@@ -17,18 +17,26 @@ every unit: first those it can lock at once (the others are being compiled
 elsewhere), then the rest as their locks come free, which by then mostly means
 loading what another process compiled. A lock dies with its process, so a worker
 killed mid-compile holds nobody up: the next one compiles that unit itself.
+
+``fastext warm`` starts those processes (:func:`warm_child`, ``fastext warm --child``)
+and reads their output with :func:`run_children`: every pipe of every child at once,
+since a child that blocks writing to a full pipe while holding locks would hold up every
+child waiting for them.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import selectors
+import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Unit", "run_units"]
+__all__ = ["Finished", "Unit", "run_children", "run_units", "warm_child"]
 
 log = logging.getLogger("fastext.vision.warmup")
 
@@ -130,3 +138,83 @@ def _run(unit: Unit, held: list[int], locks: _Locks, done: list[str], pending: l
         locks.release(held)
     done.append(unit.name)
     pending.remove(unit)
+
+
+# -- the processes of ``fastext warm`` -------------------------------------------------
+
+KEEP_BYTES = 64 * 1024  # of each child's stdout and stderr, the last ones
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A child of :func:`run_children` that has exited, with the end of its output."""
+
+    returncode: int
+    stdout: str  # its last KEEP_BYTES (decoded, undecodable bytes replaced)
+    stderr: str
+
+
+def run_children(commands: Sequence[Sequence[str]], keep: int = KEEP_BYTES) -> list[Finished]:
+    """Start every command at once and read all their stdout and stderr pipes together
+    (one selector) until each child has closed both, keeping the last ``keep`` bytes of
+    each; return how each ended, in order.
+
+    Reading one child after another (``communicate()``) would let a child that fills a
+    pipe (64 KiB on Linux: numba's warnings, a traceback) block while holding a lock
+    that the child being read waits for. Every pass of the loop reads at least one
+    chunk or closes one pipe, so it ends with the children; an exception (Ctrl-C) kills
+    those still running: no compile goes on without us.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    tails: dict[tuple[int, str], bytearray] = {}
+    try:
+        with selectors.DefaultSelector() as selector:
+            for number, command in enumerate(commands):
+                proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                procs.append(proc)
+                assert proc.stdout is not None and proc.stderr is not None  # both PIPE
+                for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+                    tails[number, name] = bytearray()
+                    selector.register(pipe, selectors.EVENT_READ, (number, name))
+            while selector.get_map():  # bounded by the children: each pipe ends at its EOF
+                for key, _ in selector.select():
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    tail = tails[key.data]
+                    tail += chunk
+                    del tail[:-keep]
+        return [Finished(proc.wait(), tails[n, "stdout"].decode(errors="replace"),
+                         tails[n, "stderr"].decode(errors="replace"))
+                for n, proc in enumerate(procs)]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def warm_child() -> int:
+    """One process of ``fastext warm`` (``fastext warm --child``): ready every kernel
+    (:func:`fastext.vision.kernels.warm_shared`: this module's units, claimed by locks), then
+    print its report as one JSON line on stdout, ``{"compiled", "functions", "cache"}``,
+    or ``{"error"}`` and return 1."""
+    try:
+        from numba.core import config as numba_config
+
+        if getattr(numba_config, "DISABLE_JIT", False):
+            raise RuntimeError("NUMBA_DISABLE_JIT is set: there is nothing to compile or keep")
+        from fastext.vision import kernels
+
+        report = kernels.warm_shared()
+        print(json.dumps({"compiled": report.compiled, "functions": report.functions,
+                          "cache": kernels.cache_dir()}), flush=True)
+    except Exception as exc:  # reported by the parent, named by its process number
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 1
+    return 0
