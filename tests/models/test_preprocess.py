@@ -341,8 +341,9 @@ def test_prepare_jpeg_frame_keeps_the_frame_coordinates() -> None:
     assert np.abs(out - reference(rgb, spec)).mean() < 2 / 255
 
 
-def test_prepare_luma_frame_is_grey_in_every_channel() -> None:
-    rgb = random_rgb(30, 40, seed=12)
+@pytest.mark.parametrize(("h", "w"), [(30, 40), (64, 96)], ids=["grow", "shrink-3x"])
+def test_prepare_luma_frame_is_grey_in_every_channel(h: int, w: int) -> None:
+    rgb = random_rgb(h, w, seed=12)
     data = io.BytesIO()
     Image.fromarray(rgb).save(data, "PNG")
     frame = frame_from_encoded(data.getvalue(), Encoding.PNG, needs="luma")
@@ -350,7 +351,7 @@ def test_prepare_luma_frame_is_grey_in_every_channel() -> None:
     out = slot(spec)
     prepare(frame, out, spec)
     grey = np.repeat(frame.data[:, :, np.newaxis], 3, axis=2)
-    assert np.array_equal(out, reference(grey, spec))
+    assert_close(out, reference(grey, spec), spec)
 
 
 # -- the transform -------------------------------------------------------------------------
