@@ -31,9 +31,10 @@ from tests.helpers import BYTE_ORDERS, PACKED, pack, place, random_rgb
 
 ALL_FORMATS = [*BYTE_ORDERS, *PACKED, PixelFormat.YUV420P]
 EXTRA = 7  # bytes of row padding (set to 255 by place(): a kernel that reads them is off)
-# Float tensors within 2/255 of the reference (the brief's tolerance); in practice the
-# kernel's float32 taps stay far inside it. uint8 within 1 (rounding of a .5).
-TOL = 2 / 255
+# Float tensors within 1e-5 of the float64 reference (float32 taps and sums: measured
+# 2e-7 at 1080p; issue 18 asks for 2/255, which would hide a half-pixel shift of a
+# smooth image); uint8 within 1 (a .5 rounded either way).
+TOL = 1e-5
 
 
 @pytest.fixture(scope="module", autouse=True)

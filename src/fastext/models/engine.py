@@ -240,17 +240,37 @@ def _label(labels: Sequence[str], index: int) -> str:
 
 # -- this process's engines ---------------------------------------------------------------
 
+
+def warm_units() -> list[Any]:
+    """The model kernels' warm-up units: preprocessing (every pixel format goes through
+    one kernel) and decoding."""
+    from fastext.models import decode, preprocess
+    from fastext.vision.kernels import _jitted_closure
+    from fastext.vision.warmup import Unit
+
+    return [*preprocess.warm_units(),
+            Unit("decode", decode.warm, _jitted_closure(decode._decode_batch))]
+
+
+def warm_shared() -> None:
+    """Compile (or load) the model kernels, each function compiled by one of the workers
+    starting together and loaded from numba's cache by the others (as the vision kernels
+    are: fastext.vision.warmup)."""
+    from fastext.models import preprocess
+    from fastext.vision.warmup import run_units
+
+    path = preprocess._prepare.stats.cache_path
+    run_units(warm_units(), path if isinstance(path, str) and path else None, prefix="models.")
+
+
 _engines: dict[str, Engine] = {}
 
 
 def load(infos: Sequence[ModelInfo], threads: int = 1) -> list[str]:
     """Open every model in this process (once; a worker before READY), warm each with
     one batch so that no frame pays for a first run; returns their names."""
-    from fastext.models import decode, preprocess
-
     if infos:
-        preprocess.warm()
-        decode.warm()
+        warm_shared()
     for info in infos:
         if info.name in _engines:
             continue
