@@ -231,7 +231,9 @@ class InlineBackend:
 
 _RING_CAPACITY = 1 << 20  # bytes of records per ring: thousands of batches of references
 _RING_PAIR_BYTES = 2 * required_size(_RING_CAPACITY)  # a worker's rings in /dev/shm
-_READY_TIMEOUT_S = 180.0  # a cold numba cache on a slow ARM board compiles for a while
+# A cold numba cache on a slow ARM board compiles for a while (the model kernels alone
+# take about 40 s of CPU on x86-64: images warm them at build time, `fastext warm --models`).
+_READY_TIMEOUT_S = 600.0
 
 
 class _WorkerLane:

@@ -252,15 +252,21 @@ def warm_units() -> list[Any]:
             Unit("decode", decode.warm, _jitted_closure(decode._decode_batch))]
 
 
-def warm_shared() -> None:
-    """Compile (or load) the model kernels, each function compiled by one of the workers
-    starting together and loaded from numba's cache by the others (as the vision kernels
-    are: fastext.vision.warmup)."""
-    from fastext.models import preprocess
+def warm_shared() -> tuple[list[str], list[str]]:
+    """Compile (or load) the model kernels, each function compiled by one of the processes
+    warming together and loaded from numba's cache by the others (as the vision kernels
+    are: fastext.vision.warmup). Returns (every function readied, those compiled here)."""
+    from fastext.models import decode, preprocess
     from fastext.vision.warmup import run_units
 
+    units = warm_units()
     path = preprocess._prepare.stats.cache_path
-    run_units(warm_units(), path if isinstance(path, str) and path else None, prefix="models.")
+    run_units(units, path if isinstance(path, str) and path else None, prefix="models.")
+    functions = sorted(set().union(*(u.functions for u in units)))
+    found = {**vars(preprocess), **vars(decode)}
+    compiled = [n for n in functions if n in found and hasattr(found[n], "stats")
+                and sum(found[n].stats.cache_misses.values())]
+    return functions, compiled
 
 
 _engines: dict[str, Engine] = {}

@@ -199,11 +199,13 @@ def run_children(commands: Sequence[Sequence[str]], keep: int = KEEP_BYTES) -> l
                     stream.close()
 
 
-def warm_child() -> int:
+def warm_child(more: dict[str, Callable[[], tuple[list[str], list[str]]]] | None = None) -> int:
     """One process of ``fastext warm`` (``fastext warm --child``): ready every kernel
     (:func:`fastext.vision.kernels.warm_shared`: this module's units, claimed by locks), then
     print its report as one JSON line on stdout, ``{"compiled", "functions", "cache"}``,
-    or ``{"error"}`` and return 1."""
+    or ``{"error"}`` and return 1. ``more``: by name prefix, further warm-ups run after
+    (each returns the functions it readied and those it compiled), such as the model
+    kernels, which live above this package."""
     try:
         from numba.core import config as numba_config
 
@@ -212,7 +214,12 @@ def warm_child() -> int:
         from fastext.vision import kernels
 
         report = kernels.warm_shared()
-        print(json.dumps({"compiled": report.compiled, "functions": report.functions,
+        functions, compiled = list(report.functions), list(report.compiled)
+        for prefix, warm in (more or {}).items():  # other packages' kernels (the models')
+            readied, compiled_here = warm()
+            functions += [f"{prefix}.{name}" for name in readied]
+            compiled += [f"{prefix}.{name}" for name in compiled_here]
+        print(json.dumps({"compiled": compiled, "functions": functions,
                           "cache": kernels.cache_dir()}), flush=True)
     except Exception as exc:  # reported by the parent, named by its process number
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
