@@ -11,6 +11,7 @@ import pytest
 
 from fastext.client.synthetic import car_box, scene
 from fastext.demo import DETECT, DETECTOR_CELL, DETECTOR_SIZE, box_errors
+from tests.helpers import subprocess_env
 
 W, H = DETECT.width, DETECT.height
 
@@ -55,7 +56,7 @@ def run_detection_pass(patch: str = "") -> subprocess.CompletedProcess[str]:
             f"{patch}\n"
             "raise SystemExit(demo.run_demo(Config(workers=1), frames=20, show=2, passes=()))\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240)
+                          timeout=240, env=subprocess_env())
 
 
 def summary(out: str) -> dict[str, object]:

@@ -26,21 +26,19 @@ def write(path: Path, model: bytes) -> str:
     return str(path)
 
 
-def two_outputs() -> bytes:
-    """A model with one image input and two outputs, [1, 48, 64] and [1, 3, 1024]
-    (a segmentation export has two as well)."""
+def reshapes(image: list[int | str], outputs: dict[str, list[int]]) -> bytes:
+    """A model whose outputs are its image input reshaped to fixed shapes."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [helper.make_node("Reshape", ["images", "shape0"], ["out0"]),
-             helper.make_node("Reshape", ["images", "shape1"], ["out1"])]
-    inits = [numpy_helper.from_array(np.array([1, 48, 64], np.int64), "shape0"),
-             numpy_helper.from_array(np.array([1, 3, 1024], np.int64), "shape1")]
+    nodes = [helper.make_node("Reshape", ["images", f"{name}_shape"], [name]) for name in outputs]
+    inits = [numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape")
+             for name, shape in outputs.items()]
     graph = helper.make_graph(
-        nodes, "two", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("out0", TensorProto.FLOAT, [1, 48, 64]),
-         helper.make_tensor_value_info("out1", TensorProto.FLOAT, [1, 3, 1024])], inits)
+        nodes, "reshapes", [helper.make_tensor_value_info("images", TensorProto.FLOAT, image)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+         for name, shape in outputs.items()], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -98,7 +96,9 @@ def test_inspect_servable_classifier(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_inspect_two_outputs_is_refused_naming_the_shapes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path / "seg.onnx", two_outputs())
+    # a segmentation export has two outputs as well
+    path = write(tmp_path / "seg.onnx", reshapes([1, 3, 32, 32], {"out0": [1, 48, 64],
+                                                                 "out1": [1, 3, 1024]}))
     status, out, _ = inspect(capsys, path)
     assert status == 2
     lines = out.splitlines()
@@ -140,3 +140,25 @@ def test_inspect_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                            "one of kind, labels")
     status, _, err = inspect(capsys, path, "--runs", "0")
     assert status == 2 and "--runs must be in 1..1000" in err
+
+
+def test_inspect_a_model_that_cannot_run_the_batch(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # A dynamic batch axis, but a batch of 1 hard-coded inside (an export's Reshape): it
+    # loads and its output fits a layout, yet a worker's batch of 16 would fail.
+    path = write(tmp_path / "one.onnx", reshapes(["N", 3, 7, 4], {"output0": [1, 7, 12]}))
+    status, out, _ = inspect(capsys, path, "--runs", "1")
+    assert status == 2
+    lines = out.splitlines()
+    assert "  recognised: a detector, output layout yolov8, 3 classes" in lines
+    assert lines[-1].startswith(
+        f"not servable: model 'one' ({path}): ONNX Runtime cannot run a batch of 16 zeros (a "
+        "worker runs up to 16 frames per call; the setting max_batch lowers that): ")
+    assert "inference:" not in out
+    # With max_batch 1 it is servable, and a larger --batch is timed at what a worker runs.
+    status, out, _ = inspect(capsys, path, "--runs", "1", "--batch", "4",
+                             "--settings", '{"max_batch": 1}')
+    assert status == 0, out
+    assert any(line.startswith("  inference: ") and "per batch of 1 " in line
+               and line.endswith("(a worker runs at most 1 per call)")
+               for line in out.splitlines())

@@ -4,8 +4,9 @@
 no spinning) and reports what it found: the model's inputs and outputs, the layout
 fastext recognises in them (or the reason it cannot serve the model, as ``fastext
 serve`` would give it at start), the labels, the input fastext will feed (size, layout,
-type, resize), the batch limit, and the time of one batch of zeros plus the
-preprocessing of one 1920x1080 RGB24 frame into the input. The caller prints the
+type, resize), the batch limit (a batch that large is run once: a model that cannot
+run it is not servable), and the time of one batch of zeros plus the preprocessing of
+one 1920x1080 RGB24 frame into the input. The caller prints the
 lines; the status is 0 when the model can be served, 2 when it cannot.
 """
 
@@ -137,12 +138,20 @@ def inspect_model(path: str, name: str = "", settings: Mapping[str, Any] | None 
         return report.fail(str(exc))
     report.info = info
     _describe(report, info)
+    slots = info.fixed_batch or info.max_batch
     try:
-        _time(report, info, session, batch, runs)
+        # The largest batch a worker will run, once: an export that hard-codes a batch of
+        # 1 inside a dynamic one fails here, not on a busy server.
+        session.run(None, {info.input_name: np.zeros((slots, *_input_spec(info).slot_shape),
+                                                     info.dtype)})
     except Exception as exc:  # the runtime's error running the graph: a worker would fail too
         reason = " ".join(str(exc).split())[:300]
+        hint = (f" (a worker runs up to {slots} frames per call; the setting max_batch "
+                "lowers that)" if slots > 1 and not info.fixed_batch else "")
         return report.fail(f"model {name!r} ({path}): ONNX Runtime cannot run a batch of "
-                           f"zeros: {reason}")
+                           f"{slots} zeros{hint}: {reason}")
+    _time_inference(report, info, session, batch, runs)
+    _time_preprocessing(report, info, runs)
     report.add("servable: yes")
     return report
 
@@ -171,28 +180,39 @@ def _describe(report: Report, info: ModelInfo) -> None:
     report.add(f"  session defaults: {defaults}")
 
 
-def _time(report: Report, info: ModelInfo, session: Any, batch: int, runs: int) -> None:
-    from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
-    from fastext.models.preprocess import InputSpec, prepare_raw, warm
+def _input_spec(info: ModelInfo) -> Any:
+    from fastext.models.preprocess import InputSpec
 
+    return InputSpec(info.width, info.height, info.layout, info.dtype, info.channels,
+                     info.resize, info.mean, info.std)
+
+
+def _time_inference(report: Report, info: ModelInfo, session: Any, batch: int,
+                    runs: int) -> None:
     note = ""
     if info.fixed_batch and batch != info.fixed_batch:
         note = f" (the model fixes the batch at {info.fixed_batch})"
         batch = info.fixed_batch
     elif batch > info.max_batch:
-        note = f" (the server runs at most {info.max_batch} per call)"
-    spec = InputSpec(info.width, info.height, info.layout, info.dtype, info.channels,
-                     info.resize, info.mean, info.std)
-    tensor = np.zeros((batch, *spec.slot_shape), info.dtype)
+        note = f" (a worker runs at most {info.max_batch} per call)"
+        batch = info.max_batch
+    tensor = np.zeros((batch, *_input_spec(info).slot_shape), info.dtype)
     feed = {info.input_name: tensor}
     took = _median_time(lambda: session.run(None, feed), runs)
     report.add(f"  inference: {_ms(took)} per batch of {batch} ({_ms(took / batch)} a frame), "
                f"median of {runs} runs, ONNX Runtime on 1 thread{note}")
+
+
+def _time_preprocessing(report: Report, info: ModelInfo, runs: int) -> None:
+    from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
+    from fastext.models.preprocess import prepare_raw, warm
+
+    spec = _input_spec(info)
     warm()
     width, height = FRAME_SIZE
     frame = np.zeros(width * height * 3, np.uint8)
     frame[::7] = 200  # not all one value
-    slot = tensor[0]
+    slot = np.zeros(spec.slot_shape, info.dtype)
     took = _median_time(lambda: prepare_raw(frame, VF.RGB24, width, height, 0, slot, spec), runs)
     report.add(f"  preprocessing: {_ms(took)} a frame ({width}x{height} RGB24 into "
                f"{info.width}x{info.height} {info.layout} {info.dtype}, {info.resize}), "
