@@ -1,4 +1,5 @@
-"""The ``fastext`` command: ``serve``, ``demo``, ``stream``, ``health`` and ``warm``."""
+"""The ``fastext`` command: ``serve``, ``demo``, ``stream``, ``health``, ``warm`` and
+``model inspect``."""
 
 from __future__ import annotations
 
@@ -213,6 +214,40 @@ def _add_warm(sub: Any) -> None:
     p.set_defaults(run=_cmd_warm, needs_config=False)
 
 
+def _cmd_model_inspect(config: Config | None, args: argparse.Namespace) -> int:
+    """Whether a model file can be served, and what fastext would make of it: exit 0
+    when it can, 2 (with the reason) when it cannot."""
+    from fastext.models.inspect import inspect_model, parse_settings
+
+    try:
+        report = inspect_model(args.path, name=args.name, settings=parse_settings(args.settings),
+                               batch=args.batch, runs=args.runs)
+    except ValueError as exc:
+        print(f"fastext model inspect: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines))
+    return report.status
+
+
+def _add_model(sub: Any) -> None:
+    p = sub.add_parser("model", help="work with model files (fastext serve --model)")
+    actions = p.add_subparsers(dest="action", required=True)
+    inspect = actions.add_parser(
+        "inspect", help="say whether fastext can serve an ONNX model, what it would feed it, and "
+        "how long a batch takes; exit 0 when it can, 2 when not")
+    inspect.add_argument("path", metavar="PATH.onnx", help="the model file")
+    inspect.add_argument("--name", default="", help="the model's name in messages (default: the "
+                         "file's name)")
+    inspect.add_argument("--settings", default="", metavar="JSON",
+                         help="the model's settings as in the --config file's models object, "
+                         "e.g. '{\"labels\": [\"cat\", \"dog\"], \"resize\": \"stretch\"}'")
+    inspect.add_argument("--batch", type=int, default=1, metavar="N",
+                         help="frames in the timed batch of zeros (default 1)")
+    inspect.add_argument("--runs", type=int, default=10, metavar="N",
+                         help="timed runs; the median is shown (default 10)")
+    inspect.set_defaults(run=_cmd_model_inspect, needs_config=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastext", description="A fast gRPC inference extension "
                                      "for the LVA/AVA MediaGraphExtension contract.")
@@ -229,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(sub)
     _add_health(sub)
     _add_warm(sub)
+    _add_model(sub)
     return parser
 
 

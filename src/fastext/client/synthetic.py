@@ -12,7 +12,7 @@ import numpy as np
 
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 
-__all__ = ["encode", "scene", "scenes", "to_pixel_format"]
+__all__ = ["car_box", "encode", "scene", "scenes", "to_pixel_format"]
 
 _CHANNELS: dict[int, str] = {  # pixel format -> order of R, G, B, A ("x") bytes
     VF.RGB24: "rgb", VF.BGR24: "bgr", VF.ARGB: "xrgb", VF.RGBA: "rgbx",
@@ -20,8 +20,17 @@ _CHANNELS: dict[int, str] = {  # pixel format -> order of R, G, B, A ("x") bytes
 }
 
 
+def car_box(width: int, height: int, index: int) -> tuple[int, int, int, int]:
+    """Where :func:`scene` draws its car (a red box) in frame ``index``: ``(left, top,
+    width, height)`` in pixels. It moves right by 1/40 of the width per frame."""
+    bw, bh = max(1, width // 6), max(1, height // 8)
+    x = (index * max(1, width // 40)) % max(1, width - bw)
+    return x, int(height * 0.62), bw, bh
+
+
 def scene(width: int, height: int, index: int, light: bool, seed: int = 0) -> np.ndarray:
-    """A street-like picture: sky, ground, a moving car-sized box, sensor noise.
+    """A street-like picture: sky, ground, a moving car-sized box (red: :func:`car_box`),
+    sensor noise.
 
     ``light`` scenes are daytime (mean luma well above 127), others night
     (well below).  Returns (height, width, 3) RGB uint8.
@@ -36,9 +45,7 @@ def scene(width: int, height: int, index: int, light: bool, seed: int = 0) -> np
     horizon = 0.55
     weight = np.clip((rows - horizon) * 8.0, 0.0, 1.0)[..., None]
     img = sky * (1 - weight) + ground * weight + (cols[..., None] - 0.5) * 20.0
-    bw, bh = max(1, width // 6), max(1, height // 8)
-    x = (index * max(1, width // 40)) % max(1, width - bw)
-    y = int(height * 0.62)
+    x, y, bw, bh = car_box(width, height, index)
     img[y : y + bh, x : x + bw] = [200, 40, 30] if light else [90, 20, 15]
     img += rng.normal(0.0, 4.0, size=img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
