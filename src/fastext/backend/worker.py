@@ -139,23 +139,47 @@ class Worker:
         """Handle records in order, except that consecutive batches of model sessions wait
         and run together, one runtime call per model for all of them (whichever sessions
         they come from); they run before any other record is handled, so no CLOSE, OPEN
-        or STOP overtakes them. False when a STOP came."""
+        or STOP overtakes them. A model with ``max_queue_delay_ms`` waits up to that long
+        for more frames while its batch is not full. False when a STOP came."""
         waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]] = []
-        for record in batch:
-            if record[0] == records.BATCH:
-                lane = self.lanes.get(records.batch_session(record))
-                if lane is not None and isinstance(lane.processor, ModelProcessor):
-                    _, batch_id, refs = records.unpack_batch(record)
-                    waiting.append((lane, batch_id, refs))
-                    continue
-            if waiting:
-                self._run_models(waiting)
-                waiting = []
-            if not self._handle(record):
-                return False
+        deadline = 0.0
+        pending = list(batch)
+        while pending:
+            for record in pending:
+                if record[0] == records.BATCH:
+                    lane = self.lanes.get(records.batch_session(record))
+                    if lane is not None and isinstance(lane.processor, ModelProcessor):
+                        _, batch_id, refs = records.unpack_batch(record)
+                        waiting.append((lane, batch_id, refs))
+                        continue
+                if waiting:
+                    self._run_models(waiting)
+                    waiting = []
+                if not self._handle(record):
+                    return False
+            pending = []
+            delay = self._fill_delay(waiting) if waiting else 0.0
+            if delay > 0:  # fuller batches: the operator asked for this wait
+                now = time.monotonic()
+                deadline = deadline or now + delay
+                if now < deadline:
+                    pending = self.requests.pop_many(64, deadline - now)
         if waiting:
             self._run_models(waiting)
         return True
+
+    @staticmethod
+    def _fill_delay(waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]]) -> float:
+        """Seconds to wait for more frames: the longest ``max_queue_delay_ms`` of a model
+        whose waiting frames do not fill its batch (0: run now)."""
+        frames: dict[str, int] = {}
+        infos: dict[str, ModelInfo] = {}
+        for lane, _, refs in waiting:
+            info = lane.processor.info  # type: ignore[union-attr]
+            frames[info.name] = frames.get(info.name, 0) + len(refs)
+            infos[info.name] = info
+        return max((infos[n].max_queue_delay_ms / 1000.0 for n, count in frames.items()
+                    if count < infos[n].max_batch), default=0.0)
 
     def _run_models(self, waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]]) -> None:
         by_model: dict[str, list[tuple[_Lane, int, list[tuple[int, int, int]]]]] = {}
