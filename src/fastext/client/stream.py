@@ -472,7 +472,7 @@ def _serialize(message: Msg | bytes) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-def _chain(first: bytes | Timed, rest: FrameSource):  # -> Iterator[bytes | Timed]
+def _chain(first: bytes | Timed, rest: FrameSource) -> Iterator[bytes | Timed]:
     yield first
     yield from rest
 

@@ -694,8 +694,8 @@ def _pp_fill(out, nchw, pad, left, top, new_w, new_h):  # type: ignore[no-untype
 
 
 @_jit
-def _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, height,
-              out, nchw, left, top, new_w, new_h):  # type: ignore[no-untyped-def]
+def _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, height,  # type: ignore[no-untyped-def]
+              out, nchw, left, top, new_w, new_h):
     """Every check made before a byte is read or written: nothing outside a buffer."""
     if width < 1 or height < 1:
         raise ValueError("frame size is not positive")
