@@ -19,6 +19,7 @@ from fastext.models.repository import ModelInfo, inspect_spec  # noqa: E402
 from fastext.models.toy import colour_classifier, colour_detector  # noqa: E402
 from fastext.outcomes import Outcome, Unprocessed  # noqa: E402
 from fastext.vision.frames import Frame, PixelFormat, frame_from_raw  # noqa: E402
+from tests.helpers import failing_detector  # noqa: E402
 
 
 def _info(tmp_path: Path, data: bytes, name: str = "m") -> ModelInfo:
@@ -90,6 +91,27 @@ def test_more_frames_than_the_batch_run_in_several_calls(tmp_path):
     assert [n for n, _ in engine.take_runs()] == [2, 2, 1]  # the last call padded to 2
     assert [_tags(o) for o in outcomes] == [
         [("green", 1.0, ((i % 4) * 0.25, 0.5, 0.25, 0.25))] for i in range(5)]
+
+
+@pytest.mark.parametrize("batch", [None, 2], ids=["dynamic", "fixed"])
+def test_a_frame_the_runtime_fails_on_fails_alone(tmp_path, batch):
+    # The failing model fails any call holding a frame whose top-left pixel is red: the
+    # call of a bad frame and two sessions' good ones fails, then each runs alone.
+    info = _info(tmp_path, failing_detector(32, 8, batch))
+    engine = Engine(info)
+    params = validate_params(info, {"threshold": 0.5})
+    good = _scene({(2, 2): BLUE})
+    bad = good.copy()
+    bad[0, 0] = RED
+    results = engine.infer([(params, [_frame(good), _frame(bad)]), (params, [_frame(good)])])
+    blue = [("blue", 1.0, (0.5, 0.5, 0.25, 0.25))]
+    assert _tags(results[0][0]) == _tags(results[1][0]) == blue
+    failed = results[0][1]
+    assert isinstance(failed, Unprocessed) and failed.kind is Outcome.ERROR
+    assert failed.reason.startswith("model 'm' failed: ") and "Reshape" in failed.reason
+    # Good frames after it, fewer than a fixed batch, run as they should.
+    (after,) = engine.infer([(params, [_frame(good)])])
+    assert _tags(after[0]) == blue
 
 
 def test_a_classifier_reports_its_top_k(tmp_path):

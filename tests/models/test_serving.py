@@ -41,6 +41,7 @@ from tests.helpers import (  # noqa: E402
     RunningServer,
     descriptor,
     exchange,
+    failing_detector,
     free_port,
     pack,
     place,
@@ -94,46 +95,13 @@ def overlapping_detector() -> bytes:
     return model.SerializeToString()
 
 
-def failing_detector() -> bytes:
-    """colour_detector (YOLOV8) that ONNX Runtime fails on any batch holding a frame
-    whose top-left tensor pixel is bright red: a Reshape to a shape read from that pixel
-    (``[1]`` for dark, ``[2]`` for bright) of a one-element tensor."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load_from_string(colour_detector(Layout.YOLOV8, size=SIZE, cell=CELL))
-    graph = model.graph
-    for node in graph.node:
-        node.output[:] = ["detections" if o == "output0" else o for o in node.output]
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0, 0, 0], np.int64), "mark_start"),
-        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "mark_end"),
-        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "mark_axes"),
-        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-        numpy_helper.from_array(np.array([1], np.int64), "one_i"),
-        numpy_helper.from_array(np.ones(1, np.float32), "one_f"),
-    ])
-    graph.node.extend([
-        helper.make_node("Slice", ["images", "mark_start", "mark_end", "mark_axes"], ["mark"]),
-        helper.make_node("ReduceMax", ["mark"], ["mark_max"], keepdims=0),
-        helper.make_node("Round", ["mark_max"], ["mark_round"]),
-        helper.make_node("Cast", ["mark_round"], ["mark_int"], to=TensorProto.INT64),
-        helper.make_node("Unsqueeze", ["mark_int", "axis0"], ["mark_1d"]),
-        helper.make_node("Add", ["mark_1d", "one_i"], ["bad_shape"]),
-        helper.make_node("Reshape", ["one_f", "bad_shape"], ["factor"]),
-        helper.make_node("Mul", ["detections", "factor"], ["output0"]),
-    ])
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("models")
     files = {name: _write(folder / f"{name}.onnx", colour_detector(layout, size=SIZE, cell=CELL))
              for name, layout in LAYOUTS.items()}
     files["overlap"] = _write(folder / "overlap.onnx", overlapping_detector())
-    files["failing"] = _write(folder / "failing.onnx", failing_detector())
+    files["failing"] = _write(folder / "failing.onnx", failing_detector(SIZE, CELL))
     return files
 
 
@@ -519,8 +487,9 @@ def test_a_model_that_raises_on_some_frames_fails_only_those(served):
     bad[0, 0] = RED  # the top-left pixel the failing model reads: its Reshape fails
     poisoned = {3, 6}
     frames = [to_pixel_format(bad if i in poisoned else good, VF.RGB24) for i in range(8)]
-    # One frame in flight at a time: a runtime call holds only that frame.
-    opts = StreamOptions(target=served.target, width=64, height=64, window=1,
+    # Several frames in flight: a worker runs them in one call, which fails; then it
+    # runs each alone, and only the bad ones fail.
+    opts = StreamOptions(target=served.target, width=64, height=64, window=4,
                          extension_configuration=config("failing", threshold=0.2))
     result = run_stream(opts, frames)
     assert result.acked == result.sent == 8 and result.code == grpc.StatusCode.OK
