@@ -11,6 +11,7 @@ small, so that the ARM64 stage under qemu runs this file in reasonable time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -542,7 +543,8 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
                 time.sleep(0.02)
                 batches_held, sessions = srv.call(kill_when_holding_several_sessions())
         except BaseException:
-            os.kill(victim, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
             raise
         runner.join(180)
         assert not runner.is_alive() and len(outcome) == 1
