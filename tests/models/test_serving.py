@@ -391,10 +391,11 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
             runner = threading.Thread(target=lambda: outcome.append(asyncio.run(all_streams())))
             runner.start()
             deadline = time.monotonic() + 60
-            while (metrics.value("fastext_frames_in_flight") < streams * window
-                   and time.monotonic() < deadline):
+            while ((metrics.value("fastext_frames_in_flight") < streams * window
+                    or backend.queued()) and time.monotonic() < deadline):
                 time.sleep(0.02)
             assert metrics.value("fastext_frames_in_flight") == streams * window
+            assert backend.queued() == 0  # every batch is in the worker's ring
         finally:
             os.kill(pid, signal.SIGCONT)
         runner.join(120)
@@ -411,8 +412,9 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
         assert metrics.value("fastext_model_batch_frames_sum", labels) == streams * frames_each
         # The 16 frames waiting (4 per stream) ran as one call: more than any one
         # stream's window, so of several streams.
-        assert metrics.value("fastext_model_batch_frames_bucket",
-                             {**labels, "le": "12.0"}) < calls
+        bucket = "fastext_model_batch_frames_bucket"
+        assert metrics.value(bucket, {**labels, "le": "16"}) == calls  # at most 16 a call
+        assert metrics.value(bucket, {**labels, "le": "12"}) < calls
         assert metrics.value("fastext_model_inference_seconds_count", labels) == calls
 
 
