@@ -429,7 +429,8 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
                                         "got 2"),
     ('{"model": "v8", "classes": ["red", "cat"]}', "model 'v8' has no class 'cat' (its "
                                                    "labels: red, green, blue)"),
-    ('{"model": "v8", "top_k": 3}', "model 'v8' (detect) takes no parameter 'top_k'"),
+    ('{"model": "v8", "speed": 3}', "model 'v8' (detect) takes no parameter 'speed' (it "
+                                    "takes threshold, iou, max_detections, classes)"),
 ], ids=["unknown-name", "path", "threshold", "unknown-class", "unknown-key"])
 def test_bad_sessions_are_refused_with_the_reason(served, configuration, message):
     replies, code, details = exchange(served.target, [descriptor(config=configuration)])

@@ -188,7 +188,7 @@ class Engine:
 
     def _failed(self, item: tuple[int, int, Any], exc: Exception,
                 results: list[list[Outcome]]) -> None:
-        log.error("model %s failed on a frame: %s", self.info.name, exc, exc_info=exc)
+        log.error("model %s failed on a frame: %s", self.info.name, exc)
         results[item[0]][item[1]] = Unprocessed(Kind.ERROR,
                                                 f"model {self.info.name!r} failed: {exc}")
 
