@@ -382,3 +382,42 @@ def install_entry_points(directory: str, group: str, entries: dict[str, str]) ->
         fh.write("Metadata-Version: 2.1\nName: fastext-test-plugins\nVersion: 1.0\n")
     with open(os.path.join(dist, "entry_points.txt"), "w") as fh:
         fh.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+def failing_detector(size: int = 32, cell: int = 8, batch: int | None = None) -> bytes:
+    """fastext.models.toy's colour_detector (YOLOV8) that ONNX Runtime fails on any call
+    holding a frame whose top-left tensor pixel is bright red: a Reshape of a one-element
+    tensor to a shape read from that pixel (``[1]`` when dark, ``[2]`` when bright)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastext.models.decode import Layout
+    from fastext.models.toy import colour_detector
+
+    model = onnx.load_from_string(colour_detector(Layout.YOLOV8, size, cell, batch))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["detections" if o == "output0" else o for o in node.output]
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([0, 0, 0], np.int64), "mark_start"),
+        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "mark_end"),
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "mark_axes"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_i"),
+        numpy_helper.from_array(np.ones(1, np.float32), "one_f"),
+    ])
+    graph.node.extend([
+        helper.make_node("Slice", ["images", "mark_start", "mark_end", "mark_axes"], ["mark"]),
+        helper.make_node("ReduceMax", ["mark"], ["mark_max"], keepdims=0),
+        helper.make_node("Round", ["mark_max"], ["mark_round"]),
+        helper.make_node("Cast", ["mark_round"], ["mark_int"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["mark_int", "axis0"], ["mark_1d"]),
+        helper.make_node("Add", ["mark_1d", "one_i"], ["bad_shape"]),
+        helper.make_node("Reshape", ["one_f", "bad_shape"], ["factor"]),
+        helper.make_node("Mul", ["detections", "factor"], ["output0"]),
+    ])
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())

@@ -138,9 +138,11 @@ class Worker:
     def _handle_all(self, batch: list[bytes]) -> bool:
         """Handle records in order, except that consecutive batches of model sessions wait
         and run together, one runtime call per model for all of them (whichever sessions
-        they come from); they run before any other record is handled, so no CLOSE, OPEN
-        or STOP overtakes them. A model with ``max_queue_delay_ms`` waits up to that long
-        for more frames while its batch is not full. False when a STOP came."""
+        they come from); they run before any other record is handled, so no CLOSE, STOP
+        or other batch overtakes them. An OPEN only adds its new session's lane, so it is
+        handled at once: the OPENs of streams starting together do not split the batches
+        between them into one call per stream. A model with ``max_queue_delay_ms`` waits up
+        to that long for more frames while its batch is not full. False when a STOP came."""
         waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]] = []
         deadline = 0.0
         pending = list(batch)
@@ -152,6 +154,9 @@ class Worker:
                         _, batch_id, refs = records.unpack_batch(record)
                         waiting.append((lane, batch_id, refs))
                         continue
+                elif record[0] == records.OPEN and waiting:
+                    self._handle(record)
+                    continue
                 if waiting:
                     self._run_models(waiting)
                     waiting = []

@@ -127,6 +127,11 @@ class Engine:
         options.log_severity_level = 3
         available = set(ort.get_available_providers())
         providers = [p for p in info.providers if p in available] or ["CPUExecutionProvider"]
+        missing = [p for p in info.providers if p not in available]
+        if missing:
+            log.warning("model %s: execution provider(s) %s not in this ONNX Runtime (it has "
+                        "%s): running on %s", info.name, ", ".join(missing),
+                        ", ".join(sorted(available)), ", ".join(providers))
         self.session = ort.InferenceSession(info.path, options, providers=providers)
         self.input = InputSpec(info.width, info.height, info.layout, info.dtype, info.channels,
                                info.resize, info.mean, info.std)
@@ -149,7 +154,9 @@ class Engine:
         """Each job's outcomes, one per frame in order. A job's frames are
         :class:`~fastext.vision.frames.Frame` objects (or an :class:`Unprocessed`, for a
         frame that could not be fetched: kept as it is). A frame that cannot be prepared
-        is INVALID; a runtime failure raises (the whole batch failed)."""
+        is INVALID. When the runtime fails on a call of several frames, each is run again
+        alone: only a frame it fails on alone is ERROR, not the frames (of any session)
+        that shared its call."""
         results: list[list[Outcome]] = [[_PENDING] * len(frames) for _, frames in jobs]
         pending: list[tuple[int, int, Any]] = []  # (job, frame index, frame)
         for j, (_, frames) in enumerate(jobs):
@@ -160,8 +167,35 @@ class Engine:
                     pending.append((j, i, frame))
         with self._lock:
             for start in range(0, len(pending), self.slots):
-                self._run_chunk(jobs, pending[start:start + self.slots], results)
+                self._run_isolating(jobs, pending[start:start + self.slots], results)
         return results
+
+    def _run_isolating(self, jobs: Sequence[tuple[Params, Sequence[Any]]],
+                       chunk: Sequence[tuple[int, int, Any]], results: list[list[Outcome]]
+                       ) -> None:
+        """Run ``chunk``; if the runtime (or decoding) fails on it, run its frames one at
+        a time, so that a frame the model cannot take fails alone."""
+        try:
+            self._run_chunk(jobs, chunk, results)
+            return
+        except Exception as exc:
+            if len(chunk) == 1:
+                self._failed(chunk[0], exc, results)
+                return
+            log.warning("model %s failed on a call of %d frames (%s); running each alone",
+                        self.info.name, len(chunk), exc)
+        self._tensor[...] = 0  # a fixed batch's idle slots must not hold the failing frame
+        for item in chunk:
+            try:
+                self._run_chunk(jobs, [item], results)
+            except Exception as exc:
+                self._failed(item, exc, results)
+
+    def _failed(self, item: tuple[int, int, Any], exc: Exception,
+                results: list[list[Outcome]]) -> None:
+        log.error("model %s failed on a frame: %s", self.info.name, exc)
+        results[item[0]][item[1]] = Unprocessed(Kind.ERROR,
+                                                f"model {self.info.name!r} failed: {exc}")
 
     def _run_chunk(self, jobs: Sequence[tuple[Params, Sequence[Any]]],
                    chunk: Sequence[tuple[int, int, Any]], results: list[list[Outcome]]) -> None:
