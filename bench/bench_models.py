@@ -179,13 +179,15 @@ def start_all(model: Path, metrics_port: int, started: list[Any]
               ) -> tuple[ServerProcess, ServerProcess, dict[str, list[Runner]]]:
     """fastext with the model, the lock server and the runtime-alone processes, started
     at once (each appended to ``started`` as soon as it exists, to be stopped)."""
+    runners: dict[str, list[Runner]] = {"2x1": [], "1x2": []}
+    for key, threads in (("2x1", 1), ("2x1", 1), ("1x2", 2)):
+        runners[key].append(Runner(model, threads))
+        started.append(runners[key][-1])
     with ThreadPoolExecutor(2) as pool:
         servers = [pool.submit(fastext_server, "--workers", "2", "--model", f"m={model}",
                                "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"),
                    pool.submit(lock_server, model)]
-        runners = {"2x1": [Runner(model, 1), Runner(model, 1)], "1x2": [Runner(model, 2)]}
-        started += [r for rs in runners.values() for r in rs]
-        failed = [f.exception() for f in servers if f.exception() is not None]
+        failed = [e for f in servers if (e := f.exception()) is not None]
         started += [f.result() for f in servers if f.exception() is None]
         if failed:
             raise failed[0]
