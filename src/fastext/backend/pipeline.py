@@ -284,10 +284,15 @@ class WorkerBackend:
     the processes (spawn, restart, stop) are the :class:`Supervisor`'s; this class is
     the wiring: each process's rings and spec (:meth:`_launch`, :meth:`_release`), its
     doorbell, completions, and the results handed back to sessions.
+
+    ``target(spec)`` is what each process runs: fastext's worker; a test's stand-in
+    (tests/fake_worker.py) drives this wiring through deaths and re-runs without one.
     """
 
-    def __init__(self, config: Config, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, config: Config, metrics: MetricsSink | None = None, *,
+                 target: Callable[[WorkerSpec], object] = worker_main) -> None:
         self.config = config
+        self._target = target
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._lanes = itertools.count(1)
         self._arena: Arena | None = None
@@ -336,7 +341,7 @@ class WorkerBackend:
             self._placement = Placement[_WorkerLane](self.config.workers, ArenaAllocator(size),
                                                      arena.write)
             self._all_ready = asyncio.Event()
-            self._supervisor = Supervisor(self.config.workers, self._launch, worker_main,
+            self._supervisor = Supervisor(self.config.workers, self._launch, self._target,
                                           self._on_completions, self._on_exit, self._release,
                                           on_launch_failure=self._on_launch_failure,
                                           serving=self._serving)
