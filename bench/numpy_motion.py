@@ -1,6 +1,7 @@
-"""The motion detector's algorithm in plain numpy: the baseline of bench_motion.py, and
-the twin tests/processors/test_motion.py checks MotionDetector against (the same boxes on random
-scenes). It lives here because benchmarks never import tests.
+"""The motion detector's algorithm in plain numpy: the baseline of bench_motion.py.
+
+Benchmarks never import tests and tests never import bench: the test's oracle is its own,
+``tests.helpers.reference_motion`` (written for reading, not speed).
 """
 
 from __future__ import annotations

@@ -421,3 +421,77 @@ def failing_detector(size: int = 32, cell: int = 8, batch: int | None = None) ->
     ])
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
+
+# -- oracles ------------------------------------------------------------------------------
+
+
+def expected_dark_light(index: int) -> str:
+    """The tag ``synthetic:dark-light`` frame ``index`` (0-based) should get."""
+    return "light" if (index // 10) % 2 == 0 else "dark"
+
+
+MotionBox = tuple[float, float, float, float]
+
+
+def reference_motion(frames: Sequence[np.ndarray], sensitivity: float = 0.75,
+                     min_area: float = 0.001, alpha: float = 0.1) -> list[list[MotionBox]]:
+    """The boxes MotionDetector should find in each luma frame, by its algorithm written
+    for reading, not speed: a test's oracle (bench/numpy_motion.py is the bench's
+    baseline, vectorized; benchmarks never import tests, tests never import bench).
+
+    Block means on the work grid (float32, as the detector computes them), a running
+    background, changed pixels counted per cell, cells with enough of them joined when
+    within LINK_RADIUS cells of each other (a flood fill here, union-find there), and
+    one box per region large enough, regions in the order of their first cell."""
+    from fastext.processors.motion import CELLS, LINK_RADIUS, WORK_SIZE, threshold_for
+
+    threshold, rate = np.float32(threshold_for(sensitivity)), np.float32(alpha)
+    background: np.ndarray | None = None
+    result: list[list[MotionBox]] = []
+    for luma in frames:
+        h, w = luma.shape
+        s = max(1, -(-max(h, w) // WORK_SIZE))
+        wh, ww = -(-h // s), -(-w // s)
+        padded = np.zeros((wh * s, ww * s), np.uint32)
+        padded[:h, :w] = luma
+        pixels = np.minimum(s, h - np.arange(wh) * s)[:, None] * np.minimum(s, w - np.arange(ww) * s)
+        work = padded.reshape(wh, s, ww, s).sum(axis=(1, 3)).astype(np.float32) * (
+            1.0 / pixels).astype(np.float32)
+        if background is None or background.shape != work.shape:
+            background = work
+            result.append([])
+            continue
+        diff = work - background
+        background = background + rate * diff
+        changed = np.abs(diff) > threshold
+        k = max(1, round(max(wh, ww) / CELLS))
+        ch, cw = -(-wh // k), -(-ww // k)
+        points: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for y, x in zip(*np.nonzero(changed), strict=True):
+            points.setdefault((int(y) // k, int(x) // k), []).append((int(y), int(x)))
+        moving = {c for c, p in points.items() if len(p) >= max(1, k * k // 16)}
+        seen: set[tuple[int, int]] = set()
+        boxes: list[MotionBox] = []
+        for first in sorted(moving):  # row-major
+            if first in seen:
+                continue
+            region, todo = [], [first]
+            seen.add(first)
+            while todo:
+                cy, cx = todo.pop()
+                region.append((cy, cx))
+                for ny in range(max(0, cy - LINK_RADIUS), min(ch, cy + LINK_RADIUS + 1)):
+                    for nx in range(max(0, cx - LINK_RADIUS), min(cw, cx + LINK_RADIUS + 1)):
+                        if (ny, nx) in moving and (ny, nx) not in seen:
+                            seen.add((ny, nx))
+                            todo.append((ny, nx))
+            inside = [p for c in region for p in points[c]]
+            if len(inside) < min_area * wh * ww:
+                continue
+            ys, xs = [p[0] for p in inside], [p[1] for p in inside]
+            left, top = min(min(xs) * s, w) / w, min(min(ys) * s, h) / h
+            right, bottom = min((max(xs) + 1) * s, w) / w, min((max(ys) + 1) * s, h) / h
+            boxes.append((left, top, right - left, bottom - top))
+        result.append(boxes)
+    return result

@@ -485,3 +485,33 @@ def test_architecture_import_scanner_resolves_every_form(tmp_path: Path) -> None
     assert {"tests.test_a", "tests.test_b", "tests.test_c", "tests.conftest", "tests.test_d",
             "tests.test_e"} <= found
     assert not any(_is_test_module(m) for m in ("tests.helpers", "tests.conformance", "testing"))
+
+
+def test_architecture_tests_import_no_benchmarks() -> None:
+    found = {str(p.relative_to(ROOT)): sorted({m for m, _ in imports_of(p, ROOT)
+                                               if m.partition(".")[0] == "bench"})
+             for p in _sources("tests")}
+    assert "tests/processors/test_motion.py" in found
+    assert {path: mods for path, mods in found.items() if mods} == {}
+
+
+def test_architecture_server_errors_form_one_tree() -> None:
+    """Every exception the server's packages define is a FastextError (one ``except``
+    catches them all); the client's errors are its own."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from fastext.errors import FastextError
+
+    strays, seen = [], 0
+    for package in ("front", "backend", "contract", "vision", "processors"):
+        path = ROOT / "src" / "fastext" / package
+        for info in pkgutil.iter_modules([str(path)]):
+            module = importlib.import_module(f"fastext.{package}.{info.name}")
+            for name, cls in inspect.getmembers(module, inspect.isclass):
+                if cls.__module__ == module.__name__ and issubclass(cls, BaseException):
+                    seen += 1
+                    if not issubclass(cls, FastextError):
+                        strays.append(f"{module.__name__}.{name}")
+    assert seen >= 1 and strays == []

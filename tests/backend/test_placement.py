@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fastext.backend import records
 from fastext.backend.placement import MAX_RUNS, Placement, Worker
 from fastext.backend.shm import ArenaAllocator, ShmRef
@@ -175,3 +178,64 @@ def test_placement_a_closed_lanes_batches_never_reopen_it() -> None:
     sent = list(worker.outbox)
     assert sent == [other.open_record, records.pack_batch(2, 3, [(records.SRC_CLIENT, 0, 8)])]
     assert placement._alloc.alloc(1024) is not None, "the closed lane's arena space was kept"
+
+
+# -- the one-frame batch (its reference made in Job, no copy-in) vs the general path ------
+
+
+class _General(ShmRef):
+    """A ShmRef that is not exactly one: Job's one-frame shortcut (``type(...) is
+    ShmRef``) passes it by, so the general copy-in path turns it into a reference."""
+
+    __slots__ = ()
+
+
+#: One add: (lane 0-2, its frames: each an (offset, size) in the client file, or None
+#: for embedded bytes), or a worker's death / a completion of its oldest job ("die" /
+#: "done", worker 0-1).
+_Op = tuple[str, int, list[tuple[int, int] | None]]
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 2),
+              st.lists(st.one_of(st.none(), st.tuples(st.integers(0, 2**40),
+                                                      st.integers(1, 2**20))),
+                       min_size=1, max_size=3)),
+    st.tuples(st.sampled_from(["die", "done", "ready"]), st.integers(0, 1), st.just([]))),
+    max_size=30)
+
+
+def _replay(ops: list[_Op], ref: type[ShmRef]) -> list[object]:
+    """What a placement did for ``ops`` with client references of type ``ref``: for each
+    step, the worker it went to, every worker's outbox, the backlog and the arena."""
+    placement, memory = make(workers=2, arena=64)
+    lanes = [Lane(1, stateful=False), Lane(2, stateful=True), Lane(3)]
+    seen: list[object] = []
+    for token, (what, which, frames) in enumerate(ops):
+        if what == "add":
+            payloads = [ref(*f) if f is not None else memoryview(bytes([token % 256]) * 8)
+                        for f in frames]
+            placed = placement.add(lanes[which], token, payloads, 0.0)
+            seen.append(placed.index if placed is not None else None)
+            seen.append([w.index for w in placement.place()])
+        elif what == "die":
+            seen.append([job.token for job in placement.worker_died(placement.workers[which])])
+        elif what == "ready":
+            placement.set_ready(placement.workers[which])
+            seen.append([w.index for w in placement.place()])
+        else:
+            worker = placement.workers[which]
+            if worker.jobs:
+                job = placement.finished(worker, min(worker.jobs))
+                seen.append(job.refs if job is not None else None)
+        seen.append([list(w.outbox) for w in placement.workers])
+        seen.append([job.token for job in placement.backlog])  # (refs: made when placed)
+        seen.append(bytes(memory))
+    return seen
+
+
+# database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
+@settings(max_examples=200, deadline=None, database=None)
+@given(ops=_ops)
+def test_placement_one_frame_shortcut_places_as_the_general_path(ops: list[_Op]) -> None:
+    """Whatever mix of one-frame and larger batches, embedded or not, deaths and
+    completions: the same records on the same workers, the same backlog, the same arena."""
+    assert _replay(ops, ShmRef) == _replay(ops, _General)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+from contextlib import nullcontext
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -254,3 +256,41 @@ def test_records_done_of_one_frame_round_trips(outcome: bytes | Unprocessed) -> 
 def test_records_batch_of_one_frame_round_trips() -> None:
     ref = (SRC_CLIENT, U64, U64 - 1)
     assert unpack_batch(pack_batch(U32, U64, [ref])) == (U32, U64, [ref])
+
+
+# -- the one-frame DONE's single unpack vs the general loop -------------------------------
+
+
+def _decoded(buf: bytes, general: bool) -> object:
+    """unpack_done's answer for ``buf`` (or the type of what it raised), by its one-frame
+    shortcut where it applies, or by the general loop however many frames (``general``:
+    the shortcut's size test can never pass)."""
+    with mock.patch.object(records, "_DONE1_SIZE", 1 << 62) if general else nullcontext():
+        try:
+            batch_id, outcomes, processing_us = unpack_done(buf)
+        except Exception as exc:  # noqa: BLE001 - which error is part of the answer
+            return type(exc)
+    return batch_id, [(type(o), o) if isinstance(o, bytes) else (o.kind, o.reason)
+                      for o in outcomes], processing_us
+
+
+# database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(_outcome(), max_size=4), st.integers(0, U64), st.integers(0, U32))
+def test_records_done_shortcut_decodes_as_the_general_loop(
+        outcomes: list[bytes | Unprocessed], batch_id: int, processing_us: int) -> None:
+    buf = pack_done(batch_id, outcomes, processing_us)
+    fast = _decoded(buf, general=False)
+    assert fast == _decoded(buf, general=True)
+    assert isinstance(fast, tuple) and len(fast[1]) == len(outcomes)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.integers(0, 255), st.binary(max_size=24), st.integers(-3, 3), st.integers(0, 2))
+def test_records_done_shortcut_decodes_any_one_frame_record_as_the_general_loop(
+        code: int, data: bytes, skew: int, count: int) -> None:
+    """Any code (unknown ones too), any bytes (invalid UTF-8 reasons too), a length that
+    lies by ``skew``, a count of 0-2: the shortcut answers (or raises) as the loop does."""
+    head = struct.pack("<BxxxIQI", records.DONE, 5, 9, count)
+    buf = head + struct.pack("<BxxxI", code, max(0, len(data) + skew)) + data
+    assert _decoded(buf, general=False) == _decoded(buf, general=True)

@@ -37,8 +37,11 @@ class Harness:
     (what, slot, generation, time) in the order the callbacks ran.
     """
 
-    def __init__(self, count: int, plan: Plan) -> None:
+    def __init__(self, count: int, plan: Plan, own_flag: bool = False) -> None:
         self.plan = plan
+        # own_flag: readiness kept here (the supervisor asks serving()), not on the slot
+        self.own_flag = own_flag
+        self.up: set[int] = set()
         self.events: list[tuple[str, int, int, float]] = []
         self.launches = [0] * count
         self.rang: dict[tuple[int, int], int] = {}
@@ -76,7 +79,13 @@ class Harness:
 
     def on_wake(self, slot: Slot) -> None:
         self._take(slot)
-        slot.ready = True  # the child rings once it has started: "ready"
+        if self.own_flag:
+            self.up.add(slot.index)
+        else:
+            slot.ready = True  # the child rings once it has started: "ready"
+
+    def serving(self, slot: Slot) -> bool:
+        return slot.index in self.up
 
     def on_exit(self, slot: Slot) -> None:
         self._note("exit", slot)
@@ -86,6 +95,7 @@ class Harness:
                                        and self.stops[slot.index] is not None)
         self.exit_codes[(slot.index, self.gen(slot))] = slot.process.exitcode
         self._take(slot)
+        self.up.discard(slot.index)
 
     def release(self, slot: Slot, aborting: bool) -> None:
         self._note("abort-release" if aborting else "release", slot)
@@ -182,11 +192,13 @@ def test_supervisor_restarts_a_crashing_child_with_growing_backoff() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_supervisor_kills_a_ready_child_whose_heartbeat_stalls() -> None:
+@pytest.mark.parametrize("flag", ["slot.ready", "serving"])
+def test_supervisor_kills_a_ready_child_whose_heartbeat_stalls(flag: str) -> None:
     quiet_s, hang_s = 0.8, 0.3
     h = Harness(1, lambda slot, gen: {"behaviour": "hang", "quiet_s": quiet_s} if gen == 0
-                else {"behaviour": "ring"})
-    sup = h.supervisor(1, hang_s=hang_s, watch_s=0.05, backoff_s=(0.05,))
+                else {"behaviour": "ring"}, own_flag=flag == "serving")
+    options: dict[str, Any] = {"serving": h.serving} if h.own_flag else {}
+    sup = h.supervisor(1, hang_s=hang_s, watch_s=0.05, backoff_s=(0.05,), **options)
 
     async def body() -> None:
         await until(lambda: h.rang.get((0, 1)) == 1)

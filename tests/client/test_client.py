@@ -20,9 +20,10 @@ import pytest
 
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.imagenode import ImageNode
-from fastext.client.sources import SourceError, expected_dark_light, frames_from
+from fastext.client.sources import SourceError, frames_from
 from fastext.client.stream import StreamError, StreamOptions, stream_frames
 from fastext.client.synthetic import scene
+from tests.helpers import expected_dark_light
 from tests.minimal_server import MinimalServer
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "inference_metadata.schema.json").read_text())

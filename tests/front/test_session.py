@@ -8,20 +8,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastext._proto.extension_pb2 import MediaSample, MediaStreamMessage
 from fastext._proto.inferencing_pb2 import Classification, Inference, Tag
 from fastext.backend.pipeline import LaneSpec, Payload, Result
-from fastext.backend.shm import ClientMemory
+from fastext.backend.shm import ClientMemory, ShmRef
 from fastext.config import Config
-from fastext.front.session import DROPPED, Session, SessionEnd
+from fastext.errors import SampleError
+from fastext.front.session import Session, SessionEnd
 from fastext.metrics import Metrics, MetricsSink
 from fastext.outcomes import Outcome, Unprocessed
-from tests.helpers import ORANGE, descriptor, embedded, solid
+from tests.helpers import ORANGE, descriptor, embedded, referenced, solid
 
 Msg = MediaStreamMessage
 FRAME = solid(ORANGE, 8, 8).tobytes()
@@ -203,7 +207,8 @@ async def test_session_stops_reading_at_a_full_window() -> None:
 
 @on_loop
 async def test_session_drop_policy_acks_dropped_frames_in_order_without_inference() -> None:
-    call = await opened(batch_size=1, max_inflight=2, overload="drop")
+    metrics = Metrics()
+    call = await opened(metrics, batch_size=1, max_inflight=2, overload="drop")
     call.send(*frames(2, 5))
     await call.until(lambda: call.session.dropped == 3)
     assert len(call.lane.batches) == 2  # frames 4, 5, 6 never reach the lane
@@ -217,7 +222,7 @@ async def test_session_drop_policy_acks_dropped_frames_in_order_without_inferenc
     assert call.acks() == [2, 3, 4, 5, 6]
     assert [len(m.media_sample.inferences) for m in call.written[1:]] == [0] * 5
     await call.finish()
-    assert DROPPED  # the reason logged for them
+    assert metrics.outcomes["dropped"] == 3 and metrics.outcomes["empty"] == 2  # as labelled
 
 
 @on_loop
@@ -390,3 +395,131 @@ async def test_session_drained_during_its_handshake_ends_unavailable() -> None:
             await call.task
     assert ended.value.code == "UNAVAILABLE"  # not OK: the client must know to reconnect
     assert len(call.written) == 1 and call.lane.batches == []
+
+
+# -- the RAW shared-memory bounds check: the session's inlined compare vs ClientMemory's --
+
+_FILE_BYTES = 4096  # the largest file the property below describes
+
+
+def _near(edge: int) -> st.SearchStrategy[int]:
+    """Values just around ``edge`` (where an off-by-one lives), and any uint64."""
+    return st.one_of(st.integers(max(0, edge - 3), edge + 3), st.integers(0, 2**64 - 1))
+
+
+@st.composite
+def _raw_references(draw: st.DrawFn) -> tuple[int, int, int, int, int]:
+    """(width, height, file size, offset, length): an RGB24 frame of width x height in a
+    file the descriptor announces as file size bytes (at least one frame, as it must),
+    and one content_reference into it."""
+    width, height = draw(st.integers(1, 24)), draw(st.integers(1, 4))
+    frame = 3 * width * height
+    size = draw(st.integers(frame, min(_FILE_BYTES, frame + 300)))
+    offset = draw(_near(size - frame))
+    length = draw(st.one_of(_near(frame), _near(max(0, size - offset))))
+    return width, height, size, offset, length
+
+
+def _fast_then_general(shm: str, width: int, height: int, size: int, offset: int,
+                       length: int) -> tuple[ShmRef | None, bool, ShmRef | None]:
+    """Accept one RAW content_reference in a session opened on ``shm`` (announced as
+    ``size`` bytes): (the reference its inlined check put in a batch, or None; whether
+    it fell back to the general path), and what ClientMemory.frame says of the same
+    reference (its ShmRef, or None when it refuses it)."""
+    async def accept() -> tuple[ShmRef | None, bool, ShmRef | None]:
+        backend = FakeBackend()
+        session = Session(Config(workers=0), backend)  # type: ignore[arg-type]
+        session._handshake(descriptor(width, height, shm=(shm, size)))
+        fell_back: list[tuple[int, ...]] = []
+        general = session._payload
+
+        def payload(kind: int, a: int, b: int, data: bytes) -> Payload:
+            fell_back.append((kind, a, b))
+            return general(kind, a, b, data)
+
+        session._payload = payload  # type: ignore[method-assign]
+        memory = session._memory
+        assert memory is not None and backend.lane is not None
+        try:
+            session._accept(referenced(2, offset, length).SerializeToString())
+            fast = backend.lane.batches[0][1][0] if not fell_back and backend.lane.batches else None
+            try:
+                expected: ShmRef | None = memory.frame(offset, length, 3 * width * height)
+            except SampleError:
+                expected = None
+            if expected is not None:  # and the view's own check (defence in depth) agrees
+                assert memory.view(expected).nbytes == 3 * width * height
+            return fast, bool(fell_back), expected  # type: ignore[return-value]
+        finally:
+            memory.close()
+
+    return asyncio.run(accept())
+
+
+@pytest.fixture(scope="module")
+def raw_file() -> Any:
+    name = f"fastext-test-bounds-{os.getpid()}"
+    path = os.path.join("/dev/shm", name)
+    with open(path, "wb") as f:
+        f.truncate(_FILE_BYTES)
+    try:
+        yield name
+    finally:
+        os.unlink(path)
+
+
+# database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
+@settings(max_examples=300, deadline=None, database=None)
+@given(case=_raw_references())
+def test_session_inlined_raw_bounds_check_agrees_with_client_memory(
+        raw_file: str, case: tuple[int, int, int, int, int]) -> None:
+    """The per-frame compare against _last_offset accepts exactly the references that
+    ClientMemory.frame accepts, as the same region; everything it refuses goes the
+    general way (and is refused there)."""
+    width, height, size, offset, length = case
+    fast, fell_back, expected = _fast_then_general(raw_file, width, height, size, offset, length)
+    assert fast == expected
+    assert fell_back == (expected is None)
+
+
+# -- the one-frame submit inlined in _accept vs the general batch path --------------------
+
+
+def _submitted_and_acked(sizes: list[int], general: bool) -> tuple[list[Any], list[Any]]:
+    """Stream embedded frames of ``sizes`` bytes (fewer than a frame's: invalid) at
+    --batch-size 1, the general path forced or not: (each batch the lane got, as
+    (token, frame bytes)), (each ack, as (ack number, sequence number, inference count)),
+    every batch answered with one classification per frame."""
+    async def stream() -> tuple[list[Any], list[Any]]:
+        call = await opened(batch_size=1)
+        if general:  # _accept's "_batch_size == 1" shortcut fails; _dispatch runs per frame
+            call.session._batch_size = 0
+        longer = FRAME + bytes(5)
+        call.send(*[embedded(2 + i, longer[:size]) for i, size in enumerate(sizes)])
+        valid = sum(1 for size in sizes if size >= len(FRAME))
+        await call.until(lambda: len(call.lane.batches) == valid
+                         and call.session.frames == len(sizes))
+        found = [Inference(classification=Classification(tag=Tag(value="x")))]
+        for token, payloads in call.lane.batches:
+            call.lane.answer(token, [found] * len(payloads))
+        await call.until(lambda: len(call.written) == 1 + len(sizes))
+        await call.finish()
+        batches = [(token, [bytes(p) for p in payloads]) for token, payloads in call.lane.batches]
+        acks = [(m.sequence_number, m.ack_sequence_number, len(m.media_sample.inferences))
+                for m in call.written]
+        return batches, acks
+
+    return asyncio.run(asyncio.wait_for(stream(), 30.0))
+
+
+# database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
+@settings(max_examples=40, deadline=None, database=None)
+@given(sizes=st.lists(st.sampled_from([0, len(FRAME) - 1, len(FRAME), len(FRAME) + 5]),
+                      min_size=1, max_size=8))
+def test_session_inlined_one_frame_submit_matches_the_general_batch_path(
+        sizes: list[int]) -> None:
+    """Valid and invalid frames in any order: the shortcut submits the same batches (same
+    tokens, same frames) and the call writes the same acks as the general path does."""
+    fast = _submitted_and_acked(sizes, general=False)
+    assert fast == _submitted_and_acked(sizes, general=True)
+    assert len(fast[1]) == 1 + len(sizes)

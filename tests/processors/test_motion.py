@@ -1,4 +1,4 @@
-"""The motion processor: boxes on synthetic moving objects, isolation, the numpy twin."""
+"""The motion processor: boxes on synthetic moving objects, isolation, its reference."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.numpy_motion import NumpyMotion
 from fastext._proto.inferencing_pb2 import Inference
 from fastext.backend.execute import FrameFormat, run_batch
 from fastext.processors import create
 from fastext.processors.motion import MotionDetector, threshold_for
 from fastext.vision.frames import Encoding, PixelFormat
+from tests.helpers import reference_motion
 
 W, H = 320, 240
 Box = tuple[float, float, float, float]
@@ -40,7 +40,7 @@ def assert_box(got: Box, want: Box, tol: float = 0.01) -> None:
     assert got == pytest.approx(want, abs=tol), (got, want)
 
 
-def run(detector: MotionDetector | NumpyMotion, frames: list[np.ndarray]) -> list[list[Box]]:
+def run(detector: MotionDetector, frames: list[np.ndarray]) -> list[list[Box]]:
     return [detector.detect(f) for f in frames]
 
 
@@ -166,7 +166,7 @@ def test_motion_sessions_do_not_share_state() -> None:
         assert got_b == []
 
 
-def test_motion_matches_its_numpy_twin_on_random_scenes() -> None:
+def test_motion_matches_its_reference_on_random_scenes() -> None:
     rng = np.random.default_rng(11)
     for w, h, alpha in [(320, 240, 0.1), (333, 251, 0.3), (1000, 700, 0.05)]:
         squares = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(3)]
@@ -176,7 +176,7 @@ def test_motion_matches_its_numpy_twin_on_random_scenes() -> None:
             noise = rng.integers(0, 8, (h, w), dtype=np.uint8)
             frames.append(scene([(max(0, x), max(0, y)) for x, y in squares], 50, w, h) + noise)
         fast = run(MotionDetector(alpha=alpha), frames)
-        twin = run(NumpyMotion(alpha=alpha), frames)
+        twin = reference_motion(frames, alpha=alpha)
         assert sum(map(len, fast)) > 0
         assert len(fast) == len(twin)
         for got, want in zip(fast, twin, strict=True):

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from fastext.backend import records
 from fastext.backend.doorbell import Doorbell
@@ -263,6 +263,22 @@ class _WorkerLane:
         self.backend.close_lane(self)
 
 
+class _WorkerLink:
+    """One worker process's wiring, from :meth:`WorkerBackend._launch` to its
+    :meth:`~WorkerBackend._release`: its rings and its doorbell, and what the hot path
+    reads of them (the submit and completion rings, placement's :class:`Worker`) without
+    an attribute chain per flush or wake-up."""
+
+    __slots__ = ("rings", "doorbell", "submit", "completion", "worker")
+
+    def __init__(self, rings: RingPair, doorbell: Doorbell, worker: Worker) -> None:
+        self.rings = rings
+        self.doorbell = doorbell
+        self.submit: Ring = rings.submit.ring
+        self.completion: Ring = rings.completion.ring
+        self.worker = worker
+
+
 class WorkerBackend:
     """Batches run in worker processes fed through shared-memory rings.
 
@@ -270,27 +286,28 @@ class WorkerBackend:
     the processes (spawn, restart, stop) are the :class:`Supervisor`'s; this class is
     the wiring: each process's rings and spec (:meth:`_launch`, :meth:`_release`), its
     doorbell, completions, and the results handed back to sessions.
+
+    ``target(spec)`` is what each process runs: fastext's worker; a test's stand-in
+    (tests/fake_worker.py) drives this wiring through deaths and re-runs without one.
     """
 
-    def __init__(self, config: Config, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, config: Config, metrics: MetricsSink | None = None, *,
+                 target: Callable[[WorkerSpec], object] = worker_main) -> None:
         self.config = config
+        self._target = target
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._lanes = itertools.count(1)
         self._arena: Arena | None = None
-        self._placement: Placement | None = None
+        self._placement: Placement[_WorkerLane] | None = None
         self._supervisor: Supervisor | None = None
         self._all_ready: asyncio.Event | None = None
         self._readiness: Readiness | None = None
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # start()'s: asks no getpid per frame
         self._unsignalled_retired = 0  # counted on rings of workers since replaced
-        # Per slot, the ring pair of its process of the moment (from _launch to _release).
-        self._rings: list[RingPair | None] = [None] * config.workers
-        # Per slot, the live process's submit ring and doorbell (None until READY):
+        # Per slot, the wiring of its process of the moment (from _launch to _release):
         # looked up per flush and per completion wake-up.
-        self._submit_rings: list[Ring | None] = [None] * config.workers
-        self._completion_rings: list[Ring | None] = [None] * config.workers
-        self._doorbells: list[Doorbell | None] = [None] * config.workers
+        self._links: list[_WorkerLink | None] = [None] * config.workers
 
     @property
     def retried(self) -> int:
@@ -323,11 +340,13 @@ class WorkerBackend:
         free = shm_free()
         try:
             self._arena = arena = Arena.create(segment_name("arena"), size)
-            self._placement = Placement(self.config.workers, ArenaAllocator(size), arena.write)
+            self._placement = Placement[_WorkerLane](self.config.workers, ArenaAllocator(size),
+                                                     arena.write)
             self._all_ready = asyncio.Event()
-            self._supervisor = Supervisor(self.config.workers, self._launch, worker_main,
+            self._supervisor = Supervisor(self.config.workers, self._launch, self._target,
                                           self._on_completions, self._on_exit, self._release,
-                                          on_launch_failure=self._on_launch_failure)
+                                          on_launch_failure=self._on_launch_failure,
+                                          serving=self._serving)
             self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
             self._supervisor.start()
         except ShmFullError:
@@ -387,14 +406,11 @@ class WorkerBackend:
 
     def _flush(self, worker: Worker) -> None:
         """Move a worker's outbox into its ring: one publish (and at most one wake)."""
-        ring = self._submit_rings[worker.index]
+        link = self._links[worker.index]
         outbox = worker.outbox
-        if ring is None:  # not READY yet (a STOP at start-up, say): the slot's own rings
-            rings = self._rings[worker.index]
-            ring = rings.submit.ring if rings is not None else None
-        if ring is None or not outbox:
+        if link is None or not outbox:  # no process in the slot (between launches)
             return
-        pushed = ring.push_many(outbox)
+        pushed = link.submit.push_many(outbox)
         if pushed == len(outbox):
             outbox.clear()
         else:
@@ -411,23 +427,21 @@ class WorkerBackend:
 
     def _on_completions(self, slot: Slot, exited: bool = False) -> None:
         """The worker rang its doorbell (or ``exited``): take every record it wrote (DONE
-        results go to their sessions), then send what waits.  One call per wake-up."""
-        index = slot.index
-        doorbell = self._doorbells[index]
-        if doorbell is not None:
-            doorbell.clear()
+        results go to their sessions), then send what waits.  One call per wake-up.
+
+        The doorbell is cleared here, before the ring is read, not in the supervisor's
+        wake-up path: that order (clear, then drain) is what makes a ring written after
+        the drain ring again, and it is this protocol's, not the supervisor's, which knows
+        nothing of rings; it also spares a call per wake-up (per frame at low load)."""
+        link = self._links[slot.index]
         placement = self._placement
-        ring = self._completion_rings[index]
-        if ring is None:  # the first wake-up of this process (its READY)
-            rings = self._rings[index]
-            if rings is None or placement is None:
-                return
-            ring = self._completion_rings[index] = rings.completion.ring
-        assert placement is not None
-        worker = placement.workers[index]
+        if link is None or placement is None:
+            return
+        link.doorbell.clear()
+        worker = link.worker
         metrics = self._metrics
         finished = placement.finished
-        for record in ring.pop_many(1 << 16, 0):
+        for record in link.completion.pop_many(1 << 16, 0):
             kind = record[0]
             if kind == records.DONE:
                 batch_id, outcomes, processing_us = records.unpack_done(record)
@@ -438,20 +452,15 @@ class WorkerBackend:
                     processing = processing_us / 1e6
                     metrics.batch_done(time.perf_counter() - job.submitted - processing,
                                        processing)
-                job.lane.deliver(job.token, outcomes)  # type: ignore[attr-defined]
+                job.lane.deliver(job.token, outcomes)
             elif kind == records.MODEL_RUN:
                 model, frames, inference_us = records.unpack_model_run(record)
                 models = repository.installed()
                 if model < len(models):
                     metrics.model_run(models[model].name, frames, inference_us / 1e6)
             elif kind == records.READY:
-                rings = self._rings[index]
-                assert rings is not None
-                self._submit_rings[index] = rings.submit.ring
-                self._doorbells[index] = slot.doorbell
-                slot.ready = True
-                placement.set_ready(worker)
-                log.info("worker %d ready (pid %d)", index, records.unpack_ready(record))
+                placement.set_ready(worker)  # the one ready flag (the supervisor's too)
+                log.info("worker %d ready (pid %d)", worker.index, records.unpack_ready(record))
                 if len(placement.ready) == 1 and self._readiness is not None:
                     self._readiness(True)  # the first worker up: batches run again
                 if self._all_ready is not None and len(placement.ready) == len(placement.workers):
@@ -468,18 +477,18 @@ class WorkerBackend:
     def unsignalled_wakeups(self) -> int:
         """Lost wake-ups that the rings' bounded sleeps rescued, over every worker so far."""
         live = 0
-        for rings in self._rings:  # read by the scrape thread: a slot's rings may be closing
-            if rings is not None:
+        for link in self._links:  # read by the scrape thread: a slot's rings may be closing
+            if link is not None:
                 try:
-                    live += rings.unsignalled_wakeups()
+                    live += link.rings.unsignalled_wakeups()
                 except ValueError:  # closed under us: its count moved to the retired total
                     pass
         return self._unsignalled_retired + live
 
     def _launch(self, slot: Slot) -> WorkerSpec:
         """The supervisor starts a process in ``slot``: its rings, and what it is told."""
-        arena = self._arena
-        assert arena is not None and slot.doorbell is not None
+        arena, placement = self._arena, self._placement
+        assert arena is not None and placement is not None and slot.doorbell is not None
         try:
             rings = RingPair.create(_RING_CAPACITY, tag=f"w{slot.index}")
         except ShmFullError as exc:
@@ -488,7 +497,7 @@ class WorkerBackend:
                 f"rings ({mib(_RING_PAIR_BYTES)}): free space in /dev/shm (another program's "
                 "files?), give the device a larger /dev/shm (docker run --shm-size), lower "
                 "--shm-size-mb or run fewer --workers", exc.need, exc.free) from None
-        self._rings[slot.index] = rings
+        self._links[slot.index] = _WorkerLink(rings, slot.doorbell, placement.workers[slot.index])
         config = self.config
         return WorkerSpec(index=slot.index, rings=rings.names, arena_name=arena.name,
                           arena_size=arena.size, log_level=config.log_level,
@@ -499,17 +508,24 @@ class WorkerBackend:
     def _release(self, slot: Slot, aborting: bool) -> None:
         """The slot's process is gone (after :meth:`_on_exit`): close its rings, which
         unlinks them.  ``aborting`` (the program exits now): only unlink the names."""
-        rings = self._rings[slot.index]
-        if rings is None:
+        link = self._links[slot.index]
+        if link is None:
             return
+        rings = link.rings
         if aborting:
             rings.unlink()
             return
         try:  # its rings go with it: keep their count
             self._unsignalled_retired += rings.unsignalled_wakeups()
         finally:
-            self._rings[slot.index] = None
+            self._links[slot.index] = None
             rings.close()
+
+    def _serving(self, slot: Slot) -> bool:
+        """Whether the slot's process said READY (its heartbeat is watched from then):
+        placement's flag, the one both the placement and the supervisor read."""
+        placement = self._placement
+        return placement is not None and placement.workers[slot.index].ready
 
     def _on_launch_failure(self, slot: Slot, exc: Exception) -> None:
         """A restart could not start slot's worker (the supervisor logged why and tries
@@ -522,12 +538,8 @@ class WorkerBackend:
             if self._supervisor is not None and not self._supervisor.stopping:
                 self._metrics.worker_restarted()
             self._on_completions(slot, exited=True)  # what it finished before dying counts
-        # Only now: taking completions above reads (and caches) the old rings and, if its
-        # READY was still unread, its doorbell; the supervisor closes the doorbell and
-        # _release the rings after this returns, and the slot's next process has new ones.
-        self._submit_rings[slot.index] = None
-        self._completion_rings[slot.index] = None
-        self._doorbells[slot.index] = None
+        # (Its link, rings and doorbell go in _release, after this returns: the slot's
+        # next process gets new ones.)
         if placement is None:
             return
         worker = placement.workers[slot.index]
@@ -536,7 +548,7 @@ class WorkerBackend:
         for job in placement.worker_died(worker):
             lost = Unprocessed(Outcome.LOST,
                                f"worker died while processing this frame ({job.runs} times)")
-            cast(_WorkerLane, job.lane).deliver(job.token, [lost] * len(job.refs or ()))
+            job.lane.deliver(job.token, [lost] * len(job.refs or ()))
         if held:
             log.warning("worker %d died holding %d batches: running them again elsewhere",
                         slot.index, held)
@@ -555,8 +567,7 @@ class WorkerBackend:
             stopped = Unprocessed(Outcome.SHUTDOWN, "server stopped before the frame was processed")
             for job in backlog:
                 self._placement.release(job)
-                cast(_WorkerLane, job.lane).deliver(job.token,
-                                                    [stopped] * len(job.refs or job.payloads))
+                job.lane.deliver(job.token, [stopped] * len(job.refs or job.payloads))
         if self._arena is not None:
             self._arena.close()
             self._arena = None

@@ -15,7 +15,7 @@ import itertools
 import operator
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from fastext.backend import records
 from fastext.backend.shm import ArenaAllocator, ShmRef
@@ -35,16 +35,21 @@ class PlacedLane(Protocol):
     session: int
     stateful: bool
     open_record: bytes
-    pinned: Worker | None
+    pinned: Worker[Any] | None
     closed: bool  # set by close_lane: its batches are not placed (or re-run) any more
 
 
-class Job:
+#: The lane type a placement holds (the backend's own, with whatever it needs to deliver):
+#: what a :class:`Job` gives back as its ``lane``, typed, so the backend needs no cast.
+L = TypeVar("L", bound=PlacedLane)
+
+
+class Job(Generic[L]):
     """One submitted batch, from the backlog to its worker's DONE record."""
 
     __slots__ = ("lane", "token", "payloads", "batch_id", "refs", "blocks", "runs", "submitted")
 
-    def __init__(self, lane: PlacedLane, token: int, payloads: Sequence[Payload],
+    def __init__(self, lane: L, token: int, payloads: Sequence[Payload],
                  batch_id: int, submitted: float) -> None:
         self.lane = lane
         self.token = token  # the session's name for the batch
@@ -62,7 +67,7 @@ class Job:
         self.submitted = submitted
 
 
-class Worker:
+class Worker(Generic[L]):
     """Placement's view of one worker slot."""
 
     __slots__ = ("index", "ready", "outbox", "jobs", "sessions", "frames")
@@ -71,32 +76,33 @@ class Worker:
         self.index = index
         self.ready = False
         self.outbox: deque[bytes] = deque()  # records not yet in the worker's ring
-        self.jobs: dict[int, Job] = {}  # batch id -> job it holds
+        self.jobs: dict[int, Job[L]] = {}  # batch id -> job it holds
         self.sessions: set[int] = set()  # sessions it has an OPEN for
         self.frames = 0  # frames in its jobs: its load
 
 
-class Placement:
-    """Backlog, arena copy-in, worker choice and re-runs for ``count`` workers."""
+class Placement(Generic[L]):
+    """Backlog, arena copy-in, worker choice and re-runs for ``count`` workers, whose
+    lanes are ``L``s: ``Placement[MyLane](...)``, and every job's ``lane`` is a ``MyLane``."""
 
     def __init__(self, count: int, alloc: ArenaAllocator,
                  write: Callable[[int, memoryview], None]) -> None:
-        self.workers = [Worker(i) for i in range(count)]
-        self.ready: list[Worker] = []  # the ready workers, by index
-        self.backlog: deque[Job] = deque()  # waiting for arena space or a ready worker
+        self.workers: list[Worker[L]] = [Worker(i) for i in range(count)]
+        self.ready: list[Worker[L]] = []  # the ready workers, by index
+        self.backlog: deque[Job[L]] = deque()  # waiting for arena space or a ready worker
         self._alloc = alloc
         self._write = write  # copies bytes into the arena at an offset
         self._ids = itertools.count(1)
         self.retried = 0  # batches run again after their worker died
         self.abandoned = 0  # frames acked LOST after too many worker deaths
 
-    def set_ready(self, worker: Worker, ready: bool = True) -> None:
+    def set_ready(self, worker: Worker[L], ready: bool = True) -> None:
         """A worker can take batches (its READY came), or no longer can."""
         worker.ready = ready
         self.ready = [w for w in self.workers if w.ready]
 
-    def add(self, lane: PlacedLane, token: int, payloads: Sequence[Payload],
-            submitted: float) -> Worker | None:
+    def add(self, lane: L, token: int, payloads: Sequence[Payload],
+            submitted: float) -> Worker[L] | None:
         """Take a batch.  With nothing waiting before it, it is placed at once if it can
         go, and the worker whose outbox got its records is returned; otherwise it joins
         the backlog (for :meth:`place`) and None is returned."""
@@ -108,10 +114,10 @@ class Placement:
         self.backlog.append(job)
         return None
 
-    def place(self) -> list[Worker]:
+    def place(self) -> list[Worker[L]]:
         """Place waiting jobs, oldest first, until one cannot go (arena full, no ready
         worker); returns the workers whose outbox got records."""
-        touched: list[Worker] = []
+        touched: list[Worker[L]] = []
         backlog = self.backlog
         while backlog:
             worker = self._place(backlog[0])
@@ -122,7 +128,7 @@ class Placement:
                 touched.append(worker)
         return touched
 
-    def _place(self, job: Job) -> Worker | None:
+    def _place(self, job: Job[L]) -> Worker[L] | None:
         """Give a job to a worker: its session's OPEN first if that worker lacks it, then
         its BATCH, on the worker's outbox.  None when it cannot go yet (arena full: frees
         come with completions; or no worker ready)."""
@@ -147,7 +153,7 @@ class Placement:
         job.runs += 1
         return worker
 
-    def _copy_in(self, job: Job) -> bool:
+    def _copy_in(self, job: Job[L]) -> bool:
         """Turn payloads into references; embedded bytes are copied into the arena once."""
         refs: list[Ref] = []
         alloc = self._alloc
@@ -172,7 +178,7 @@ class Placement:
         job.payloads = ()  # the bytes live in the arena now
         return True
 
-    def _pinned(self, lane: PlacedLane) -> Worker | None:
+    def _pinned(self, lane: L) -> Worker[L] | None:
         """A stateful lane's worker: every batch of it goes to the one that holds its state."""
         pinned = lane.pinned
         if pinned is None or not pinned.ready:
@@ -180,10 +186,10 @@ class Placement:
             lane.pinned = pinned = self._least_loaded()
         return pinned
 
-    def _least_loaded(self) -> Worker | None:
+    def _least_loaded(self) -> Worker[L] | None:
         return min(self.ready, key=_LOAD, default=None)  # the first of the least loaded
 
-    def finished(self, worker: Worker, batch_id: int) -> Job | None:
+    def finished(self, worker: Worker[L], batch_id: int) -> Job[L] | None:
         """The worker reported a batch done: the job, its arena blocks freed (None for a
         batch it no longer holds)."""
         job = worker.jobs.pop(batch_id, None)
@@ -193,13 +199,13 @@ class Placement:
                 self.release(job)
         return job
 
-    def release(self, job: Job) -> None:
+    def release(self, job: Job[L]) -> None:
         """Free the arena space a job holds (its frames will not be read again)."""
         for block in job.blocks:
             self._alloc.free(block)
         job.blocks.clear()
 
-    def worker_died(self, worker: Worker) -> list[Job]:
+    def worker_died(self, worker: Worker[L]) -> list[Job[L]]:
         """Forget what a dead worker held.  Its batches go back to the front of the
         backlog, oldest first, except those that already ran ``MAX_RUNS`` times:
         those are returned, to be acked LOST (their arena space is freed)."""
@@ -209,7 +215,7 @@ class Placement:
         worker.sessions.clear()
         worker.frames = 0
         self.set_ready(worker, False)
-        given_up: list[Job] = []
+        given_up: list[Job[L]] = []
         for job in reversed(orphans):  # appendleft: the oldest ends up first
             if job.lane.closed:  # its session is over (it stopped waiting): nobody wants it
                 self.release(job)
@@ -223,14 +229,14 @@ class Placement:
         given_up.reverse()
         return given_up
 
-    def close_lane(self, lane: PlacedLane) -> list[Worker]:
+    def close_lane(self, lane: L) -> list[Worker[L]]:
         """The session is over: a CLOSE record for every worker that opened it (rings are
         FIFO, so it follows the session's last batch); returns those workers.  Its batches
         still waiting (a session that stopped waiting for them) are dropped, and any that
         a worker holds will not run again after a death: placed later, they would send a
         new OPEN that no CLOSE follows."""
         lane.closed = True
-        kept: deque[Job] = deque()
+        kept: deque[Job[L]] = deque()
         for job in self.backlog:
             if job.lane is lane:
                 self.release(job)

@@ -22,12 +22,14 @@ caller's callbacks, all on the loop:
   program exits next, so only remove names, such as shared memory, and unmap nothing).
   Called once per successful ``launch``; a ``launch`` that raises cleans up after itself.
 
-A process whose heartbeat stalls once the caller marked its slot ``ready`` is killed
-and handled like a crash.  A process that exits while not stopping is restarted after
-a backoff that grows with the exits of the last minute.  A restart whose launch raises
-(``/dev/shm`` full, no file descriptors, fork refused) is logged with its cause, reported
-to ``on_launch_failure(slot, exc)`` and tried again with the same backoff, until the
-supervisor stops; only the first launches, in :meth:`Supervisor.start`, raise.
+A process whose heartbeat stalls once it serves is killed and handled like a crash:
+it serves once the caller marked its slot ``ready``, or, for a caller that keeps that
+fact elsewhere (one home per fact), once ``serving(slot)`` says so.  A process that
+exits while not stopping is restarted after a backoff that grows with the exits of the
+last minute.  A restart whose launch raises (``/dev/shm`` full, no file descriptors, fork
+refused) is logged with its cause, reported to ``on_launch_failure(slot, exc)`` and tried
+again with the same backoff, until the supervisor stops; only the first launches, in
+:meth:`Supervisor.start`, raise.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class Slot:
     """One process position: its process of the moment, doorbell and heartbeat clock.
 
     ``ready`` is the caller's to set (the process said it serves): heartbeats are
-    watched only from then, so a long start-up (compiling) is never a hang.
+    watched only from then, so a long start-up (compiling) is never a hang.  A caller
+    that passes the supervisor ``serving`` keeps that fact itself and leaves it False.
     """
 
     def __init__(self, index: int) -> None:
@@ -98,6 +101,7 @@ class Supervisor:
         backoff_s: Sequence[float] = BACKOFF_S,
         watch_s: float = WATCH_S,
         on_launch_failure: LaunchFailure | None = None,
+        serving: Callable[[Slot], bool] | None = None,
     ) -> None:
         if not backoff_s:
             raise ValueError("backoff_s needs at least one delay")
@@ -108,6 +112,7 @@ class Supervisor:
         self._on_exit = on_exit
         self._release_hook = release
         self._on_launch_failure = on_launch_failure
+        self._serving: Callable[[Slot], bool] = serving if serving is not None else _marked
         self._hang_s = hang_s
         self._name = name
         self._backoff = tuple(backoff_s)
@@ -217,8 +222,9 @@ class Supervisor:
     def _check_heartbeats(self) -> None:
         assert self._loop is not None
         now = time.monotonic()
+        serving = self._serving
         for slot in self.slots:
-            if slot.ready and slot.alive and now - slot.heartbeat.value > self._hang_s:
+            if serving(slot) and slot.alive and now - slot.heartbeat.value > self._hang_s:
                 log.error("%s %d has not beaten for %.0f s: killing it", self._name, slot.index,
                           now - slot.heartbeat.value)
                 slot.process.kill()  # its sentinel reports the exit: handled as a crash
@@ -278,6 +284,11 @@ class Supervisor:
                 self._exited(slot)
             else:
                 self._release(slot)
+
+
+def _marked(slot: Slot) -> bool:
+    """The default ``serving``: the caller marked the slot ``ready``."""
+    return slot.ready
 
 
 def _cause(exc: BaseException) -> str:

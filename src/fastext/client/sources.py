@@ -173,8 +173,3 @@ def _render(pattern: str, seed: int) -> Iterator[np.ndarray]:
             yield np.dstack(np.broadcast_arrays(r, g, b))
         else:
             yield rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-
-
-def expected_dark_light(index: int) -> str:
-    """The tag ``synthetic:dark-light`` frame ``index`` (0-based) should get."""
-    return "light" if (index // 10) % 2 == 0 else "dark"

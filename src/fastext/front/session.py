@@ -35,7 +35,7 @@ from fastext.contract.wire import (
     encode_acks,
     parse_sample,
 )
-from fastext.errors import DescriptorError, ProtocolViolation, SampleError
+from fastext.errors import DescriptorError, FastextError, ProtocolViolation, SampleError
 from fastext.front.protocol import (
     StreamSpec,
     Unparsed,
@@ -59,7 +59,7 @@ _LABELS = tuple(kind.label for kind in Outcome)  # fastext_frames_total's, by Ou
 _STATUS_CHARS = 512  # a status quotes client input: keep it far below gRPC's 8 KiB metadata cap
 
 
-class SessionEnd(Exception):
+class SessionEnd(FastextError):
     """End the call with a gRPC status (``code`` is a ``grpc.StatusCode`` name)."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -75,12 +75,18 @@ class SessionEnd(Exception):
 #: holds a window permit (a dropped frame does not), time.monotonic() when read (0.0 with
 #: metrics off)).
 _Sample = tuple[int, int, Unprocessed | None, bool, float]
+#: _Sample's fields by position, for reading one field (module ints: a read costs what a
+#: literal index does, where a NamedTuple's attribute costs a descriptor call per frame).
+#: Made and unpacked whole in this field order.
+_SEQ, _TIMESTAMP, _OUTCOME, _PERMIT, _ARRIVED = range(5)
 
 
 #: One batch not yet acked, a two-item list (made per frame at --batch-size 1; a list is
 #: the cheapest mutable object to make): [its samples, its results (one per sample without
 #: an error) or None until the lane delivers them].
 _Batch = list[Any]
+#: _Batch's items by position.
+_SAMPLES, _RESULTS = 0, 1
 #: ShmRef(offset, size) without the Python-level __new__ a NamedTuple call runs.
 _shm_ref: Callable[[tuple[int, int]], ShmRef] = functools.partial(tuple.__new__, ShmRef)
 
@@ -388,7 +394,7 @@ class Session:
         batch: _Batch = [samples, None]
         self._order.append(batch)
         if not payloads:
-            batch[1] = ()
+            batch[_RESULTS] = ()
             self._wake_writer()
             return
         token = next(self._tokens)
@@ -400,7 +406,7 @@ class Session:
         batch = self._running.pop(token, None)
         if batch is None:
             return  # not ours any more: the session ended without waiting for it
-        batch[1] = results
+        batch[_RESULTS] = results
         if self._idle is not None and not self._running and not self._idle.done():
             self._idle.set_result(None)
         if self._order[0] is batch and (wake := self._wake) is not None and not wake.done():
@@ -417,9 +423,10 @@ class Session:
         order = self._order
         metrics = self._metrics
         while True:
-            while order and (results := order[0][1]) is not None:
-                samples = order.popleft()[0]
-                if len(samples) == 1 and samples[0][2] is None and type(results[0]) is bytes:
+            while order and (results := order[0][_RESULTS]) is not None:
+                samples = order.popleft()[_SAMPLES]
+                if (len(samples) == 1 and samples[0][_OUTCOME] is None
+                        and type(results[0]) is bytes):
                     # One frame with its serialized result (--batch-size 1, workers): the
                     # common case, written here without a coroutine per batch.
                     seq, timestamp, _, _, arrived = samples[0]
