@@ -16,8 +16,11 @@ BENCH_DIR = Path(__file__).resolve().parent / "bench"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.getgroup("benchmark").addoption(
-        "--benchmark", action="store_true", default=False,
-        help="run the benchmark suite in bench/ (same as: pytest bench --benchmark-only)")
+        "--benchmark",
+        action="store_true",
+        default=False,
+        help="run the benchmark suite in bench/ (same as: pytest bench --benchmark-only)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -36,8 +36,13 @@ def generate_protos() -> None:
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     PROTO_OUT.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={PROTO_OUT}",
-            f"--pyi_out={PROTO_OUT}"]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={PROTO_OUT}",
+        f"--pyi_out={PROTO_OUT}",
+    ]
     args += [str(PROTO_DIR / name) for name in PROTO_FILES]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on proto/*.proto")

@@ -46,8 +46,9 @@ class ColdReader:
     at once (nothing is left behind), as a worker maps a client's file.
     """
 
-    def __init__(self, frame_bytes: int, frames: int = 40, kind: str = "shm",
-                 directory: str = "/dev/shm") -> None:
+    def __init__(
+        self, frame_bytes: int, frames: int = 40, kind: str = "shm", directory: str = "/dev/shm"
+    ) -> None:
         self.kind = kind
         self.frame_words = frame_bytes // 8
         self.frames = frames
@@ -73,8 +74,12 @@ class ColdReader:
         sum_words(self.words)
         whole = time.perf_counter() - start
         per_frame = _read_frames(self.words, self.frame_words, self.frames, 1)
-        return ColdRead(self.kind, self.words.nbytes / whole / 1e9,
-                        statistics.median(per_frame) * 1e6, self.frame_words * 8)
+        return ColdRead(
+            self.kind,
+            self.words.nbytes / whole / 1e9,
+            statistics.median(per_frame) * 1e6,
+            self.frame_words * 8,
+        )
 
     def close(self) -> None:
         del self.words
@@ -102,6 +107,6 @@ def _read_frames(words: np.ndarray, frame_words: int, frames: int, passes: int) 
     for _ in range(passes):  # bounded: each pass reads every frame once, in order
         for k in range(frames):
             start = time.perf_counter()
-            sum_words(words[k * frame_words:(k + 1) * frame_words])
+            sum_words(words[k * frame_words : (k + 1) * frame_words])
             times.append(time.perf_counter() - start)
     return times

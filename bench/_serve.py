@@ -18,12 +18,19 @@ SERVICE, _, METHOD = METHOD_PATH.strip("/").partition("/")
 
 async def serve(process: Callable[[Any, Any], Awaitable[None]]) -> None:
     limit = 256 * 1024 * 1024
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     handler = grpc.stream_stream_rpc_method_handler(
-        process, request_deserializer=Msg.FromString, response_serializer=Msg.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
+        process, request_deserializer=Msg.FromString, response_serializer=Msg.SerializeToString
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"port {port}", flush=True)

@@ -33,8 +33,15 @@ def main(target: str, graph_instance: str, acks: int) -> None:
             told = True
             print(f"acked {result.acked} sent {result.sent}", flush=True)
 
-    opts = StreamOptions(target=target, width=_SIZE, height=_SIZE, shm=True, window=16,
-                         graph_instance=graph_instance, on_ack=on_ack)
+    opts = StreamOptions(
+        target=target,
+        width=_SIZE,
+        height=_SIZE,
+        shm=True,
+        window=16,
+        graph_instance=graph_instance,
+        on_ack=on_ack,
+    )
     asyncio.run(stream_frames(opts, (frame for _ in range(_MAX_FRAMES)), result))
 
 

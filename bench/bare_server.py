@@ -23,13 +23,19 @@ async def process(requests, context) -> None:
     async for message in requests:
         seq += 1
         if message.HasField("media_stream_descriptor"):
-            reply = Msg(sequence_number=seq, ack_sequence_number=message.sequence_number,
-                        media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
-                            extension_identifier="bare"))
+            reply = Msg(
+                sequence_number=seq,
+                ack_sequence_number=message.sequence_number,
+                media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
+                    extension_identifier="bare"
+                ),
+            )
         else:
-            reply = Msg(sequence_number=seq, ack_sequence_number=message.sequence_number,
-                        media_sample=extension_pb2.MediaSample(
-                            timestamp=message.media_sample.timestamp))
+            reply = Msg(
+                sequence_number=seq,
+                ack_sequence_number=message.sequence_number,
+                media_sample=extension_pb2.MediaSample(timestamp=message.media_sample.timestamp),
+            )
         await context.write(reply)
 
 

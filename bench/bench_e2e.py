@@ -62,13 +62,22 @@ def frames_for(encoding: int, width: int, height: int) -> list[bytes]:
     key = (encoding, width, height)
     if key not in _FRAMES:
         made = [rgb for rgb, _ in scenes(width, height, 8, period=2)]
-        _FRAMES[key] = [to_pixel_format(rgb, VF.RGB24) if encoding == VF.RAW
-                        else encode(rgb, encoding) for rgb in made]
+        _FRAMES[key] = [
+            to_pixel_format(rgb, VF.RGB24) if encoding == VF.RAW else encode(rgb, encoding)
+            for rgb in made
+        ]
     return _FRAMES[key]
 
 
-def run_round(target: str, mode: str, streams: int, per_stream: int, window: int,
-              fps: float = 0.0, shm_reuse: bool = False) -> list[StreamResult]:
+def run_round(
+    target: str,
+    mode: str,
+    streams: int,
+    per_stream: int,
+    window: int,
+    fps: float = 0.0,
+    shm_reuse: bool = False,
+) -> list[StreamResult]:
     """One round: ``streams`` sessions at once, ``per_stream`` frames each.  With
     ``shm_reuse`` a slot is written once per session and then only referenced (the
     source repeats its frames): the client then costs one message per frame."""
@@ -76,19 +85,42 @@ def run_round(target: str, mode: str, streams: int, per_stream: int, window: int
     frames = frames_for(encoding, width, height)
 
     async def go() -> list[StreamResult]:
-        opts = [StreamOptions(target=target, width=width, height=height, encoding=encoding,
-                              pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE, shm=shm,
-                              window=window, fps=fps, graph_instance=f"bench-{k}",
-                              shm_reuse=shm_reuse)
-                for k in range(streams)]
-        return list(await asyncio.gather(*(
-            stream_frames(o, (frames[i % len(frames)] for i in range(per_stream))) for o in opts)))
+        opts = [
+            StreamOptions(
+                target=target,
+                width=width,
+                height=height,
+                encoding=encoding,
+                pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE,
+                shm=shm,
+                window=window,
+                fps=fps,
+                graph_instance=f"bench-{k}",
+                shm_reuse=shm_reuse,
+            )
+            for k in range(streams)
+        ]
+        return list(
+            await asyncio.gather(
+                *(
+                    stream_frames(o, (frames[i % len(frames)] for i in range(per_stream)))
+                    for o in opts
+                )
+            )
+        )
 
     return asyncio.run(go())
 
 
-def measure(benchmark, server, mode: str, streams: int, window: int = 16, fps: float = 0.0,
-            per_stream: int | None = None) -> None:
+def measure(
+    benchmark,
+    server,
+    mode: str,
+    streams: int,
+    window: int = 16,
+    fps: float = 0.0,
+    per_stream: int | None = None,
+) -> None:
     if per_stream is None:  # keep rounds near a second whatever the stream count
         per_stream = max(20, MODES[mode][4] // streams)
     total = streams * per_stream
@@ -109,14 +141,21 @@ def measure(benchmark, server, mode: str, streams: int, window: int = 16, fps: f
     cpu = [(a - b) / frames_run * 1e6 for a, b in zip(after, before, strict=True)]
     latencies = sorted(t for rr in results[1:] for r in rr for t in r.latencies_s)
     cuts = statistics.quantiles(latencies, n=100)
-    benchmark.extra_info.update({
-        "server": server.name, "mode": mode, "streams": streams, "window": window,
-        "fps": round(total / benchmark.stats.stats.median, 1),
-        "ack_p50_ms": round(cuts[49] * 1e3, 2), "ack_p99_ms": round(cuts[98] * 1e3, 2),
-        "front_cpu_us_per_frame": round(cpu[0], 1), "workers_cpu_us_per_frame": round(cpu[1], 1),
-        "client_cpu_us_per_frame": round(cpu[2], 1),
-        "client_offer_fps": round(1e6 / cpu[2]) if cpu[2] > 0 else None,
-    })
+    benchmark.extra_info.update(
+        {
+            "server": server.name,
+            "mode": mode,
+            "streams": streams,
+            "window": window,
+            "fps": round(total / benchmark.stats.stats.median, 1),
+            "ack_p50_ms": round(cuts[49] * 1e3, 2),
+            "ack_p99_ms": round(cuts[98] * 1e3, 2),
+            "front_cpu_us_per_frame": round(cpu[0], 1),
+            "workers_cpu_us_per_frame": round(cpu[1], 1),
+            "client_cpu_us_per_frame": round(cpu[2], 1),
+            "client_offer_fps": round(1e6 / cpu[2]) if cpu[2] > 0 else None,
+        }
+    )
 
 
 def _children_minor_faults(parent: int) -> int:
@@ -171,8 +210,9 @@ def bench_shm_1080p_prefilled_two_streams_16_in_flight(benchmark, servers, serve
     benchmark.group = "fastext vs ceiling: shm 1080p RGB24 prefilled, 2 x 16 in flight"
     fastext = servers[server_key]
     if benchmark.disabled:  # the smoke form: the rounds only
-        versus_ceiling(benchmark, servers["bare"], fastext, "shm-1080p-rgb24",
-                       per_stream=1500, shm_reuse=True)
+        versus_ceiling(
+            benchmark, servers["bare"], fastext, "shm-1080p-rgb24", per_stream=1500, shm_reuse=True
+        )
         return
     from bench._membw import ColdReader
 
@@ -190,20 +230,37 @@ def bench_shm_1080p_prefilled_two_streams_16_in_flight(benchmark, servers, serve
         # Rounds of 2 x 1500 frames: each session's first touch of its 32 slots (page
         # faults in each worker, ~0.4 ms per 6.2 MB slot with 4 KiB pages) is spread as a
         # long stream's is.
-        versus_ceiling(benchmark, servers["bare"], fastext, "shm-1080p-rgb24",
-                       per_stream=1500, shm_reuse=True, between=between)
+        versus_ceiling(
+            benchmark,
+            servers["bare"],
+            fastext,
+            "shm-1080p-rgb24",
+            per_stream=1500,
+            shm_reuse=True,
+            between=between,
+        )
     info = benchmark.extra_info
     for kind, measured in reads.items():
         info[f"read_bandwidth_gb_s_{kind}"] = round(
-            statistics.median(r.bandwidth_gb_s for r in measured[1:]), 1)
+            statistics.median(r.bandwidth_gb_s for r in measured[1:]), 1
+        )
         info[f"cold_read_us_{kind}"] = round(statistics.median(r.frame_us for r in measured[1:]), 1)
     # the worker maps a /dev/shm file: its cold read is the yardstick
     info["worker_over_cold_read"] = round(
-        info["workers_cpu_us_fastext"] / info["cold_read_us_shm"], 2)
+        info["workers_cpu_us_fastext"] / info["cold_read_us_shm"], 2
+    )
 
 
-def versus_ceiling(benchmark, bare, fastext, mode: str, per_stream: int, rounds: int = 6,
-                   shm_reuse: bool = False, between: Callable[[], None] | None = None) -> None:
+def versus_ceiling(
+    benchmark,
+    bare,
+    fastext,
+    mode: str,
+    per_stream: int,
+    rounds: int = 6,
+    shm_reuse: bool = False,
+    between: Callable[[], None] | None = None,
+) -> None:
     """2 streams x 16 in flight against fastext and the bare ceiling, rounds alternated (the
     order flips each pair) so drift hits both alike; one warm-up pair is not counted.
 
@@ -218,7 +275,8 @@ def versus_ceiling(benchmark, bare, fastext, mode: str, per_stream: int, rounds:
     servers = {"bare": bare, "fastext": fastext}
     fps: dict[str, list[float]] = {k: [] for k in servers}
     cpu: dict[str, dict[str, list[float]]] = {
-        k: {"front": [], "workers": [], "client": []} for k in servers}
+        k: {"front": [], "workers": [], "client": []} for k in servers
+    }
     copies: list[int] = []
     faults: list[float] = []  # fastext's workers' minor page faults per frame
     flip = [False]
@@ -228,7 +286,7 @@ def versus_ceiling(benchmark, bare, fastext, mode: str, per_stream: int, rounds:
         if between is not None:
             between()
         flip[0] = not flip[0]
-        for key in (["bare", "fastext"] if flip[0] else ["fastext", "bare"]):
+        for key in ["bare", "fastext"] if flip[0] else ["fastext", "bare"]:
             server = servers[key]
             before = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
             faulted = _children_minor_faults(server.proc.pid)
@@ -237,7 +295,9 @@ def versus_ceiling(benchmark, bare, fastext, mode: str, per_stream: int, rounds:
             elapsed = time.perf_counter() - start
             after = server.cpu_seconds(), server.children_cpu_seconds(), _own_cpu()
             if key == "fastext":
-                faults.append((_children_minor_faults(server.proc.pid) - faulted) / (2 * per_stream))
+                faults.append(
+                    (_children_minor_faults(server.proc.pid) - faulted) / (2 * per_stream)
+                )
             assert sum(r.acked for r in results) == 2 * per_stream
             copies.append(sum(r.shm_copies for r in results))
             fps[key].append(2 * per_stream / elapsed)
@@ -250,16 +310,23 @@ def versus_ceiling(benchmark, bare, fastext, mode: str, per_stream: int, rounds:
     med = {k: statistics.median(v[1:]) for k, v in fps.items()}
     pairs = [f / b for f, b in zip(fps["fastext"][1:], fps["bare"][1:], strict=True)]
     info = benchmark.extra_info
-    info.update({
-        "mode": mode, "streams": 2, "window": 16, "frames_per_round": 2 * per_stream,
-        "rounds": len(pairs), "shm_reuse": shm_reuse,
-        "fps_bare": round(med["bare"], 1), "fps_fastext": round(med["fastext"], 1),
-        "ratio": round(med["fastext"] / med["bare"], 3),
-        "ratio_median_of_pairs": round(statistics.median(pairs), 3),
-        "ratios": [round(r, 3) for r in pairs],
-        "client_shm_copies_per_round": max(copies),
-        "workers_minor_faults_per_frame": round(statistics.median(faults[1:]), 2),
-    })
+    info.update(
+        {
+            "mode": mode,
+            "streams": 2,
+            "window": 16,
+            "frames_per_round": 2 * per_stream,
+            "rounds": len(pairs),
+            "shm_reuse": shm_reuse,
+            "fps_bare": round(med["bare"], 1),
+            "fps_fastext": round(med["fastext"], 1),
+            "ratio": round(med["fastext"] / med["bare"], 3),
+            "ratio_median_of_pairs": round(statistics.median(pairs), 3),
+            "ratios": [round(r, 3) for r in pairs],
+            "client_shm_copies_per_round": max(copies),
+            "workers_minor_faults_per_frame": round(statistics.median(faults[1:]), 2),
+        }
+    )
     for key in servers:
         for part, values in cpu[key].items():
             info[f"{part}_cpu_us_{key}"] = round(statistics.median(values[1:]), 1)
@@ -270,8 +337,9 @@ def bench_jpeg_1080p_one_vs_two_workers(benchmark, servers, server_key):
     # Rounds of ~1 s (2 x 250 frames): a round's fixed costs (channels, handshakes, the
     # last frame finishing on one worker while the other idles) stay small beside it.
     benchmark.group = "embedded 1080p JPEG: 1 vs 2 workers, 2 streams x 16 in flight"
-    measure(benchmark, servers[server_key], "embedded-1080p-jpeg", streams=2, window=16,
-            per_stream=250)
+    measure(
+        benchmark, servers[server_key], "embedded-1080p-jpeg", streams=2, window=16, per_stream=250
+    )
 
 
 def alternate(benchmark, off, on, mode: str, per_stream: int, rounds: int = 6) -> None:
@@ -284,7 +352,7 @@ def alternate(benchmark, off, on, mode: str, per_stream: int, rounds: int = 6) -
     def pair() -> None:
         order = [("off", off), ("on", on)]
         flip[0] = not flip[0]
-        for key, server in (order if flip[0] else order[::-1]):
+        for key, server in order if flip[0] else order[::-1]:
             before = server.cpu_seconds()
             start = time.perf_counter()
             results = run_round(server.target, mode, 2, per_stream, 16)
@@ -298,12 +366,16 @@ def alternate(benchmark, off, on, mode: str, per_stream: int, rounds: int = 6) -
         return
     med = {k: statistics.median(v[1:]) for k, v in fps.items()}
     med_cpu = {k: statistics.median(v[1:]) for k, v in cpu.items()}
-    benchmark.extra_info.update({
-        "fps_off": round(med["off"], 1), "fps_on": round(med["on"], 1),
-        "throughput_cost": round(1 - med["on"] / med["off"], 4),
-        "front_cpu_us_off": round(med_cpu["off"], 1), "front_cpu_us_on": round(med_cpu["on"], 1),
-        "front_cpu_cost": round(med_cpu["on"] / med_cpu["off"] - 1, 4),
-    })
+    benchmark.extra_info.update(
+        {
+            "fps_off": round(med["off"], 1),
+            "fps_on": round(med["on"], 1),
+            "throughput_cost": round(1 - med["on"] / med["off"], 4),
+            "front_cpu_us_off": round(med_cpu["off"], 1),
+            "front_cpu_us_on": round(med_cpu["on"], 1),
+            "front_cpu_cost": round(med_cpu["on"] / med_cpu["off"] - 1, 4),
+        }
+    )
 
 
 def bench_metrics_overhead(benchmark, servers):
@@ -317,5 +389,11 @@ def bench_malloc_keep(benchmark, servers):
     """--malloc-keep-mb 0 ("off": glibc's defaults) vs the default ("on"), embedded 1080p
     JPEG: a negative front_cpu_cost is what keeping freed heap saves per frame."""
     benchmark.group = "malloc keep off vs on: embedded 1080p JPEG, 2 streams x 16 in flight"
-    alternate(benchmark, servers["fastext-nokeep"], servers["fastext"], "embedded-1080p-jpeg",
-              250, rounds=4)
+    alternate(
+        benchmark,
+        servers["fastext-nokeep"],
+        servers["fastext"],
+        "embedded-1080p-jpeg",
+        250,
+        rounds=4,
+    )

@@ -71,7 +71,8 @@ CONTROL = shutil.which("callgrind_control")
 pytestmark = pytest.mark.skipif(
     VALGRIND is None or CONTROL is None or not sys.platform.startswith("linux"),
     reason="needs valgrind's callgrind and callgrind_control on Linux (apt-get install "
-           "valgrind): this benchmark counts the front's instructions under callgrind")
+    "valgrind): this benchmark counts the front's instructions under callgrind",
+)
 
 SIZE = 416
 WINDOW = 16
@@ -83,9 +84,11 @@ START_S = 600.0  # python + grpc start-up is ~50x slower under callgrind; worker
 DUMP_S = 120.0
 _NO_REP = 1 << 30  # bytes: above any frame, so glibc's memcpy/memset use their vector loops
 KEEP_DIR = "FASTEXT_BENCH_CALLGRIND_DIR"  # set: the callgrind files are written there and kept
-ENV = {"PYTHONHASHSEED": "0",
-       "GLIBC_TUNABLES": f"glibc.cpu.x86_rep_movsb_threshold={_NO_REP}:"
-                         f"glibc.cpu.x86_rep_stosb_threshold={_NO_REP}"}
+ENV = {
+    "PYTHONHASHSEED": "0",
+    "GLIBC_TUNABLES": f"glibc.cpu.x86_rep_movsb_threshold={_NO_REP}:"
+    f"glibc.cpu.x86_rep_stosb_threshold={_NO_REP}",
+}
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,12 @@ class CountedServer:
 
     def dump(self) -> int:
         self.dumps += 1
-        subprocess.run([str(CONTROL), "--dump", str(self.server.proc.pid)], check=True,
-                       capture_output=True, timeout=DUMP_S)
+        subprocess.run(
+            [str(CONTROL), "--dump", str(self.server.proc.pid)],
+            check=True,
+            capture_output=True,
+            timeout=DUMP_S,
+        )
         return totals(Path(f"{self.out}.{self.dumps}"))
 
 
@@ -152,9 +159,20 @@ def totals(path: Path) -> int:
 def under_callgrind(name: str, argv: list[str], pattern: str, out: Path) -> CountedServer:
     assert VALGRIND is not None
     env = {**os.environ, **ENV}
-    server = start(name, [VALGRIND, "--tool=callgrind", "--trace-children=no",
-                          f"--callgrind-out-file={out}", f"--log-file={out}.log", *argv],
-                   pattern, timeout=START_S, env=env)
+    server = start(
+        name,
+        [
+            VALGRIND,
+            "--tool=callgrind",
+            "--trace-children=no",
+            f"--callgrind-out-file={out}",
+            f"--log-file={out}.log",
+            *argv,
+        ],
+        pattern,
+        timeout=START_S,
+        env=env,
+    )
     counted = CountedServer(server, out)
     counted.first = counted.dump()
     return counted
@@ -177,13 +195,30 @@ def counted() -> Iterator[dict[str, CountedServer]]:
     started: dict[str, CountedServer] = {}
     try:
         started["bare"] = under_callgrind(
-            "bare grpc.aio", [sys.executable, str(HERE / "bare_server.py")], r"port (\d+)",
-            where / "bare.out")
+            "bare grpc.aio",
+            [sys.executable, str(HERE / "bare_server.py")],
+            r"port (\d+)",
+            where / "bare.out",
+        )
         started["fastext"] = under_callgrind(
             "fastext --workers 2",
-            [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0", "--workers", "2",
-             "--malloc-keep-mb", str(KEEP_MB), "--log-level", "INFO"],
-            r"fastext serving on \S+ \(port (\d+)", where / "fastext.out")
+            [
+                sys.executable,
+                "-m",
+                "fastext",
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--malloc-keep-mb",
+                str(KEEP_MB),
+                "--log-level",
+                "INFO",
+            ],
+            r"fastext serving on \S+ \(port (\d+)",
+            where / "fastext.out",
+        )
         yield started
     finally:
         try:
@@ -231,13 +266,15 @@ def measure(servers: dict[str, CountedServer], shm: bool, plan: Plan) -> dict[st
 
 
 @pytest.mark.parametrize("mode", ["shm", "embedded"])
-def bench_front_instructions_per_frame(benchmark: Any, counted: dict[str, CountedServer],
-                                       mode: str) -> None:
+def bench_front_instructions_per_frame(
+    benchmark: Any, counted: dict[str, CountedServer], mode: str
+) -> None:
     benchmark.group = f"front instructions per frame under callgrind: {mode} 416x416 RGB24"
     plan = PLANS[(mode, not benchmark.disabled)]
     results: list[dict[str, Figures]] = []
-    benchmark.pedantic(lambda: results.append(measure(counted, mode == "shm", plan)),
-                       rounds=1, iterations=1)
+    benchmark.pedantic(
+        lambda: results.append(measure(counted, mode == "shm", plan)), rounds=1, iterations=1
+    )
     (figures,) = results
     for key, fig in figures.items():
         assert len(fig.per_frame) == plan.repeats
@@ -245,18 +282,28 @@ def bench_front_instructions_per_frame(benchmark: Any, counted: dict[str, Counte
         if plan.repeats > 1:
             assert fig.core_spread <= REPEATABLE, f"{key}: counts {fig.per_frame} not repeatable"
     bare, fastext = figures["bare"], figures["fastext"]
-    benchmark.extra_info.update({
-        "mode": mode, "size": f"{SIZE}x{SIZE} RGB24", "window": WINDOW, "fastext_workers": 2,
-        "frames_short": plan.short, "frames_long": plan.long, "repeats": plan.repeats,
-        "bare_instr_per_frame": round(bare.median), "fastext_instr_per_frame": round(fastext.median),
-        "ratio": round(fastext.median / bare.median, 3),
-        "bare_repeats": [round(n) for n in bare.per_frame],
-        "fastext_repeats": [round(n) for n in fastext.per_frame],
-        "bare_spread": round(bare.spread, 4), "fastext_spread": round(fastext.spread, 4),
-        "bare_core_spread": round(bare.core_spread, 4),
-        "fastext_core_spread": round(fastext.core_spread, 4),
-        "bare_startup_instr": counted["bare"].first,
-        "fastext_startup_instr": counted["fastext"].first,
-        "env": dict(ENV), "malloc_keep_mb": KEEP_MB,
-        "callgrind_kept_in": os.environ.get(KEEP_DIR, ""),
-    })
+    benchmark.extra_info.update(
+        {
+            "mode": mode,
+            "size": f"{SIZE}x{SIZE} RGB24",
+            "window": WINDOW,
+            "fastext_workers": 2,
+            "frames_short": plan.short,
+            "frames_long": plan.long,
+            "repeats": plan.repeats,
+            "bare_instr_per_frame": round(bare.median),
+            "fastext_instr_per_frame": round(fastext.median),
+            "ratio": round(fastext.median / bare.median, 3),
+            "bare_repeats": [round(n) for n in bare.per_frame],
+            "fastext_repeats": [round(n) for n in fastext.per_frame],
+            "bare_spread": round(bare.spread, 4),
+            "fastext_spread": round(fastext.spread, 4),
+            "bare_core_spread": round(bare.core_spread, 4),
+            "fastext_core_spread": round(fastext.core_spread, 4),
+            "bare_startup_instr": counted["bare"].first,
+            "fastext_startup_instr": counted["fastext"].first,
+            "env": dict(ENV),
+            "malloc_keep_mb": KEEP_MB,
+            "callgrind_kept_in": os.environ.get(KEEP_DIR, ""),
+        }
+    )

@@ -74,6 +74,7 @@ FIGURES: dict[str, Any] = {}  # figures one case hands to a later one (latency's
 
 # -- the model ------------------------------------------------------------------------------
 
+
 def dynamic_batch(model: bytes) -> bytes:
     """yolo_like's model with a dynamic batch axis: input and output ``N``, and its
     heads' Reshape taking the batch from their input (0) instead of a fixed 1."""
@@ -116,6 +117,7 @@ def input_size(path: Path) -> tuple[int, int]:
 
 # -- processes ------------------------------------------------------------------------------
 
+
 class Runner:
     """A ``bench/ort_alone.py`` process: the model open, runs on command."""
 
@@ -123,7 +125,11 @@ class Runner:
         self.threads = threads
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "ort_alone.py"), str(model), "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     def wait_ready(self) -> Runner:
         line = self.readline(120.0)
@@ -175,8 +181,9 @@ def runtime_alone(runners: list[Runner], batch: int, seconds: float) -> tuple[fl
     return sum(r[0] / r[1] for r in done), sum(r[2] for r in done) / frames * 1e6
 
 
-def start_all(model: Path, metrics_port: int, started: list[Any]
-              ) -> tuple[ServerProcess, ServerProcess, dict[str, list[Runner]]]:
+def start_all(
+    model: Path, metrics_port: int, started: list[Any]
+) -> tuple[ServerProcess, ServerProcess, dict[str, list[Runner]]]:
     """fastext with the model, the lock server and the runtime-alone processes, started
     at once (each appended to ``started`` as soon as it exists, to be stopped)."""
     runners: dict[str, list[Runner]] = {"2x1": [], "1x2": []}
@@ -184,9 +191,20 @@ def start_all(model: Path, metrics_port: int, started: list[Any]
         runners[key].append(Runner(model, threads))
         started.append(runners[key][-1])
     with ThreadPoolExecutor(2) as pool:
-        servers = [pool.submit(fastext_server, "--workers", "2", "--model", f"m={model}",
-                               "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"),
-                   pool.submit(lock_server, model)]
+        servers = [
+            pool.submit(
+                fastext_server,
+                "--workers",
+                "2",
+                "--model",
+                f"m={model}",
+                "--metrics-port",
+                str(metrics_port),
+                "--metrics-host",
+                "127.0.0.1",
+            ),
+            pool.submit(lock_server, model),
+        ]
         failed = [e for f in servers if (e := f.exception()) is not None]
         started += [f.result() for f in servers if f.exception() is None]
         if failed:
@@ -197,8 +215,11 @@ def start_all(model: Path, metrics_port: int, started: list[Any]
 
 
 def lock_server(model: Path) -> ServerProcess:
-    return start("lock (one ONNX Runtime session behind a lock)",
-                 [sys.executable, str(HERE / "lock_server.py"), str(model)], r"port (\d+)")
+    return start(
+        "lock (one ONNX Runtime session behind a lock)",
+        [sys.executable, str(HERE / "lock_server.py"), str(model)],
+        r"port (\d+)",
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -239,8 +260,11 @@ def pss_mib(pid: int) -> float:
 def model_runs(port: int) -> tuple[float, float, float]:
     """(frames, runtime calls, runtime seconds) so far, from fastext's metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {"fastext_model_batch_frames_sum": 0.0, "fastext_model_batch_frames_count": 0.0,
-              "fastext_model_inference_seconds_sum": 0.0}
+    values = {
+        "fastext_model_batch_frames_sum": 0.0,
+        "fastext_model_batch_frames_count": 0.0,
+        "fastext_model_inference_seconds_sum": 0.0,
+    }
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in values:
@@ -264,17 +288,35 @@ def frames() -> list[bytes]:
     return _FRAMES
 
 
-def stream_round(target: str, per_stream: int, config: str, fps: float = 0.0,
-                 streams: int = STREAMS) -> list[StreamResult]:
+def stream_round(
+    target: str, per_stream: int, config: str, fps: float = 0.0, streams: int = STREAMS
+) -> list[StreamResult]:
     source = frames()
 
     async def go() -> list[StreamResult]:
-        opts = [StreamOptions(target=target, width=WIDTH, height=HEIGHT, shm=True, shm_reuse=True,
-                              window=WINDOW, fps=fps, extension_configuration=config,
-                              graph_instance=f"models-{k}", ack_timeout_s=120.0)
-                for k in range(streams)]
-        return list(await asyncio.gather(*(
-            stream_frames(o, (source[i % len(source)] for i in range(per_stream))) for o in opts)))
+        opts = [
+            StreamOptions(
+                target=target,
+                width=WIDTH,
+                height=HEIGHT,
+                shm=True,
+                shm_reuse=True,
+                window=WINDOW,
+                fps=fps,
+                extension_configuration=config,
+                graph_instance=f"models-{k}",
+                ack_timeout_s=120.0,
+            )
+            for k in range(streams)
+        ]
+        return list(
+            await asyncio.gather(
+                *(
+                    stream_frames(o, (source[i % len(source)] for i in range(per_stream)))
+                    for o in opts
+                )
+            )
+        )
 
     results = asyncio.run(go())
     got = sum(r.acked for r in results)
@@ -289,6 +331,7 @@ def detections(results: list[StreamResult]) -> float:
 
 
 # -- the run's servers ----------------------------------------------------------------------
+
 
 @dataclass
 class Setup:
@@ -312,8 +355,9 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
         try:
             metrics_port = free_port()
             fastext, lock, runners = start_all(model, metrics_port, started)
-            yield Setup(smoke, directory, model, input_size(model), fastext, metrics_port, lock,
-                        runners)
+            yield Setup(
+                smoke, directory, model, input_size(model), fastext, metrics_port, lock, runners
+            )
         finally:
             for thing in started:
                 thing.stop()
@@ -327,6 +371,7 @@ def report(benchmark: Any, title: str, info: dict[str, Any]) -> None:
 
 
 # -- 1 and 2: throughput ---------------------------------------------------------------------
+
 
 def sizes() -> list[int]:
     return [int(s) for s in os.environ.get("FASTEXT_BENCH_SIZES", "320").split(",")]
@@ -345,8 +390,12 @@ def bench_models_throughput(benchmark: Any, setup: Setup, size: int) -> None:
         started: list[Any] = []
         try:
             fastext, lock, runners = start_all(model, port, started)
-            throughput(benchmark, Setup(st.smoke, st.directory, model, input_size(model),
-                                        fastext, port, lock, runners))
+            throughput(
+                benchmark,
+                Setup(
+                    st.smoke, st.directory, model, input_size(model), fastext, port, lock, runners
+                ),
+            )
         finally:
             for thing in started:
                 thing.stop()
@@ -358,7 +407,7 @@ def throughput(benchmark: Any, st: Setup) -> None:
     frames()  # made before any clock starts
     sweep_s = 0.3 if st.smoke else 2.0
     sweep: dict[str, dict[int, float]] = {"2x1": {}, "1x2": {}}
-    for batch in ((1,) if st.smoke else BATCHES):
+    for batch in (1,) if st.smoke else BATCHES:
         for key, runners in st.runners.items():
             got = runtime_alone(runners, batch, sweep_s)
             if got is not None:
@@ -366,12 +415,15 @@ def throughput(benchmark: Any, st: Setup) -> None:
     best = {key: max(fps, key=fps.__getitem__) for key, fps in sweep.items()}
     # Rounds near 2.5 s for fastext at the runtime's pace, the lock server at half of it.
     pace = max(max(s.values()) for s in sweep.values())
-    per_stream = {"fastext": 2 if st.smoke else max(4, round(pace * 2.5 / STREAMS)),
-                  "lock": 2 if st.smoke else max(3, round(pace * 1.2 / STREAMS))}
+    per_stream = {
+        "fastext": 2 if st.smoke else max(4, round(pace * 2.5 / STREAMS)),
+        "lock": 2 if st.smoke else max(3, round(pace * 1.2 / STREAMS)),
+    }
     round_s = 0.3 if st.smoke else 2.5
     fps: dict[str, list[float]] = {k: [] for k in ("fastext", "lock", "2x1", "1x2")}
-    cpu: dict[str, list[float]] = {k: [] for k in ("front", "workers", "client", "lock",
-                                                   "lock_client", "2x1", "1x2")}
+    cpu: dict[str, list[float]] = {
+        k: [] for k in ("front", "workers", "client", "lock", "lock_client", "2x1", "1x2")
+    }
     inside: list[tuple[float, float, float]] = []  # fastext's runtime calls per round
     dets: dict[str, list[float]] = {"fastext": [], "lock": []}
     turn = [0]
@@ -429,32 +481,49 @@ def throughput(benchmark: Any, st: Setup) -> None:
     lock_cpu = cpu_med["lock"] + cpu_med["lock_client"]
     ort_cpu = cpu_med[bound_key]
     info = {
-        "model": str(st.model.name), "input": f"{st.size[0]}x{st.size[1]}",
+        "model": str(st.model.name),
+        "input": f"{st.size[0]}x{st.size[1]}",
         "model_mb": round(st.model.stat().st_size / 2**20, 2),
-        "streams": STREAMS, "window": WINDOW, "rounds": len(fps["fastext"]) - skip,
+        "streams": STREAMS,
+        "window": WINDOW,
+        "rounds": len(fps["fastext"]) - skip,
         "frames_per_round_fastext": STREAMS * per_stream["fastext"],
         "frames_per_round_lock": STREAMS * per_stream["lock"],
         "sweep_fps": {k: {b: round(v, 2) for b, v in s.items()} for k, s in sweep.items()},
         "best_batch": best,
-        "fps_fastext": round(med["fastext"], 2), "fps_lock": round(med["lock"], 2),
-        "fps_runtime_2x1": round(med["2x1"], 2), "fps_runtime_1x2": round(med["1x2"], 2),
+        "fps_fastext": round(med["fastext"], 2),
+        "fps_lock": round(med["lock"], 2),
+        "fps_runtime_2x1": round(med["2x1"], 2),
+        "fps_runtime_1x2": round(med["1x2"], 2),
         "fps_fastext_rounds": [round(v, 2) for v in fps["fastext"][skip:]],
         "fps_lock_rounds": [round(v, 2) for v in fps["lock"][skip:]],
         "fps_runtime_rounds": [round(v, 2) for v in per_round_bound],
         "ratio_runtime": round(med["fastext"] / bound, 3),
-        "ratio_runtime_median_of_rounds": round(statistics.median(
-            f / b for f, b in zip(fps["fastext"][skip:], per_round_bound, strict=True)), 3),
+        "ratio_runtime_median_of_rounds": round(
+            statistics.median(
+                f / b for f, b in zip(fps["fastext"][skip:], per_round_bound, strict=True)
+            ),
+            3,
+        ),
         "ratio_lock": round(med["fastext"] / med["lock"], 2),
-        "ratio_lock_median_of_rounds": round(statistics.median(
-            f / b for f, b in zip(fps["fastext"][skip:], fps["lock"][skip:], strict=True)), 2),
+        "ratio_lock_median_of_rounds": round(
+            statistics.median(
+                f / b for f, b in zip(fps["fastext"][skip:], fps["lock"][skip:], strict=True)
+            ),
+            2,
+        ),
         "detections_per_frame_fastext": round(statistics.median(dets["fastext"]), 1),
         "detections_per_frame_lock": round(statistics.median(dets["lock"]), 1),
         # CPU per frame, µs (medians over rounds)
-        "front_cpu_us": round(cpu_med["front"]), "workers_cpu_us": round(cpu_med["workers"]),
-        "client_cpu_us": round(cpu_med["client"]), "fastext_cpu_us": round(fastext_cpu),
-        "lock_server_cpu_us": round(cpu_med["lock"]), "lock_client_cpu_us": round(
-            cpu_med["lock_client"]), "lock_cpu_us": round(lock_cpu),
-        "runtime_2x1_cpu_us": round(cpu_med["2x1"]), "runtime_1x2_cpu_us": round(cpu_med["1x2"]),
+        "front_cpu_us": round(cpu_med["front"]),
+        "workers_cpu_us": round(cpu_med["workers"]),
+        "client_cpu_us": round(cpu_med["client"]),
+        "fastext_cpu_us": round(fastext_cpu),
+        "lock_server_cpu_us": round(cpu_med["lock"]),
+        "lock_client_cpu_us": round(cpu_med["lock_client"]),
+        "lock_cpu_us": round(lock_cpu),
+        "runtime_2x1_cpu_us": round(cpu_med["2x1"]),
+        "runtime_1x2_cpu_us": round(cpu_med["1x2"]),
         # inside fastext's workers (their metrics): the runtime's calls
         "fastext_mean_batch": round(frames_in / calls, 2) if calls else None,
         # the runtime calls' wall time per frame (includes waits for a core on a busy box)
@@ -465,7 +534,8 @@ def throughput(benchmark: Any, st: Setup) -> None:
         "bound_runtime_fps": round(CORES / ort_cpu * 1e6, 2),
         "bound_lock_fps": round(CORES / lock_cpu * 1e6, 2),
         "bound_ratio_runtime": round(ort_cpu / fastext_cpu, 3),
-        "target_ratio_runtime": 0.90, "target_ratio_lock": 1.5,
+        "target_ratio_runtime": 0.90,
+        "target_ratio_lock": 1.5,
     }
     # The share of the machine each one got (cores busy: frames/s x CPU per frame); on a
     # shared box, frames/s follow it as much as the CPU per frame.
@@ -474,13 +544,15 @@ def throughput(benchmark: Any, st: Setup) -> None:
     info["cores_used_runtime"] = round(med[bound_key] * ort_cpu / 1e6, 2)
     # Without the client on these cores (a client with its own): the front and workers only.
     info["bound_ratio_runtime_own_client"] = round(
-        ort_cpu / (cpu_med["front"] + cpu_med["workers"]), 3)
+        ort_cpu / (cpu_med["front"] + cpu_med["workers"]), 3
+    )
     info["workers_over_runtime_cpu"] = round(cpu_med["workers"] / ort_cpu, 3)
     FIGURES[f"fps_fastext_{st.model}"] = med["fastext"]
     report(benchmark, f"throughput {st.size[0]}x{st.size[1]}", info)
 
 
 # -- 3: preprocessing ------------------------------------------------------------------------
+
 
 def bench_models_preprocess(benchmark: Any, setup: Setup) -> None:
     """prepare_raw of a cold 1080p frame into the model's slot against a cold read + write,
@@ -510,13 +582,14 @@ def bench_models_preprocess(benchmark: Any, setup: Setup) -> None:
         def one_pair() -> None:
             k = state["k"]
             state["k"] = (k + 1) % count
-            data = reader.words[k * fw:(k + 1) * fw].view(np.uint8)
-            timed("prepare", lambda: prepare_raw(data, PixelFormat.RGB24, WIDTH, HEIGHT, 0, out,
-                                                 spec))
+            data = reader.words[k * fw : (k + 1) * fw].view(np.uint8)
+            timed(
+                "prepare", lambda: prepare_raw(data, PixelFormat.RGB24, WIDTH, HEIGHT, 0, out, spec)
+            )
             other = (k + count // 2) % count
 
             def read_write() -> None:
-                sum_words(reader.words[other * fw:(other + 1) * fw])
+                sum_words(reader.words[other * fw : (other + 1) * fw])
                 out.fill(0.5)
 
             timed("read_write", read_write)
@@ -525,18 +598,22 @@ def bench_models_preprocess(benchmark: Any, setup: Setup) -> None:
     if setup.smoke:
         return
     med = {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
-    info = {"input": f"{spec.width}x{spec.height}", "slot_bytes": out.nbytes,
-            "frames": 2 * count,
-            "prepare_cpu_us": round(med["prepare"], 1),
-            "cold_read_write_cpu_us": round(med["read_write"], 1),
-            "ratio": round(med["prepare"] / med["read_write"], 2),
-            "prepare_wall_us": round(statistics.median(wall["prepare"]) * 1e6, 1),
-            "cold_read_write_wall_us": round(statistics.median(wall["read_write"]) * 1e6, 1),
-            "target_ratio": 1.5}
+    info = {
+        "input": f"{spec.width}x{spec.height}",
+        "slot_bytes": out.nbytes,
+        "frames": 2 * count,
+        "prepare_cpu_us": round(med["prepare"], 1),
+        "cold_read_write_cpu_us": round(med["read_write"], 1),
+        "ratio": round(med["prepare"] / med["read_write"], 2),
+        "prepare_wall_us": round(statistics.median(wall["prepare"]) * 1e6, 1),
+        "cold_read_write_wall_us": round(statistics.median(wall["read_write"]) * 1e6, 1),
+        "target_ratio": 1.5,
+    }
     report(benchmark, "preprocess", info)
 
 
 # -- 4: memory --------------------------------------------------------------------------------
+
 
 def bench_models_memory(benchmark: Any, setup: Setup) -> None:
     """PSS of the front and each worker, with the (640) model against no model."""
@@ -547,12 +624,18 @@ def bench_models_memory(benchmark: Any, setup: Setup) -> None:
     def measure(key: str, server: ServerProcess, config: str) -> None:
         time.sleep(0.2 if setup.smoke else 1.0)
         front = server.proc.pid
-        rest = {"front": pss_mib(front), "workers": [pss_mib(w) for w in workers(front)],
-                "helpers": [pss_mib(c) for c in children(front) if c not in workers(front)]}
+        rest = {
+            "front": pss_mib(front),
+            "workers": [pss_mib(w) for w in workers(front)],
+            "helpers": [pss_mib(c) for c in children(front) if c not in workers(front)],
+        }
         stream_round(server.target, 2, config)
         time.sleep(0.2 if setup.smoke else 1.0)  # the sessions closed, their files unmapped
-        busy = {"front": pss_mib(front), "workers": [pss_mib(w) for w in workers(front)],
-                "helpers": [pss_mib(c) for c in children(front) if c not in workers(front)]}
+        busy = {
+            "front": pss_mib(front),
+            "workers": [pss_mib(w) for w in workers(front)],
+            "helpers": [pss_mib(c) for c in children(front) if c not in workers(front)],
+        }
         figures[key] = {"rest": rest, "after_frames": busy}
 
     def both() -> None:
@@ -578,28 +661,33 @@ def bench_models_memory(benchmark: Any, setup: Setup) -> None:
     info: dict[str, Any] = {"model": model.name, "model_mib": round(size_mib, 1)}
     for when in ("rest", "after_frames"):
         none, with_model = figures["none"][when], figures["model"][when]
-        growth = [round(m - n, 1) for m, n in zip(sorted(with_model["workers"]),
-                                                  sorted(none["workers"]), strict=True)]
+        growth = [
+            round(m - n, 1)
+            for m, n in zip(sorted(with_model["workers"]), sorted(none["workers"]), strict=True)
+        ]
         total_none = none["front"] + sum(none["workers"]) + sum(none["helpers"])
         total_model = with_model["front"] + sum(with_model["workers"]) + sum(with_model["helpers"])
-        info.update({
-            f"{when}_front_mib_none": round(none["front"], 1),
-            f"{when}_front_mib_model": round(with_model["front"], 1),
-            f"{when}_front_growth_mib": round(with_model["front"] - none["front"], 1),
-            f"{when}_workers_mib_none": [round(w, 1) for w in none["workers"]],
-            f"{when}_workers_mib_model": [round(w, 1) for w in with_model["workers"]],
-            f"{when}_worker_growth_mib": growth,
-            f"{when}_helpers_mib_model": [round(h, 1) for h in with_model["helpers"]],
-            f"{when}_total_mib_none": round(total_none, 1),
-            f"{when}_total_mib_model": round(total_model, 1),
-            f"{when}_total_growth_mib": round(total_model - total_none, 1),
-        })
+        info.update(
+            {
+                f"{when}_front_mib_none": round(none["front"], 1),
+                f"{when}_front_mib_model": round(with_model["front"], 1),
+                f"{when}_front_growth_mib": round(with_model["front"] - none["front"], 1),
+                f"{when}_workers_mib_none": [round(w, 1) for w in none["workers"]],
+                f"{when}_workers_mib_model": [round(w, 1) for w in with_model["workers"]],
+                f"{when}_worker_growth_mib": growth,
+                f"{when}_helpers_mib_model": [round(h, 1) for h in with_model["helpers"]],
+                f"{when}_total_mib_none": round(total_none, 1),
+                f"{when}_total_mib_model": round(total_model, 1),
+                f"{when}_total_growth_mib": round(total_model - total_none, 1),
+            }
+        )
     info["target_front_growth_mib"] = 5
     info["target_worker_growth_mib"] = round(size_mib + 40, 1)
     report(benchmark, "memory", info)
 
 
 # -- 5: latency -------------------------------------------------------------------------------
+
 
 def bench_models_latency(benchmark: Any, setup: Setup) -> None:
     """Ack latency, 4 paced streams: at 15 fps each, and at half of fastext's measured
@@ -616,13 +704,16 @@ def bench_models_latency(benchmark: Any, setup: Setup) -> None:
         turn[0] += 1
         for rate in rates:
             order = [("fastext", setup.fastext, MODEL_CONFIG), ("lock", setup.lock, "")]
-            for key, server, config in (order if turn[0] % 2 else order[::-1]):
+            for key, server, config in order if turn[0] % 2 else order[::-1]:
                 n = 2 if setup.smoke else max(6, round(rate * (2.0 if rate >= 10 else 4.0)))
                 start_t = time.perf_counter()
                 results = stream_round(server.target, n, config, fps=rate)
-                fps.setdefault((key, rate), []).append(STREAMS * n / (time.perf_counter() - start_t))
+                fps.setdefault((key, rate), []).append(
+                    STREAMS * n / (time.perf_counter() - start_t)
+                )
                 latencies.setdefault((key, rate), []).extend(
-                    t for r in results for t in r.latencies_s)
+                    t for r in results for t in r.latencies_s
+                )
 
     if setup.smoke:
         benchmark.pedantic(one_pair, rounds=1, iterations=1)

@@ -91,5 +91,7 @@ def test_motion(benchmark: Any, how: str, width: int, height: int) -> None:
     if how == "numpy" and numba_mean:
         ratio = stats.stats.mean / numba_mean
         benchmark.extra_info["numba_speedup"] = round(ratio, 1)
-        print(f"\nmotion {width}x{height}: numba {numba_mean * 1e6:.0f} us, "
-              f"numpy {stats.stats.mean * 1e6:.0f} us: {ratio:.1f}x")
+        print(
+            f"\nmotion {width}x{height}: numba {numba_mean * 1e6:.0f} us, "
+            f"numpy {stats.stats.mean * 1e6:.0f} us: {ratio:.1f}x"
+        )

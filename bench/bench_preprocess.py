@@ -58,7 +58,7 @@ def shm_frames() -> Iterator[ColdReader]:
 
 def frame(reader: ColdReader, k: int) -> np.ndarray:
     """Frame ``k`` of the mapping, as the 1-D bytes a worker hands to prepare_raw."""
-    words = reader.words[k * reader.frame_words:(k + 1) * reader.frame_words]
+    words = reader.words[k * reader.frame_words : (k + 1) * reader.frame_words]
     return words.view(np.uint8)
 
 
@@ -82,8 +82,9 @@ def pillow_numpy(data: np.ndarray, out: np.ndarray) -> None:
     np.divide(canvas.transpose(2, 0, 1), np.float32(255), out=out, dtype=np.float32)
 
 
-@pytest.mark.parametrize("how", ["fastext cold", "fastext warm", "cold read + write",
-                                 "pillow + numpy"])
+@pytest.mark.parametrize(
+    "how", ["fastext cold", "fastext warm", "cold read + write", "pillow + numpy"]
+)
 def test_preprocess_1080p(benchmark: Any, shm_frames: ColdReader, how: str) -> None:
     benchmark.group = GROUP
     benchmark.extra_info["frame_bytes"] = FRAME_BYTES
@@ -93,7 +94,7 @@ def test_preprocess_1080p(benchmark: Any, shm_frames: ColdReader, how: str) -> N
         return prepare_raw(frame(shm_frames, k), PixelFormat.RGB24, WIDTH, HEIGHT, 0, out, SPEC)
 
     def read_write(k: int) -> None:
-        sum_words(shm_frames.words[k * shm_frames.frame_words:(k + 1) * shm_frames.frame_words])
+        sum_words(shm_frames.words[k * shm_frames.frame_words : (k + 1) * shm_frames.frame_words])
         out.fill(0.5)
 
     if how == "fastext cold":
@@ -119,8 +120,9 @@ def test_preprocess_over_cold_read_and_write(benchmark: Any, shm_frames: ColdRea
         times["prepare"].append(time.perf_counter() - start)
         other = (k + FRAMES // 2) % FRAMES
         start = time.perf_counter()
-        sum_words(shm_frames.words[other * shm_frames.frame_words:
-                                   (other + 1) * shm_frames.frame_words])
+        sum_words(
+            shm_frames.words[other * shm_frames.frame_words : (other + 1) * shm_frames.frame_words]
+        )
         out.fill(0.5)
         times["read_write"].append(time.perf_counter() - start)
 
@@ -131,5 +133,7 @@ def test_preprocess_over_cold_read_and_write(benchmark: Any, shm_frames: ColdRea
     info["prepare_us"] = round(prepare_us, 1)
     info["cold_read_write_us"] = round(read_write_us, 1)
     info["ratio"] = round(prepare_us / read_write_us, 2)
-    print(f"\nprepare {prepare_us:.0f} us, cold read + write {read_write_us:.0f} us, "
-          f"ratio {prepare_us / read_write_us:.2f} (target <= 1.5)")
+    print(
+        f"\nprepare {prepare_us:.0f} us, cold read + write {read_write_us:.0f} us, "
+        f"ratio {prepare_us / read_write_us:.2f} (target <= 1.5)"
+    )

@@ -31,7 +31,8 @@ from fastext.client import StreamOptions, StreamResult, stream_frames
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 
 _spec = importlib.util.spec_from_file_location(
-    "fastext_proxy_script", Path(__file__).resolve().parents[1] / "scripts/proxy.py")
+    "fastext_proxy_script", Path(__file__).resolve().parents[1] / "scripts/proxy.py"
+)
 assert _spec is not None and _spec.loader is not None
 proxy = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = proxy
@@ -47,28 +48,48 @@ MODES = {  # name: (encoding, width, height, frames per stream and round)
 @pytest.fixture(scope="module")
 def nginx(servers: dict[str, ServerProcess]) -> Iterator[Any]:
     if proxy.nginx_binary() is None:
-        pytest.skip("nginx is not installed: CI (.ci/run) installs Debian's nginx when it runs "
-                    "as root; elsewhere `apt-get install nginx-light`")
+        pytest.skip(
+            "nginx is not installed: CI (.ci/run) installs Debian's nginx when it runs "
+            "as root; elsewhere `apt-get install nginx-light`"
+        )
     with proxy.start_nginx([servers["fastext"].target], worker_processes=1) as running:
         yield running
 
 
 def _frames(encoding: int, width: int, height: int) -> list[bytes]:
     made = [rgb for rgb, _ in scenes(width, height, 8, period=2)]
-    return [to_pixel_format(rgb, VF.RGB24) if encoding == VF.RAW else encode(rgb, encoding)
-            for rgb in made]
+    return [
+        to_pixel_format(rgb, VF.RGB24) if encoding == VF.RAW else encode(rgb, encoding)
+        for rgb in made
+    ]
 
 
-def _round(target: str, mode: str, frames: list[bytes], streams: int,
-           per_stream: int) -> list[StreamResult]:
+def _round(
+    target: str, mode: str, frames: list[bytes], streams: int, per_stream: int
+) -> list[StreamResult]:
     encoding, width, height, _ = MODES[mode]
 
     async def go() -> list[StreamResult]:
-        opts = [StreamOptions(target=target, width=width, height=height, encoding=encoding,
-                              pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE,
-                              window=16, graph_instance=f"bench-{k}") for k in range(streams)]
-        return list(await asyncio.gather(*(
-            stream_frames(o, (frames[i % len(frames)] for i in range(per_stream))) for o in opts)))
+        opts = [
+            StreamOptions(
+                target=target,
+                width=width,
+                height=height,
+                encoding=encoding,
+                pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE,
+                window=16,
+                graph_instance=f"bench-{k}",
+            )
+            for k in range(streams)
+        ]
+        return list(
+            await asyncio.gather(
+                *(
+                    stream_frames(o, (frames[i % len(frames)] for i in range(per_stream)))
+                    for o in opts
+                )
+            )
+        )
 
     return asyncio.run(go())
 
@@ -91,13 +112,14 @@ def bench_nginx_vs_direct(benchmark, servers, nginx, mode):
     total = streams * per_stream
     frames = _frames(*MODES[mode][:3])  # made before any clock starts
     seen: dict[str, dict[str, list[float]]] = {
-        k: {"fps": [], "front": [], "client": [], "nginx": []} for k in ("direct", "nginx")}
+        k: {"fps": [], "front": [], "client": [], "nginx": []} for k in ("direct", "nginx")
+    }
     flip = [False]
 
     def pair() -> None:
         order = [("direct", server.target), ("nginx", nginx.target)]
         flip[0] = not flip[0]
-        for key, target in (order if flip[0] else order[::-1]):
+        for key, target in order if flip[0] else order[::-1]:
             before = server.cpu_seconds(), _own_cpu(), _nginx_cpu(nginx)
             start = time.perf_counter()
             results = _round(target, mode, frames, streams, per_stream)
@@ -110,23 +132,33 @@ def bench_nginx_vs_direct(benchmark, servers, nginx, mode):
             for name, a, b in zip(("front", "client", "nginx"), after, before, strict=True):
                 seen[key][name].append((a - b) / total * 1e6)
 
-    benchmark.pedantic(pair, rounds=1 if benchmark.disabled else 8, iterations=1,
-                       warmup_rounds=0 if benchmark.disabled else 1)
+    benchmark.pedantic(
+        pair,
+        rounds=1 if benchmark.disabled else 8,
+        iterations=1,
+        warmup_rounds=0 if benchmark.disabled else 1,
+    )
     if benchmark.disabled:
         return
     # the first pair is the warm-up round: not counted
     med = {k: {m: statistics.median(v[1:]) for m, v in d.items()} for k, d in seen.items()}
-    benchmark.extra_info.update({
-        "mode": mode, "streams": streams, "window": 16, "frame_bytes": len(frames[0]),
-        "fps_direct": round(med["direct"]["fps"], 1), "fps_nginx": round(med["nginx"]["fps"], 1),
-        "throughput_cost": round(1 - med["nginx"]["fps"] / med["direct"]["fps"], 4),
-        "nginx_cpu_us_per_frame": round(med["nginx"]["nginx"], 1),
-        "nginx_cpu_us_per_mb": round(med["nginx"]["nginx"] / (len(frames[0]) / 1e6), 1),
-        "front_cpu_us_direct": round(med["direct"]["front"], 1),
-        "front_cpu_us_nginx": round(med["nginx"]["front"], 1),
-        "client_cpu_us_direct": round(med["direct"]["client"], 1),
-        "client_cpu_us_nginx": round(med["nginx"]["client"], 1),
-        "fps_rounds_direct": [round(x) for x in seen["direct"]["fps"][1:]],
-        "fps_rounds_nginx": [round(x) for x in seen["nginx"]["fps"][1:]],
-        "load_average_1min": round(os.getloadavg()[0], 2),  # the machine is shared
-    })
+    benchmark.extra_info.update(
+        {
+            "mode": mode,
+            "streams": streams,
+            "window": 16,
+            "frame_bytes": len(frames[0]),
+            "fps_direct": round(med["direct"]["fps"], 1),
+            "fps_nginx": round(med["nginx"]["fps"], 1),
+            "throughput_cost": round(1 - med["nginx"]["fps"] / med["direct"]["fps"], 4),
+            "nginx_cpu_us_per_frame": round(med["nginx"]["nginx"], 1),
+            "nginx_cpu_us_per_mb": round(med["nginx"]["nginx"] / (len(frames[0]) / 1e6), 1),
+            "front_cpu_us_direct": round(med["direct"]["front"], 1),
+            "front_cpu_us_nginx": round(med["nginx"]["front"], 1),
+            "client_cpu_us_direct": round(med["direct"]["client"], 1),
+            "client_cpu_us_nginx": round(med["nginx"]["client"], 1),
+            "fps_rounds_direct": [round(x) for x in seen["direct"]["fps"][1:]],
+            "fps_rounds_nginx": [round(x) for x in seen["nginx"]["fps"][1:]],
+            "load_average_1min": round(os.getloadavg()[0], 2),  # the machine is shared
+        }
+    )

@@ -96,11 +96,21 @@ def usage(pid: int) -> Usage:
                 sizes[name] = int(rest[0])
     with open(f"/proc/{pid}/maps") as fh:
         lines = fh.readlines()
-    files = sum(1 for line in lines if len(fields := line.split(None, 5)) > 5
-                and fields[5].startswith("/"))
-    return Usage(pid, sizes["VmRSS:"], sizes["VmHWM:"], sizes["RssAnon:"], sizes["RssShmem:"],
-                 sizes["Pss:"], len(os.listdir(f"/proc/{pid}/fd")), len(lines), files,
-                 sizes["Threads:"])
+    files = sum(
+        1 for line in lines if len(fields := line.split(None, 5)) > 5 and fields[5].startswith("/")
+    )
+    return Usage(
+        pid,
+        sizes["VmRSS:"],
+        sizes["VmHWM:"],
+        sizes["RssAnon:"],
+        sizes["RssShmem:"],
+        sizes["Pss:"],
+        len(os.listdir(f"/proc/{pid}/fd")),
+        len(lines),
+        files,
+        sizes["Threads:"],
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -145,9 +155,11 @@ def shm_files(server_pid: int, client_pids: list[int]) -> dict[str, int]:
     server's segments, and the files of this run's clients."""
     names = os.listdir(SHM)
     clients = tuple(f"fastext_client_{pid}_" for pid in client_pids)
-    return {"total": len(names),
-            "server": sum(n.startswith(f"fastext_{server_pid}_") for n in names),
-            "client": sum(n.startswith(clients) for n in names)}
+    return {
+        "total": len(names),
+        "server": sum(n.startswith(f"fastext_{server_pid}_") for n in names),
+        "client": sum(n.startswith(clients) for n in names),
+    }
 
 
 def mapped_client_files(pids: list[int]) -> dict[int, list[str]]:
@@ -192,8 +204,9 @@ class ServerLog:
             self.seen.append(self._lines.get_nowait())
         return len(self.seen)
 
-    def wait(self, pattern: str, since: int, count: int = 1,
-             timeout: float = DEADLINE_S) -> list[re.Match[str]]:
+    def wait(
+        self, pattern: str, since: int, count: int = 1, timeout: float = DEADLINE_S
+    ) -> list[re.Match[str]]:
         """The first ``count`` lines from index ``since`` on that match ``pattern``."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -204,9 +217,11 @@ class ServerLog:
             if len(found) >= count:
                 return found[:count]
             if not (line := self._next(deadline)):
-                raise AssertionError(f"{len(found)} of {count} lines matching {pattern!r} "
-                                     f"(in {timeout:.0f} s or before the output ended); "
-                                     f"last lines: {''.join(self.seen[-15:])}")
+                raise AssertionError(
+                    f"{len(found)} of {count} lines matching {pattern!r} "
+                    f"(in {timeout:.0f} s or before the output ended); "
+                    f"last lines: {''.join(self.seen[-15:])}"
+                )
             self.seen.append(line)
 
     def wait_end(self, timeout: float = DEADLINE_S) -> None:
@@ -248,9 +263,11 @@ class Soak:
 
     def snapshot(self) -> dict[str, Any]:
         slots = workers(self.pid)
-        return {"front": asdict(usage(self.pid)),
-                "workers": [{"slot": s, **asdict(usage(p))} for s, p in sorted(slots.items())],
-                "shm": shm_files(self.pid, self.client_pids)}
+        return {
+            "front": asdict(usage(self.pid)),
+            "workers": [{"slot": s, **asdict(usage(p))} for s, p in sorted(slots.items())],
+            "shm": shm_files(self.pid, self.client_pids),
+        }
 
     def one_round(self) -> None:
         number = len(self.rounds) + 1
@@ -266,14 +283,25 @@ class Soak:
         removed = self._check_clean()
         after, settle_s = self._settled_snapshot()
         frames = STREAMS * self.per_stream
-        self.rounds.append({"round": number, "frames": frames, "seconds": round(seconds, 2),
-                            "fps": round(frames / seconds, 1), "killed_worker": killed,
-                            "vanished": vanished, "client_files_removed": removed,
-                            "before": before, "after": after, "settle_s": settle_s})
+        self.rounds.append(
+            {
+                "round": number,
+                "frames": frames,
+                "seconds": round(seconds, 2),
+                "fps": round(frames / seconds, 1),
+                "killed_worker": killed,
+                "vanished": vanished,
+                "client_files_removed": removed,
+                "before": before,
+                "after": after,
+                "settle_s": settle_s,
+            }
+        )
         self._check_growth()
 
-    async def _round(self, number: int) -> tuple[list[StreamResult], dict[str, Any],
-                                                 list[dict[str, Any]]]:
+    async def _round(
+        self, number: int
+    ) -> tuple[list[StreamResult], dict[str, Any], list[dict[str, Any]]]:
         third = asyncio.Event()
         acked = 0
 
@@ -283,11 +311,17 @@ class Soak:
             if acked == STREAMS * self.per_stream // 3:
                 third.set()
 
-        counted = [asyncio.create_task(stream_frames(self._options(number, k, on_ack),
-                                                     self._source(self.per_stream)))
-                   for k in range(STREAMS)]
-        disturbers = asyncio.gather(self._kill_worker(third, KILLED_SLOT),
-                                    self._cancel_call(number), self._kill_client(number))
+        counted = [
+            asyncio.create_task(
+                stream_frames(self._options(number, k, on_ack), self._source(self.per_stream))
+            )
+            for k in range(STREAMS)
+        ]
+        disturbers = asyncio.gather(
+            self._kill_worker(third, KILLED_SLOT),
+            self._cancel_call(number),
+            self._kill_client(number),
+        )
         try:
             results = await asyncio.wait_for(asyncio.gather(*counted), ROUND_DEADLINE_S)
             killed, *vanished = await asyncio.wait_for(disturbers, DEADLINE_S)
@@ -297,9 +331,15 @@ class Soak:
         return results, killed, vanished
 
     def _options(self, number: int, k: int, on_ack: Any = None, name: str = "") -> StreamOptions:
-        return StreamOptions(target=self.server.target, width=SIDE, height=SIDE,
-                             shm=k < STREAMS - EMBEDDED, window=WINDOW,
-                             graph_instance=name or f"soak-{number}-{k}", on_ack=on_ack)
+        return StreamOptions(
+            target=self.server.target,
+            width=SIDE,
+            height=SIDE,
+            shm=k < STREAMS - EMBEDDED,
+            window=WINDOW,
+            graph_instance=name or f"soak-{number}-{k}",
+            on_ack=on_ack,
+        )
 
     def _source(self, count: int):  # -> Iterator[bytes]: frame i is self.frames[i % 8]
         return (self.frames[i % len(self.frames)] for i in range(count))
@@ -321,8 +361,13 @@ class Soak:
                 enough.set()
 
         name = f"soak-{number}-cancelled"
-        call = asyncio.create_task(stream_frames(self._options(number, 0, on_ack, name=name),
-                                                 self._source(10 * VANISH_AFTER * WINDOW), result))
+        call = asyncio.create_task(
+            stream_frames(
+                self._options(number, 0, on_ack, name=name),
+                self._source(10 * VANISH_AFTER * WINDOW),
+                result,
+            )
+        )
         try:
             await asyncio.wait_for(enough.wait(), DEADLINE_S)
             # A window's acks can land in one burst, before the sender refills it (seen
@@ -334,17 +379,28 @@ class Soak:
         finally:
             cancels = await _cancel(call)
         assert in_flight > 0, f"{name}: nothing in flight when cancelled ({result.sent} sent)"
-        return {"how": "call cancelled", "stream": name, "client_acked": acked,
-                "client_in_flight": in_flight, "cancels": cancels,
-                "acked_after_cancel": result.acked - acked}
+        return {
+            "how": "call cancelled",
+            "stream": name,
+            "client_acked": acked,
+            "client_in_flight": in_flight,
+            "cancels": cancels,
+            "acked_after_cancel": result.acked - acked,
+        }
 
     async def _kill_client(self, number: int) -> dict[str, Any]:
         """A client process SIGKILLed with frames in flight: its file stays in /dev/shm."""
         name = f"soak-{number}-killed"
-        argv = [sys.executable, str(HERE / "_vanish_client.py"), self.server.target, name,
-                str(VANISH_AFTER)]
-        proc, match, _ = await asyncio.to_thread(launch, "vanishing client", argv,
-                                                 r"acked (\d+) sent (\d+)", DEADLINE_S)
+        argv = [
+            sys.executable,
+            str(HERE / "_vanish_client.py"),
+            self.server.target,
+            name,
+            str(VANISH_AFTER),
+        ]
+        proc, match, _ = await asyncio.to_thread(
+            launch, "vanishing client", argv, r"acked (\d+) sent (\d+)", DEADLINE_S
+        )
         try:
             self.client_pids.append(proc.pid)
             acked, sent = int(match.group(1)), int(match.group(2))
@@ -352,8 +408,13 @@ class Soak:
         finally:
             proc.kill()  # its output pipe is closed by launch()'s reader at its end
             await asyncio.to_thread(proc.wait, DEADLINE_S)
-        return {"how": "client process SIGKILLed", "stream": name, "pid": proc.pid,
-                "client_acked": acked, "client_in_flight": sent - acked}
+        return {
+            "how": "client process SIGKILLed",
+            "stream": name,
+            "pid": proc.pid,
+            "client_acked": acked,
+            "client_in_flight": sent - acked,
+        }
 
     def _check_counts(self, results: list[StreamResult]) -> None:
         """Every frame of every counted stream acked once, with its frame's tag."""
@@ -361,9 +422,12 @@ class Soak:
         for k, result in enumerate(results):
             assert (result.sent, result.acked) == (self.per_stream, self.per_stream), k
             assert sorted(result.samples) == expected, f"stream {k}: acks missing or unknown"
-            wrong = [seq for seq, sample in result.samples.items()
-                     if [i.classification.tag.value for i in sample.inferences]
-                     != [self.tags[(seq - 2) % len(self.tags)]]]
+            wrong = [
+                seq
+                for seq, sample in result.samples.items()
+                if [i.classification.tag.value for i in sample.inferences]
+                != [self.tags[(seq - 2) % len(self.tags)]]
+            ]
             assert not wrong, f"stream {k}: {len(wrong)} wrong tags, first at {wrong[:5]}"
 
     def _settle(self, since: int, slot: int) -> dict[str, Any]:
@@ -376,23 +440,34 @@ class Soak:
         new_pid = int(ready.group(1))
         assert workers(self.pid).get(slot) == new_pid, f"slot {slot}: {workers(self.pid)}"
         # logged right after the exit, if the worker held any batches
-        held = [m for line in self.log.seen[since:]
-                if (m := re.search(rf"worker {slot} died holding (\d+) batches", line))]
-        return {"batches_rerun": int(held[0].group(1)) if held else 0, "new_pid": new_pid,
-                "restart_backoff_s": float(backoff.group(1))}
+        held = [
+            m
+            for line in self.log.seen[since:]
+            if (m := re.search(rf"worker {slot} died holding (\d+) batches", line))
+        ]
+        return {
+            "batches_rerun": int(held[0].group(1)) if held else 0,
+            "new_pid": new_pid,
+            "restart_backoff_s": float(backoff.group(1)),
+        }
 
     def _vanished_session(self, vanished: dict[str, Any], since: int) -> dict[str, Any]:
         """What the server logged about a vanished stream: its file, frames read, reason."""
         stream = re.escape(vanished["stream"])
-        start = self.log.wait(rf"session start .* stream={stream}/\S+ .*shared memory (\S+)",
-                              since)[0]
-        end = self.log.wait(rf"session end .* stream={stream}/\S+ frames=(\d+) .* reason=(.*)",
-                            since)[0]
+        start = self.log.wait(
+            rf"session start .* stream={stream}/\S+ .*shared memory (\S+)", since
+        )[0]
+        end = self.log.wait(
+            rf"session end .* stream={stream}/\S+ frames=(\d+) .* reason=(.*)", since
+        )[0]
         # The reason varies: a reset connection can reach the session as the end of the
         # request stream ("client closed the stream") rather than as a cancelled call.
         assert int(end.group(1)) >= vanished["client_acked"], end.group(0)
-        return {"file": start.group(1), "server_frames_read": int(end.group(1)),
-                "server_reason": end.group(2).strip()}
+        return {
+            "file": start.group(1),
+            "server_frames_read": int(end.group(1)),
+            "server_reason": end.group(2).strip(),
+        }
 
     def _check_clean(self) -> list[str]:
         """No session left: nothing maps a client file, the metrics are back to 0, and the
@@ -401,12 +476,19 @@ class Soak:
         pids = [self.pid, *workers(self.pid).values()]
         assert mapped_client_files(pids) == {}
         samples = metrics(self.metrics_port)
-        for name in ("fastext_streams_active", "fastext_frames_in_flight",
-                     "fastext_queue_depth", "fastext_shared_memory_mapped_bytes"):
+        for name in (
+            "fastext_streams_active",
+            "fastext_frames_in_flight",
+            "fastext_queue_depth",
+            "fastext_shared_memory_mapped_bytes",
+        ):
             assert samples[name] == 0, (name, samples[name])
         assert samples["fastext_worker_restarts_total"] == self.kills
-        left = [n for n in os.listdir(SHM)
-                if n.startswith(tuple(f"fastext_client_{p}_" for p in self.client_pids[1:]))]
+        left = [
+            n
+            for n in os.listdir(SHM)
+            if n.startswith(tuple(f"fastext_client_{p}_" for p in self.client_pids[1:]))
+        ]
         assert len(left) == 1, left  # this round's killed client's, and only it
         os.unlink(os.path.join(SHM, left[0]))
         return left
@@ -452,8 +534,10 @@ class Soak:
         if rss_b > rss_a * (1 + MEMORY_GROWTH):
             grown["workers' rss_kb"] = rss_a, rss_b
         pairs = [("front", front_a, front_b)]
-        pairs += [(f"worker {a['slot']}", a, b)
-                  for a, b in zip(first["workers"], now["workers"], strict=True)]
+        pairs += [
+            (f"worker {a['slot']}", a, b)
+            for a, b in zip(first["workers"], now["workers"], strict=True)
+        ]
         for who, a, b in pairs:
             for key in ("fds", "threads", "maps_file"):
                 if b[key] > a[key]:
@@ -461,7 +545,10 @@ class Soak:
             if who == f"worker {KILLED_SLOT}":
                 continue
             if b["maps"] - b["maps_file"] > a["maps"] - a["maps_file"] + ANON_MAPS_SPREAD:
-                grown[f"{who} anonymous maps"] = a["maps"] - a["maps_file"], b["maps"] - b["maps_file"]
+                grown[f"{who} anonymous maps"] = (
+                    a["maps"] - a["maps_file"],
+                    b["maps"] - b["maps_file"],
+                )
         return grown
 
     def _check_growth(self) -> None:
@@ -539,6 +626,12 @@ def bench_soak(benchmark):
         for name in os.listdir(SHM):  # a failed round's killed client leaves its file
             if name.startswith(tuple(f"fastext_client_{p}_" for p in soak.client_pids[1:])):
                 os.unlink(os.path.join(SHM, name))
-    benchmark.extra_info.update({"streams": STREAMS, "embedded": EMBEDDED,
-                                 "frames_per_stream": sizes, "shutdown": shutdown,
-                                 "rounds": soak.rounds})
+    benchmark.extra_info.update(
+        {
+            "streams": STREAMS,
+            "embedded": EMBEDDED,
+            "frames_per_stream": sizes,
+            "shutdown": shutdown,
+            "rounds": soak.rounds,
+        }
+    )

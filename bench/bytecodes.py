@@ -87,9 +87,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fastext-bytecodes-") as tmp:
         out = os.path.join(tmp, "ops")
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", out, "serve", "--bind", "127.0.0.1:0",
-             "--workers", "2", "--log-level", "INFO"],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                out,
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--log-level",
+                "INFO",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
         try:
             port = _wait_for_port(proc, deadline=time.monotonic() + 300)
             shm = not args.embedded
@@ -104,12 +118,19 @@ def main() -> int:
             proc.wait(60)
         short, long_ = (json.loads(Path(f"{out}.{n}").read_text()) for n in (2, 3))
     frames = args.long - args.short
-    rows = sorted(((long_["ops"].get(k, 0) - short["ops"].get(k, 0)) / frames,
-                   (long_["calls"].get(k, 0) - short["calls"].get(k, 0)) / frames, k)
-                  for k in set(short["ops"]) | set(long_["ops"]))
+    rows = sorted(
+        (
+            (long_["ops"].get(k, 0) - short["ops"].get(k, 0)) / frames,
+            (long_["calls"].get(k, 0) - short["calls"].get(k, 0)) / frames,
+            k,
+        )
+        for k in set(short["ops"]) | set(long_["ops"])
+    )
     rows.reverse()
-    print(f"bytecodes per frame {sum(r[0] for r in rows):.0f}, "
-          f"calls per frame {sum(r[1] for r in rows):.1f}")
+    print(
+        f"bytecodes per frame {sum(r[0] for r in rows):.0f}, "
+        f"calls per frame {sum(r[1] for r in rows):.1f}"
+    )
     for ops, calls, key in rows[: args.top]:
         if ops >= 0.5:
             print(f"{ops:8.1f} {calls:6.2f}  {key}")

@@ -58,7 +58,6 @@ class ServerProcess:
                     continue
         return total
 
-
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -85,17 +84,22 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def launch(name: str, argv: list[str], pattern: str, timeout: float = 120.0,
-           env: dict[str, str] | None = None,
-           ) -> tuple[subprocess.Popen, re.Match[str], queue.Queue[str]]:
+def launch(
+    name: str,
+    argv: list[str],
+    pattern: str,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, re.Match[str], queue.Queue[str]]:
     """Start a process and wait (bounded) for the first line matching ``pattern``;
     ``env`` replaces the environment it inherits.
 
     Returns the process, the match, and a queue that keeps receiving its later
     output a line at a time ("" once the output ends).
     """
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
 
@@ -124,23 +128,40 @@ def launch(name: str, argv: list[str], pattern: str, timeout: float = 120.0,
     raise RuntimeError(f"{name} did not start: {''.join(seen[-20:])}")
 
 
-def start(name: str, argv: list[str], pattern: str, timeout: float = 120.0,
-          env: dict[str, str] | None = None) -> ServerProcess:
+def start(
+    name: str,
+    argv: list[str],
+    pattern: str,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
     """Start a server and wait (bounded) for the line that names its port."""
     proc, match, lines = launch(name, argv, pattern, timeout, env)
     return ServerProcess(name, proc, int(match.group(1)), lines)
 
 
 def fastext_server(*args: str) -> ServerProcess:
-    return start("fastext " + " ".join(args),
-                 [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
-                  "--log-level", "INFO", *args],
-                 r"fastext serving on \S+ \(port (\d+)")
+    return start(
+        "fastext " + " ".join(args),
+        [
+            sys.executable,
+            "-m",
+            "fastext",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--log-level",
+            "INFO",
+            *args,
+        ],
+        r"fastext serving on \S+ \(port (\d+)",
+    )
 
 
 def naive_server() -> ServerProcess:
-    return start("naive single-process", [sys.executable, str(HERE / "naive_server.py")],
-                 r"port (\d+)")
+    return start(
+        "naive single-process", [sys.executable, str(HERE / "naive_server.py")], r"port (\d+)"
+    )
 
 
 def bare_server() -> ServerProcess:

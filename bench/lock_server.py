@@ -65,8 +65,9 @@ class Detector:
             (output,) = self.session.run(None, {self.input_name: tensor})
         return self.decode(output[0], scale, left, top, image.size)
 
-    def decode(self, rows: np.ndarray, scale: float, left: int, top: int,
-               size: tuple[int, int]) -> list[inferencing_pb2.Inference]:
+    def decode(
+        self, rows: np.ndarray, scale: float, left: int, top: int, size: tuple[int, int]
+    ) -> list[inferencing_pb2.Inference]:
         boxes, scores = rows[:4].T, rows[4:].T  # [A, 4] cx cy w h, [A, C]
         classes = scores.argmax(1)
         best = scores[np.arange(len(classes)), classes]
@@ -81,13 +82,20 @@ class Detector:
             y1 = min(max((xyxy[k, 1] - top) / scale, 0.0), ih)
             x2 = min(max((xyxy[k, 2] - left) / scale, 0.0), iw)
             y2 = min(max((xyxy[k, 3] - top) / scale, 0.0), ih)
-            found.append(inferencing_pb2.Inference(
-                type=inferencing_pb2.Inference.InferenceType.ENTITY, subtype="objectDetection",
-                entity=inferencing_pb2.Entity(
-                    tag=inferencing_pb2.Tag(value=f"class{int(classes[k])}",
-                                            confidence=float(best[k])),
-                    box=inferencing_pb2.Rectangle(l=x1 / iw, t=y1 / ih, w=(x2 - x1) / iw,
-                                                  h=(y2 - y1) / ih))))
+            found.append(
+                inferencing_pb2.Inference(
+                    type=inferencing_pb2.Inference.InferenceType.ENTITY,
+                    subtype="objectDetection",
+                    entity=inferencing_pb2.Entity(
+                        tag=inferencing_pb2.Tag(
+                            value=f"class{int(classes[k])}", confidence=float(best[k])
+                        ),
+                        box=inferencing_pb2.Rectangle(
+                            l=x1 / iw, t=y1 / ih, w=(x2 - x1) / iw, h=(y2 - y1) / ih
+                        ),
+                    ),
+                )
+            )
         return found
 
 
@@ -123,21 +131,29 @@ def handler(detector: Detector):  # type: ignore[no-untyped-def]
                         fd = os.open(os.path.join("/dev/shm", props.handle_name), os.O_RDONLY)
                         shm = mmap.mmap(fd, props.length_bytes, prot=mmap.PROT_READ)
                         os.close(fd)
-                    yield Msg(sequence_number=seq, ack_sequence_number=message.sequence_number,
-                              media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
-                                  extension_identifier="lock"))
+                    yield Msg(
+                        sequence_number=seq,
+                        ack_sequence_number=message.sequence_number,
+                        media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
+                            extension_identifier="lock"
+                        ),
+                    )
                     continue
                 sample = message.media_sample
                 if sample.HasField("content_reference"):
                     ref = sample.content_reference
-                    data = shm[ref.address_offset:ref.address_offset + ref.length_bytes]
+                    data = shm[ref.address_offset : ref.address_offset + ref.length_bytes]
                 else:
                     data = sample.content_bytes.bytes
                 size = (fmt.dimensions.width, fmt.dimensions.height)
                 image = Image.frombuffer("RGB", size, data, "raw", MODES[fmt.pixel_format], 0, 1)
-                yield Msg(sequence_number=seq, ack_sequence_number=message.sequence_number,
-                          media_sample=extension_pb2.MediaSample(
-                              timestamp=sample.timestamp, inferences=detector.detect(image)))
+                yield Msg(
+                    sequence_number=seq,
+                    ack_sequence_number=message.sequence_number,
+                    media_sample=extension_pb2.MediaSample(
+                        timestamp=sample.timestamp, inferences=detector.detect(image)
+                    ),
+                )
         finally:
             if shm is not None:
                 shm.close()
@@ -148,14 +164,22 @@ def handler(detector: Detector):  # type: ignore[no-untyped-def]
 def main() -> None:
     detector = Detector(sys.argv[1])
     limit = 256 * 1024 * 1024
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32),
-                         options=[("grpc.max_receive_message_length", limit),
-                                  ("grpc.max_send_message_length", limit),
-                                  ("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     method = grpc.stream_stream_rpc_method_handler(
-        handler(detector), request_deserializer=Msg.FromString,
-        response_serializer=Msg.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: method}),))
+        handler(detector),
+        request_deserializer=Msg.FromString,
+        response_serializer=Msg.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {METHOD: method}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"port {port}", flush=True)

@@ -58,8 +58,9 @@ def main() -> None:
             path = Path(args.model)
         else:  # built in another process: onnx and the bench's imports stay out of this one
             path = Path(tmp) / "model.onnx"
-            subprocess.run([sys.executable, "-c", _BUILD, str(args.size), str(path)], check=True,
-                           timeout=300)
+            subprocess.run(
+                [sys.executable, "-c", _BUILD, str(args.size), str(path)], check=True, timeout=300
+            )
         step(f"(model file {path.stat().st_size / 2**20:.1f} MiB)")
         from fastext.vision import kernels
 
@@ -85,8 +86,8 @@ def main() -> None:
         tensor = np.zeros((16, 3, side, side), np.float32)  # the engine's 16 slots, untouched
         session.run(None, {model_input.name: tensor[:1]})
         step("warm-up run, 1 frame (+ slot 0 written)")
-        tensor[:args.batch] = 0.5
-        session.run(None, {model_input.name: tensor[:args.batch]})
+        tensor[: args.batch] = 0.5
+        session.run(None, {model_input.name: tensor[: args.batch]})
         step(f"a run of {args.batch} frames (+ their slots written)")
 
 

@@ -31,7 +31,9 @@ def classify(image: Image.Image) -> inferencing_pb2.Inference:
     return inferencing_pb2.Inference(
         type=inferencing_pb2.Inference.CLASSIFICATION,
         classification=inferencing_pb2.Classification(
-            tag=inferencing_pb2.Tag(value="dark" if mean < 127 else "light", confidence=1.0)))
+            tag=inferencing_pb2.Tag(value="dark" if mean < 127 else "light", confidence=1.0)
+        ),
+    )
 
 
 async def process(requests, context) -> None:
@@ -47,10 +49,15 @@ async def process(requests, context) -> None:
                     fd = os.open(os.path.join("/dev/shm", props.handle_name), os.O_RDONLY)
                     shm = mmap.mmap(fd, props.length_bytes, prot=mmap.PROT_READ)
                     os.close(fd)
-                await context.write(Msg(sequence_number=seq,
-                                        ack_sequence_number=message.sequence_number,
-                                        media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
-                                            extension_identifier="naive")))
+                await context.write(
+                    Msg(
+                        sequence_number=seq,
+                        ack_sequence_number=message.sequence_number,
+                        media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
+                            extension_identifier="naive"
+                        ),
+                    )
+                )
                 continue
             sample = message.media_sample
             if sample.HasField("content_reference"):
@@ -63,9 +70,15 @@ async def process(requests, context) -> None:
                 image = Image.frombuffer("RGB", size, data, "raw", MODES[fmt.pixel_format], 0, 1)
             else:
                 image = Image.open(io.BytesIO(data))
-            await context.write(Msg(sequence_number=seq, ack_sequence_number=message.sequence_number,
-                                    media_sample=extension_pb2.MediaSample(
-                                        timestamp=sample.timestamp, inferences=[classify(image)])))
+            await context.write(
+                Msg(
+                    sequence_number=seq,
+                    ack_sequence_number=message.sequence_number,
+                    media_sample=extension_pb2.MediaSample(
+                        timestamp=sample.timestamp, inferences=[classify(image)]
+                    ),
+                )
+            )
     finally:
         if shm is not None:
             shm.close()

@@ -71,9 +71,11 @@ def main() -> int:
     for reserve, runs in results.items():
         create, touch, added = (statistics.median(r[i] for r in runs) for i in range(3))
         name = "posix_fallocate" if reserve else "sparse (before)"
-        print(f"{name:16s} {args.mb} MiB arena: create {create * 1e3:7.2f} ms, then first "
-              f"touch of every page {touch * 1e3:7.2f} ms; Shmem +{added:.0f} MiB at create "
-              f"(median of {args.runs})")
+        print(
+            f"{name:16s} {args.mb} MiB arena: create {create * 1e3:7.2f} ms, then first "
+            f"touch of every page {touch * 1e3:7.2f} ms; Shmem +{added:.0f} MiB at create "
+            f"(median of {args.runs})"
+        )
     return 0
 
 

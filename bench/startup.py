@@ -34,8 +34,20 @@ def main() -> int:
         env["NUMBA_CACHE_DIR"] = cache
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
-         "--workers", str(args.workers)], stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "fastext",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            str(args.workers),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stderr is not None
     serving = None
     try:

@@ -47,14 +47,17 @@ def time_size(size: int, runs: int, threads: int) -> str:
         (out,) = infer()
     infer_med, infer_min = _median_ms(infer, runs)
     labels = labels_from_metadata(sess.get_modelmeta().custom_metadata_map)
-    spec = detect_layout([o.shape for o in sess.get_outputs()],
-                         None if labels is None else len(labels))
+    spec = detect_layout(
+        [o.shape for o in sess.get_outputs()], None if labels is None else len(labels)
+    )
     decode = partial(decode_detections, out, spec, (1, 1, 0, 0), (size, size))
     decode()  # compile or load from numba's cache
     decode_med, _ = _median_ms(decode, runs)
-    return (f"size {size}: output {list(out.shape)}, {yolo_like_flops(size) / 1e9:.2f} GFLOPs; "
-            f"onnxruntime median {infer_med:.1f} ms (fastest {infer_min:.1f}); "
-            f"decode median {decode_med:.2f} ms")
+    return (
+        f"size {size}: output {list(out.shape)}, {yolo_like_flops(size) / 1e9:.2f} GFLOPs; "
+        f"onnxruntime median {infer_med:.1f} ms (fastest {infer_min:.1f}); "
+        f"decode median {decode_med:.2f} ms"
+    )
 
 
 def main() -> None:
@@ -63,8 +66,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    print(f"host {platform.node()} {platform.machine()} cpus {os.cpu_count()} "
-          f"onnxruntime {ort.__version__} threads {args.threads}")
+    print(
+        f"host {platform.node()} {platform.machine()} cpus {os.cpu_count()} "
+        f"onnxruntime {ort.__version__} threads {args.threads}"
+    )
     for size in args.sizes:
         print(time_size(size, args.runs, args.threads))
 

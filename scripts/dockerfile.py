@@ -172,8 +172,11 @@ def _matches(rel: str, pattern: str) -> bool:
     if pattern.startswith("**/"):
         # "**/x" matches x at any depth: try it against every tail of every prefix.
         sub = pattern[3:]
-        return any(fnmatch.fnmatchcase("/".join(parts[k : i + 1]), sub)
-                   for i in range(len(parts)) for k in range(i + 1))
+        return any(
+            fnmatch.fnmatchcase("/".join(parts[k : i + 1]), sub)
+            for i in range(len(parts))
+            for k in range(i + 1)
+        )
     return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes)
 
 
@@ -239,19 +242,37 @@ BASE_ENV = {
 }
 
 
-def chroot_argv(root: Path, state: StageState, argv: list[str],
-                build_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+def chroot_argv(
+    root: Path, state: StageState, argv: list[str], build_env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The command that runs argv in the root as the stage's user, with its environment."""
     uid, gid, home = _user_ids(root, state.user)
     env = {"HOME": home, **(build_env or {}), **state.env}
-    cmd = ["chroot", f"--userspec={uid}:{gid}", f"--groups={gid}", str(root),
-           "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
-           "/bin/sh", "-c", 'cd "$0" && exec "$@"', state.workdir, *argv]
+    cmd = [
+        "chroot",
+        f"--userspec={uid}:{gid}",
+        f"--groups={gid}",
+        str(root),
+        "/usr/bin/env",
+        "-i",
+        *(f"{k}={v}" for k, v in env.items()),
+        "/bin/sh",
+        "-c",
+        'cd "$0" && exec "$@"',
+        state.workdir,
+        *argv,
+    ]
     return cmd, env
 
 
-def run(path: Path, root: Path, context: Path, stop_after: str | None, log,
-        build_env: dict[str, str] | None = None) -> StageState:
+def run(
+    path: Path,
+    root: Path,
+    context: Path,
+    stop_after: str | None,
+    log,
+    build_env: dict[str, str] | None = None,
+) -> StageState:
     """Run the Dockerfile's steps in root; returns the last stage's state.
 
     ``build_env`` is set for RUN steps only and never becomes part of the image's
@@ -287,12 +308,22 @@ def run(path: Path, root: Path, context: Path, stop_after: str | None, log,
                         if source.resolve() != target.resolve():
                             _copy_tree(source, target, root, [])
                     else:
-                        n = _copy_tree((context / src).resolve(), dst_path, context.resolve(),
-                                       patterns)
+                        n = _copy_tree(
+                            (context / src).resolve(), dst_path, context.resolve(), patterns
+                        )
                         log(f"   ({n} files from the build context, .dockerignore applied)")
                 if "chown" in flags:
-                    subprocess.run(["chroot", str(root), "chown", "-R", flags["chown"],
-                                    "/" + dst_path.relative_to(root).as_posix()], check=True)
+                    subprocess.run(
+                        [
+                            "chroot",
+                            str(root),
+                            "chown",
+                            "-R",
+                            flags["chown"],
+                            "/" + dst_path.relative_to(root).as_posix(),
+                        ],
+                        check=True,
+                    )
             elif kw == "RUN":
                 flags, rest = split_flags(ins.args)
                 argv = exec_form(rest) or ["/bin/sh", "-c", rest]
@@ -301,8 +332,9 @@ def run(path: Path, root: Path, context: Path, stop_after: str | None, log,
                 sys.stdout.flush()
                 proc = subprocess.run(cmd)
                 if proc.returncode != 0:
-                    raise SystemExit(f"RUN at {path.name}:{ins.line} failed "
-                                     f"(exit {proc.returncode}): {rest}")
+                    raise SystemExit(
+                        f"RUN at {path.name}:{ins.line} failed (exit {proc.returncode}): {rest}"
+                    )
             elif kw in ("ADD",):
                 raise SystemExit(f"{path.name}:{ins.line}: ADD is not supported; use COPY")
             else:
@@ -325,10 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     runp.add_argument("--root", type=Path, required=True)
     runp.add_argument("--context", type=Path, default=Path("."))
     runp.add_argument("--stage", help="stop after this stage")
-    runp.add_argument("--build-env", action="append", default=[], metavar="NAME=VALUE",
-                      help="set for RUN steps only (host proxy/CA settings), not in the image")
-    runp.add_argument("--env-out", type=Path, help="write the final stage's ENV and USER "
-                      "as JSON here")
+    runp.add_argument(
+        "--build-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set for RUN steps only (host proxy/CA settings), not in the image",
+    )
+    runp.add_argument(
+        "--env-out", type=Path, help="write the final stage's ENV and USER as JSON here"
+    )
     args = parser.parse_args(argv)
     if args.cmd == "show":
         for st in stages(parse_file(args.dockerfile)):
@@ -337,11 +375,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {ins.line:4d} {ins.keyword} {ins.args}")
         return 0
     build_env = dict(item.split("=", 1) for item in args.build_env)
-    state = run(args.dockerfile, args.root, args.context, args.stage,
-                lambda msg: print(msg, flush=True), build_env)
+    state = run(
+        args.dockerfile,
+        args.root,
+        args.context,
+        args.stage,
+        lambda msg: print(msg, flush=True),
+        build_env,
+    )
     if args.env_out:
-        args.env_out.write_text(json.dumps({"env": state.env, "user": state.user,
-                                            "workdir": state.workdir}))
+        args.env_out.write_text(
+            json.dumps({"env": state.env, "user": state.user, "workdir": state.workdir})
+        )
     return 0
 
 

@@ -38,8 +38,11 @@ _NGINX_SERVER = re.compile(r"^(\s*)server\s+fastext-\d+:\d+(.*);\n", re.M)
 _NGINX_WORKERS = re.compile(r"^worker_processes\s+\S+;$", re.M)
 _ENVOY_LISTEN = re.compile(r"(socket_address: \{address: )\S+(, port_value: )\d+(\}\s*# listener)")
 _ENVOY_ADMIN = re.compile(r"(socket_address: \{address: )\S+(, port_value: )\d+(\}\s*# admin)")
-_ENVOY_ENDPOINT = re.compile(r"^(\s*)- endpoint: \{address: \{socket_address: \{address: fastext-\d+, "
-                             r"port_value: \d+\}\}\}\n", re.M)
+_ENVOY_ENDPOINT = re.compile(
+    r"^(\s*)- endpoint: \{address: \{socket_address: \{address: fastext-\d+, "
+    r"port_value: \d+\}\}\}\n",
+    re.M,
+)
 
 
 def nginx_binary() -> str | None:
@@ -68,15 +71,17 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def render_nginx(listen: str, backends: list[str], run_dir: Path,
-                 worker_processes: int | None = None) -> str:
+def render_nginx(
+    listen: str, backends: list[str], run_dir: Path, worker_processes: int | None = None
+) -> str:
     """deploy/proxy/nginx.conf with this listen address, these backends, temp paths in run_dir."""
     text = NGINX_CONF.read_text()
     text, n = _NGINX_LISTEN.subn(lambda m: f"{m.group(1)}listen {listen} http2;", text)
     _need(n == 1, "deploy/proxy/nginx.conf: expected one `listen ... http2;` line")
     indent, params = _block(_NGINX_SERVER, text, "server fastext-N:PORT ...;")[0].groups()
-    text = _replace_block(_NGINX_SERVER, text, "".join(
-        f"{indent}server {b}{params};\n" for b in backends))
+    text = _replace_block(
+        _NGINX_SERVER, text, "".join(f"{indent}server {b}{params};\n" for b in backends)
+    )
     text = text.replace("/var/lib/nginx/", f"{run_dir}/")
     if worker_processes is not None:
         text = _NGINX_WORKERS.sub(f"worker_processes {worker_processes};", text)
@@ -87,15 +92,22 @@ def render_envoy(listen: str, backends: list[str], admin: str) -> str:
     """deploy/proxy/envoy.yaml with this listener, these backends and this admin address."""
     text = ENVOY_CONF.read_text()
     host, port = _split(listen)
-    text, n = _ENVOY_LISTEN.subn(lambda m: f"{m.group(1)}{host}{m.group(2)}{port}{m.group(3)}", text)
+    text, n = _ENVOY_LISTEN.subn(
+        lambda m: f"{m.group(1)}{host}{m.group(2)}{port}{m.group(3)}", text
+    )
     _need(n == 1, "deploy/proxy/envoy.yaml: expected one listener socket_address")
     host, port = _split(admin)
     text, n = _ENVOY_ADMIN.subn(lambda m: f"{m.group(1)}{host}{m.group(2)}{port}{m.group(3)}", text)
     _need(n == 1, "deploy/proxy/envoy.yaml: expected one admin socket_address")
     indent = _block(_ENVOY_ENDPOINT, text, "- endpoint: ... fastext-N")[0].group(1)
-    return _replace_block(_ENVOY_ENDPOINT, text, "".join(
-        f"{indent}- endpoint: {{address: {{socket_address: {{address: {h}, port_value: {p}}}}}}}\n"
-        for h, p in map(_split, backends)))
+    return _replace_block(
+        _ENVOY_ENDPOINT,
+        text,
+        "".join(
+            f"{indent}- endpoint: {{address: {{socket_address: {{address: {h}, port_value: {p}}}}}}}\n"
+            for h, p in map(_split, backends)
+        ),
+    )
 
 
 def _need(condition: bool, message: str) -> None:
@@ -114,7 +126,7 @@ def _block(pattern: re.Pattern[str], text: str, what: str) -> list[re.Match[str]
 
 def _replace_block(pattern: re.Pattern[str], text: str, lines: str) -> str:
     found = _block(pattern, text, pattern.pattern)
-    return text[: found[0].start()] + lines + text[found[-1].end():]
+    return text[: found[0].start()] + lines + text[found[-1].end() :]
 
 
 def free_port() -> int:
@@ -195,8 +207,9 @@ class Proxy:
         self.stop()
 
 
-def start_nginx(backends: list[str], port: int = 0, worker_processes: int | None = 1,
-                deadline_s: float = 20.0) -> Proxy:
+def start_nginx(
+    backends: list[str], port: int = 0, worker_processes: int | None = 1, deadline_s: float = 20.0
+) -> Proxy:
     """nginx in the foreground with its own prefix, pid file and temp paths, on 127.0.0.1."""
     binary = nginx_binary()
     if binary is None:
@@ -205,14 +218,25 @@ def start_nginx(backends: list[str], port: int = 0, worker_processes: int | None
     run_dir = Path(tmp.name)
     port = port or free_port()
     (run_dir / "nginx.conf").write_text(
-        render_nginx(f"127.0.0.1:{port}", backends, run_dir, worker_processes))
+        render_nginx(f"127.0.0.1:{port}", backends, run_dir, worker_processes)
+    )
     if os.geteuid() == 0:  # root's workers run as nobody: let them into the temp paths
         run_dir.chmod(0o755)
     log = open(run_dir / "proxy.log", "wb")  # noqa: SIM115 - the process owns it
     proc = subprocess.Popen(
-        [binary, "-p", str(run_dir), "-c", "nginx.conf",
-         "-g", f"daemon off; pid {run_dir}/nginx.pid; error_log stderr;"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            binary,
+            "-p",
+            str(run_dir),
+            "-c",
+            "nginx.conf",
+            "-g",
+            f"daemon off; pid {run_dir}/nginx.pid; error_log stderr;",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     proxy = Proxy("nginx", proc, port, run_dir, _tmp=tmp)
     try:
@@ -233,12 +257,24 @@ def start_envoy(backends: list[str], port: int = 0, deadline_s: float = 30.0) ->
     run_dir = Path(tmp.name)
     port, admin = port or free_port(), free_port()
     (run_dir / "envoy.yaml").write_text(
-        render_envoy(f"127.0.0.1:{port}", backends, f"127.0.0.1:{admin}"))
+        render_envoy(f"127.0.0.1:{port}", backends, f"127.0.0.1:{admin}")
+    )
     log = open(run_dir / "proxy.log", "wb")  # noqa: SIM115 - the process owns it
     proc = subprocess.Popen(
-        [binary, "-c", str(run_dir / "envoy.yaml"), "--concurrency", "1",
-         "--disable-hot-restart", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            binary,
+            "-c",
+            str(run_dir / "envoy.yaml"),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     proxy = Proxy("envoy", proc, port, run_dir, admin_port=admin, _tmp=tmp)
     try:
@@ -266,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     port = _split(args.listen)[1]
     start = start_nginx if args.kind == "nginx" else start_envoy
     proxy = start(args.backend, port=port)
-    print(f"{args.kind} on {args.listen} -> {', '.join(args.backend)} "
-          f"(run directory {proxy.run_dir}; Ctrl-C stops it)", flush=True)
+    print(
+        f"{args.kind} on {args.listen} -> {', '.join(args.backend)} "
+        f"(run directory {proxy.run_dir}; Ctrl-C stops it)",
+        flush=True,
+    )
     try:
         proxy.proc.wait()
     except KeyboardInterrupt:

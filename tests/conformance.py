@@ -21,8 +21,10 @@ import grpc
 from fastext._proto import extension_pb2 as ext
 from fastext._proto import media_pb2 as media
 
-PATH = ("/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1"
-        ".MediaGraphExtension/ProcessMediaStream")
+PATH = (
+    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1"
+    ".MediaGraphExtension/ProcessMediaStream"
+)
 VF = media.VideoFrameSampleFormat
 LIGHT, DARK = (250, 190, 60), (20, 30, 120)
 
@@ -48,10 +50,19 @@ def jpeg(rgb: tuple[int, int, int], w: int, h: int) -> bytes:
 
 def descriptor(w, h, enc, pf, stride=0, shm=None):
     d = ext.MediaStreamDescriptor(
-        graph_identifier=ext.GraphIdentifier(graph_instance_name="conformance", graph_node_name="x"),
-        media_descriptor=media.MediaDescriptor(timescale=90000, video_frame_sample_format=VF(
-            encoding=enc, pixel_format=pf, dimensions=media.Dimensions(width=w, height=h),
-            stride_bytes=stride)))
+        graph_identifier=ext.GraphIdentifier(
+            graph_instance_name="conformance", graph_node_name="x"
+        ),
+        media_descriptor=media.MediaDescriptor(
+            timescale=90000,
+            video_frame_sample_format=VF(
+                encoding=enc,
+                pixel_format=pf,
+                dimensions=media.Dimensions(width=w, height=h),
+                stride_bytes=stride,
+            ),
+        ),
+    )
     if shm:
         d.shared_memory_buffer_transfer_properties.handle_name = shm[0]
         d.shared_memory_buffer_transfer_properties.length_bytes = shm[1]
@@ -59,19 +70,31 @@ def descriptor(w, h, enc, pf, stride=0, shm=None):
 
 
 def session(target: str, first, samples, expect: list[str], errors: list[str], label: str) -> None:
-    msgs = [first] + [ext.MediaStreamMessage(sequence_number=i + 2, media_sample=s)
-                      for i, s in enumerate(samples)]
-    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                ("grpc.max_send_message_length", 64 << 20)]) as ch:
-        call = ch.stream_stream(PATH, request_serializer=ext.MediaStreamMessage.SerializeToString,
-                                response_deserializer=ext.MediaStreamMessage.FromString)
+    msgs = [first] + [
+        ext.MediaStreamMessage(sequence_number=i + 2, media_sample=s) for i, s in enumerate(samples)
+    ]
+    with grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    ) as ch:
+        call = ch.stream_stream(
+            PATH,
+            request_serializer=ext.MediaStreamMessage.SerializeToString,
+            response_deserializer=ext.MediaStreamMessage.FromString,
+        )
         try:
             replies = list(call(iter(msgs), timeout=60))
         except grpc.RpcError as exc:
             errors.append(f"{label}: call failed: {exc.code().name} {exc.details()}")
             return
-    if not replies or replies[0].WhichOneof("payload") != "media_stream_descriptor" \
-            or replies[0].ack_sequence_number != 1:
+    if (
+        not replies
+        or replies[0].WhichOneof("payload") != "media_stream_descriptor"
+        or replies[0].ack_sequence_number != 1
+    ):
         errors.append(f"{label}: first reply is not a descriptor acking 1")
         return
     seqs = [r.sequence_number for r in replies]
@@ -97,10 +120,18 @@ def embedded_case(target, errors, label, w, h, enc, pf, order="", stride=0):
         data = [pack(c, order, w, h, stride or w * len(order)) for c in colours]
     else:
         data = [jpeg(c, w, h) for c in colours]
-    samples = [ext.MediaSample(timestamp=1000 * (i + 1), content_bytes=media.ContentBytes(bytes=d))
-               for i, d in enumerate(data)]
-    session(target, descriptor(w, h, enc, pf, stride), samples, [luma_tag(c) for c in colours],
-            errors, label)
+    samples = [
+        ext.MediaSample(timestamp=1000 * (i + 1), content_bytes=media.ContentBytes(bytes=d))
+        for i, d in enumerate(data)
+    ]
+    session(
+        target,
+        descriptor(w, h, enc, pf, stride),
+        samples,
+        [luma_tag(c) for c in colours],
+        errors,
+        label,
+    )
 
 
 def shm_case(target, errors, label="RGB24 shared memory"):
@@ -116,10 +147,23 @@ def shm_case(target, errors, label="RGB24 shared memory"):
         with mmap.mmap(fd, size) as m:
             for i, c in enumerate(colours):
                 m[i * frame : (i + 1) * frame] = pack(c, "rgb", w, h, w * 3)
-            samples = [ext.MediaSample(timestamp=7 * (i + 1), content_reference=media.ContentReference(
-                address_offset=i * frame, length_bytes=frame)) for i in range(len(colours))]
-            session(target, descriptor(w, h, VF.RAW, VF.RGB24, shm=(name, size)), samples,
-                    [luma_tag(c) for c in colours], errors, label)
+            samples = [
+                ext.MediaSample(
+                    timestamp=7 * (i + 1),
+                    content_reference=media.ContentReference(
+                        address_offset=i * frame, length_bytes=frame
+                    ),
+                )
+                for i in range(len(colours))
+            ]
+            session(
+                target,
+                descriptor(w, h, VF.RAW, VF.RGB24, shm=(name, size)),
+                samples,
+                [luma_tag(c) for c in colours],
+                errors,
+                label,
+            )
     finally:
         os.close(fd)
         os.unlink(path)
@@ -128,13 +172,19 @@ def shm_case(target, errors, label="RGB24 shared memory"):
 def run(target: str) -> list[str]:
     errors: list[str] = []
     embedded_case(target, errors, "RGB24 embedded", 64, 48, VF.RAW, VF.RGB24, "rgb")
-    embedded_case(target, errors, "BGR24 padded", 61, 33, VF.RAW, VF.BGR24, "bgr", stride=61 * 3 + 13)
+    embedded_case(
+        target, errors, "BGR24 padded", 61, 33, VF.RAW, VF.BGR24, "bgr", stride=61 * 3 + 13
+    )
     embedded_case(target, errors, "BGRA embedded", 64, 48, VF.RAW, VF.BGRA, "bgra")
     embedded_case(target, errors, "JPEG embedded", 320, 240, VF.JPG, VF.NONE)
     shm_case(target, errors)
-    threads = [threading.Thread(target=embedded_case, args=(target, errors, f"stream {k}", 96, 64,
-                                                            VF.RAW, VF.BGR24, "bgr"))
-               for k in range(4)]
+    threads = [
+        threading.Thread(
+            target=embedded_case,
+            args=(target, errors, f"stream {k}", 96, 64, VF.RAW, VF.BGR24, "bgr"),
+        )
+        for k in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -52,18 +52,32 @@ def solid(rgb: tuple[int, int, int], width: int = 64, height: int = 48) -> np.nd
     return np.broadcast_to(np.array(rgb, np.uint8), (height, width, 3)).copy()
 
 
-def descriptor(width: int = 64, height: int = 48, encoding: VF.Encoding = VF.RAW,
-               pixel_format: VF.PixelFormat = VF.RGB24, stride: int = 0, seq: int = 1,
-               shm: tuple[str, int] | None = None, config: str = "") -> Msg:
+def descriptor(
+    width: int = 64,
+    height: int = 48,
+    encoding: VF.Encoding = VF.RAW,
+    pixel_format: VF.PixelFormat = VF.RGB24,
+    stride: int = 0,
+    seq: int = 1,
+    shm: tuple[str, int] | None = None,
+    config: str = "",
+) -> Msg:
     """A session's first message; ``shm`` is (handle name, length) for shared memory."""
     desc = extension_pb2.MediaStreamDescriptor(
-        graph_identifier=extension_pb2.GraphIdentifier(graph_instance_name="t", graph_node_name="n"),
+        graph_identifier=extension_pb2.GraphIdentifier(
+            graph_instance_name="t", graph_node_name="n"
+        ),
         extension_configuration=config,
         media_descriptor=media_pb2.MediaDescriptor(
             timescale=90000,
-            video_frame_sample_format=VF(encoding=encoding, pixel_format=pixel_format,
-                                         dimensions=media_pb2.Dimensions(width=width, height=height),
-                                         stride_bytes=stride)))
+            video_frame_sample_format=VF(
+                encoding=encoding,
+                pixel_format=pixel_format,
+                dimensions=media_pb2.Dimensions(width=width, height=height),
+                stride_bytes=stride,
+            ),
+        ),
+    )
     if shm is not None:
         desc.shared_memory_buffer_transfer_properties.handle_name = shm[0]
         desc.shared_memory_buffer_transfer_properties.length_bytes = shm[1]
@@ -72,16 +86,26 @@ def descriptor(width: int = 64, height: int = 48, encoding: VF.Encoding = VF.RAW
 
 def embedded(seq: int, data: bytes, timestamp: int | None = None) -> Msg:
     """A sample carrying its bytes."""
-    return Msg(sequence_number=seq, media_sample=extension_pb2.MediaSample(
-        timestamp=seq * 3000 if timestamp is None else timestamp,
-        content_bytes=media_pb2.ContentBytes(bytes=data)))
+    return Msg(
+        sequence_number=seq,
+        media_sample=extension_pb2.MediaSample(
+            timestamp=seq * 3000 if timestamp is None else timestamp,
+            content_bytes=media_pb2.ContentBytes(bytes=data),
+        ),
+    )
 
 
 def referenced(seq: int, offset: int, length: int) -> Msg:
     """A sample pointing into the session's shared-memory file."""
-    return Msg(sequence_number=seq, media_sample=extension_pb2.MediaSample(
-        timestamp=seq * 3000,
-        content_reference=media_pb2.ContentReference(address_offset=offset, length_bytes=length)))
+    return Msg(
+        sequence_number=seq,
+        media_sample=extension_pb2.MediaSample(
+            timestamp=seq * 3000,
+            content_reference=media_pb2.ContentReference(
+                address_offset=offset, length_bytes=length
+            ),
+        ),
+    )
 
 
 def tags(reply: Msg) -> list[str]:
@@ -160,20 +184,30 @@ def run_stream(opts: StreamOptions, frames: Any) -> StreamResult:
 
 def open_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
     """A raw ProcessMediaStream call on an aio channel, for tests that drive it by hand."""
-    return channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
-                                 response_deserializer=Msg.FromString)()
+    return channel.stream_stream(
+        METHOD_PATH, request_serializer=Msg.SerializeToString, response_deserializer=Msg.FromString
+    )()
 
 
-def exchange(target: str, messages: list[Msg], timeout: float = 20.0,
-             metadata: tuple[tuple[str, str], ...] | None = None,
-             credentials: grpc.ChannelCredentials | None = None,
-             ) -> tuple[list[Msg], grpc.StatusCode, str]:
+def exchange(
+    target: str,
+    messages: list[Msg],
+    timeout: float = 20.0,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> tuple[list[Msg], grpc.StatusCode, str]:
     """Send raw messages (then half-close) and collect every reply and the final status."""
-    channel = (grpc.secure_channel(target, credentials) if credentials is not None
-               else grpc.insecure_channel(target))
+    channel = (
+        grpc.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    )
     with channel:
-        method = channel.stream_stream(METHOD_PATH, request_serializer=Msg.SerializeToString,
-                                       response_deserializer=Msg.FromString)
+        method = channel.stream_stream(
+            METHOD_PATH,
+            request_serializer=Msg.SerializeToString,
+            response_deserializer=Msg.FromString,
+        )
         replies: list[Msg] = []
         call = method(iter(messages), timeout=timeout, metadata=metadata)
         try:
@@ -202,14 +236,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 # -- `fastext serve` as a process -------------------------------------------------------
 
 
-def start_server(*args: str, env: dict[str, str] | None = None, bind: str | None = "127.0.0.1:0",
-                 prefix: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
+def start_server(
+    *args: str,
+    env: dict[str, str] | None = None,
+    bind: str | None = "127.0.0.1:0",
+    prefix: Sequence[str] = (),
+) -> tuple[subprocess.Popen, int]:
     """``fastext serve`` on a free port (``bind=None``: where its environment says), run
     behind ``prefix`` (:func:`private_network`'s); the log lines read while waiting are
     kept in ``proc.startup_lines``."""
     flags = ["--bind", bind] if bind is not None else []
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "fastext", "serve", *flags, *args],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "fastext", "serve", *flags, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + 60
     assert proc.stderr is not None
     proc.startup_lines = []  # type: ignore[attr-defined]
@@ -238,7 +280,8 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     """The entry point, health check and environment a Dockerfile's image runs with, read
     by ``scripts/dockerfile.py`` (the reader ``scripts/arm64-check`` uses)."""
     spec = importlib.util.spec_from_file_location(
-        "fastext_dockerfile", Path(__file__).resolve().parent.parent / "scripts/dockerfile.py")
+        "fastext_dockerfile", Path(__file__).resolve().parent.parent / "scripts/dockerfile.py"
+    )
     assert spec is not None and spec.loader is not None
     reader = sys.modules.get(spec.name)
     if reader is None:
@@ -401,24 +444,28 @@ def failing_detector(size: int = 32, cell: int = 8, batch: int | None = None) ->
     graph = model.graph
     for node in graph.node:
         node.output[:] = ["detections" if o == "output0" else o for o in node.output]
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0, 0, 0], np.int64), "mark_start"),
-        numpy_helper.from_array(np.array([1, 1, 1], np.int64), "mark_end"),
-        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "mark_axes"),
-        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-        numpy_helper.from_array(np.array([1], np.int64), "one_i"),
-        numpy_helper.from_array(np.ones(1, np.float32), "one_f"),
-    ])
-    graph.node.extend([
-        helper.make_node("Slice", ["images", "mark_start", "mark_end", "mark_axes"], ["mark"]),
-        helper.make_node("ReduceMax", ["mark"], ["mark_max"], keepdims=0),
-        helper.make_node("Round", ["mark_max"], ["mark_round"]),
-        helper.make_node("Cast", ["mark_round"], ["mark_int"], to=TensorProto.INT64),
-        helper.make_node("Unsqueeze", ["mark_int", "axis0"], ["mark_1d"]),
-        helper.make_node("Add", ["mark_1d", "one_i"], ["bad_shape"]),
-        helper.make_node("Reshape", ["one_f", "bad_shape"], ["factor"]),
-        helper.make_node("Mul", ["detections", "factor"], ["output0"]),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0, 0, 0], np.int64), "mark_start"),
+            numpy_helper.from_array(np.array([1, 1, 1], np.int64), "mark_end"),
+            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "mark_axes"),
+            numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+            numpy_helper.from_array(np.array([1], np.int64), "one_i"),
+            numpy_helper.from_array(np.ones(1, np.float32), "one_f"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Slice", ["images", "mark_start", "mark_end", "mark_axes"], ["mark"]),
+            helper.make_node("ReduceMax", ["mark"], ["mark_max"], keepdims=0),
+            helper.make_node("Round", ["mark_max"], ["mark_round"]),
+            helper.make_node("Cast", ["mark_round"], ["mark_int"], to=TensorProto.INT64),
+            helper.make_node("Unsqueeze", ["mark_int", "axis0"], ["mark_1d"]),
+            helper.make_node("Add", ["mark_1d", "one_i"], ["bad_shape"]),
+            helper.make_node("Reshape", ["one_f", "bad_shape"], ["factor"]),
+            helper.make_node("Mul", ["detections", "factor"], ["output0"]),
+        ]
+    )
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
 
@@ -434,8 +481,12 @@ def expected_dark_light(index: int) -> str:
 MotionBox = tuple[float, float, float, float]
 
 
-def reference_motion(frames: Sequence[np.ndarray], sensitivity: float = 0.75,
-                     min_area: float = 0.001, alpha: float = 0.1) -> list[list[MotionBox]]:
+def reference_motion(
+    frames: Sequence[np.ndarray],
+    sensitivity: float = 0.75,
+    min_area: float = 0.001,
+    alpha: float = 0.1,
+) -> list[list[MotionBox]]:
     """The boxes MotionDetector should find in each luma frame, by its algorithm written
     for reading, not speed: a test's oracle (bench/numpy_motion.py is the bench's
     baseline, vectorized; benchmarks never import tests, tests never import bench).
@@ -455,9 +506,12 @@ def reference_motion(frames: Sequence[np.ndarray], sensitivity: float = 0.75,
         wh, ww = -(-h // s), -(-w // s)
         padded = np.zeros((wh * s, ww * s), np.uint32)
         padded[:h, :w] = luma
-        pixels = np.minimum(s, h - np.arange(wh) * s)[:, None] * np.minimum(s, w - np.arange(ww) * s)
+        pixels = np.minimum(s, h - np.arange(wh) * s)[:, None] * np.minimum(
+            s, w - np.arange(ww) * s
+        )
         work = padded.reshape(wh, s, ww, s).sum(axis=(1, 3)).astype(np.float32) * (
-            1.0 / pixels).astype(np.float32)
+            1.0 / pixels
+        ).astype(np.float32)
         if background is None or background.shape != work.shape:
             background = work
             result.append([])

@@ -27,8 +27,15 @@ SERVICE = "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1.Medi
 
 
 class MinimalServer:
-    def __init__(self, abort_after: int = 0, stall_after: int = 0, end_after: int = 0,
-                 refuse: bool = False, lose_calls: int = 0, lose_after: int = 0) -> None:
+    def __init__(
+        self,
+        abort_after: int = 0,
+        stall_after: int = 0,
+        end_after: int = 0,
+        refuse: bool = False,
+        lose_calls: int = 0,
+        lose_after: int = 0,
+    ) -> None:
         self.abort_after, self.stall_after, self.end_after = abort_after, stall_after, end_after
         self.refuse = refuse
         self.lose_calls, self.lose_after = lose_calls, lose_after
@@ -37,13 +44,18 @@ class MinimalServer:
         self.acked: list[list[int]] = []
         self.samples = 0
         self._stop = threading.Event()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
-            ("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8),
+            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+        )
         handler = grpc.stream_stream_rpc_method_handler(
-            self._process, request_deserializer=ext.MediaStreamMessage.FromString,
-            response_serializer=ext.MediaStreamMessage.SerializeToString)
+            self._process,
+            request_deserializer=ext.MediaStreamMessage.FromString,
+            response_serializer=ext.MediaStreamMessage.SerializeToString,
+        )
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"ProcessMediaStream": handler}),))
+            (grpc.method_handlers_generic_handler(SERVICE, {"ProcessMediaStream": handler}),)
+        )
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     def __enter__(self) -> MinimalServer:
@@ -74,8 +86,12 @@ class MinimalServer:
             out_seq += 1
             if message.HasField("media_stream_descriptor"):
                 yield ext.MediaStreamMessage(
-                    sequence_number=out_seq, ack_sequence_number=message.sequence_number,
-                    media_stream_descriptor=ext.MediaStreamDescriptor(extension_identifier="minimal"))
+                    sequence_number=out_seq,
+                    ack_sequence_number=message.sequence_number,
+                    media_stream_descriptor=ext.MediaStreamDescriptor(
+                        extension_identifier="minimal"
+                    ),
+                )
                 continue
             count += 1
             self.samples += 1
@@ -88,13 +104,20 @@ class MinimalServer:
             if self.stall_after and count > self.stall_after:
                 self._stop.wait(30)  # keep the call open, ack nothing
                 return
-            entity = inf.Inference(type=inf.Inference.ENTITY, entity=inf.Entity(
-                tag=inf.Tag(value="thing", confidence=0.5),
-                box=inf.Rectangle(l=0.1, t=0.2, w=0.3, h=0.4)))
+            entity = inf.Inference(
+                type=inf.Inference.ENTITY,
+                entity=inf.Entity(
+                    tag=inf.Tag(value="thing", confidence=0.5),
+                    box=inf.Rectangle(l=0.1, t=0.2, w=0.3, h=0.4),
+                ),
+            )
             acked.append(message.media_sample.timestamp)
             yield ext.MediaStreamMessage(
-                sequence_number=out_seq, ack_sequence_number=message.sequence_number,
-                media_sample=ext.MediaSample(timestamp=message.media_sample.timestamp,
-                                             inferences=[entity]))
+                sequence_number=out_seq,
+                ack_sequence_number=message.sequence_number,
+                media_sample=ext.MediaSample(
+                    timestamp=message.media_sample.timestamp, inferences=[entity]
+                ),
+            )
             if self.end_after and count >= self.end_after:
                 return

@@ -25,8 +25,9 @@ def mark(frame: Frame) -> int:
 
 
 def _ok() -> list[Inference]:
-    return [Inference(type=Inference.CLASSIFICATION,
-                      classification=Classification(tag=Tag(value="ok")))]
+    return [
+        Inference(type=Inference.CLASSIFICATION, classification=Classification(tag=Tag(value="ok")))
+    ]
 
 
 class FailEveryThird(Processor):

@@ -141,8 +141,13 @@ def stream(target: str, frames: int, window: int) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported to the test
         return {"error": f"{type(exc).__name__}: {exc}"}
     inferred = sum(1 for s in result.samples.values() if len(s.inferences) > 0)
-    return {"sent": result.sent, "acked": result.acked, "samples": len(result.samples),
-            "inferred": inferred, "resent": result.resent}
+    return {
+        "sent": result.sent,
+        "acked": result.acked,
+        "samples": len(result.samples),
+        "inferred": inferred,
+        "resent": result.resent,
+    }
 
 
 def full_after_start() -> dict[str, Any]:
@@ -174,8 +179,11 @@ def full_after_start() -> dict[str, Any]:
             seen["kills"] += 1
             # A failed launch, or (the hog lost the race) a new worker: kill again.
             killed = [worker]
-            until(lambda killed=killed: failures() >= 1
-                  or worker_pids(server.proc.pid) not in ([], killed))
+            until(
+                lambda killed=killed: (
+                    failures() >= 1 or worker_pids(server.proc.pid) not in ([], killed)
+                )
+            )
             if failures() >= 1:
                 break
             until(lambda: server.health() == "SERVING")
@@ -187,7 +195,8 @@ def full_after_start() -> dict[str, Any]:
         time.sleep(1.0)  # the frames are read and wait for a worker
         seen["health_while_waiting"] = server.health()
         seen["acked_while_full"] = scrape(metrics_port).get(
-            'fastext_frames_total{outcome="inferred"}', 0.0)
+            'fastext_frames_total{outcome="inferred"}', 0.0
+        )
         hog.stop()
         os.unlink(FILLER)
         seen["serving_again"] = until(lambda: server.health() == "SERVING")
@@ -211,9 +220,29 @@ def stream_shm() -> dict[str, Any]:
     seen: dict[str, Any] = {}
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "fastext", "stream", "synthetic:gradient", "--width", "640",
-             "--height", "480", "--shm", "--window", "8", "--max-frames", "5", "--quiet",
-             "--target", server.target], capture_output=True, text=True, timeout=WAIT_S)
+            [
+                sys.executable,
+                "-m",
+                "fastext",
+                "stream",
+                "synthetic:gradient",
+                "--width",
+                "640",
+                "--height",
+                "480",
+                "--shm",
+                "--window",
+                "8",
+                "--max-frames",
+                "5",
+                "--quiet",
+                "--target",
+                server.target,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+        )
         seen["rc"] = proc.returncode
         seen["stderr"] = proc.stderr
         seen["left_in_shm"] = sorted(os.listdir(SHM))

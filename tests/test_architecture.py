@@ -62,7 +62,10 @@ def imports_of(path: Path, root: Path) -> Iterator[tuple[str, int]]:
             for alias in node.names:
                 if alias.name != "*":
                     yield f"{base}.{alias.name}", node.lineno
-        elif isinstance(node, ast.Call) and _call_name(node.func) in ("import_module", "__import__"):
+        elif isinstance(node, ast.Call) and _call_name(node.func) in (
+            "import_module",
+            "__import__",
+        ):
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 yield first.value, node.lineno
@@ -104,7 +107,10 @@ def is_grpc(module: str) -> bool:
 # -- only ring.py and wire.py import _native, each its own module ------------------------
 
 # Each native module has one Python front; the front imports that module and no other.
-NATIVE_FRONTS = {"fastext/backend/ring.py": "fastext._native._ring", "fastext/contract/wire.py": "fastext._native._wire"}
+NATIVE_FRONTS = {
+    "fastext/backend/ring.py": "fastext._native._ring",
+    "fastext/contract/wire.py": "fastext._native._wire",
+}
 
 
 def native_importers() -> dict[str, set[str]]:
@@ -117,7 +123,8 @@ def native_importers() -> dict[str, set[str]]:
         for module, _ in imports_of(path, SRC):
             if module == "fastext._native" or module.startswith("fastext._native."):
                 found.setdefault(str(path.relative_to(SRC)), set()).add(
-                    ".".join(module.split(".")[:3]))
+                    ".".join(module.split(".")[:3])
+                )
     return found
 
 
@@ -180,7 +187,8 @@ def _module_aliases(tree: ast.AST) -> dict[str, str]:
             for a in node.names:
                 if a.name in _ENV_NAMES:
                     aliases[a.asname or a.name.partition(".")[0]] = (
-                        a.name if a.asname else a.name.partition(".")[0])
+                        a.name if a.asname else a.name.partition(".")[0]
+                    )
         elif isinstance(node, ast.ImportFrom) and node.module == "os" and node.level == 0:
             for a in node.names:
                 if a.name == "path":
@@ -191,7 +199,11 @@ def _module_aliases(tree: ast.AST) -> dict[str, str]:
 def _dotted(node: ast.expr, aliases: dict[str, str]) -> str | None:
     if isinstance(node, ast.Name):
         return aliases.get(node.id)
-    if isinstance(node, ast.Attribute) and node.attr == "path" and _dotted(node.value, aliases) == "os":
+    if (
+        isinstance(node, ast.Attribute)
+        and node.attr == "path"
+        and _dotted(node.value, aliases) == "os"
+    ):
         return "os.path"
     return None
 
@@ -209,12 +221,18 @@ def environment_reads(path: Path) -> list[int]:
             owner = _dotted(node.value, aliases)
             if (owner is not None and node.attr in _ENV_NAMES[owner]) or node.attr in _ENV_METHODS:
                 lines.append(node.lineno)
-            elif node.attr == "home" and isinstance(node.value, ast.Name) and node.value.id == "Path":
+            elif (
+                node.attr == "home" and isinstance(node.value, ast.Name) and node.value.id == "Path"
+            ):
                 lines.append(node.lineno)
         elif isinstance(node, ast.Call) and _call_name(node.func) == "getattr" and node.args:
             owner = _dotted(node.args[0], aliases)
             name = node.args[1] if len(node.args) > 1 else None
-            if owner is not None and isinstance(name, ast.Constant) and name.value in _ENV_NAMES[owner]:
+            if (
+                owner is not None
+                and isinstance(name, ast.Constant)
+                and name.value in _ENV_NAMES[owner]
+            ):
                 lines.append(node.lineno)
     return sorted(lines)
 
@@ -227,11 +245,19 @@ def test_architecture_only_config_reads_the_environment() -> None:
 
 def test_architecture_environment_scanner_sees_every_spelling(tmp_path: Path) -> None:
     spellings = [
-        "import os\nos.environ['X']", "import os\nos.getenv('X')", "import os as o\no.environb",
-        "from os import environ", "from os import getenv as g", "from os import *",
-        "import os\nos.putenv('X', '1')", "import posix\nposix.environ", "import os.path\nos.path.expandvars('$X')",
-        "from os import path\npath.expanduser('~')", "import posixpath as pp\npp.expanduser('~')",
-        "from pathlib import Path\nPath.home()", "from pathlib import Path\nPath('~').expanduser()",
+        "import os\nos.environ['X']",
+        "import os\nos.getenv('X')",
+        "import os as o\no.environb",
+        "from os import environ",
+        "from os import getenv as g",
+        "from os import *",
+        "import os\nos.putenv('X', '1')",
+        "import posix\nposix.environ",
+        "import os.path\nos.path.expandvars('$X')",
+        "from os import path\npath.expanduser('~')",
+        "import posixpath as pp\npp.expanduser('~')",
+        "from pathlib import Path\nPath.home()",
+        "from pathlib import Path\nPath('~').expanduser()",
         "import os\ngetattr(os, 'environ')",
     ]
     for i, code in enumerate(spellings):
@@ -239,7 +265,9 @@ def test_architecture_environment_scanner_sees_every_spelling(tmp_path: Path) ->
         source.write_text(code + "\n")
         assert environment_reads(source), code
     clean = tmp_path / "clean.py"
-    clean.write_text("import os\nos.getpid()\nos.path.join('a', 'b')\nenviron = {}\nenviron.get('x')\n")
+    clean.write_text(
+        "import os\nos.getpid()\nos.path.join('a', 'b')\nenviron = {}\nenviron.get('x')\n"
+    )
     assert environment_reads(clean) == []
 
 
@@ -250,11 +278,22 @@ def test_architecture_worker_import_closure_has_no_grpc() -> None:
     modules = package_modules()
     worker_side = closure(["fastext.backend.worker"])
     # What runs per frame in a worker is in the closure (kernels and the processors too).
-    assert {"fastext.backend.execute", "fastext.vision.frames", "fastext.vision.kernels", "fastext.backend.shm",
-            "fastext.processors.motion", "fastext.backend.ring", "fastext.backend.records"} <= worker_side
-    assert any(is_grpc(m) for m, _ in imports_of(modules["fastext.front.server"], SRC))  # seen when there
-    offenders = {name: sorted({m for m, _ in imports_of(modules[name], SRC) if is_grpc(m)})
-                 for name in sorted(worker_side)}
+    assert {
+        "fastext.backend.execute",
+        "fastext.vision.frames",
+        "fastext.vision.kernels",
+        "fastext.backend.shm",
+        "fastext.processors.motion",
+        "fastext.backend.ring",
+        "fastext.backend.records",
+    } <= worker_side
+    assert any(
+        is_grpc(m) for m, _ in imports_of(modules["fastext.front.server"], SRC)
+    )  # seen when there
+    offenders = {
+        name: sorted({m for m, _ in imports_of(modules[name], SRC) if is_grpc(m)})
+        for name in sorted(worker_side)
+    }
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
@@ -291,8 +330,9 @@ def test_architecture_worker_start_never_imports_grpc() -> None:
     # What a worker does before and while serving, short of its rings: import
     # fastext.backend.worker, set up logging, warm the kernels, and run one batch through every
     # processor (plug-ins included).
-    proc = subprocess.run([sys.executable, "-c", _WORKER_START], capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER_START], capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -317,8 +357,9 @@ def test_architecture_running_worker_never_loads_grpc() -> None:
         for shm in (True, False):
             opts = StreamOptions(target=target, width=64, height=48, shm=shm)
             assert run_stream(opts, frames).acked == len(frames)
-        jpeg = StreamOptions(target=target, width=64, height=48, encoding=VF.JPG,
-                             pixel_format=VF.NONE)
+        jpeg = StreamOptions(
+            target=target, width=64, height=48, encoding=VF.JPG, pixel_format=VF.NONE
+        )
         assert run_stream(jpeg, [encode(rgb, VF.JPG) for rgb, _ in scenes(64, 48, 2)]).acked == 2
         workers = [maps for maps in map(_maps, _children(proc.pid)) if "llvmlite" in maps]
         assert len(workers) == 1
@@ -335,13 +376,25 @@ def test_architecture_running_worker_never_loads_grpc() -> None:
 # may use the backend but never the reverse, pixels (vision) know nothing of processes,
 # and no circle can form between areas.
 RANKS = {
-    "_native": 0, "_proto": 0, "fastext": 0, "errors": 0, "outcomes": 0, "malloc": 0, "logs": 0,
-    "config": 1, "contract": 1, "vision": 1, "metrics": 1,
-    "models": 2, "client": 2,
+    "_native": 0,
+    "_proto": 0,
+    "fastext": 0,
+    "errors": 0,
+    "outcomes": 0,
+    "malloc": 0,
+    "logs": 0,
+    "config": 1,
+    "contract": 1,
+    "vision": 1,
+    "metrics": 1,
+    "models": 2,
+    "client": 2,
     "processors": 3,
     "backend": 4,
     "front": 5,
-    "demo": 6, "cli": 7, "__main__": 8,
+    "demo": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 
 
@@ -371,8 +424,12 @@ def test_architecture_every_area_has_a_rank() -> None:
 def test_architecture_packages_import_only_downward() -> None:
     modules = package_modules()
     # The scanner sees the downward imports that exist (front -> backend -> processors -> vision).
-    seen = {(area(n), area(i)) for n, p in modules.items() for i, _ in imports_of(p, SRC)
-            if i in modules}
+    seen = {
+        (area(n), area(i))
+        for n, p in modules.items()
+        for i, _ in imports_of(p, SRC)
+        if i in modules
+    }
     assert {("front", "backend"), ("backend", "processors"), ("processors", "vision")} <= seen
     assert upward_imports(modules) == []
 
@@ -381,7 +438,11 @@ def test_architecture_upward_import_is_seen(tmp_path: Path) -> None:
     pkg = tmp_path / "fastext"
     (pkg / "vision").mkdir(parents=True)
     (pkg / "front").mkdir()
-    for init in (pkg / "__init__.py", pkg / "vision" / "__init__.py", pkg / "front" / "__init__.py"):
+    for init in (
+        pkg / "__init__.py",
+        pkg / "vision" / "__init__.py",
+        pkg / "front" / "__init__.py",
+    ):
         init.write_text("")
     (pkg / "front" / "server.py").write_text("")
     (pkg / "vision" / "frames.py").write_text("def f():\n    from fastext.front import server\n")
@@ -393,16 +454,24 @@ def test_architecture_upward_import_is_seen(tmp_path: Path) -> None:
 # -- the supervisor knows nothing of what its processes run -------------------------------
 
 # What a worker runs and how the front talks to it: the caller's (pipeline.py's) to wire.
-SUPERVISOR_MUST_NOT_REACH = {"fastext.backend.worker", "fastext.backend.ring", "fastext.backend.records",
-                             "fastext.backend.pipeline"}
+SUPERVISOR_MUST_NOT_REACH = {
+    "fastext.backend.worker",
+    "fastext.backend.ring",
+    "fastext.backend.records",
+    "fastext.backend.pipeline",
+}
 
 
 def test_architecture_supervisor_imports_no_worker_ring_records_or_pipeline() -> None:
     modules = package_modules()
     assert SUPERVISOR_MUST_NOT_REACH <= set(modules)  # the names are real modules
     # The scanner sees these imports where they are (the pipeline wires workers and rings).
-    assert {"fastext.backend.worker", "fastext.backend.ring", "fastext.backend.records", "fastext.backend.supervisor"} <= {
-        m for m, _ in imports_of(modules["fastext.backend.pipeline"], SRC)}
+    assert {
+        "fastext.backend.worker",
+        "fastext.backend.ring",
+        "fastext.backend.records",
+        "fastext.backend.supervisor",
+    } <= {m for m, _ in imports_of(modules["fastext.backend.pipeline"], SRC)}
     direct = {m for m, _ in imports_of(modules["fastext.backend.supervisor"], SRC)}
     assert "fastext.backend.doorbell" in direct
     # Nor through another module: everything importing the supervisor can run.
@@ -415,28 +484,47 @@ def test_architecture_supervisor_imports_no_worker_ring_records_or_pipeline() ->
 # the two modules client and server share (wire: the per-frame messages, with its
 # native codec; metadata: the inference JSON form), and the client-side allocator
 # setting (malloc).
-CLIENT_MAY_IMPORT = {"fastext", "fastext.contract", "fastext.contract.wire", "fastext._native", "fastext._native._wire",
-                     "fastext.contract.metadata", "fastext.malloc"}
+CLIENT_MAY_IMPORT = {
+    "fastext",
+    "fastext.contract",
+    "fastext.contract.wire",
+    "fastext._native",
+    "fastext._native._wire",
+    "fastext.contract.metadata",
+    "fastext.malloc",
+}
 
 
 def client_may_import(module: str) -> bool:
-    return (module in CLIENT_MAY_IMPORT or module.startswith(("fastext._proto.", "fastext.client.")) or
-            module in ("fastext._proto", "fastext.client"))
+    return (
+        module in CLIENT_MAY_IMPORT
+        or module.startswith(("fastext._proto.", "fastext.client."))
+        or module in ("fastext._proto", "fastext.client")
+    )
 
 
 def client_modules() -> list[str]:
-    return [m for m in package_modules() if m == "fastext.client" or m.startswith("fastext.client.")]
+    return [
+        m for m in package_modules() if m == "fastext.client" or m.startswith("fastext.client.")
+    ]
 
 
 def test_architecture_client_imports_only_the_contract_and_shared_modules() -> None:
     reach = closure(client_modules())
-    assert {"fastext.contract.wire", "fastext.contract.metadata", "fastext.malloc", "fastext._proto.extension_pb2"} <= reach
+    assert {
+        "fastext.contract.wire",
+        "fastext.contract.metadata",
+        "fastext.malloc",
+        "fastext._proto.extension_pb2",
+    } <= reach
     assert sorted(m for m in reach if not client_may_import(m)) == []
 
 
 def test_architecture_client_loads_only_the_contract_and_shared_modules() -> None:
-    code = (f"import sys\nfor m in {client_modules()!r}: __import__(m)\n"
-            "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('fastext'))))\n")
+    code = (
+        f"import sys\nfor m in {client_modules()!r}: __import__(m)\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('fastext'))))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     loaded = proc.stdout.split()
@@ -459,16 +547,21 @@ def _is_test_module(module: str) -> bool:
 
 
 def test_architecture_tests_import_no_test_module_or_conftest() -> None:
-    found = {str(p.relative_to(ROOT)): sorted({m for m, _ in imports_of(p, ROOT) if _is_test_module(m)})
-             for p in _sources("tests")}
+    found = {
+        str(p.relative_to(ROOT)): sorted({m for m, _ in imports_of(p, ROOT) if _is_test_module(m)})
+        for p in _sources("tests")
+    }
     assert "tests/helpers.py" in found and "tests/test_architecture.py" in found
     assert {path: mods for path, mods in found.items() if mods} == {}
 
 
 def test_architecture_benchmarks_import_no_tests() -> None:
-    found = {str(p.relative_to(ROOT)): sorted({m for m, _ in imports_of(p, ROOT)
-                                               if m.partition(".")[0] == "tests"})
-             for p in _sources("bench")}
+    found = {
+        str(p.relative_to(ROOT)): sorted(
+            {m for m, _ in imports_of(p, ROOT) if m.partition(".")[0] == "tests"}
+        )
+        for p in _sources("bench")
+    }
     assert "bench/bench_motion.py" in found
     assert {path: mods for path, mods in found.items() if mods} == {}
 
@@ -480,17 +573,27 @@ def test_architecture_import_scanner_resolves_every_form(tmp_path: Path) -> None
     (pkg / "m.py").write_text(
         "import tests.test_a\nfrom tests.test_b import x\nfrom . import test_c\nfrom .conftest import y\n"
         "from tests import conftest\nimport importlib\nimportlib.import_module('tests.test_d')\n"
-        "def f():\n    from .test_e import z\n")
+        "def f():\n    from .test_e import z\n"
+    )
     found = {m for m, _ in imports_of(pkg / "m.py", tmp_path) if _is_test_module(m)}
-    assert {"tests.test_a", "tests.test_b", "tests.test_c", "tests.conftest", "tests.test_d",
-            "tests.test_e"} <= found
+    assert {
+        "tests.test_a",
+        "tests.test_b",
+        "tests.test_c",
+        "tests.conftest",
+        "tests.test_d",
+        "tests.test_e",
+    } <= found
     assert not any(_is_test_module(m) for m in ("tests.helpers", "tests.conformance", "testing"))
 
 
 def test_architecture_tests_import_no_benchmarks() -> None:
-    found = {str(p.relative_to(ROOT)): sorted({m for m, _ in imports_of(p, ROOT)
-                                               if m.partition(".")[0] == "bench"})
-             for p in _sources("tests")}
+    found = {
+        str(p.relative_to(ROOT)): sorted(
+            {m for m, _ in imports_of(p, ROOT) if m.partition(".")[0] == "bench"}
+        )
+        for p in _sources("tests")
+    }
     assert "tests/processors/test_motion.py" in found
     assert {path: mods for path, mods in found.items() if mods} == {}
 

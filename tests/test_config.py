@@ -19,17 +19,22 @@ def test_config_defaults():
     assert cfg.batch_size == 1 and cfg.max_message_mb >= 64
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("tcp://0.0.0.0:5001", ("0.0.0.0", 5001)),
-    ("127.0.0.1:0", ("127.0.0.1", 0)),
-    ("localhost:6000", ("localhost", 6000)),
-    ("tcp://[::1]:7000", ("::1", 7000)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tcp://0.0.0.0:5001", ("0.0.0.0", 5001)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("localhost:6000", ("localhost", 6000)),
+        ("tcp://[::1]:7000", ("::1", 7000)),
+    ],
+)
 def test_parse_bind_forms(text, expected):
     assert parse_bind(text) == expected
 
 
-@pytest.mark.parametrize("text", ["5001", "tcp://host", "unix:///tmp/x:1", "h:70000", "h:port", ":5"])
+@pytest.mark.parametrize(
+    "text", ["5001", "tcp://host", "unix:///tmp/x:1", "h:70000", "h:port", ":5"]
+)
 def test_parse_bind_rejects(text):
     with pytest.raises(ConfigError):
         parse_bind(text)
@@ -37,8 +42,11 @@ def test_parse_bind_rejects(text):
 
 def test_config_layers_precedence(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"grpcBinding": "tcp://127.0.0.1:7001", "batchSize": 4,
-                                "workers": 3, "max_inflight": 9}))
+    path.write_text(
+        json.dumps(
+            {"grpcBinding": "tcp://127.0.0.1:7001", "batchSize": 4, "workers": 3, "max_inflight": 9}
+        )
+    )
     env = {"FASTEXT_BATCH_SIZE": "5", "FASTEXT_WORKERS": "2"}
     cfg = load({"workers": "1"}, env, str(path))
     assert cfg.bind == "tcp://127.0.0.1:7001"  # file
@@ -54,12 +62,15 @@ def test_config_seed_names_in_environment():
     assert cfg.bind == "127.0.0.1:8"  # fastext's own name wins
 
 
-@pytest.mark.parametrize(("env", "needle"), [
-    ({"FASTEXT_BATCH_SIZE": "0"}, "FASTEXT_BATCH_SIZE"),
-    ({"FASTEXT_WORKERS": "many"}, "FASTEXT_WORKERS"),
-    ({"FASTEXT_BIND": "nowhere"}, "FASTEXT_BIND"),
-    ({"FASTEXT_LOG_LEVEL": "LOUD"}, "FASTEXT_LOG_LEVEL"),
-])
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"FASTEXT_BATCH_SIZE": "0"}, "FASTEXT_BATCH_SIZE"),
+        ({"FASTEXT_WORKERS": "many"}, "FASTEXT_WORKERS"),
+        ({"FASTEXT_BIND": "nowhere"}, "FASTEXT_BIND"),
+        ({"FASTEXT_LOG_LEVEL": "LOUD"}, "FASTEXT_LOG_LEVEL"),
+    ],
+)
 def test_config_bad_environment_names_the_variable(env, needle):
     with pytest.raises(ConfigError, match=needle):
         load({}, env)
@@ -112,8 +123,12 @@ def test_secrets_and_pairs(tmp_path):
 
 
 def test_cli_bad_configuration_exits_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "fastext", "serve", "--batch-size", "zero"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastext", "serve", "--batch-size", "zero"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--batch-size" in lines[0] and "zero" in lines[0]
@@ -126,8 +141,12 @@ def test_cli_taken_port_exits_with_one_line():
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "fastext", "serve", "--bind", f"127.0.0.1:{port}"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastext", "serve", "--bind", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr.strip().splitlines()[-1]
 

@@ -16,8 +16,9 @@ from tests.helpers import subprocess_env
 W, H = DETECT.width, DETECT.height
 
 
-def normalized(left: float, top: float, width: float, height: float,
-               label: str = "red") -> tuple[str, float, float, float, float]:
+def normalized(
+    left: float, top: float, width: float, height: float, label: str = "red"
+) -> tuple[str, float, float, float, float]:
     return label, left / W, top / H, width / W, height / H
 
 
@@ -51,12 +52,19 @@ def test_demo_box_errors_finds_wrong_boxes() -> None:
 
 def run_detection_pass(patch: str = "") -> subprocess.CompletedProcess[str]:
     """The demo's detection pass alone (no built-in passes), one worker, in a child."""
-    code = ("import fastext.demo as demo\n"
-            "from fastext.config import Config\n"
-            f"{patch}\n"
-            "raise SystemExit(demo.run_demo(Config(workers=1), frames=20, show=2, passes=()))\n")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240, env=subprocess_env())
+    code = (
+        "import fastext.demo as demo\n"
+        "from fastext.config import Config\n"
+        f"{patch}\n"
+        "raise SystemExit(demo.run_demo(Config(workers=1), frames=20, show=2, passes=()))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=subprocess_env(),
+    )
 
 
 def summary(out: str) -> dict[str, object]:
@@ -69,8 +77,13 @@ def test_demo_detection_pass_finds_the_car() -> None:
     pytest.importorskip("onnx")
     done = run_detection_pass()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert summary(done.stdout) == {"frames": 20, "acked": 20, "wrong_tags": 0, "wrong_boxes": 0,
-                                    "ok": True}
+    assert summary(done.stdout) == {
+        "frames": 20,
+        "acked": 20,
+        "wrong_tags": 0,
+        "wrong_boxes": 0,
+        "ok": True,
+    }
     shown = [line for line in done.stdout.splitlines() if line.startswith("   seq ")]
     assert len(shown) == 2
     for line in shown:
@@ -86,6 +99,11 @@ def test_demo_detection_pass_fails_when_the_boxes_are_not_on_the_car() -> None:
     # The truth moved to the top left corner: every frame's boxes are now wrong.
     done = run_detection_pass("demo.car_box = lambda width, height, index: (0, 0, 20, 20)")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert summary(done.stdout) == {"frames": 20, "acked": 20, "wrong_tags": 0,
-                                    "wrong_boxes": 20, "ok": False}
+    assert summary(done.stdout) == {
+        "frames": 20,
+        "acked": 20,
+        "wrong_tags": 0,
+        "wrong_boxes": 20,
+        "ok": False,
+    }
     assert "   wrong: scene 0: a red box" in done.stdout

@@ -35,7 +35,9 @@ DEPLOYMENT_OPTIONS = {"metrics_port", "instance", "models"}
 
 
 def _load_reader() -> Any:
-    spec = importlib.util.spec_from_file_location("fastext_dockerfile", ROOT / "scripts/dockerfile.py")
+    spec = importlib.util.spec_from_file_location(
+        "fastext_dockerfile", ROOT / "scripts/dockerfile.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
@@ -62,7 +64,7 @@ def test_parser_joins_continuations_and_drops_comments() -> None:
         "\n"
         " && apt-get install -y gcc\n"
         "ENV A=1 \\\n"
-        "    B=\"two words\"\n"
+        '    B="two words"\n'
         'ENTRYPOINT ["fastext", "serve"]\n'
     )
     ins = reader.parse(text)
@@ -174,8 +176,12 @@ def test_dockerfile_health_entrypoint_and_ports(dockerfile: list[Any]) -> None:
     health_port = int(env["FASTEXT_HEALTH_PORT"])
     assert env["FASTEXT_HEALTH_HOST"] == "127.0.0.1"
     assert health_port and health_port != port
-    assert reader.exec_form(rest[4:]) == ["fastext", "health", "--target",
-                                          f"127.0.0.1:{health_port}"]
+    assert reader.exec_form(rest[4:]) == [
+        "fastext",
+        "health",
+        "--target",
+        f"127.0.0.1:{health_port}",
+    ]
     (entry,) = runtime.all("ENTRYPOINT")
     assert reader.exec_form(entry.args) == ["fastext", "serve"]
     exposed = {p for i in runtime.all("EXPOSE") for p in i.args.split()}
@@ -359,7 +365,9 @@ def test_topology_grpc_node_points_at_fastext(topology: tuple[str, dict[str, Any
             assert {i["nodeName"] for i in node["inputs"]} <= node_names
 
 
-def test_topology_transfer_and_extension_configuration(topology: tuple[str, dict[str, Any]]) -> None:
+def test_topology_transfer_and_extension_configuration(
+    topology: tuple[str, dict[str, Any]],
+) -> None:
     name, topo = topology
     props = topo["properties"]
     params = {p["name"]: p.get("default", "") for p in props["parameters"]}

@@ -70,15 +70,18 @@ def test_the_readme_is_checked_and_links_to_the_performance_notes() -> None:
 
 
 def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
-    (tmp_path / "other.md").write_text("# Front cost per frame\n\n## The client's offer\n\n"
-                                       "## `fastext warm` (cold)\n\n## Soak\n\n## Soak\n")
+    (tmp_path / "other.md").write_text(
+        "# Front cost per frame\n\n## The client's offer\n\n"
+        "## `fastext warm` (cold)\n\n## Soak\n\n## Soak\n"
+    )
     doc = tmp_path / "doc.md"
     doc.write_text(
         "# Here\n\n"
         "[ok](other.md) [ok](other.md#front-cost-per-frame) [ok](other.md#the-clients-offer)\n"
         "[ok](other.md#fastext-warm-cold) [ok](other.md#soak-1) [ok](#here) [ok](https://x.invalid/y)\n"
         "`[not a link](nowhere.md)`\n\n```\n[not a link](nowhere.md)\n```\n"
-        "[gone](missing.md) [bad anchor](other.md#front-cost) ![gone](pic.png) [self](#there)\n")
+        "[gone](missing.md) [bad anchor](other.md#front-cost) ![gone](pic.png) [self](#there)\n"
+    )
     assert broken_links(doc) == [
         f"missing.md: no file {tmp_path / 'missing.md'}",
         "other.md#front-cost: no heading of other.md has the anchor #front-cost",

@@ -19,8 +19,19 @@ from tests.helpers import (
     tags_of,
 )
 
-RAW_FORMATS = [VF.RGB24, VF.BGR24, VF.ARGB, VF.RGBA, VF.ABGR, VF.BGRA, VF.YUV420P,
-               VF.RGB565LE, VF.RGB565BE, VF.RGB555LE, VF.RGB555BE]
+RAW_FORMATS = [
+    VF.RGB24,
+    VF.BGR24,
+    VF.ARGB,
+    VF.RGBA,
+    VF.ABGR,
+    VF.BGRA,
+    VF.YUV420P,
+    VF.RGB565LE,
+    VF.RGB565BE,
+    VF.RGB555LE,
+    VF.RGB555BE,
+]
 
 
 def test_handshake_and_sequence_rules(server):
@@ -46,10 +57,19 @@ def test_handshake_and_sequence_rules(server):
 @pytest.mark.parametrize("padded", [False, True], ids=["tight", "padded"])
 def test_raw_formats_dark_and_light(server, pixel_format, padded):
     width, height = 37, 21  # odd sizes: YUV420P chroma rounding, no alignment luck
-    bpp = {VF.YUV420P: 1, VF.RGB565LE: 2, VF.RGB565BE: 2, VF.RGB555LE: 2, VF.RGB555BE: 2,
-           VF.RGB24: 3, VF.BGR24: 3}.get(pixel_format, 4)
+    bpp = {
+        VF.YUV420P: 1,
+        VF.RGB565LE: 2,
+        VF.RGB565BE: 2,
+        VF.RGB555LE: 2,
+        VF.RGB555BE: 2,
+        VF.RGB24: 3,
+        VF.BGR24: 3,
+    }.get(pixel_format, 4)
     stride = width * bpp + 29 if padded else 0
-    frames = [to_pixel_format(solid(c, width, height), pixel_format, stride) for c in (ORANGE, AZURE)]
+    frames = [
+        to_pixel_format(solid(c, width, height), pixel_format, stride) for c in (ORANGE, AZURE)
+    ]
     msgs = [descriptor(width, height, VF.RAW, pixel_format, stride)]
     msgs += [embedded(i + 2, frames[i % 2]) for i in range(6)]
     replies, code, details = exchange(server.target, msgs)
@@ -62,8 +82,16 @@ def test_raw_formats_dark_and_light(server, pixel_format, padded):
 @pytest.mark.parametrize("shm", [False, True], ids=["embedded", "shm"])
 def test_encoded_images(server, encoding, shm):
     made = list(scenes(320, 240, 6, period=2))
-    opts = StreamOptions(target=server.target, width=320, height=240, encoding=encoding,
-                         pixel_format=VF.NONE, shm=shm, shm_slot_bytes=1 << 20, window=3)
+    opts = StreamOptions(
+        target=server.target,
+        width=320,
+        height=240,
+        encoding=encoding,
+        pixel_format=VF.NONE,
+        shm=shm,
+        shm_slot_bytes=1 << 20,
+        window=3,
+    )
     result = run_stream(opts, [encode(rgb, encoding) for rgb, _ in made])
     assert result.acked == result.sent == 6
     for seq, sample in result.samples.items():
@@ -78,7 +106,8 @@ def test_shared_memory_slots_reused_only_after_ack(server):
     result = run_stream(opts, [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made])
     assert result.acked == 40
     assert {seq: tags_of(s) for seq, s in result.samples.items()} == {
-        i + 2: ["light" if made[i][1] else "dark"] for i in range(40)}
+        i + 2: ["light" if made[i][1] else "dark"] for i in range(40)
+    }
 
 
 def test_sixteen_concurrent_streams(server):
@@ -89,18 +118,31 @@ def test_sixteen_concurrent_streams(server):
     frames = [to_pixel_format(solid(c, 96, 64), VF.BGR24) for c in (ORANGE, AZURE)]
 
     async def many():
-        return await asyncio.gather(*(
-            stream_frames(StreamOptions(target=server.target, width=96, height=64,
-                                        pixel_format=VF.BGR24, shm=i % 2 == 0,
-                                        graph_instance=f"s{i}"), [frames[j % 2] for j in range(50)])
-            for i in range(16)))
+        return await asyncio.gather(
+            *(
+                stream_frames(
+                    StreamOptions(
+                        target=server.target,
+                        width=96,
+                        height=64,
+                        pixel_format=VF.BGR24,
+                        shm=i % 2 == 0,
+                        graph_instance=f"s{i}",
+                    ),
+                    [frames[j % 2] for j in range(50)],
+                )
+                for i in range(16)
+            )
+        )
 
     results = asyncio.run(many())
     for result in results:
         assert result.acked == result.sent == 50
         assert sorted(result.samples) == list(range(2, 52))
-        assert all(tags_of(s) == ["light" if (seq - 2) % 2 == 0 else "dark"]
-                   for seq, s in result.samples.items())
+        assert all(
+            tags_of(s) == ["light" if (seq - 2) % 2 == 0 else "dark"]
+            for seq, s in result.samples.items()
+        )
     assert server.sessions() == 0
 
 
@@ -116,8 +158,9 @@ def test_1080p_raw_embedded_over_4mib(server):
 def test_batching_each_frame_gets_its_own_result(make_server, batch_size):
     srv = make_server(batch_size=batch_size, batch_delay_ms=20.0)
     colours = [ORANGE if i % 3 else AZURE for i in range(21)]  # 21: a partial last batch for 8
-    msgs = [descriptor(32, 32)] + [embedded(i + 2, to_pixel_format(solid(c, 32, 32), VF.RGB24))
-                                   for i, c in enumerate(colours)]
+    msgs = [descriptor(32, 32)] + [
+        embedded(i + 2, to_pixel_format(solid(c, 32, 32), VF.RGB24)) for i, c in enumerate(colours)
+    ]
     replies, code, _ = exchange(srv.target, msgs)
     assert code.name == "OK"
     assert len(replies) == 22

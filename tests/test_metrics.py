@@ -54,8 +54,15 @@ def test_metrics_after_known_frames(make_server, workers):
 
 def test_auth_failures_and_drops_are_counted(make_server):
     port = free_port()
-    srv = make_server(metrics_port=port, auth_username="lva", auth_password="pw",
-                      overload="drop", max_inflight=1, batch_size=4, batch_delay_ms=30.0)
+    srv = make_server(
+        metrics_port=port,
+        auth_username="lva",
+        auth_password="pw",
+        overload="drop",
+        max_inflight=1,
+        batch_size=4,
+        batch_delay_ms=30.0,
+    )
     frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
     _, code, _ = exchange(srv.target, [descriptor(32, 32)])
     assert code == grpc.StatusCode.UNAUTHENTICATED
@@ -75,8 +82,9 @@ def test_auth_failures_and_drops_are_counted(make_server):
 @pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
 def test_frames_of_a_vanished_client_leave_the_in_flight_gauge(make_server, workers):
     """A call cancelled with frames read but not acked: the gauge goes back to 0."""
-    srv = make_server(workers=workers, metrics_port=free_port(), batch_size=8,
-                      batch_delay_ms=5000.0)  # the frames sit in a pending batch
+    srv = make_server(
+        workers=workers, metrics_port=free_port(), batch_size=8, batch_delay_ms=5000.0
+    )  # the frames sit in a pending batch
     metrics = srv.server.metrics
     frame = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
 

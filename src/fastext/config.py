@@ -110,8 +110,10 @@ def _host(text: str) -> str:
         try:
             ipaddress.IPv6Address(value)
         except ValueError:
-            raise ConfigError(f"{text!r} is neither an IPv6 address nor a host name "
-                              "(the port has an option of its own)") from None
+            raise ConfigError(
+                f"{text!r} is neither an IPv6 address nor a host name "
+                "(the port has an option of its own)"
+            ) from None
     return value
 
 
@@ -133,8 +135,10 @@ class ModelSpec:
 
 def _model_name(name: str, origin: str) -> str:
     if not _MODEL_NAME.match(name):
-        raise ConfigError(f"{origin}: model name {name!r} must start with a letter and hold "
-                          "only letters, digits, '_', '.' or '-' (at most 64)")
+        raise ConfigError(
+            f"{origin}: model name {name!r} must start with a letter and hold "
+            "only letters, digits, '_', '.' or '-' (at most 64)"
+        )
     return name
 
 
@@ -163,7 +167,7 @@ def _models_from_file(data: Any, base: str) -> tuple[ModelSpec, ...]:
     if isinstance(data, str):
         return _models(data)
     if not isinstance(data, dict):
-        raise ConfigError("expected an object of NAME: PATH or NAME: {\"path\": PATH, ...}")
+        raise ConfigError('expected an object of NAME: PATH or NAME: {"path": PATH, ...}')
     specs = []
     for name, value in data.items():
         settings: dict[str, Any] = {}
@@ -175,8 +179,9 @@ def _models_from_file(data: Any, base: str) -> tuple[ModelSpec, ...]:
         path = value.strip()
         if not os.path.isabs(path):
             path = os.path.join(os.path.dirname(os.path.abspath(base)), path)
-        specs.append(ModelSpec(_model_name(str(name), "model"), path,
-                               tuple(sorted(settings.items()))))
+        specs.append(
+            ModelSpec(_model_name(str(name), "model"), path, tuple(sorted(settings.items())))
+        )
     return _unique(specs)
 
 
@@ -200,63 +205,187 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("bind", "--bind", "FASTEXT_BIND", _bind,
-           "address to listen on: tcp://host:port or host:port", ("grpcBinding",)),
-    Option("batch_size", "--batch-size", "FASTEXT_BATCH_SIZE", _int_in(1, 1024),
-           "frames of one stream collected before the processor runs", ("batchSize",)),
-    Option("batch_delay_ms", "--batch-delay-ms", "FASTEXT_BATCH_DELAY_MS", _float_in(0.0, 10_000.0),
-           "a partial batch is processed after waiting this long (ms)"),
-    Option("workers", "--workers", "FASTEXT_WORKERS", _int_in(0, 256),
-           "worker processes; 0 processes frames in the server process"),
-    Option("max_inflight", "--max-inflight", "FASTEXT_MAX_INFLIGHT", _int_in(1, 65536),
-           "unacknowledged frames per stream before the server stops reading it"),
-    Option("max_message_mb", "--max-message-mb", "FASTEXT_MAX_MESSAGE_MB", _int_in(4, 2047),
-           "largest gRPC message accepted or sent (MiB)"),
-    Option("overload", "--overload", "FASTEXT_OVERLOAD", _choice("block", "drop"),
-           "a stream's window full: block (stop reading it) or drop (ack new frames at once, "
-           "without inference)"),
-    Option("processor", "--processor", "FASTEXT_PROCESSOR", _name,
-           "processor used when a session does not choose one"),
-    Option("models", "--model", "FASTEXT_MODELS", _models,
-           "a model this server serves, NAME=PATH.onnx (a flag per model; in the environment "
-           "NAME=PATH,NAME=PATH); a session selects it with {\"model\": \"NAME\"}"),
-    Option("model_threads", "--model-threads", "FASTEXT_MODEL_THREADS", _int_in(1, 256),
-           "ONNX Runtime threads per model in each worker"),
-    Option("drain_s", "--drain-s", "FASTEXT_DRAIN_S", _float_in(0.0, 3600.0),
-           "on SIGTERM, seconds allowed for in-flight frames to finish"),
-    Option("shm_size_mb", "--shm-size-mb", "FASTEXT_SHM_SIZE_MB", _int_in(1, 65536),
-           "server-owned shared memory that embedded frames are copied into for workers (MiB)"),
-    Option("malloc_keep_mb", "--malloc-keep-mb", "FASTEXT_MALLOC_KEEP_MB", _int_in(0, 2047),
-           "freed heap the server process keeps for reuse rather than returning it to the "
-           "kernel after each large message (MiB; glibc; 0: the C library's defaults)"),
-    Option("auth_username", "--auth-username", "FASTEXT_AUTH_USERNAME", _text,
-           "require x-ms-authentication Basic credentials with this user name"),
-    Option("auth_password", "", "FASTEXT_AUTH_PASSWORD", _text,
-           "the password (environment only: never on a command line)"),
-    Option("auth_password_file", "--auth-password-file", "FASTEXT_AUTH_PASSWORD_FILE", _path,
-           "file holding the password (first line)"),
-    Option("tls_cert", "--tls-cert", "FASTEXT_TLS_CERT", _path, "server certificate (PEM): serve TLS"),
+    Option(
+        "bind",
+        "--bind",
+        "FASTEXT_BIND",
+        _bind,
+        "address to listen on: tcp://host:port or host:port",
+        ("grpcBinding",),
+    ),
+    Option(
+        "batch_size",
+        "--batch-size",
+        "FASTEXT_BATCH_SIZE",
+        _int_in(1, 1024),
+        "frames of one stream collected before the processor runs",
+        ("batchSize",),
+    ),
+    Option(
+        "batch_delay_ms",
+        "--batch-delay-ms",
+        "FASTEXT_BATCH_DELAY_MS",
+        _float_in(0.0, 10_000.0),
+        "a partial batch is processed after waiting this long (ms)",
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "FASTEXT_WORKERS",
+        _int_in(0, 256),
+        "worker processes; 0 processes frames in the server process",
+    ),
+    Option(
+        "max_inflight",
+        "--max-inflight",
+        "FASTEXT_MAX_INFLIGHT",
+        _int_in(1, 65536),
+        "unacknowledged frames per stream before the server stops reading it",
+    ),
+    Option(
+        "max_message_mb",
+        "--max-message-mb",
+        "FASTEXT_MAX_MESSAGE_MB",
+        _int_in(4, 2047),
+        "largest gRPC message accepted or sent (MiB)",
+    ),
+    Option(
+        "overload",
+        "--overload",
+        "FASTEXT_OVERLOAD",
+        _choice("block", "drop"),
+        "a stream's window full: block (stop reading it) or drop (ack new frames at once, "
+        "without inference)",
+    ),
+    Option(
+        "processor",
+        "--processor",
+        "FASTEXT_PROCESSOR",
+        _name,
+        "processor used when a session does not choose one",
+    ),
+    Option(
+        "models",
+        "--model",
+        "FASTEXT_MODELS",
+        _models,
+        "a model this server serves, NAME=PATH.onnx (a flag per model; in the environment "
+        'NAME=PATH,NAME=PATH); a session selects it with {"model": "NAME"}',
+    ),
+    Option(
+        "model_threads",
+        "--model-threads",
+        "FASTEXT_MODEL_THREADS",
+        _int_in(1, 256),
+        "ONNX Runtime threads per model in each worker",
+    ),
+    Option(
+        "drain_s",
+        "--drain-s",
+        "FASTEXT_DRAIN_S",
+        _float_in(0.0, 3600.0),
+        "on SIGTERM, seconds allowed for in-flight frames to finish",
+    ),
+    Option(
+        "shm_size_mb",
+        "--shm-size-mb",
+        "FASTEXT_SHM_SIZE_MB",
+        _int_in(1, 65536),
+        "server-owned shared memory that embedded frames are copied into for workers (MiB)",
+    ),
+    Option(
+        "malloc_keep_mb",
+        "--malloc-keep-mb",
+        "FASTEXT_MALLOC_KEEP_MB",
+        _int_in(0, 2047),
+        "freed heap the server process keeps for reuse rather than returning it to the "
+        "kernel after each large message (MiB; glibc; 0: the C library's defaults)",
+    ),
+    Option(
+        "auth_username",
+        "--auth-username",
+        "FASTEXT_AUTH_USERNAME",
+        _text,
+        "require x-ms-authentication Basic credentials with this user name",
+    ),
+    Option(
+        "auth_password",
+        "",
+        "FASTEXT_AUTH_PASSWORD",
+        _text,
+        "the password (environment only: never on a command line)",
+    ),
+    Option(
+        "auth_password_file",
+        "--auth-password-file",
+        "FASTEXT_AUTH_PASSWORD_FILE",
+        _path,
+        "file holding the password (first line)",
+    ),
+    Option(
+        "tls_cert", "--tls-cert", "FASTEXT_TLS_CERT", _path, "server certificate (PEM): serve TLS"
+    ),
     Option("tls_key", "--tls-key", "FASTEXT_TLS_KEY", _path, "server private key (PEM)"),
-    Option("tls_client_ca", "--tls-client-ca", "FASTEXT_TLS_CLIENT_CA", _path,
-           "CA bundle (PEM): require client certificates signed by it (mutual TLS)"),
-    Option("metrics_port", "--metrics-port", "FASTEXT_METRICS_PORT", _int_in(0, 65535),
-           "serve Prometheus metrics on this port (0: off)"),
-    Option("metrics_host", "--metrics-host", "FASTEXT_METRICS_HOST", _host,
-           "the address the metrics port listens on (127.0.0.1: this host only; "
-           "0.0.0.0 lets a Prometheus in another container scrape it)"),
-    Option("health_port", "--health-port", "FASTEXT_HEALTH_PORT", _int_in(0, 65535),
-           "also answer grpc.health.v1 (and nothing else) in plaintext on this port, whatever "
-           "TLS the main port requires, for container health checks and probes (0: off)"),
-    Option("health_host", "--health-host", "FASTEXT_HEALTH_HOST", _host,
-           "the address the health port listens on (127.0.0.1: checks from inside the "
-           "container or pod only; 0.0.0.0 for a Kubernetes grpc probe)"),
-    Option("instance", "--instance", "FASTEXT_INSTANCE", _text,
-           "this instance's name, sent in every call's initial metadata as x-fastext-instance "
-           "(empty: host:pid), so clients behind a proxy can tell instances apart"),
-    Option("log_level", "--log-level", "FASTEXT_LOG_LEVEL",
-           _choice("DEBUG", "INFO", "WARNING", "ERROR"), "logging level"),
-    Option("log_format", "--log-format", "FASTEXT_LOG_FORMAT", _choice("text", "json"),
-           "log lines as readable text or one JSON object per line"),
+    Option(
+        "tls_client_ca",
+        "--tls-client-ca",
+        "FASTEXT_TLS_CLIENT_CA",
+        _path,
+        "CA bundle (PEM): require client certificates signed by it (mutual TLS)",
+    ),
+    Option(
+        "metrics_port",
+        "--metrics-port",
+        "FASTEXT_METRICS_PORT",
+        _int_in(0, 65535),
+        "serve Prometheus metrics on this port (0: off)",
+    ),
+    Option(
+        "metrics_host",
+        "--metrics-host",
+        "FASTEXT_METRICS_HOST",
+        _host,
+        "the address the metrics port listens on (127.0.0.1: this host only; "
+        "0.0.0.0 lets a Prometheus in another container scrape it)",
+    ),
+    Option(
+        "health_port",
+        "--health-port",
+        "FASTEXT_HEALTH_PORT",
+        _int_in(0, 65535),
+        "also answer grpc.health.v1 (and nothing else) in plaintext on this port, whatever "
+        "TLS the main port requires, for container health checks and probes (0: off)",
+    ),
+    Option(
+        "health_host",
+        "--health-host",
+        "FASTEXT_HEALTH_HOST",
+        _host,
+        "the address the health port listens on (127.0.0.1: checks from inside the "
+        "container or pod only; 0.0.0.0 for a Kubernetes grpc probe)",
+    ),
+    Option(
+        "instance",
+        "--instance",
+        "FASTEXT_INSTANCE",
+        _text,
+        "this instance's name, sent in every call's initial metadata as x-fastext-instance "
+        "(empty: host:pid), so clients behind a proxy can tell instances apart",
+    ),
+    Option(
+        "log_level",
+        "--log-level",
+        "FASTEXT_LOG_LEVEL",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "logging level",
+    ),
+    Option(
+        "log_format",
+        "--log-format",
+        "FASTEXT_LOG_FORMAT",
+        _choice("text", "json"),
+        "log lines as readable text or one JSON object per line",
+    ),
 )
 
 
@@ -307,15 +436,29 @@ class Config:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option as a flag (default None, so unset flags do not override)."""
-    parser.add_argument("--config", metavar="FILE", help="JSON file with settings "
-                        "(fastext's option names or the seed's grpcBinding/batchSize)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file with settings (fastext's option names or the seed's grpcBinding/batchSize)",
+    )
     for opt in OPTIONS:
         if opt.field == "models":  # one flag per model
-            parser.add_argument(opt.flag, dest=opt.field, default=None, action="append",
-                                metavar="NAME=PATH", help=f"{opt.help} [env {opt.env}]")
+            parser.add_argument(
+                opt.flag,
+                dest=opt.field,
+                default=None,
+                action="append",
+                metavar="NAME=PATH",
+                help=f"{opt.help} [env {opt.env}]",
+            )
         elif opt.flag:  # environment-only options (secrets) have no flag
-            parser.add_argument(opt.flag, dest=opt.field, default=None,
-                                metavar=opt.field.upper(), help=f"{opt.help} [env {opt.env}]")
+            parser.add_argument(
+                opt.flag,
+                dest=opt.field,
+                default=None,
+                metavar=opt.field.upper(),
+                help=f"{opt.help} [env {opt.env}]",
+            )
 
 
 def _apply(values: dict[str, Any], opt: Option, raw: Any, origin: str) -> None:
@@ -334,7 +477,9 @@ def _read_file(path: str) -> Mapping[str, Any]:
     except OSError as exc:
         raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ConfigError(
+            f"--config {path}: not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object")
     known = {o.field for o in OPTIONS} | {a for o in OPTIONS for a in o.aliases}
@@ -384,12 +529,15 @@ def _checked(config: Config) -> Config:
             with open(config.auth_password_file, encoding="utf-8") as fh:
                 password = fh.readline().rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError(f"--auth-password-file {config.auth_password_file}: "
-                              f"{exc.strerror or exc}") from None
+            raise ConfigError(
+                f"--auth-password-file {config.auth_password_file}: {exc.strerror or exc}"
+            ) from None
         config = config.replace(auth_password=password)
     if config.auth_username and not config.auth_password:
-        raise ConfigError("FASTEXT_AUTH_USERNAME is set but no password: set "
-                          "FASTEXT_AUTH_PASSWORD or --auth-password-file")
+        raise ConfigError(
+            "FASTEXT_AUTH_USERNAME is set but no password: set "
+            "FASTEXT_AUTH_PASSWORD or --auth-password-file"
+        )
     if config.auth_password and not config.auth_username:
         raise ConfigError("a password is set but no user name: set FASTEXT_AUTH_USERNAME")
     if bool(config.tls_cert) != bool(config.tls_key):
@@ -397,8 +545,10 @@ def _checked(config: Config) -> Config:
     if config.tls_client_ca and not config.tls_cert:
         raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     if config.health_port and config.health_port == parse_bind(config.bind)[1]:
-        raise ConfigError(f"--health-port {config.health_port} is the --bind port: the health "
-                          "port is a second listener, give it a port of its own")
+        raise ConfigError(
+            f"--health-port {config.health_port} is the --bind port: the health "
+            "port is a second listener, give it a port of its own"
+        )
     return config
 
 
@@ -411,8 +561,10 @@ def option_table() -> Sequence[tuple[str, str, str, str]]:
     """(flag, environment, default, help) rows, for the README and ``--help``."""
     defaults = Config()
     shown = {"models": "none"}
-    return [(o.flag, o.env, shown.get(o.field, str(getattr(defaults, o.field))), o.help)
-            for o in OPTIONS]
+    return [
+        (o.flag, o.env, shown.get(o.field, str(getattr(defaults, o.field))), o.help)
+        for o in OPTIONS
+    ]
 
 
 def read_file(path: str, what: str) -> bytes:

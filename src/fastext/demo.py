@@ -60,8 +60,9 @@ PASSES = (
 
 # The detection pass: 416x416 frames into a 128x128 detector whose cells are 4 pixels
 # (one anchor per cell, 1024 in all); the car (69x52 pixels) covers about 5 x 4 cells.
-DETECT = Pass("RAW RGB24 416x416, shared memory, an ONNX detector", 416, 416, VF.RAW, VF.RGB24,
-              True)
+DETECT = Pass(
+    "RAW RGB24 416x416, shared memory, an ONNX detector", 416, 416, VF.RAW, VF.RGB24, True
+)
 DETECTOR_NAME = "demo-colours"
 DETECTOR_SIZE, DETECTOR_CELL = 128, 4
 # The car scores 0.65 as red by day and 0.28 by night (a cell it fills; the sky is
@@ -71,7 +72,7 @@ DISTINCT, PERIOD = 20, 5  # distinct scenes of every pass, cycled; day and night
 
 
 def detection_available() -> str:
-    """"" when the detection pass can run, else what is missing."""
+    """ "" when the detection pass can run, else what is missing."""
     missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
     return " and ".join(missing)
 
@@ -79,20 +80,24 @@ def detection_available() -> str:
 def build_detector(path: str) -> None:
     """Write the demo's detector to ``path``, built in a child process (the ``onnx``
     package never loads in the server's front)."""
-    code = ("import sys\n"
-            "from fastext.models.decode import Layout\n"
-            "from fastext.models.toy import colour_detector\n"
-            "with open(sys.argv[1], 'wb') as fh:\n"
-            f"    fh.write(colour_detector(Layout.YOLOV8, {DETECTOR_SIZE}, {DETECTOR_CELL}))\n")
-    done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys\n"
+        "from fastext.models.decode import Layout\n"
+        "from fastext.models.toy import colour_detector\n"
+        "with open(sys.argv[1], 'wb') as fh:\n"
+        f"    fh.write(colour_detector(Layout.YOLOV8, {DETECTOR_SIZE}, {DETECTOR_CELL}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, timeout=120
+    )
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"building the demo's detector failed: {tail}")
 
 
-def box_errors(index: int, width: int, height: int,
-               boxes: list[tuple[str, float, float, float, float]]) -> list[str]:
+def box_errors(
+    index: int, width: int, height: int, boxes: list[tuple[str, float, float, float, float]]
+) -> list[str]:
     """What is wrong with the boxes found in scene ``index`` (``(label, left, top, width,
     height)``, normalized as the contract has them): every one must be red and lie on the
     car, and together they must cover it, each edge within 1.5 of the detector's cells."""
@@ -106,15 +111,24 @@ def box_errors(index: int, width: int, height: int,
         x0, y0, x1, y1 = left * width, top * height, (left + bw) * width, (top + bh) * height
         lows.append((x0, y0))
         highs.append((x1, y1))
-        if label != "red" or x0 < x - slack or y0 < y - slack or x1 > x + w + slack or (
-                y1 > y + h + slack):
-            errors.append(f"scene {index}: a {label} box {x0:.0f},{y0:.0f} {x1 - x0:.0f}x"
-                          f"{y1 - y0:.0f} is not on the car at {x},{y} {w}x{h}")
+        if (
+            label != "red"
+            or x0 < x - slack
+            or y0 < y - slack
+            or x1 > x + w + slack
+            or (y1 > y + h + slack)
+        ):
+            errors.append(
+                f"scene {index}: a {label} box {x0:.0f},{y0:.0f} {x1 - x0:.0f}x"
+                f"{y1 - y0:.0f} is not on the car at {x},{y} {w}x{h}"
+            )
     ux0, uy0 = min(p[0] for p in lows), min(p[1] for p in lows)
     ux1, uy1 = max(p[0] for p in highs), max(p[1] for p in highs)
     if ux0 > x + slack or uy0 > y + slack or ux1 < x + w - slack or uy1 < y + h - slack:
-        errors.append(f"scene {index}: the boxes cover {ux0:.0f},{uy0:.0f} to {ux1:.0f},"
-                      f"{uy1:.0f}, not the car at {x},{y} to {x + w},{y + h}")
+        errors.append(
+            f"scene {index}: the boxes cover {ux0:.0f},{uy0:.0f} to {ux1:.0f},"
+            f"{uy1:.0f}, not the car at {x},{y} to {x + w},{y + h}"
+        )
     return errors
 
 
@@ -123,30 +137,40 @@ async def _detect_pass(port: int, frames_per_stream: int, show: int) -> tuple[in
     wrong), printing the boxes of ``show`` frames."""
     p = DETECT
     frames = _frames(p)
-    opts = StreamOptions(target=f"127.0.0.1:{port}", width=p.width, height=p.height,
-                         encoding=p.encoding, pixel_format=p.pixel_format, shm=p.shm,
-                         graph_instance="demo-detect",
-                         extension_configuration=json.dumps({"model": DETECTOR_NAME,
-                                                             **DETECT_PARAMS}))
+    opts = StreamOptions(
+        target=f"127.0.0.1:{port}",
+        width=p.width,
+        height=p.height,
+        encoding=p.encoding,
+        pixel_format=p.pixel_format,
+        shm=p.shm,
+        graph_instance="demo-detect",
+        extension_configuration=json.dumps({"model": DETECTOR_NAME, **DETECT_PARAMS}),
+    )
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = await stream_frames(
-        opts, (f for f, _ in itertools.islice(itertools.cycle(frames), frames_per_stream)))
+        opts, (f for f, _ in itertools.islice(itertools.cycle(frames), frames_per_stream))
+    )
     elapsed = loop.time() - started
     wrong = 0
     problems: list[str] = []
     found: dict[int, list[tuple[str, float, float, float, float]]] = {}
     for seq, sample in sorted(result.samples.items()):
-        boxes = [(i.entity.tag.value, i.entity.box.l, i.entity.box.t, i.entity.box.w,
-                  i.entity.box.h) for i in sample.inferences]
+        boxes = [
+            (i.entity.tag.value, i.entity.box.l, i.entity.box.t, i.entity.box.w, i.entity.box.h)
+            for i in sample.inferences
+        ]
         found[seq] = boxes
         errors = box_errors((seq - 2) % len(frames), p.width, p.height, boxes)
         if errors:
             wrong += 1
             problems += errors
-    print(f"\n== {p.title} ({DETECTOR_NAME}, {DETECTOR_SIZE}x{DETECTOR_SIZE}, "
-          f"{json.dumps(DETECT_PARAMS)}): {result.acked} frames in {elapsed:.2f} s = "
-          f"{result.acked / max(elapsed, 1e-9):.0f} frames/s, frames with wrong boxes {wrong}")
+    print(
+        f"\n== {p.title} ({DETECTOR_NAME}, {DETECTOR_SIZE}x{DETECTOR_SIZE}, "
+        f"{json.dumps(DETECT_PARAMS)}): {result.acked} frames in {elapsed:.2f} s = "
+        f"{result.acked / max(elapsed, 1e-9):.0f} frames/s, frames with wrong boxes {wrong}"
+    )
     seqs = sorted(found)
     for seq in seqs[:: max(1, len(seqs) // max(1, show))][:show]:
         index = (seq - 2) % len(frames)
@@ -158,8 +182,10 @@ async def _detect_pass(port: int, frames_per_stream: int, show: int) -> tuple[in
             x1 = max(b[1] + b[3] for b in boxes) * p.width
             y1 = max(b[2] + b[4] for b in boxes) * p.height
             labels = sorted({b[0] for b in boxes})
-            shown = (f"{len(boxes)} {'/'.join(labels)} boxes covering {x0:.0f},{y0:.0f} "
-                     f"{x1 - x0:.0f}x{y1 - y0:.0f}")
+            shown = (
+                f"{len(boxes)} {'/'.join(labels)} boxes covering {x0:.0f},{y0:.0f} "
+                f"{x1 - x0:.0f}x{y1 - y0:.0f}"
+            )
         else:
             shown = "no box"
         print(f"   seq {seq}: car at {x},{y} {w}x{h} (left,top wxh); {shown}")
@@ -171,7 +197,11 @@ async def _detect_pass(port: int, frames_per_stream: int, show: int) -> tuple[in
 def _frames(p: Pass, distinct: int = DISTINCT) -> list[tuple[bytes, bool]]:
     made = []
     for rgb, light in scenes(p.width, p.height, distinct, period=PERIOD):
-        data = to_pixel_format(rgb, p.pixel_format) if p.encoding == VF.RAW else encode(rgb, p.encoding)
+        data = (
+            to_pixel_format(rgb, p.pixel_format)
+            if p.encoding == VF.RAW
+            else encode(rgb, p.encoding)
+        )
         made.append((data, light))
     return made
 
@@ -179,14 +209,28 @@ def _frames(p: Pass, distinct: int = DISTINCT) -> list[tuple[bytes, bool]]:
 async def _one_pass(port: int, p: Pass, frames_per_stream: int, show: int) -> tuple[int, int]:
     frames = _frames(p)
     expected = [("light" if light else "dark") for _, light in frames]
-    opts = [StreamOptions(target=f"127.0.0.1:{port}", width=p.width, height=p.height,
-                          encoding=p.encoding, pixel_format=p.pixel_format, shm=p.shm,
-                          graph_instance=f"demo-{i}") for i in range(p.streams)]
+    opts = [
+        StreamOptions(
+            target=f"127.0.0.1:{port}",
+            width=p.width,
+            height=p.height,
+            encoding=p.encoding,
+            pixel_format=p.pixel_format,
+            shm=p.shm,
+            graph_instance=f"demo-{i}",
+        )
+        for i in range(p.streams)
+    ]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    results = await asyncio.gather(*(
-        stream_frames(o, (f for f, _ in itertools.islice(itertools.cycle(frames), frames_per_stream)))
-        for o in opts))
+    results = await asyncio.gather(
+        *(
+            stream_frames(
+                o, (f for f, _ in itertools.islice(itertools.cycle(frames), frames_per_stream))
+            )
+            for o in opts
+        )
+    )
     elapsed = loop.time() - started
     wrong = 0
     for result in results:
@@ -195,9 +239,11 @@ async def _one_pass(port: int, p: Pass, frames_per_stream: int, show: int) -> tu
             if tags != [expected[(seq - 2) % len(frames)]]:
                 wrong += 1
     acked = sum(r.acked for r in results)
-    print(f"\n== {p.title}: {acked} frames in {elapsed:.2f} s = {acked / elapsed:.0f} frames/s, "
-          f"p50 ack latency {statistics.median(t for r in results for t in r.latencies_s) * 1e3:.2f} ms, "
-          f"wrong tags {wrong}")
+    print(
+        f"\n== {p.title}: {acked} frames in {elapsed:.2f} s = {acked / elapsed:.0f} frames/s, "
+        f"p50 ack latency {statistics.median(t for r in results for t in r.latencies_s) * 1e3:.2f} ms, "
+        f"wrong tags {wrong}"
+    )
     first = results[0]
     seqs = sorted(first.samples)
     for seq in seqs[:: max(1, len(seqs) // max(1, show))][:show]:
@@ -205,12 +251,15 @@ async def _one_pass(port: int, p: Pass, frames_per_stream: int, show: int) -> tu
     return acked, wrong
 
 
-async def _demo(config: Config, frames: int, show: int, detect: bool,
-                passes: Sequence[Pass]) -> int:
+async def _demo(
+    config: Config, frames: int, show: int, detect: bool, passes: Sequence[Pass]
+) -> int:
     server = ExtensionServer(config)
     port = await server.start()
-    print(f"fastext demo: server on 127.0.0.1:{port} (workers={config.workers}, "
-          f"batch_size={config.batch_size})")
+    print(
+        f"fastext demo: server on 127.0.0.1:{port} (workers={config.workers}, "
+        f"batch_size={config.batch_size})"
+    )
     total = wrong = boxes_wrong = 0
     try:
         for p in passes:
@@ -231,16 +280,24 @@ async def _demo(config: Config, frames: int, show: int, detect: bool,
     return 0 if ok else 1
 
 
-def run_demo(config: Config, frames: int = 200, show: int = 3, detect: bool = True,
-             passes: Sequence[Pass] = PASSES) -> int:
+def run_demo(
+    config: Config,
+    frames: int = 200,
+    show: int = 3,
+    detect: bool = True,
+    passes: Sequence[Pass] = PASSES,
+) -> int:
     """Run ``passes`` and the detection pass (``detect``, when ONNX Runtime and onnx are
     installed); exit status 0 when every frame was acked with the right tag and, in the
     detection pass, with boxes on the car."""
     config = config.replace(bind="127.0.0.1:0")
     missing = detection_available() if detect else ""
     if missing:
-        print(f"fastext demo: the detection pass is skipped: {missing} not installed "
-              "(pip install 'fastext[onnx]')", file=sys.stderr)
+        print(
+            f"fastext demo: the detection pass is skipped: {missing} not installed "
+            "(pip install 'fastext[onnx]')",
+            file=sys.stderr,
+        )
         detect = False
     with tempfile.TemporaryDirectory(prefix="fastext-demo-") as tmp:
         if detect:

@@ -51,6 +51,9 @@ def keep_freed_memory(keep_mb: int) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    settings = ((_M_ARENA_MAX, _ARENAS), (_M_MMAP_THRESHOLD, _HEAP_UP_TO),
-                (_M_TRIM_THRESHOLD, min(keep_mb, 2047) << 20))
+    settings = (
+        (_M_ARENA_MAX, _ARENAS),
+        (_M_MMAP_THRESHOLD, _HEAP_UP_TO),
+        (_M_TRIM_THRESHOLD, min(keep_mb, 2047) << 20),
+    )
     return all([bool(mallopt(option, value)) for option, value in settings])

@@ -180,51 +180,78 @@ class Metrics(NullMetrics):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         frames = CounterMetricFamily(
-            "fastext_frames", "Frames acknowledged, by outcome: inferred (with inferences), "
+            "fastext_frames",
+            "Frames acknowledged, by outcome: inferred (with inferences), "
             "empty (processed, nothing found), invalid (bad sample: the client's), error "
             "(the processor failed: the server's), lost (its worker died every time it ran), "
             "shutdown (the server stopped first), dropped (overload drop)",
-            labels=["outcome"])
+            labels=["outcome"],
+        )
         for name, count in self.outcomes.items():
             frames.add_metric([name], count)
         yield frames
-        yield GaugeMetricFamily("fastext_streams_active", "Open ProcessMediaStream calls",
-                                value=self.streams)
-        yield GaugeMetricFamily("fastext_frames_in_flight", "Frames read but not yet acknowledged",
-                                value=self.in_flight)
-        yield GaugeMetricFamily("fastext_queue_depth", "Batches waiting for a worker or arena "
-                                "space", value=self.queue)
-        yield GaugeMetricFamily("fastext_shared_memory_mapped_bytes", "Bytes of clients' shared "
-                                "memory mapped by open sessions", value=self.shm)
-        yield CounterMetricFamily("fastext_worker_restarts", "Worker processes restarted after "
-                                  "they died", value=self.restarts)
-        yield CounterMetricFamily("fastext_worker_launch_failures", "Worker restarts that could "
-                                  "not start a process (/dev/shm full, no file descriptors, "
-                                  "fork refused); each is tried again", value=self.launch_failures)
-        yield CounterMetricFamily("fastext_auth_failures", "Calls refused for missing or wrong "
-                                  "x-ms-authentication credentials", value=self.auth)
+        yield GaugeMetricFamily(
+            "fastext_streams_active", "Open ProcessMediaStream calls", value=self.streams
+        )
+        yield GaugeMetricFamily(
+            "fastext_frames_in_flight", "Frames read but not yet acknowledged", value=self.in_flight
+        )
+        yield GaugeMetricFamily(
+            "fastext_queue_depth", "Batches waiting for a worker or arena space", value=self.queue
+        )
+        yield GaugeMetricFamily(
+            "fastext_shared_memory_mapped_bytes",
+            "Bytes of clients' shared memory mapped by open sessions",
+            value=self.shm,
+        )
         yield CounterMetricFamily(
-            "fastext_ring_unsignalled_wakeups", "Ring sleeps that ran out at the 100 ms cap and "
+            "fastext_worker_restarts",
+            "Worker processes restarted after they died",
+            value=self.restarts,
+        )
+        yield CounterMetricFamily(
+            "fastext_worker_launch_failures",
+            "Worker restarts that could "
+            "not start a process (/dev/shm full, no file descriptors, "
+            "fork refused); each is tried again",
+            value=self.launch_failures,
+        )
+        yield CounterMetricFamily(
+            "fastext_auth_failures",
+            "Calls refused for missing or wrong x-ms-authentication credentials",
+            value=self.auth,
+        )
+        yield CounterMetricFamily(
+            "fastext_ring_unsignalled_wakeups",
+            "Ring sleeps that ran out at the 100 ms cap and "
             "found progress nobody signalled: lost wake-ups the cap rescued (should stay 0)",
-            value=self._unsignalled() if self._unsignalled is not None else 0)
+            value=self._unsignalled() if self._unsignalled is not None else 0,
+        )
         with self._lock:
-            yield self.wait.family("fastext_queue_wait_seconds",
-                                   "Time a batch waited before a worker started it")
-            yield self.processing.family("fastext_processing_seconds",
-                                         "Time a worker spent on a batch")
-        yield self.latency.family("fastext_frame_latency_seconds",
-                                  "From a sample's arrival to its acknowledgement")
+            yield self.wait.family(
+                "fastext_queue_wait_seconds", "Time a batch waited before a worker started it"
+            )
+            yield self.processing.family(
+                "fastext_processing_seconds", "Time a worker spent on a batch"
+            )
+        yield self.latency.family(
+            "fastext_frame_latency_seconds", "From a sample's arrival to its acknowledgement"
+        )
         yield from self._model_families()
 
     def _model_families(self) -> Iterator[Any]:
         from prometheus_client.core import HistogramMetricFamily
 
         batches = HistogramMetricFamily(
-            "fastext_model_batch_frames", "Frames in one runtime call of a model (batched "
-            "across streams)", labels=["model"])
+            "fastext_model_batch_frames",
+            "Frames in one runtime call of a model (batched across streams)",
+            labels=["model"],
+        )
         seconds = HistogramMetricFamily(
-            "fastext_model_inference_seconds", "Time of one runtime call of a model",
-            labels=["model"])
+            "fastext_model_inference_seconds",
+            "Time of one runtime call of a model",
+            labels=["model"],
+        )
         with self._lock:
             for model in sorted(self.model_batches):
                 batch, took = self.model_batches[model], self.model_seconds[model]

@@ -85,4 +85,3 @@ def test_doorbell_ringer_rings_from_a_spawned_child() -> None:
         assert bell.clear() == 0  # every ringer closed: end of file reads as empty
     finally:
         bell.close()
-

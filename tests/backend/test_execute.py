@@ -53,8 +53,10 @@ def test_fetch_payload_reads_each_kind_in_place_or_says_why_not(tmp_path) -> Non
 
 
 def test_serialized_outcomes_are_what_the_ack_splices_in() -> None:
-    tag = Inference(type=Inference.CLASSIFICATION,
-                    classification=Classification(tag=Tag(value="dark", confidence=1.0)))
+    tag = Inference(
+        type=Inference.CLASSIFICATION,
+        classification=Classification(tag=Tag(value="dark", confidence=1.0)),
+    )
     failed = Unprocessed(Outcome.ERROR, "no frame")
     out = serialized([[tag], [], failed])
     assert MediaSample.FromString(out[0]).inferences == [tag]
@@ -84,5 +86,9 @@ def test_run_batch_tells_a_bad_frame_from_a_failing_processor() -> None:
     for processor, words in [(_Broken(), "the model broke"), (_Broken(True), "returned 1")]:
         got = run_batch(processor, fmt, [image, b"not an image", cut, image])
         assert [r.kind for r in got] == [  # type: ignore[union-attr]
-            Outcome.ERROR, Outcome.INVALID, Outcome.INVALID, Outcome.ERROR]
+            Outcome.ERROR,
+            Outcome.INVALID,
+            Outcome.INVALID,
+            Outcome.ERROR,
+        ]
         assert got[2] is cut and words in got[0].reason  # type: ignore[union-attr]

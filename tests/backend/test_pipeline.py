@@ -54,11 +54,17 @@ def test_front_with_workers_never_loads_numba(tmp_path):
         target = f"127.0.0.1:{port}"
         frames = [to_pixel_format(rgb, VF.RGB24) for rgb, _ in scenes(64, 48, 4, period=2)]
         for shm in (True, False):
-            opts = StreamOptions(target=target, width=64, height=48, shm=shm,
-                                 extension_configuration='{"processor": "motion"}' if shm else "")
+            opts = StreamOptions(
+                target=target,
+                width=64,
+                height=48,
+                shm=shm,
+                extension_configuration='{"processor": "motion"}' if shm else "",
+            )
             assert run_stream(opts, frames).acked == len(frames)
-        jpeg = StreamOptions(target=target, width=64, height=48, encoding=VF.JPG,
-                             pixel_format=VF.NONE)
+        jpeg = StreamOptions(
+            target=target, width=64, height=48, encoding=VF.JPG, pixel_format=VF.NONE
+        )
         assert run_stream(jpeg, [encode(solid(ORANGE, 64, 48), VF.JPG)] * 3).acked == 3
         with open(f"/proc/{proc.pid}/maps") as fh:
             maps = fh.read()
@@ -88,7 +94,8 @@ def test_embedded_back_pressure_through_a_small_arena(make_server):
     result = run_stream(opts, [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made])
     assert result.acked == 60
     assert {s: tags_of(x) for s, x in result.samples.items()} == {
-        i + 2: ["light" if made[i][1] else "dark"] for i in range(60)}
+        i + 2: ["light" if made[i][1] else "dark"] for i in range(60)
+    }
 
 
 def test_frame_larger_than_the_arena_is_acked_empty(make_server):
@@ -111,8 +118,9 @@ def test_worker_killed_mid_stream_loses_nothing(make_server):
                 os.kill(victim, signal.SIGKILL)
             yield encoded[i % 40]
 
-    result = run_stream(StreamOptions(target=srv.target, width=320, height=240, window=32),
-                        frames())
+    result = run_stream(
+        StreamOptions(target=srv.target, width=320, height=240, window=32), frames()
+    )
     assert result.acked == result.sent == 400
     assert sorted(result.samples) == list(range(2, 402))
     for seq, sample in result.samples.items():
@@ -150,12 +158,14 @@ def test_failed_worker_launches_are_retried_while_health_and_frames_wait(make_se
     assert check(srv.target) == "NOT_SERVING"
     assert worker_pids(srv) == []
     made = list(scenes(64, 48, 20, period=2))
-    result = run_stream(StreamOptions(target=srv.target, width=64, height=48, window=8,
-                                      ack_timeout_s=120.0),
-                        [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made])
+    result = run_stream(
+        StreamOptions(target=srv.target, width=64, height=48, window=8, ack_timeout_s=120.0),
+        [to_pixel_format(rgb, VF.RGB24) for rgb, _ in made],
+    )
     assert result.acked == result.sent == 20 and result.resent == 0
     assert {s: tags_of(x) for s, x in result.samples.items()} == {
-        i + 2: ["light" if made[i][1] else "dark"] for i in range(20)}
+        i + 2: ["light" if made[i][1] else "dark"] for i in range(20)
+    }
     assert attempts == [0] * (fails + 1)
     assert metrics.value("fastext_worker_launch_failures_total") == fails
     assert metrics.value("fastext_worker_restarts_total") == 1
@@ -242,8 +252,10 @@ def test_stop_with_workers_unlinks_every_segment(make_server):
     srv = make_server(workers=2)
     pid = os.getpid()
     assert len(_segments(pid)) >= 5
-    result = run_stream(StreamOptions(target=srv.target, width=32, height=32),
-                        [to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)] * 10)
+    result = run_stream(
+        StreamOptions(target=srv.target, width=32, height=32),
+        [to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)] * 10,
+    )
     assert result.acked == 10
     srv.stop()
     assert _segments(pid) == []
@@ -254,16 +266,29 @@ def test_many_streams_through_workers(make_server):
     frames = [to_pixel_format(solid(c, 96, 64), VF.BGR24) for c in (ORANGE, (0, 100, 255))]
 
     async def many():
-        return await asyncio.gather(*(
-            stream_frames(StreamOptions(target=srv.target, width=96, height=64,
-                                        pixel_format=VF.BGR24, shm=i % 2 == 1,
-                                        graph_instance=f"s{i}"), [frames[j % 2] for j in range(60)])
-            for i in range(8)))
+        return await asyncio.gather(
+            *(
+                stream_frames(
+                    StreamOptions(
+                        target=srv.target,
+                        width=96,
+                        height=64,
+                        pixel_format=VF.BGR24,
+                        shm=i % 2 == 1,
+                        graph_instance=f"s{i}",
+                    ),
+                    [frames[j % 2] for j in range(60)],
+                )
+                for i in range(8)
+            )
+        )
 
     for result in asyncio.run(many()):
         assert result.acked == 60
-        assert all(tags_of(s) == ["light" if (seq - 2) % 2 == 0 else "dark"]
-                   for seq, s in result.samples.items())
+        assert all(
+            tags_of(s) == ["light" if (seq - 2) % 2 == 0 else "dark"]
+            for seq, s in result.samples.items()
+        )
 
 
 def test_sigterm_right_after_ready_still_cleans_up():
@@ -289,8 +314,7 @@ def test_records_left_in_an_outbox_go_when_the_worker_makes_room(make_server, mo
     done: list[object] = []
 
     def client() -> None:
-        opts = StreamOptions(target=srv.target, width=16, height=16, window=300,
-                             ack_timeout_s=30.0)
+        opts = StreamOptions(target=srv.target, width=16, height=16, window=300, ack_timeout_s=30.0)
         done.append(run_stream(opts, [frame] * 300))
 
     import threading
@@ -324,9 +348,14 @@ def test_processors(tmp_path, monkeypatch) -> Iterator[None]:
     """tests/plugin_processors.py's processors, found by this process and its workers."""
     from fastext import processors
 
-    install_entry_points(str(tmp_path), processors.ENTRY_POINT_GROUP, {
-        "fail-every-third": "tests.plugin_processors:FailEveryThird",
-        "die-on-mark": "tests.plugin_processors:DieOnMark"})
+    install_entry_points(
+        str(tmp_path),
+        processors.ENTRY_POINT_GROUP,
+        {
+            "fail-every-third": "tests.plugin_processors:FailEveryThird",
+            "die-on-mark": "tests.plugin_processors:DieOnMark",
+        },
+    )
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
     processors._discover.cache_clear()
     yield
@@ -347,30 +376,47 @@ def frame_counts(srv) -> dict[str, float]:
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
 def test_processor_errors_are_counted_and_logged_as_errors_not_bad_samples(
-        make_server, test_processors, workers, caplog):
+    make_server, test_processors, workers, caplog
+):
     caplog.set_level("DEBUG", logger="fastext.front.session")
     srv = make_server(workers=workers, metrics_port=free_port())
-    opts = StreamOptions(target=srv.target, width=W, height=H, window=8, ack_timeout_s=60.0,
-                         extension_configuration='{"processor": "fail-every-third"}')
+    opts = StreamOptions(
+        target=srv.target,
+        width=W,
+        height=H,
+        window=8,
+        ack_timeout_s=60.0,
+        extension_configuration='{"processor": "fail-every-third"}',
+    )
     result = run_stream(opts, [marked(i) for i in range(30)])  # batches of 1: 0, 3, ... fail
     assert result.acked == result.sent == 30 and result.code == grpc.StatusCode.OK
     assert {seq: tags_of(s) for seq, s in result.samples.items()} == {
-        i + 2: [] if i % 3 == 0 else ["ok"] for i in range(30)}  # the stream went on
+        i + 2: [] if i % 3 == 0 else ["ok"] for i in range(30)
+    }  # the stream went on
     assert frame_counts(srv) == {**dict.fromkeys(LABELS, 0), "inferred": 20, "error": 10}
-    logged = [r for r in caplog.records if r.name == "fastext.front.session"
-              and getattr(r, "event", "") == "frame_unprocessed"]
+    logged = [
+        r
+        for r in caplog.records
+        if r.name == "fastext.front.session" and getattr(r, "event", "") == "frame_unprocessed"
+    ]
     assert [(r.levelname, r.outcome, r.sequence_number) for r in logged] == [
-        ("ERROR", "error", i + 2) for i in range(0, 30, 3)]
+        ("ERROR", "error", i + 2) for i in range(0, 30, 3)
+    ]
     assert all("the model broke" in r.reason and r.peer and r.stream for r in logged)
 
 
-def test_a_frame_that_kills_every_worker_it_reaches_is_counted_lost(make_server,
-                                                                    test_processors):
+def test_a_frame_that_kills_every_worker_it_reaches_is_counted_lost(make_server, test_processors):
     from tests.plugin_processors import POISON
 
     srv = make_server(workers=2, metrics_port=free_port())
-    opts = StreamOptions(target=srv.target, width=W, height=H, window=8, ack_timeout_s=120.0,
-                         extension_configuration='{"processor": "die-on-mark"}')
+    opts = StreamOptions(
+        target=srv.target,
+        width=W,
+        height=H,
+        window=8,
+        ack_timeout_s=120.0,
+        extension_configuration='{"processor": "die-on-mark"}',
+    )
     # The poison frame last: each worker finishes the frames before it in its ring (FIFO)
     # before it dies, so only the poison frame runs, and dies, MAX_RUNS times.
     result = run_stream(opts, [marked(i) for i in range(1, 6)] + [marked(POISON)])
@@ -397,8 +443,9 @@ class _Blocking(Processor):
 
 
 def _spec(processor: str, width: int = 2, height: int = 2) -> LaneSpec:
-    return LaneSpec(FrameFormat(Encoding.RAW, PixelFormat.RGB24, width, height, 0), processor,
-                    {}, None, 0)
+    return LaneSpec(
+        FrameFormat(Encoding.RAW, PixelFormat.RGB24, width, height, 0), processor, {}, None, 0
+    )
 
 
 def test_inline_close_acks_the_batches_it_never_ran_as_shutdown(monkeypatch):
@@ -426,7 +473,8 @@ def test_inline_close_acks_the_batches_it_never_ran_as_shutdown(monkeypatch):
     assert got[1] == [b""]  # it ran: processed, nothing found
     for token in (2, 3):
         assert [(r.kind, r.reason) for r in got[token]] == [  # type: ignore[union-attr]
-            (Outcome.SHUTDOWN, "server stopped before the frame was processed")]
+            (Outcome.SHUTDOWN, "server stopped before the frame was processed")
+        ]
 
 
 def test_worker_close_acks_the_batches_it_never_ran_as_shutdown():
@@ -439,8 +487,9 @@ def test_worker_close_acks_the_batches_it_never_ran_as_shutdown():
     async def run() -> None:
         await backend.start()
         (pid,) = backend.worker_pids()
-        lane = backend.open(_spec("brightness", width, height), None,
-                            lambda t, r: got.__setitem__(t, list(r)))
+        lane = backend.open(
+            _spec("brightness", width, height), None, lambda t, r: got.__setitem__(t, list(r))
+        )
         os.kill(pid, signal.SIGSTOP)
         try:
             for token in (1, 2):

@@ -16,8 +16,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "stress" / "pipeline_kill.py"
 @pytest.mark.parametrize("seed", [1, 2])
 def test_workers_killed_at_random_every_frame_acked_once(seed):
     try:
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(seed)], capture_output=True,
-                              text=True, timeout=240)
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), str(seed)], capture_output=True, text=True, timeout=240
+        )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"deadlock: no result within 240 s\n{exc.stderr}") from None
     assert proc.returncode >= 0, f"stress run killed by signal {-proc.returncode}\n{proc.stderr}"

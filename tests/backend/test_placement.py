@@ -48,7 +48,9 @@ def test_placement_sends_open_once_per_worker_then_batches() -> None:
     assert placed == [worker, worker] and placement.place() == []
     assert worker.outbox[0] == lane.open_record
     assert [(s, refs) for s, _, refs in batches(worker)] == [
-        (7, [(records.SRC_CLIENT, 100, 10)]), (7, [(records.SRC_CLIENT, 200, 10)])]
+        (7, [(records.SRC_CLIENT, 100, 10)]),
+        (7, [(records.SRC_CLIENT, 200, 10)]),
+    ]
     assert worker.frames == 2 and not placement.backlog
 
 
@@ -194,13 +196,21 @@ class _General(ShmRef):
 #: for embedded bytes), or a worker's death / a completion of its oldest job ("die" /
 #: "done", worker 0-1).
 _Op = tuple[str, int, list[tuple[int, int] | None]]
-_ops = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.integers(0, 2),
-              st.lists(st.one_of(st.none(), st.tuples(st.integers(0, 2**40),
-                                                      st.integers(1, 2**20))),
-                       min_size=1, max_size=3)),
-    st.tuples(st.sampled_from(["die", "done", "ready"]), st.integers(0, 1), st.just([]))),
-    max_size=30)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            st.integers(0, 2),
+            st.lists(
+                st.one_of(st.none(), st.tuples(st.integers(0, 2**40), st.integers(1, 2**20))),
+                min_size=1,
+                max_size=3,
+            ),
+        ),
+        st.tuples(st.sampled_from(["die", "done", "ready"]), st.integers(0, 1), st.just([])),
+    ),
+    max_size=30,
+)
 
 
 def _replay(ops: list[_Op], ref: type[ShmRef]) -> list[object]:
@@ -211,8 +221,9 @@ def _replay(ops: list[_Op], ref: type[ShmRef]) -> list[object]:
     seen: list[object] = []
     for token, (what, which, frames) in enumerate(ops):
         if what == "add":
-            payloads = [ref(*f) if f is not None else memoryview(bytes([token % 256]) * 8)
-                        for f in frames]
+            payloads = [
+                ref(*f) if f is not None else memoryview(bytes([token % 256]) * 8) for f in frames
+            ]
             placed = placement.add(lanes[which], token, payloads, 0.0)
             seen.append(placed.index if placed is not None else None)
             seen.append([w.index for w in placement.place()])

@@ -71,14 +71,19 @@ def test_records_batch_round_trips(count: int) -> None:
     assert unpack_batch(buf) == (U32, U64, refs)
 
 
-@pytest.mark.parametrize(("pack", "kind", "unpack", "value"), [
-    (lambda: pack_close(12345), CLOSE, unpack_close, 12345),
-    (lambda: pack_close(U32), CLOSE, unpack_close, U32),
-    (lambda: pack_ready(4242), READY, unpack_ready, 4242),
-    (pack_stop, STOP, unpack_close, 0),
-], ids=["close", "close-largest", "ready", "stop"])
-def test_records_session_records_round_trip(pack: object, kind: int, unpack: object,
-                                            value: int) -> None:
+@pytest.mark.parametrize(
+    ("pack", "kind", "unpack", "value"),
+    [
+        (lambda: pack_close(12345), CLOSE, unpack_close, 12345),
+        (lambda: pack_close(U32), CLOSE, unpack_close, U32),
+        (lambda: pack_ready(4242), READY, unpack_ready, 4242),
+        (pack_stop, STOP, unpack_close, 0),
+    ],
+    ids=["close", "close-largest", "ready", "stop"],
+)
+def test_records_session_records_round_trip(
+    pack: object, kind: int, unpack: object, value: int
+) -> None:
     buf = pack()  # type: ignore[operator]
     assert buf[0] == kind
     assert unpack(buf) == value  # type: ignore[operator]
@@ -86,8 +91,12 @@ def test_records_session_records_round_trip(pack: object, kind: int, unpack: obj
 
 def test_records_done_round_trips_results_and_reasons() -> None:
     outcomes: list[bytes | Unprocessed] = [
-        b"\x52\x03abc", ERROR, b"", Unprocessed(Outcome.INVALID, "décodage impossible"),
-        b"\x00" * 70000]
+        b"\x52\x03abc",
+        ERROR,
+        b"",
+        Unprocessed(Outcome.INVALID, "décodage impossible"),
+        b"\x00" * 70000,
+    ]
     buf = pack_done(U64, outcomes, processing_us=1234)
     assert buf[0] == DONE
     batch_id, got, processing_us = unpack_done(buf)
@@ -107,20 +116,24 @@ def test_records_done_round_trips_every_kind(kind: Outcome, count: int) -> None:
 
 
 def _outcome() -> st.SearchStrategy[bytes | Unprocessed]:
-    return st.one_of(st.binary(max_size=40),
-                     st.builds(Unprocessed, st.sampled_from(UNPROCESSED_KINDS), st.text(max_size=20)))
+    return st.one_of(
+        st.binary(max_size=40),
+        st.builds(Unprocessed, st.sampled_from(UNPROCESSED_KINDS), st.text(max_size=20)),
+    )
 
 
 # database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(_outcome(), max_size=6), st.integers(0, U64), st.integers(0, U32))
-def test_records_done_round_trips_any_mix_of_kinds(outcomes: list[bytes | Unprocessed],
-                                                   batch_id: int, processing_us: int) -> None:
+def test_records_done_round_trips_any_mix_of_kinds(
+    outcomes: list[bytes | Unprocessed], batch_id: int, processing_us: int
+) -> None:
     got = unpack_done(pack_done(batch_id, outcomes, processing_us))
     assert got == (batch_id, outcomes, processing_us)
     assert [type(o) for o in got[1]] == [type(o) for o in outcomes]  # b"" is not a reason
     assert [o.kind for o in got[1] if isinstance(o, Unprocessed)] == [
-        o.kind for o in outcomes if isinstance(o, Unprocessed)]
+        o.kind for o in outcomes if isinstance(o, Unprocessed)
+    ]
 
 
 @pytest.mark.parametrize("kind", [Outcome.INFERRED, Outcome.EMPTY], ids=["inferred", "empty"])
@@ -152,28 +165,49 @@ def test_records_kinds_are_distinct() -> None:
 # -- out-of-range values -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("given", "stored"), [
-    (0, 0), (U32, U32), (U32 + 1, U32), (10**15, U32),
-])
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        (0, 0),
+        (U32, U32),
+        (U32 + 1, U32),
+        (10**15, U32),
+    ],
+)
 def test_records_done_clamps_processing_time(given: int, stored: int) -> None:
     # A batch longer than ~71 minutes records the largest u32, not a wrapped value.
     assert unpack_done(pack_done(1, [b"x"], processing_us=given))[2] == stored
 
 
-@pytest.mark.parametrize("make", [
-    lambda: pack_open(OPENS[0]._replace(session=U32 + 1)),
-    lambda: pack_open(OPENS[0]._replace(width=-1)),
-    lambda: pack_open(OPENS[0]._replace(encoding=256)),
-    lambda: pack_open(OPENS[0]._replace(shm_length=U64 + 1)),
-    lambda: pack_batch(1, U64 + 1, []),
-    lambda: pack_batch(1, 1, [(SRC_CLIENT, U64 + 1, 1)]),
-    lambda: pack_batch(1, 1, [(256, 0, 1)]),
-    lambda: pack_close(-1),
-    lambda: pack_ready(U32 + 1),
-    lambda: pack_done(-1, []),
-    lambda: pack_done(1, [], processing_us=-1),
-], ids=["session", "width", "encoding", "shm-length", "batch-id", "offset", "source",
-        "close", "ready", "done-batch-id", "negative-time"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pack_open(OPENS[0]._replace(session=U32 + 1)),
+        lambda: pack_open(OPENS[0]._replace(width=-1)),
+        lambda: pack_open(OPENS[0]._replace(encoding=256)),
+        lambda: pack_open(OPENS[0]._replace(shm_length=U64 + 1)),
+        lambda: pack_batch(1, U64 + 1, []),
+        lambda: pack_batch(1, 1, [(SRC_CLIENT, U64 + 1, 1)]),
+        lambda: pack_batch(1, 1, [(256, 0, 1)]),
+        lambda: pack_close(-1),
+        lambda: pack_ready(U32 + 1),
+        lambda: pack_done(-1, []),
+        lambda: pack_done(1, [], processing_us=-1),
+    ],
+    ids=[
+        "session",
+        "width",
+        "encoding",
+        "shm-length",
+        "batch-id",
+        "offset",
+        "source",
+        "close",
+        "ready",
+        "done-batch-id",
+        "negative-time",
+    ],
+)
 def test_records_other_out_of_range_values_raise_instead_of_wrapping(make: object) -> None:
     with pytest.raises(struct.error):
         make()  # type: ignore[operator]
@@ -195,13 +229,17 @@ def _header_cuts(buf: bytes, header: int) -> list[bytes]:
     return [buf[:n] for n in range(header)]
 
 
-@pytest.mark.parametrize(("buf", "unpack", "header"), [
-    (pack_open(OPENS[0]), unpack_open, 40),
-    (pack_batch(1, 2, [(SRC_CLIENT, 3, 4)]), unpack_batch, 20),
-    (pack_close(1), unpack_close, 8),
-    (pack_ready(1), unpack_ready, 8),
-    (pack_done(1, [b"abc"]), unpack_done, 20),
-], ids=["open", "batch", "close", "ready", "done"])
+@pytest.mark.parametrize(
+    ("buf", "unpack", "header"),
+    [
+        (pack_open(OPENS[0]), unpack_open, 40),
+        (pack_batch(1, 2, [(SRC_CLIENT, 3, 4)]), unpack_batch, 20),
+        (pack_close(1), unpack_close, 8),
+        (pack_ready(1), unpack_ready, 8),
+        (pack_done(1, [b"abc"]), unpack_done, 20),
+    ],
+    ids=["open", "batch", "close", "ready", "done"],
+)
 def test_records_short_header_raises_struct_error(buf: bytes, unpack: object, header: int) -> None:
     for cut in _header_cuts(buf, header):
         with pytest.raises(struct.error):
@@ -229,10 +267,14 @@ def test_records_invalid_utf8_in_a_done_reason_is_replaced() -> None:
     assert unpack_done(bytes(buf))[1] == [Unprocessed(Outcome.ERROR, "a\ufffd")]
 
 
-@pytest.mark.parametrize(("buf", "unpack", "header"), [
-    (pack_open(OPENS[0]), unpack_open, 40),
-    (pack_done(1, [b"abc", INVALID]), unpack_done, 20),
-], ids=["open", "done"])
+@pytest.mark.parametrize(
+    ("buf", "unpack", "header"),
+    [
+        (pack_open(OPENS[0]), unpack_open, 40),
+        (pack_done(1, [b"abc", INVALID]), unpack_done, 20),
+    ],
+    ids=["open", "done"],
+)
 def test_records_truncated_tail_raises_rather_than_decoding_short(
     buf: bytes, unpack: object, header: int
 ) -> None:
@@ -243,9 +285,11 @@ def test_records_truncated_tail_raises_rather_than_decoding_short(
             unpack(buf[:n])  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("outcome", [b"", b"\x52\x03abc", ERROR,
-                                     Unprocessed(Outcome.INVALID, "décodage impossible")],
-                         ids=["empty", "inferences", "empty-reason", "reason"])
+@pytest.mark.parametrize(
+    "outcome",
+    [b"", b"\x52\x03abc", ERROR, Unprocessed(Outcome.INVALID, "décodage impossible")],
+    ids=["empty", "inferences", "empty-reason", "reason"],
+)
 def test_records_done_of_one_frame_round_trips(outcome: bytes | Unprocessed) -> None:
     buf = pack_done(7, [outcome], processing_us=99)
     assert unpack_done(buf) == (7, [outcome], 99)
@@ -270,15 +314,19 @@ def _decoded(buf: bytes, general: bool) -> object:
             batch_id, outcomes, processing_us = unpack_done(buf)
         except Exception as exc:  # noqa: BLE001 - which error is part of the answer
             return type(exc)
-    return batch_id, [(type(o), o) if isinstance(o, bytes) else (o.kind, o.reason)
-                      for o in outcomes], processing_us
+    return (
+        batch_id,
+        [(type(o), o) if isinstance(o, bytes) else (o.kind, o.reason) for o in outcomes],
+        processing_us,
+    )
 
 
 # database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.lists(_outcome(), max_size=4), st.integers(0, U64), st.integers(0, U32))
 def test_records_done_shortcut_decodes_as_the_general_loop(
-        outcomes: list[bytes | Unprocessed], batch_id: int, processing_us: int) -> None:
+    outcomes: list[bytes | Unprocessed], batch_id: int, processing_us: int
+) -> None:
     buf = pack_done(batch_id, outcomes, processing_us)
     fast = _decoded(buf, general=False)
     assert fast == _decoded(buf, general=True)
@@ -288,7 +336,8 @@ def test_records_done_shortcut_decodes_as_the_general_loop(
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.integers(0, 255), st.binary(max_size=24), st.integers(-3, 3), st.integers(0, 2))
 def test_records_done_shortcut_decodes_any_one_frame_record_as_the_general_loop(
-        code: int, data: bytes, skew: int, count: int) -> None:
+    code: int, data: bytes, skew: int, count: int
+) -> None:
     """Any code (unknown ones too), any bytes (invalid UTF-8 reasons too), a length that
     lies by ``skew``, a count of 0-2: the shortcut answers (or raises) as the loop does."""
     head = struct.pack("<BxxxIQI", records.DONE, 5, 9, count)

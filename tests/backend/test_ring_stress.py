@@ -192,10 +192,12 @@ def build_driver(tmp_path_factory: pytest.TempPathFactory):
     return build
 
 
-def run_driver(exe: Path, items: int, capacity: int, spin: int,
-               timeout: float = HARD_TIMEOUT) -> dict[str, int]:
-    out = run_isolated([str(exe), str(items), str(capacity), str(spin)], f"{exe.name} {items}",
-                       timeout)
+def run_driver(
+    exe: Path, items: int, capacity: int, spin: int, timeout: float = HARD_TIMEOUT
+) -> dict[str, int]:
+    out = run_isolated(
+        [str(exe), str(items), str(capacity), str(spin)], f"{exe.name} {items}", timeout
+    )
     facts = dict(_DRIVER_LINE.findall(out))
     return {k: int(v, 16) if k == "checksum" else int(v) for k, v in facts.items()}
 
@@ -243,8 +245,17 @@ def litmus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if cc is None:
         pytest.skip("no C compiler ('cc') on PATH: the litmus test is a C program")
     exe = tmp_path_factory.mktemp("litmus") / "litmus_sb"
-    cmd = [cc, "-std=c11", "-O2", "-pthread", "-Wall", "-Wextra",
-           str(STRESS / "litmus_sb.c"), "-o", str(exe)]
+    cmd = [
+        cc,
+        "-std=c11",
+        "-O2",
+        "-pthread",
+        "-Wall",
+        "-Wextra",
+        str(STRESS / "litmus_sb.c"),
+        "-o",
+        str(exe),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"the litmus test does not compile:\n{done.stderr}"
     return exe
@@ -266,8 +277,10 @@ def test_store_buffering_is_forbidden_with_the_rings_fence(litmus: Path, capsys)
     # AArch64's STLR->LDAR order and shows some (docs/ring.md, "Ordering").
     seqcst = forbidden_outcomes(litmus, "seqcst")
     with capsys.disabled():
-        print(f"\n  litmus SB on {os.uname().machine}: seq_cst store+load without a fence: "
-              f"{seqcst} forbidden outcomes in {LITMUS_ROUNDS * LITMUS_PAIRS:,} pairs")
+        print(
+            f"\n  litmus SB on {os.uname().machine}: seq_cst store+load without a fence: "
+            f"{seqcst} forbidden outcomes in {LITMUS_ROUNDS * LITMUS_PAIRS:,} pairs"
+        )
 
 
 def test_store_buffering_litmus_sees_the_reordering_it_looks_for(litmus: Path) -> None:

@@ -91,8 +91,11 @@ class Harness:
         self._note("exit", slot)
         # Before the slot is recycled: the process is reaped, and its doorbell and this
         # caller's resource are still there (what it rang before dying is taken now).
-        self.exit_saw_live_slot.append(slot.process is not None and slot.doorbell is not None
-                                       and self.stops[slot.index] is not None)
+        self.exit_saw_live_slot.append(
+            slot.process is not None
+            and slot.doorbell is not None
+            and self.stops[slot.index] is not None
+        )
         self.exit_codes[(slot.index, self.gen(slot))] = slot.process.exitcode
         self._take(slot)
         self.up.discard(slot.index)
@@ -117,8 +120,17 @@ class Harness:
         return t
 
     def supervisor(self, count: int, **options: Any) -> Supervisor:
-        return Supervisor(count, self.launch, child, self.on_wake, self.on_exit, self.release,
-                          name="test-child", on_launch_failure=self.on_launch_failure, **options)
+        return Supervisor(
+            count,
+            self.launch,
+            child,
+            self.on_wake,
+            self.on_exit,
+            self.release,
+            name="test-child",
+            on_launch_failure=self.on_launch_failure,
+            **options,
+        )
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
@@ -195,8 +207,13 @@ def test_supervisor_restarts_a_crashing_child_with_growing_backoff() -> None:
 @pytest.mark.parametrize("flag", ["slot.ready", "serving"])
 def test_supervisor_kills_a_ready_child_whose_heartbeat_stalls(flag: str) -> None:
     quiet_s, hang_s = 0.8, 0.3
-    h = Harness(1, lambda slot, gen: {"behaviour": "hang", "quiet_s": quiet_s} if gen == 0
-                else {"behaviour": "ring"}, own_flag=flag == "serving")
+    h = Harness(
+        1,
+        lambda slot, gen: (
+            {"behaviour": "hang", "quiet_s": quiet_s} if gen == 0 else {"behaviour": "ring"}
+        ),
+        own_flag=flag == "serving",
+    )
     options: dict[str, Any] = {"serving": h.serving} if h.own_flag else {}
     sup = h.supervisor(1, hang_s=hang_s, watch_s=0.05, backoff_s=(0.05,), **options)
 
@@ -205,8 +222,15 @@ def test_supervisor_kills_a_ready_child_whose_heartbeat_stalls(flag: str) -> Non
         await sup.stop(h.send_stop, deadline_s=30.0)
 
     run(lambda: supervised(sup, body))
-    assert h.of(0) == [("launch", 0), ("exit", 0), ("release", 0),
-                       ("launch", 1), ("stop", 1), ("exit", 1), ("release", 1)]
+    assert h.of(0) == [
+        ("launch", 0),
+        ("exit", 0),
+        ("release", 0),
+        ("launch", 1),
+        ("stop", 1),
+        ("exit", 1),
+        ("release", 1),
+    ]
     assert h.exit_codes == {(0, 0): KILLED, (0, 1): 0}
     assert sup.slots[0].restarts == 1
     assert h.rang == {(0, 0): 1, (0, 1): 1}
@@ -260,8 +284,12 @@ def test_supervisor_kill_ends_every_child_at_once_and_releases_for_abort() -> No
 def test_supervisor_retries_a_launch_that_raises_with_the_crash_backoff() -> None:
     backoff = (0.05, 0.1, 0.2, 0.4)
     fails = 3  # generations 1..3: launch raises (no fds, /dev/shm full, fork refused)
-    h = Harness(1, lambda slot, gen: {"behaviour": "crash" if gen == 0 else
-                                      "no-launch" if gen <= fails else "ring"})
+    h = Harness(
+        1,
+        lambda slot, gen: {
+            "behaviour": "crash" if gen == 0 else "no-launch" if gen <= fails else "ring"
+        },
+    )
     sup = h.supervisor(1, backoff_s=backoff)
 
     async def body() -> None:
@@ -272,8 +300,12 @@ def test_supervisor_retries_a_launch_that_raises_with_the_crash_backoff() -> Non
     expected = [("launch", 0), ("exit", 0), ("release", 0)]
     for gen in range(1, fails + 1):  # nothing to release: the launch raised
         expected += [("launch", gen), ("launch-failure", gen)]
-    expected += [("launch", fails + 1), ("stop", fails + 1), ("exit", fails + 1),
-                 ("release", fails + 1)]
+    expected += [
+        ("launch", fails + 1),
+        ("stop", fails + 1),
+        ("exit", fails + 1),
+        ("release", fails + 1),
+    ]
     assert h.of(0) == expected
     assert sup.slots[0].restarts == 1 and sup.slots[0].launch_failures == fails
     assert h.exit_codes == {(0, 0): CRASH_CODE, (0, fails + 1): 0}

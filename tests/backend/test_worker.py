@@ -18,8 +18,22 @@ def test_workers_split_a_cold_compile_and_are_ready_before_serving(tmp_path: Pat
     # numba prefers to every other cache location.
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0", "--workers", "2",
-         "--log-format", "json"], stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "fastext",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--log-format",
+            "json",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stderr is not None
     ready: list[dict[str, object]] = []
     serving = False

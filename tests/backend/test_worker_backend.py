@@ -32,8 +32,9 @@ from tests.helpers import owned_segments
 
 SCENARIO_S = 120.0  # spawns on a busy 2-core machine take a second or two each
 WAIT_S = 60.0
-SPEC = LaneSpec(FrameFormat(Encoding.RAW, PixelFormat.RGB24, 4, 4, 12), "brightness", {},
-                "client-file", 1 << 20)
+SPEC = LaneSpec(
+    FrameFormat(Encoding.RAW, PixelFormat.RGB24, 4, 4, 12), "brightness", {}, "client-file", 1 << 20
+)
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
@@ -58,8 +59,7 @@ class Run:
         self.delivered.append((token, list(results)))
 
 
-def scenario(tmp_path: Path, deaths: int,
-             body: Callable[[Run, Any], Any]) -> None:
+def scenario(tmp_path: Path, deaths: int, body: Callable[[Run, Any], Any]) -> None:
     async def main() -> None:
         segments = owned_segments(os.getpid())
         run = Run(Plan(str(tmp_path), deaths))
@@ -72,6 +72,7 @@ def scenario(tmp_path: Path, deaths: int,
             await run.backend.close()
             run.backend.abort()
         assert owned_segments(os.getpid()) == segments  # arena and every ring removed
+
     asyncio.run(asyncio.wait_for(main(), SCENARIO_S))
 
 

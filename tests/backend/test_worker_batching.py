@@ -12,15 +12,32 @@ from fastext.backend.worker import Worker, _Lane
 from fastext.models.repository import ModelInfo
 from fastext.processors import ModelProcessor
 
-DEFAULTS = (("iou", 0.45), ("max_detections", 100), ("softmax", False), ("threshold", 0.25),
-            ("top_k", 1))
+DEFAULTS = (
+    ("iou", 0.45),
+    ("max_detections", 100),
+    ("softmax", False),
+    ("threshold", 0.25),
+    ("top_k", 1),
+)
 
 
 def info(delay_ms: float, max_batch: int = 4) -> ModelInfo:
-    return ModelInfo(name="m", path="/nonexistent.onnx", kind="detect", input_name="images",
-                     width=32, height=32, layout="NCHW", dtype="float32", output_layout="yolov8",
-                     num_classes=3, labels=("red", "green", "blue"), max_batch=max_batch,
-                     max_queue_delay_ms=delay_ms, defaults=DEFAULTS)
+    return ModelInfo(
+        name="m",
+        path="/nonexistent.onnx",
+        kind="detect",
+        input_name="images",
+        width=32,
+        height=32,
+        layout="NCHW",
+        dtype="float32",
+        output_layout="yolov8",
+        num_classes=3,
+        labels=("red", "green", "blue"),
+        max_batch=max_batch,
+        max_queue_delay_ms=delay_ms,
+        defaults=DEFAULTS,
+    )
 
 
 class Ring:

@@ -28,8 +28,12 @@ W, H = 320, 240
 
 
 def stream_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastext", "stream", *args, "--quiet"],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fastext", "stream", *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def as_sent(index: int) -> np.ndarray:
@@ -57,8 +61,12 @@ def edge_points(box: tuple[float, float, float, float]) -> list[list[tuple[int, 
     def near(c: int, limit: int) -> range:
         return range(max(c - 1, 0), min(c + 2, limit))
 
-    return [[(x, ym) for x in near(x0, W)], [(x, ym) for x in near(x1, W)],
-            [(xm, y) for y in near(y0, H)], [(xm, y) for y in near(y1, H)]]
+    return [
+        [(x, ym) for x in near(x0, W)],
+        [(x, ym) for x in near(x1, W)],
+        [(xm, y) for y in near(y0, H)],
+        [(xm, y) for y in near(y1, H)],
+    ]
 
 
 def distance(a: np.ndarray, b: tuple[int, int, int]) -> float:
@@ -72,9 +80,25 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_annotate_png_folder_draws_each_box_where_the_jsonl_says(make_server, tmp_path):
     srv = make_server(workers=0)
     out, summary, folder = tmp_path / "r.jsonl", tmp_path / "s.json", tmp_path / "frames"
-    proc = stream_cli("synthetic:scene", "--target", srv.target, "--ext-config", MOTION,
-                      "--width", str(W), "--height", str(H), "--max-frames", "30",
-                      "--output", str(out), "--summary-json", str(summary), "--annotate", str(folder))
+    proc = stream_cli(
+        "synthetic:scene",
+        "--target",
+        srv.target,
+        "--ext-config",
+        MOTION,
+        "--width",
+        str(W),
+        "--height",
+        str(H),
+        "--max-frames",
+        "30",
+        "--output",
+        str(out),
+        "--summary-json",
+        str(summary),
+        "--annotate",
+        str(folder),
+    )
     assert proc.returncode == 0, proc.stderr
     acked = json.loads(summary.read_text())["acked"]
     lines = read_jsonl(out)
@@ -101,10 +125,27 @@ def test_annotate_video_per_stream_holds_every_acked_frame(make_server, tmp_path
     av = pytest.importorskip("av")
     srv = make_server(workers=0)
     out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
-    proc = stream_cli("synthetic:scene", "--target", srv.target, "--ext-config", MOTION,
-                      "--width", str(W), "--height", str(H), "--max-frames", "20", "--streams", "2",
-                      "--output", str(out), "--summary-json", str(summary),
-                      "--annotate", str(tmp_path / "a.mp4"))
+    proc = stream_cli(
+        "synthetic:scene",
+        "--target",
+        srv.target,
+        "--ext-config",
+        MOTION,
+        "--width",
+        str(W),
+        "--height",
+        str(H),
+        "--max-frames",
+        "20",
+        "--streams",
+        "2",
+        "--output",
+        str(out),
+        "--summary-json",
+        str(summary),
+        "--annotate",
+        str(tmp_path / "a.mp4"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(summary.read_text())["acked"] == 40
     lines = read_jsonl(out)
@@ -142,17 +183,24 @@ def _sample(*inferences: inf.Inference) -> extension_pb2.MediaSample:
 
 
 def _entity(label: str, l: float, t: float, w: float, h: float) -> inf.Inference:  # noqa: E741
-    return inf.Inference(type=inf.Inference.ENTITY, entity=inf.Entity(
-        tag=inf.Tag(value=label, confidence=0.9), box=inf.Rectangle(l=l, t=t, w=w, h=h)))
+    return inf.Inference(
+        type=inf.Inference.ENTITY,
+        entity=inf.Entity(
+            tag=inf.Tag(value=label, confidence=0.9), box=inf.Rectangle(l=l, t=t, w=w, h=h)
+        ),
+    )
 
 
 def test_draw_frame_outlines_labels_notes_and_leaves_the_input_alone():
     rgb = np.full((120, 160, 3), 128, np.uint8)
     before = rgb.copy()
-    tag = inf.Inference(type=inf.Inference.CLASSIFICATION,
-                        classification=inf.Classification(tag=inf.Tag(value="dark", confidence=1)))
-    image = np.asarray(draw_frame(rgb, [_entity("car", 0.5, 0.5, 0.25, 0.25), tag], stream=3,
-                                  timestamp=45000))
+    tag = inf.Inference(
+        type=inf.Inference.CLASSIFICATION,
+        classification=inf.Classification(tag=inf.Tag(value="dark", confidence=1)),
+    )
+    image = np.asarray(
+        draw_frame(rgb, [_entity("car", 0.5, 0.5, 0.25, 0.25), tag], stream=3, timestamp=45000)
+    )
     assert np.array_equal(rgb, before)
     assert tuple(image[60 + 15, 80]) == label_color("car")  # left edge, middle row
     assert tuple(image[60 + 15, 119]) == label_color("car")  # right edge: (0.5 + 0.25) * 160 - 1
@@ -229,7 +277,9 @@ def test_stream_figures_over_the_recent_span():
     figures = StreamFigures(span_s=5.0, clock=lambda: now[0])
     for i in range(100):  # one ack every 1/8 s (exact in binary), latencies 1..100 ms
         now[0] = 100.0 + i * 0.125
-        figures.record(latency_s=(i + 1) / 1000, types=["motion", "motion"] if i % 2 else ["entity"])
+        figures.record(
+            latency_s=(i + 1) / 1000, types=["motion", "motion"] if i % 2 else ["entity"]
+        )
     snap = figures.snapshot()  # at 112.375 the last 5 s hold acks 59..99: 41 acks
     assert snap["acked"] == 100
     assert snap["fps"] == 8.2
@@ -263,7 +313,9 @@ def test_annotator_reports_a_sink_that_fails_and_keeps_the_sender_going():
         return await annotator.finish()
 
     errors = asyncio.run(scenario())
-    assert errors == ["--annotate, stream 0: cannot write frame 0 ([Errno 28] No space left on device)"]
+    assert errors == [
+        "--annotate, stream 0: cannot write frame 0 ([Errno 28] No space left on device)"
+    ]
 
 
 def test_stream_figures_count_from_the_first_ack_not_from_start_up():

@@ -26,13 +26,19 @@ from fastext.client.synthetic import scene
 from tests.helpers import expected_dark_light
 from tests.minimal_server import MinimalServer
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "inference_metadata.schema.json").read_text())
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[1] / "inference_metadata.schema.json").read_text()
+)
 
 
 def stream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``fastext stream`` run to the end (bounded); ``.pid`` is the process it ran as."""
-    with subprocess.Popen([sys.executable, "-m", "fastext", "stream", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "fastext", "stream", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -62,8 +68,23 @@ def frame_index(line: dict) -> int:
 def test_stream_synthetic_dark_light_every_frame_tagged(make_server, tmp_path, shm):
     srv = make_server(workers=2)
     out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
-    args = ["synthetic:dark-light", "--target", srv.target, "--streams", "4", "--max-frames", "60",
-            "--width", "320", "--height", "240", "--output", str(out), "--summary-json", str(summary)]
+    args = [
+        "synthetic:dark-light",
+        "--target",
+        srv.target,
+        "--streams",
+        "4",
+        "--max-frames",
+        "60",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "--output",
+        str(out),
+        "--summary-json",
+        str(summary),
+    ]
     proc = stream(*args, *(["--shm"] if shm else []))
     assert proc.returncode == 0, proc.stderr
     got = lines(out)
@@ -84,14 +105,19 @@ def test_output_lines_match_the_metadata_schema(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     out = tmp_path / "r.jsonl"
     with MinimalServer() as srv:
-        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "5",
-                      "--output", str(out))
+        proc = stream(
+            "synthetic:noise", "--target", srv.target, "--max-frames", "5", "--output", str(out)
+        )
     assert proc.returncode == 0, proc.stderr
     validator = jsonschema.Draft202012Validator(SCHEMA)
     for line in lines(out):
         validator.validate(line)
-        assert line["inferences"][0]["entity"]["box"] == {"l": pytest.approx(0.1), "t": pytest.approx(0.2),
-                                                           "w": pytest.approx(0.3), "h": pytest.approx(0.4)}
+        assert line["inferences"][0]["entity"]["box"] == {
+            "l": pytest.approx(0.1),
+            "t": pytest.approx(0.2),
+            "w": pytest.approx(0.3),
+            "h": pytest.approx(0.4),
+        }
     bad = {"timestamp": 1, "inferences": [{"type": "entity", "entity": {"tag": {"value": "x"}}}]}
     assert not validator.is_valid(bad)  # an entity needs a box: the schema has teeth
     assert not validator.is_valid({"timestamp": 1, "inferences": []})
@@ -99,9 +125,24 @@ def test_output_lines_match_the_metadata_schema(tmp_path):
 
 def test_stream_against_an_independent_server_with_auth(tmp_path):
     with MinimalServer() as srv:
-        proc = stream("synthetic:gradient", "--target", srv.target, "--max-frames", "20",
-                      "--encoding", "jpg", "--width", "160", "--height", "120", "--shm",
-                      "--auth", "lva:s3cret", "--summary-json", str(tmp_path / "s.json"))
+        proc = stream(
+            "synthetic:gradient",
+            "--target",
+            srv.target,
+            "--max-frames",
+            "20",
+            "--encoding",
+            "jpg",
+            "--width",
+            "160",
+            "--height",
+            "120",
+            "--shm",
+            "--auth",
+            "lva:s3cret",
+            "--summary-json",
+            str(tmp_path / "s.json"),
+        )
         assert proc.returncode == 0, proc.stderr
         assert srv.samples == 20
         token = base64.b64encode(b"lva:s3cret").decode()
@@ -111,7 +152,9 @@ def test_stream_against_an_independent_server_with_auth(tmp_path):
 
 def test_exit_status_when_the_server_ends_the_call():
     with MinimalServer(abort_after=5) as srv:
-        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "50", "--window", "1")
+        proc = stream(
+            "synthetic:noise", "--target", srv.target, "--max-frames", "50", "--window", "1"
+        )
     assert proc.returncode == 1
     assert "ABORTED: minimal server: enough frames" in proc.stderr
 
@@ -137,20 +180,31 @@ def test_an_immediate_refusal_is_reported_with_its_own_status():
 @pytest.mark.parametrize("window", ["1", "8"])
 def test_exit_status_when_the_server_ends_the_call_early_with_ok(window):
     with MinimalServer(end_after=5) as srv:
-        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "50",
-                      "--window", window)
+        proc = stream(
+            "synthetic:noise", "--target", srv.target, "--max-frames", "50", "--window", window
+        )
     assert proc.returncode == 1
-    assert ("never acknowledged" in proc.stderr
-            or "before the client had sent them all" in proc.stderr
-            or "ended the call while frame" in proc.stderr), proc.stderr
+    assert (
+        "never acknowledged" in proc.stderr
+        or "before the client had sent them all" in proc.stderr
+        or "ended the call while frame" in proc.stderr
+    ), proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_exit_status_when_acks_stop():
     with MinimalServer(stall_after=3) as srv:
         started = time.monotonic()
-        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "20",
-                      "--ack-timeout", "1.5", "--shm")
+        proc = stream(
+            "synthetic:noise",
+            "--target",
+            srv.target,
+            "--max-frames",
+            "20",
+            "--ack-timeout",
+            "1.5",
+            "--shm",
+        )
         took = time.monotonic() - started
     assert proc.returncode == 1
     assert "no message from the server for 1.5 s" in proc.stderr
@@ -160,12 +214,28 @@ def test_exit_status_when_acks_stop():
 
 def test_sigterm_unlinks_the_shared_memory_file():
     with MinimalServer(stall_after=2) as srv:
-        proc = subprocess.Popen([sys.executable, "-m", "fastext", "stream", "synthetic:noise",
-                                 "--target", srv.target, "--shm", "--ack-timeout", "60"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fastext",
+                "stream",
+                "synthetic:noise",
+                "--target",
+                srv.target,
+                "--shm",
+                "--ack-timeout",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         mine = f"fastext_client_{proc.pid}_"
-        while time.monotonic() < deadline and not any(n.startswith(mine) for n in os.listdir("/dev/shm")):
+        while time.monotonic() < deadline and not any(
+            n.startswith(mine) for n in os.listdir("/dev/shm")
+        ):
             time.sleep(0.05)
         assert any(n.startswith(mine) for n in os.listdir("/dev/shm"))
         time.sleep(0.5)
@@ -182,7 +252,9 @@ def test_stream_a_real_video_file(make_server, tmp_path):
         video = container.add_stream("mpeg4", rate=30)
         video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
         for i in range(40):
-            frame = av.VideoFrame.from_ndarray(scene(320, 240, i, light=(i // 10) % 2 == 0), "rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                scene(320, 240, i, light=(i // 10) % 2 == 0), "rgb24"
+            )
             for packet in video.encode(frame):
                 container.mux(packet)
         for packet in video.encode():
@@ -198,8 +270,10 @@ def test_stream_a_real_video_file(make_server, tmp_path):
         assert tag == expected_dark_light(frame_index(line))
 
 
-@pytest.mark.parametrize(("scale", "size"), [("pad", (416, 416)), ("stretch", (416, 416)),
-                                             ("preserveAspectRatio", (416, 312))])
+@pytest.mark.parametrize(
+    ("scale", "size"),
+    [("pad", (416, 416)), ("stretch", (416, 416)), ("preserveAspectRatio", (416, 312))],
+)
 def test_image_node_scale_modes(scale, size):
     node = ImageNode(width=416, height=416, scale=scale)
     rgb = np.full((480, 640, 3), 200, np.uint8)
@@ -215,7 +289,9 @@ def test_image_node_scale_modes(scale, size):
 def test_image_node_encodings_and_one_sided_size():
     rgb = scene(64, 48, 0, light=True)
     assert ImageNode(width=32).output_size(64, 48) == (32, 24)
-    assert len(ImageNode(width=32, height=24, pixel_format=VF.BGRA).encode_frame(rgb)) == 32 * 24 * 4
+    assert (
+        len(ImageNode(width=32, height=24, pixel_format=VF.BGRA).encode_frame(rgb)) == 32 * 24 * 4
+    )
     assert ImageNode(encoding=VF.JPG).encode_frame(rgb)[:2] == b"\xff\xd8"
     assert ImageNode(encoding=VF.PNG).encode_frame(rgb)[:4] == b"\x89PNG"
 
@@ -239,8 +315,19 @@ def test_progress_line_on_a_terminal_only():
     import pty
 
     with MinimalServer() as srv:
-        args = [sys.executable, "-m", "fastext", "stream", "synthetic:noise", "--target",
-                srv.target, "--max-frames", "300", "--fps", "300"]
+        args = [
+            sys.executable,
+            "-m",
+            "fastext",
+            "stream",
+            "synthetic:noise",
+            "--target",
+            srv.target,
+            "--max-frames",
+            "300",
+            "--fps",
+            "300",
+        ]
         piped = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert piped.returncode == 0 and "in flight" not in piped.stderr
         main, sub = pty.openpty()
@@ -273,8 +360,16 @@ def _numbered_frames(count: int) -> list[bytes]:
 def test_reconnect_resends_unacked_frames_once(shm):
     frames = _numbered_frames(40)
     acks: collections.Counter = collections.Counter()
-    opts = StreamOptions(target="", width=4, height=4, shm=shm, window=16, reconnect=2,
-                         reconnect_backoff_s=0.01, on_ack=lambda key, _: acks.update([key]))
+    opts = StreamOptions(
+        target="",
+        width=4,
+        height=4,
+        shm=shm,
+        window=16,
+        reconnect=2,
+        reconnect_backoff_s=0.01,
+        on_ack=lambda key, _: acks.update([key]),
+    )
     with MinimalServer(lose_calls=2, lose_after=10) as srv:
         opts.target = srv.target
         result = asyncio.run(stream_frames(opts, frames))
@@ -282,7 +377,9 @@ def test_reconnect_resends_unacked_frames_once(shm):
     assert acks == {key: 1 for key in range(2, 42)}  # every frame reported once
     # Both lost calls ended as lost (UNAVAILABLE, or grpc's INTERNAL stand-in for it).
     assert [c.status == "OK" for c in result.calls] == [False, False, True]
-    assert [c.acked for c in result.calls[:2]] <= [5, 5] and sum(c.acked for c in result.calls) == 40
+    assert [c.acked for c in result.calls[:2]] <= [5, 5] and sum(
+        c.acked for c in result.calls
+    ) == 40
     # The server saw every frame; an ack it sent as the call died may never have
     # arrived, so that frame came again: at-least-once processing, acked once.
     acked = {ts for call in srv.acked for ts in call}
@@ -293,37 +390,57 @@ def test_reconnect_resends_unacked_frames_once(shm):
         assert call[0].HasField("media_stream_descriptor")
         for m in call[1:]:
             sample = m.media_sample
-            payload = (sample.content_reference.SerializeToString() if shm
-                       else sample.content_bytes.bytes)
+            payload = (
+                sample.content_reference.SerializeToString() if shm else sample.content_bytes.bytes
+            )
             assert first_payload.setdefault(sample.timestamp, payload) == payload  # same bytes/slot
     # A new call starts with the frames left unacknowledged, in order, then new ones.
     for k in (1, 2):
         stamps = [m.media_sample.timestamp for m in srv.calls[k][1:]]
-        head, rest = stamps[:result.calls[k].resent], stamps[result.calls[k].resent:]
+        head, rest = stamps[: result.calls[k].resent], stamps[result.calls[k].resent :]
         before = {m.media_sample.timestamp for call in srv.calls[:k] for m in call[1:]}
         # (a resent frame may be new to the server: written to a call that died unread)
         assert head == sorted(head) and not set(rest) & before
         assert not head or not rest or max(head) < min(rest)
-        read_not_acked = {m.media_sample.timestamp for m in srv.calls[k - 1][1:]} - set(srv.acked[k - 1])
+        read_not_acked = {m.media_sample.timestamp for m in srv.calls[k - 1][1:]} - set(
+            srv.acked[k - 1]
+        )
         assert read_not_acked <= set(head) or len(head) == len(stamps)
     assert result.resent >= 10 and result.resent == sum(c.resent for c in result.calls)
     if shm:  # the same file on every call, unlinked at the end
-        names = {c[0].media_stream_descriptor.shared_memory_buffer_transfer_properties.handle_name
-                 for c in srv.calls}
+        names = {
+            c[0].media_stream_descriptor.shared_memory_buffer_transfer_properties.handle_name
+            for c in srv.calls
+        }
         assert len(names) == 1 and not os.path.exists(f"/dev/shm/{names.pop()}")
 
 
 def test_reconnect_exit_status_when_the_reconnects_run_out(tmp_path):
     summary = tmp_path / "s.json"
     with MinimalServer(lose_calls=9, lose_after=4) as srv:
-        proc = stream("synthetic:noise", "--target", srv.target, "--max-frames", "30",
-                      "--width", "8", "--height", "8", "--reconnect", "2",
-                      "--summary-json", str(summary))
+        proc = stream(
+            "synthetic:noise",
+            "--target",
+            srv.target,
+            "--max-frames",
+            "30",
+            "--width",
+            "8",
+            "--height",
+            "8",
+            "--reconnect",
+            "2",
+            "--summary-json",
+            str(summary),
+        )
         calls = len(srv.calls)
     assert proc.returncode == 1
     # the last call's status: the server's, or grpc.aio's stand-in when a write raced it
-    assert re.search(r"(UNAVAILABLE: minimal server: going away|INTERNAL: Internal error from "
-                     r"Core) \(no reconnect left of 2; \d+ frames unacknowledged\)", proc.stderr)
+    assert re.search(
+        r"(UNAVAILABLE: minimal server: going away|INTERNAL: Internal error from "
+        r"Core) \(no reconnect left of 2; \d+ frames unacknowledged\)",
+        proc.stderr,
+    )
     report = json.loads(summary.read_text())
     assert calls == 3 and report["reconnects"] == 2 and report["resent"] >= 4
     assert [len(s["calls"]) for s in report["per_stream"]] == [3]
@@ -336,6 +453,7 @@ def test_slot_writer_reuse_writes_a_repeated_frame_once():
     frames = [bytes([k]) * 10 for k in range(3)]
     with SlotWriter(16, 4, reuse=True) as writer:
         with open(writer.path, "rb", buffering=0) as fh:
+
             def slot_holds(offset: int, data: bytes) -> bool:
                 return os.pread(fh.fileno(), len(data), offset) == data
 
@@ -400,12 +518,27 @@ def test_frames_are_stamped_at_fractional_rates_exactly():
     assert stamps == [round(i * 9_000_000 / 2997) for i in range(1773)]
 
 
-@pytest.mark.parametrize("fps, stamps", [("29.97", [0, 3003, 6006]), ("30000/1001", [0, 3003, 6006]),
-                                         ("0.5", [0, 180_000])])
+@pytest.mark.parametrize(
+    "fps, stamps",
+    [("29.97", [0, 3003, 6006]), ("30000/1001", [0, 3003, 6006]), ("0.5", [0, 180_000])],
+)
 def test_stream_command_stamps_at_its_fps(fps, stamps):
     with MinimalServer() as srv:
-        done = stream("synthetic:gradient", "--target", srv.target, "--fps", fps, "--max-frames",
-                      str(len(stamps)), "--width", "8", "--height", "8", "--ack-timeout", "20")
+        done = stream(
+            "synthetic:gradient",
+            "--target",
+            srv.target,
+            "--fps",
+            fps,
+            "--max-frames",
+            str(len(stamps)),
+            "--width",
+            "8",
+            "--height",
+            "8",
+            "--ack-timeout",
+            "20",
+        )
         sent = _sent_stamps(srv)
     assert done.returncode == 0, done.stderr
     assert sent == stamps

@@ -34,13 +34,33 @@ SKY = (150, 200, 250)  # synthetic:scene's sky (tests/../client/synthetic.py)
 
 
 @contextmanager
-def viewed_stream(target: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+def viewed_stream(
+    target: str, *args: str
+) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
     """``fastext stream synthetic:scene --view 127.0.0.1:0`` running; yields it, the page's URL
     and the lines of its stderr (complete once the context has exited)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastext", "stream", "synthetic:scene", "--target", target,
-         "--width", "320", "--height", "240", "--view", "127.0.0.1:0", "--quiet", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "fastext",
+            "stream",
+            "synthetic:scene",
+            "--target",
+            target,
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--view",
+            "127.0.0.1:0",
+            "--quiet",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     seen: list[str] = []
     assert proc.stderr is not None
@@ -76,7 +96,7 @@ def mjpeg_parts(response: object) -> Iterator[bytes]:
         if not line.startswith(b"--"):
             continue
         headers = {}
-        while (header := fp.readline().strip()):  # type: ignore[attr-defined]
+        while header := fp.readline().strip():  # type: ignore[attr-defined]
             name, _, value = header.decode().partition(":")
             headers[name.lower()] = value.strip()
         yield fp.read(int(headers["content-length"]))  # type: ignore[attr-defined]
@@ -89,14 +109,25 @@ def fetch(url: str) -> bytes:
 
 def screenshot(url: str, out: Path, profile: Path, size: tuple[int, int] = (800, 650)) -> None:
     assert CHROMIUM is not None
-    args = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}",
-            f"--screenshot={out}", f"--window-size={size[0]},{size[1]}",
-            # The page's <img> is an endless MJPEG response; Chromium counts the page loaded
-            # once the first part is shown and shoots then. --timeout only caps the wait.
-            "--timeout=15000", url]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its renderer and zygote die with it
+    args = [
+        CHROMIUM,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--screenshot={out}",
+        f"--window-size={size[0]},{size[1]}",
+        # The page's <img> is an endless MJPEG response; Chromium counts the page loaded
+        # once the first part is shown and shoots then. --timeout only caps the wait.
+        "--timeout=15000",
+        url,
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its renderer and zygote die with it
     try:
         output, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -110,12 +141,17 @@ def near(pixels: np.ndarray, color: tuple[int, int, int], tolerance: float) -> n
     return np.linalg.norm(pixels.astype(np.int32) - np.array(color), axis=-1) <= tolerance
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it "
-                    "when it runs as root: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (CI installs it "
+    "when it runs as root: apt-get install chromium)",
+)
 def test_view_page_in_headless_chromium_shows_the_frame_and_the_figures(tmp_path):
     shot = tmp_path / "view.png"
-    with MinimalServer() as srv, viewed_stream(srv.target, "--fps", "30",
-                                               "--max-frames", "9000") as (proc, url, err):
+    with (
+        MinimalServer() as srv,
+        viewed_stream(srv.target, "--fps", "30", "--max-frames", "9000") as (proc, url, err),
+    ):
         with urllib.request.urlopen(url + "stream/0.mjpg", timeout=30) as feed:
             parts = mjpeg_parts(feed)
             next(parts)  # the placeholder, or a frame
@@ -161,8 +197,11 @@ def frame_boxes(shot: Path, colors: list[tuple[int, int, int]]) -> list[tuple[in
     return boxes
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it "
-                    "when it runs as root: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (CI installs it "
+    "when it runs as root: apt-get install chromium)",
+)
 def test_view_lays_streams_out_in_a_grid_that_uses_a_wide_screen(tmp_path):
     colors = [(220, 40, 40), (40, 200, 40), (40, 80, 230), (230, 200, 30)]
     frames = [solid_jpeg(color) for color in colors]
@@ -197,8 +236,10 @@ def test_view_lays_streams_out_in_a_grid_that_uses_a_wide_screen(tmp_path):
 
 
 def test_view_ends_with_the_run_while_a_feed_is_open():
-    with MinimalServer() as srv, viewed_stream(srv.target, "--fps", "30",
-                                               "--max-frames", "45") as (proc, url, err):
+    with (
+        MinimalServer() as srv,
+        viewed_stream(srv.target, "--fps", "30", "--max-frames", "45") as (proc, url, err),
+    ):
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         with urllib.request.urlopen(url + "stream/0.mjpg", timeout=30) as feed:
             parts = mjpeg_parts(feed)
@@ -271,9 +312,20 @@ def test_view_plays_the_source_in_real_time_unless_told():
 def test_sigterm_mid_run_still_finishes_the_annotated_video(tmp_path):
     av = pytest.importorskip("av")
     video, out = tmp_path / "a.mp4", tmp_path / "r.jsonl"
-    with MinimalServer() as srv, viewed_stream(
-            srv.target, "--fps", "30", "--max-frames", "9000", "--annotate", str(video),
-            "--output", str(out)) as (proc, url, err):
+    with (
+        MinimalServer() as srv,
+        viewed_stream(
+            srv.target,
+            "--fps",
+            "30",
+            "--max-frames",
+            "9000",
+            "--annotate",
+            str(video),
+            "--output",
+            str(out),
+        ) as (proc, url, err),
+    ):
         with urllib.request.urlopen(url + "stream/0.mjpg", timeout=30) as feed:
             parts = mjpeg_parts(feed)
             next(parts)

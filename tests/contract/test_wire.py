@@ -31,6 +31,7 @@ FRAME = bytes(range(256)) * 2028  # 519,168 bytes: an embedded 416x416 RGB24 fra
 
 # -- an independent encoder, for shapes protobuf never emits (order, repeats) -------------
 
+
 def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -49,7 +50,9 @@ def lfield(number: int, payload: bytes) -> bytes:
 
 # -- the oracle ----------------------------------------------------------------------------
 
-Reading = tuple[int, int, int, object]  # seq, timestamp, kind, frame bytes | (offset, length) | None
+Reading = tuple[
+    int, int, int, object
+]  # seq, timestamp, kind, frame bytes | (offset, length) | None
 
 
 def _no_unknown(*messages: object) -> bool:
@@ -95,16 +98,23 @@ def native_reading(data: bytes) -> Reading | None:
     return seq, ts, kind, None
 
 
-def sample(seq: int = 0, ack: int = 0, ts: int = 0, *, content: bytes | None = None,
-           reference: tuple[int, int] | None = None,
-           inferences: list[inferencing_pb2.Inference] | None = None) -> bytes:
+def sample(
+    seq: int = 0,
+    ack: int = 0,
+    ts: int = 0,
+    *,
+    content: bytes | None = None,
+    reference: tuple[int, int] | None = None,
+    inferences: list[inferencing_pb2.Inference] | None = None,
+) -> bytes:
     """A sample message serialized by protobuf."""
     ms = MediaSample(timestamp=ts, inferences=inferences or [])
     if content is not None:
         ms.content_bytes.CopyFrom(ContentBytes(bytes=content))
     if reference is not None:
-        ms.content_reference.CopyFrom(ContentReference(address_offset=reference[0],
-                                                       length_bytes=reference[1]))
+        ms.content_reference.CopyFrom(
+            ContentReference(address_offset=reference[0], length_bytes=reference[1])
+        )
     return MSM(sequence_number=seq, ack_sequence_number=ack, media_sample=ms).SerializeToString()
 
 
@@ -136,6 +146,7 @@ def test_wire_native_module_is_built_from_current_sources() -> None:
 
 # -- parse: canonical shapes ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("data", CANONICAL, ids=range(len(CANONICAL)))
 def test_parse_sample_reads_what_protobuf_reads(data: bytes) -> None:
     expected = protobuf_reading(data)
@@ -145,8 +156,11 @@ def test_parse_sample_reads_what_protobuf_reads(data: bytes) -> None:
 
 def test_parse_sample_over_a_value_grid() -> None:
     for seq, ts, other in itertools.product(VALUES, VALUES, VALUES):
-        for data in (sample(seq, other, ts), sample(seq, 0, ts, content=varint(other)),
-                     sample(seq, other, ts, reference=(other, seq))):
+        for data in (
+            sample(seq, other, ts),
+            sample(seq, 0, ts, content=varint(other)),
+            sample(seq, other, ts, reference=(other, seq)),
+        ):
             expected = protobuf_reading(data)
             assert expected is not None and native_reading(data) == expected, data
 
@@ -157,14 +171,23 @@ def test_parse_sample_result_fields() -> None:
     assert got is not None
     seq, ts, kind, start, length = got
     assert (seq, ts, kind, data[start : start + length]) == (9, 90000, wire.CONTENT_BYTES, b"frame")
-    assert wire.parse_sample(sample(9, 4, 1, reference=(10, 20))) == (9, 1, wire.CONTENT_REFERENCE,
-                                                                      10, 20)
+    assert wire.parse_sample(sample(9, 4, 1, reference=(10, 20))) == (
+        9,
+        1,
+        wire.CONTENT_REFERENCE,
+        10,
+        20,
+    )
     assert wire.parse_sample(sample(9)) == (9, 0, wire.CONTENT_NONE, 0, 0)
     # The frame is not copied: the 519 KB frame's offset is its place in the message.
     got = wire.parse_sample(CANONICAL[5])
     assert got is not None
     start, length = got[3:]
-    assert length == len(FRAME) and CANONICAL[5].endswith(FRAME) and start == len(CANONICAL[5]) - length
+    assert (
+        length == len(FRAME)
+        and CANONICAL[5].endswith(FRAME)
+        and start == len(CANONICAL[5]) - length
+    )
 
 
 def test_parse_sample_accepts_any_bytes_like() -> None:
@@ -179,8 +202,14 @@ def test_parse_sample_accepts_any_bytes_like() -> None:
 def _orders() -> list[bytes]:
     """Canonical samples with fields in every order, and scalars repeated (last wins)."""
     ref = vfield(1, 70) + vfield(2, 80)
-    contents = [lfield(5, lfield(1, b"frame")), lfield(6, ref),
-                lfield(6, vfield(2, 80) + vfield(1, 70)), lfield(5, b""), lfield(6, b""), b""]
+    contents = [
+        lfield(5, lfield(1, b"frame")),
+        lfield(6, ref),
+        lfield(6, vfield(2, 80) + vfield(1, 70)),
+        lfield(5, b""),
+        lfield(6, b""),
+        b"",
+    ]
     out = []
     for content in contents:
         inner_fields = [vfield(1, 90000), content]
@@ -211,12 +240,13 @@ def test_parse_sample_any_field_order_and_repeated_scalars() -> None:
 
 # -- parse: everything else is None --------------------------------------------------------
 
+
 def _descriptor() -> bytes:
     return MSM(
         sequence_number=1,
         media_stream_descriptor=extension_pb2.MediaStreamDescriptor(
-            extension_identifier="x",
-            media_descriptor=media_pb2.MediaDescriptor(timescale=90000)),
+            extension_identifier="x", media_descriptor=media_pb2.MediaDescriptor(timescale=90000)
+        ),
     ).SerializeToString()
 
 
@@ -224,14 +254,23 @@ def _inferences() -> list[inferencing_pb2.Inference]:
     tag = inferencing_pb2.Tag(value="dark", confidence=1.0)
     box = inferencing_pb2.Rectangle(l=0.1, t=0.2, w=0.3, h=0.4)
     return [
-        inferencing_pb2.Inference(type=inferencing_pb2.Inference.CLASSIFICATION,
-                                  classification=inferencing_pb2.Classification(tag=tag)),
-        inferencing_pb2.Inference(type=inferencing_pb2.Inference.MOTION,
-                                  motion=inferencing_pb2.Motion(box=box), subtype="motion",
-                                  extensions={"k": "v", "é": "ü"}),
-        inferencing_pb2.Inference(type=inferencing_pb2.Inference.ENTITY, inference_id="e1",
-                                  entity=inferencing_pb2.Entity(tag=tag, box=box, id="7"),
-                                  related_inferences=["a", "b"], sequence_id="s"),
+        inferencing_pb2.Inference(
+            type=inferencing_pb2.Inference.CLASSIFICATION,
+            classification=inferencing_pb2.Classification(tag=tag),
+        ),
+        inferencing_pb2.Inference(
+            type=inferencing_pb2.Inference.MOTION,
+            motion=inferencing_pb2.Motion(box=box),
+            subtype="motion",
+            extensions={"k": "v", "é": "ü"},
+        ),
+        inferencing_pb2.Inference(
+            type=inferencing_pb2.Inference.ENTITY,
+            inference_id="e1",
+            entity=inferencing_pb2.Entity(tag=tag, box=box, id="7"),
+            related_inferences=["a", "b"],
+            sequence_id="s",
+        ),
     ]
 
 
@@ -314,11 +353,11 @@ def messages(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(0, max(len(data) - 1, 0)))
         byte = draw(st.integers(0, 255))
         if action == "flip" and data:
-            data = data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1:]
+            data = data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1 :]
         elif action == "insert":
             data = data[:at] + bytes([byte]) + data[at:]
         elif action == "delete":
-            data = data[:at] + data[at + 1:]
+            data = data[:at] + data[at + 1 :]
         elif action == "truncate":
             data = data[:at]
         else:
@@ -329,8 +368,13 @@ def messages(draw: st.DrawFn) -> bytes:
 # database=None: no .hypothesis/ folder (the ARM64 stage runs the suite as a user who
 # cannot write the checkout, and Hypothesis then warns, which the suite makes an error);
 # derandomize: the same examples in every run, so CI cannot pass and then fail by luck.
-@settings(max_examples=300, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.one_of(st.binary(max_size=64), messages()))
 def test_parse_sample_fuzz_agrees_with_protobuf_whenever_it_answers(data: bytes) -> None:
     got = native_reading(data)
@@ -339,6 +383,7 @@ def test_parse_sample_fuzz_agrees_with_protobuf_whenever_it_answers(data: bytes)
 
 
 # -- encode -------------------------------------------------------------------------------
+
 
 def serialized_inferences(inferences: list[inferencing_pb2.Inference]) -> bytes:
     """What a worker sends back for one frame (worker.py's _serialize).  Deterministic,
@@ -351,9 +396,11 @@ INFERENCE_LISTS = [[], _inferences()[:1], _inferences()]
 
 
 def protobuf_ack(seq: int, ack: int, ts: int, inferences: list[inferencing_pb2.Inference]) -> bytes:
-    return MSM(sequence_number=seq, ack_sequence_number=ack,
-               media_sample=MediaSample(timestamp=ts, inferences=inferences)
-               ).SerializeToString(deterministic=True)
+    return MSM(
+        sequence_number=seq,
+        ack_sequence_number=ack,
+        media_sample=MediaSample(timestamp=ts, inferences=inferences),
+    ).SerializeToString(deterministic=True)
 
 
 def test_encode_ack_equals_protobuf_over_a_value_grid() -> None:
@@ -389,12 +436,16 @@ def test_encode_acks_numbers_a_batch() -> None:
     blobs = [serialized_inferences(i) for i in INFERENCE_LISTS]
     acks = [(10 + i, 1000 * i, blob) for i, blob in enumerate(blobs)]
     got = wire.encode_acks(5, acks)
-    assert got == [protobuf_ack(5 + i, 10 + i, 1000 * i, inf) for i, inf in enumerate(INFERENCE_LISTS)]
+    assert got == [
+        protobuf_ack(5 + i, 10 + i, 1000 * i, inf) for i, inf in enumerate(INFERENCE_LISTS)
+    ]
     assert wire.encode_acks(5, tuple(acks)) == got
     assert wire.encode_acks(1, []) == []
     assert wire.encode_acks(U64, [(1, 2, b"")]) == [protobuf_ack(U64, 1, 2, [])]
-    assert wire.encode_acks(U64 - 1, [(1, 2, b"")] * 2) == [protobuf_ack(U64 - 1, 1, 2, []),
-                                                            protobuf_ack(U64, 1, 2, [])]
+    assert wire.encode_acks(U64 - 1, [(1, 2, b"")] * 2) == [
+        protobuf_ack(U64 - 1, 1, 2, []),
+        protobuf_ack(U64, 1, 2, []),
+    ]
 
 
 @pytest.mark.parametrize("bad", [-1, 2**64, -(2**64), 2**100])
@@ -442,5 +493,9 @@ def test_encode_acks_survives_a_list_changed_while_it_reads() -> None:
 def test_encoded_ack_round_trips_through_protobuf() -> None:
     blob = serialized_inferences(_inferences())
     msg = MSM.FromString(wire.encode_ack(U64, 7, 2**40, blob))
-    assert (msg.sequence_number, msg.ack_sequence_number, msg.media_sample.timestamp) == (U64, 7, 2**40)
+    assert (msg.sequence_number, msg.ack_sequence_number, msg.media_sample.timestamp) == (
+        U64,
+        7,
+        2**40,
+    )
     assert list(msg.media_sample.inferences) == _inferences()

@@ -16,8 +16,11 @@ from tests.helpers import owned_segments, start_server
 HERE = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("extra", [(), ("--batch-size", "4"), ("--workers", "0")],
-                         ids=["workers-default", "batch4", "inline"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--batch-size", "4"), ("--workers", "0")],
+    ids=["workers-default", "batch4", "inline"],
+)
 def test_serve_passes_conformance_and_stops_cleanly(extra):
     proc, port = start_server(*extra)
     try:
@@ -39,8 +42,12 @@ def test_serve_passes_conformance_and_stops_cleanly(extra):
 def test_conformance_script_runs_standalone():
     proc, port = start_server()
     try:
-        out = subprocess.run([sys.executable, str(HERE / "conformance.py"), f"127.0.0.1:{port}"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, str(HERE / "conformance.py"), f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

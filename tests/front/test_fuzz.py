@@ -42,17 +42,31 @@ Msg = extension_pb2.MediaStreamMessage
 W, H = 16, 8
 FRAME = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
 SHM_SIZE = 1 << 16
-ALLOWED = {"OK", "INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND",
-           "PERMISSION_DENIED"}
+ALLOWED = {
+    "OK",
+    "INVALID_ARGUMENT",
+    "OUT_OF_RANGE",
+    "FAILED_PRECONDITION",
+    "NOT_FOUND",
+    "PERMISSION_DENIED",
+}
 FUZZ_EXAMPLES = 50
 CALL_TIMEOUT_S = 15.0
 ANSWER_WAIT_S = 5.0
 U32 = (0, 1, 2, 2**31, 2**32 - 1)
 U64 = (0, 1, 2**32 - 1, 2**63, 2**64 - 1)
 # derandomize: the same examples on every run, so a failure reproduces and CI is stable.
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 
 
 # -- the server and its shared memory ----------------------------------------------------
@@ -101,8 +115,9 @@ async def _call(target: str, messages: list[bytes], lockstep: bool = True) -> En
     call the server must end itself, at its last message."""
     ending = Ending()
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.stream_stream(METHOD_PATH, request_serializer=bytes,
-                                     response_deserializer=Msg.FromString)(timeout=CALL_TIMEOUT_S)
+        call = channel.stream_stream(
+            METHOD_PATH, request_serializer=bytes, response_deserializer=Msg.FromString
+        )(timeout=CALL_TIMEOUT_S)
         status = _FirstStatus(call)
         answered = asyncio.Event()
 
@@ -137,8 +152,9 @@ async def _call(target: str, messages: list[bytes], lockstep: bool = True) -> En
     return ending
 
 
-def run_call(loop: asyncio.AbstractEventLoop, target: str, messages: list[bytes],
-             lockstep: bool = True) -> Ending:
+def run_call(
+    loop: asyncio.AbstractEventLoop, target: str, messages: list[bytes], lockstep: bool = True
+) -> Ending:
     return loop.run_until_complete(_call(target, messages, lockstep))
 
 
@@ -187,8 +203,7 @@ def expected_stream(sent: list[bytes]) -> tuple[list[int], int | None]:
 
 
 def assert_alive(loop: asyncio.AbstractEventLoop, srv: RunningServer) -> None:
-    msgs = [descriptor(W, H).SerializeToString(),
-            wire.sample_message(2, 0, 3000, content=FRAME)]
+    msgs = [descriptor(W, H).SerializeToString(), wire.sample_message(2, 0, 3000, content=FRAME)]
     ending = run_call(loop, srv.target, msgs)
     assert ending.code == "OK", ending.details
     assert ending.acks == [2] and tags(ending.replies[1]) == ["light"]
@@ -206,8 +221,12 @@ def sample_bytes(seq: int, kind: int, offset: int = 0, length: int = len(FRAME))
     return wire.sample_message(seq, 0, timestamp, content=b"")
 
 
-VALID_PIECES = [descriptor(W, H).SerializeToString(), sample_bytes(2, 0), sample_bytes(3, 1),
-                descriptor(W, H, shm=("x", SHM_SIZE), config='{"threshold": 3}').SerializeToString()]
+VALID_PIECES = [
+    descriptor(W, H).SerializeToString(),
+    sample_bytes(2, 0),
+    sample_bytes(3, 1),
+    descriptor(W, H, shm=("x", SHM_SIZE), config='{"threshold": 3}').SerializeToString(),
+]
 
 
 @st.composite
@@ -279,15 +298,46 @@ def test_fuzz_corrupt_first_message_is_invalid_argument(loop, fuzz_server):
     assert_alive(loop, fuzz_server)
 
 
-HANDLES = ["", ".", "..", "a/b", "/etc/passwd", "../etc/passwd", "a\x00b", "x" * 300,
-           "é" * 200, "кадр", "fastext_fuzz_missing", "\\", " ", "\n", "%s%n"]
-CONFIGS = ["", "{broken", "[]", "1", '"s"', "null", '{"processor": "nope"}',
-           '{"processor": 7}', '{"threshold": "x"}', '{"threshold": 1e400}',
-           '{"threshold": NaN}', '{"threshold": ' + "9" * 5000 + "}",
-           '{"processor": "motion", "sensitivity": -1}', '{"": 1}',
-           "[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000,
-           '{"processor": "' + "p" * 300_000 + '"}', '{"' + "k" * 300_000 + '": 1}',
-           '{"threshold": "' + "t" * 300_000 + '"}', "\x00", "{}" * 1000]
+HANDLES = [
+    "",
+    ".",
+    "..",
+    "a/b",
+    "/etc/passwd",
+    "../etc/passwd",
+    "a\x00b",
+    "x" * 300,
+    "é" * 200,
+    "кадр",
+    "fastext_fuzz_missing",
+    "\\",
+    " ",
+    "\n",
+    "%s%n",
+]
+CONFIGS = [
+    "",
+    "{broken",
+    "[]",
+    "1",
+    '"s"',
+    "null",
+    '{"processor": "nope"}',
+    '{"processor": 7}',
+    '{"threshold": "x"}',
+    '{"threshold": 1e400}',
+    '{"threshold": NaN}',
+    '{"threshold": ' + "9" * 5000 + "}",
+    '{"processor": "motion", "sensitivity": -1}',
+    '{"": 1}',
+    "[" * 100_000 + "]" * 100_000,
+    '{"a": ' * 50_000 + "1" + "}" * 50_000,
+    '{"processor": "' + "p" * 300_000 + '"}',
+    '{"' + "k" * 300_000 + '": 1}',
+    '{"threshold": "' + "t" * 300_000 + '"}',
+    "\x00",
+    "{}" * 1000,
+]
 
 
 def either(draw: st.DrawFn, good: st.SearchStrategy, bad: st.SearchStrategy) -> object:
@@ -298,9 +348,13 @@ def either(draw: st.DrawFn, good: st.SearchStrategy, bad: st.SearchStrategy) -> 
 
 @st.composite
 def hostile_descriptor(draw: st.DrawFn, shm: str, link: str) -> bytes:
-    desc = extension_pb2.MediaStreamDescriptor(extension_configuration=either(
-        draw, st.sampled_from(["", '{"threshold": 3}', '{"processor": "motion"}']),
-        st.one_of(st.sampled_from(CONFIGS), st.text(max_size=40))))
+    desc = extension_pb2.MediaStreamDescriptor(
+        extension_configuration=either(
+            draw,
+            st.sampled_from(["", '{"threshold": 3}', '{"processor": "motion"}']),
+            st.one_of(st.sampled_from(CONFIGS), st.text(max_size=40)),
+        )
+    )
     if draw(st.booleans()):
         desc.graph_identifier.graph_instance_name = draw(st.text(max_size=20))
     else:
@@ -309,24 +363,37 @@ def hostile_descriptor(draw: st.DrawFn, shm: str, link: str) -> bytes:
     media.timescale = draw(st.sampled_from(U32))
     if draw(st.integers(0, 9)):  # one in ten has no video_frame_sample_format
         fmt = media.video_frame_sample_format
-        fmt.encoding = either(draw, st.sampled_from([VF.RAW, VF.JPG, VF.PNG, VF.BMP]),
-                              st.sampled_from([4, 2**31 - 1, -1]))
-        fmt.pixel_format = either(draw, st.sampled_from([VF.RGB24, VF.BGRA, VF.YUV420P]),
-                                  st.one_of(st.sampled_from(list(VF.PixelFormat.values())),
-                                            st.integers(-2, 100), st.just(2**31 - 1)))
+        fmt.encoding = either(
+            draw,
+            st.sampled_from([VF.RAW, VF.JPG, VF.PNG, VF.BMP]),
+            st.sampled_from([4, 2**31 - 1, -1]),
+        )
+        fmt.pixel_format = either(
+            draw,
+            st.sampled_from([VF.RGB24, VF.BGRA, VF.YUV420P]),
+            st.one_of(
+                st.sampled_from(list(VF.PixelFormat.values())),
+                st.integers(-2, 100),
+                st.just(2**31 - 1),
+            ),
+        )
         size = st.sampled_from(U32 + (16384, 16385))
         fmt.dimensions.width = either(draw, st.just(W), size)
         fmt.dimensions.height = either(draw, st.just(H), size)
         fmt.stride_bytes = either(draw, st.sampled_from([0, W * 4]), st.sampled_from(U32))
     if draw(st.booleans()):
         props = desc.shared_memory_buffer_transfer_properties
-        props.handle_name = either(draw, st.just(shm), st.one_of(
-            st.sampled_from(HANDLES + [link]), st.text(max_size=20)))
-        props.length_bytes = either(draw, st.just(SHM_SIZE),
-                                    st.sampled_from(U64 + (SHM_SIZE + 1, len(FRAME) - 1)))
-    return Msg(sequence_number=draw(st.sampled_from(U64)),
-               ack_sequence_number=draw(st.sampled_from(U64)),
-               media_stream_descriptor=desc).SerializeToString()
+        props.handle_name = either(
+            draw, st.just(shm), st.one_of(st.sampled_from(HANDLES + [link]), st.text(max_size=20))
+        )
+        props.length_bytes = either(
+            draw, st.just(SHM_SIZE), st.sampled_from(U64 + (SHM_SIZE + 1, len(FRAME) - 1))
+        )
+    return Msg(
+        sequence_number=draw(st.sampled_from(U64)),
+        ack_sequence_number=draw(st.sampled_from(U64)),
+        media_stream_descriptor=desc,
+    ).SerializeToString()
 
 
 @pytest.fixture(scope="module")
@@ -345,8 +412,9 @@ def test_fuzz_hostile_descriptors_get_a_clear_status(loop, fuzz_server, shm_name
     @given(hostile_descriptor(shm_name, shm_link), st.integers(0, 3))
     def one(first: bytes, samples: int) -> None:
         seq0 = Msg.FromString(first).sequence_number
-        sent = [first] + [sample_bytes(seq0 + i, i % 3) for i in range(1, samples + 1)
-                          if seq0 + i < 2**64]
+        sent = [first] + [
+            sample_bytes(seq0 + i, i % 3) for i in range(1, samples + 1) if seq0 + i < 2**64
+        ]
         ending = run_call(loop, fuzz_server.target, sent)
         check_ending(ending, sent)
         if ending.code == "OK":
@@ -361,18 +429,39 @@ def test_fuzz_hostile_descriptors_get_a_clear_status(loop, fuzz_server, shm_name
 
 
 def test_fuzz_references_out_of_bounds_are_acked(loop, fuzz_server, shm_name):
-    extreme = st.one_of(st.sampled_from(U64 + (SHM_SIZE, SHM_SIZE - 1, SHM_SIZE + 1,
-                                               SHM_SIZE - len(FRAME), SHM_SIZE - len(FRAME) + 1,
-                                               len(FRAME), len(FRAME) - 1, len(FRAME) + 1)),
-                        st.integers(0, SHM_SIZE * 2))
+    extreme = st.one_of(
+        st.sampled_from(
+            U64
+            + (
+                SHM_SIZE,
+                SHM_SIZE - 1,
+                SHM_SIZE + 1,
+                SHM_SIZE - len(FRAME),
+                SHM_SIZE - len(FRAME) + 1,
+                len(FRAME),
+                len(FRAME) - 1,
+                len(FRAME) + 1,
+            )
+        ),
+        st.integers(0, SHM_SIZE * 2),
+    )
 
     @FUZZ
-    @given(st.lists(st.tuples(extreme, extreme), min_size=1, max_size=6),
-           st.sampled_from([VF.RAW, VF.JPG]))
+    @given(
+        st.lists(st.tuples(extreme, extreme), min_size=1, max_size=6),
+        st.sampled_from([VF.RAW, VF.JPG]),
+    )
     def one(refs: list[tuple[int, int]], encoding: int) -> None:
-        first = descriptor(W, H, encoding=encoding, pixel_format=VF.RGB24 if encoding == VF.RAW
-                           else VF.NONE, shm=(shm_name, SHM_SIZE)).SerializeToString()
-        sent = [first] + [sample_bytes(i + 2, 1, off, length) for i, (off, length) in enumerate(refs)]
+        first = descriptor(
+            W,
+            H,
+            encoding=encoding,
+            pixel_format=VF.RGB24 if encoding == VF.RAW else VF.NONE,
+            shm=(shm_name, SHM_SIZE),
+        ).SerializeToString()
+        sent = [first] + [
+            sample_bytes(i + 2, 1, off, length) for i, (off, length) in enumerate(refs)
+        ]
         ending = run_call(loop, fuzz_server.target, sent)
         check_ending(ending, sent)
         assert ending.code == "OK", ending.details
@@ -391,7 +480,9 @@ def test_fuzz_references_out_of_bounds_are_acked(loop, fuzz_server, shm_name):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[:12]!r}x{len(c)}")
 def test_fuzz_hostile_configuration_gets_a_clear_short_status(loop, fuzz_server, config):
-    ending = run_call(loop, fuzz_server.target, [descriptor(W, H, config=config).SerializeToString()])
+    ending = run_call(
+        loop, fuzz_server.target, [descriptor(W, H, config=config).SerializeToString()]
+    )
     check_ending(ending, [])
     assert ending.code in ("OK", "INVALID_ARGUMENT"), ending.details
     assert (ending.code == "OK") == (config in ("", '{"threshold": 3}'))
@@ -401,16 +492,18 @@ def test_fuzz_hostile_configuration_gets_a_clear_short_status(loop, fuzz_server,
 @pytest.mark.parametrize("handle", HANDLES + ["LINK"], ids=repr)
 def test_fuzz_hostile_handle_gets_a_clear_status(loop, fuzz_server, shm_link, handle):
     handle = shm_link if handle == "LINK" else handle
-    ending = run_call(loop, fuzz_server.target,
-                      [descriptor(W, H, shm=(handle, SHM_SIZE)).SerializeToString()])
+    ending = run_call(
+        loop, fuzz_server.target, [descriptor(W, H, shm=(handle, SHM_SIZE)).SerializeToString()]
+    )
     check_ending(ending, [])
     assert ending.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION"), ending.details
     assert "handle_name" in ending.details or "shared memory" in ending.details
 
 
 @pytest.mark.parametrize(("workers", "overload"), [(0, "block"), (1, "block"), (0, "drop")])
-def test_corrupt_message_ends_call_after_acks_of_frames_in_flight(loop, make_server, workers,
-                                                                  overload):
+def test_corrupt_message_ends_call_after_acks_of_frames_in_flight(
+    loop, make_server, workers, overload
+):
     # Frames 2..4 wait in a partial batch (2 s delay) when message 5 arrives corrupt: they
     # are processed and acked at once, then the call ends naming message 5.
     srv = make_server(workers=workers, batch_size=8, batch_delay_ms=2000.0, overload=overload)

@@ -48,7 +48,8 @@ class SlowBackend(InlineBackend):
 async def status(port: int, service: str = "") -> str:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5)
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
@@ -82,23 +83,45 @@ async def _transitions() -> list[str]:
 
 
 def test_health_transitions():
-    assert asyncio.run(_transitions()) == ["NOT_SERVING", "NOT_SERVING", "SERVING", "SERVING",
-                                           "NOT_SERVING"]
+    assert asyncio.run(_transitions()) == [
+        "NOT_SERVING",
+        "NOT_SERVING",
+        "SERVING",
+        "SERVING",
+        "NOT_SERVING",
+    ]
 
 
 def test_health_command_exit_codes():
-    proc, port = start_server("--workers", "1", "--auth-username", "lva",
-                              env={"FASTEXT_AUTH_PASSWORD": "x"})
+    proc, port = start_server(
+        "--workers", "1", "--auth-username", "lva", env={"FASTEXT_AUTH_PASSWORD": "x"}
+    )
     try:
-        ok = subprocess.run([sys.executable, "-m", "fastext", "health", "--target",
-                             f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        ok = subprocess.run(
+            [sys.executable, "-m", "fastext", "health", "--target", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"  # exempt from auth
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
-    gone = subprocess.run([sys.executable, "-m", "fastext", "health", "--target",
-                           f"127.0.0.1:{port}", "--timeout", "1"], capture_output=True, text=True,
-                          timeout=60)
+    gone = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastext",
+            "health",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert gone.returncode == 1 and gone.stdout.startswith("UNREACHABLE")
 
 
@@ -120,8 +143,9 @@ def _tls_env(setting: str, directory: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("setting", ["plaintext", "tls", "mutual-tls"])
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_image_health_check_passes_in_every_security_setting(dockerfile: Path, setting: str,
-                                                             tmp_path: Path) -> None:
+def test_image_health_check_passes_in_every_security_setting(
+    dockerfile: Path, setting: str, tmp_path: Path
+) -> None:
     # The image as its Dockerfile states it: its ENV (ports 5001 and 5002 included, in a
     # network namespace of the test's own), its entry point and its HEALTHCHECK's command
     # line, word for word; TLS turned on the way docs/deploy.md says, with FASTEXT_TLS_*.
@@ -133,10 +157,18 @@ def test_image_health_check_passes_in_every_security_setting(dockerfile: Path, s
     with private_network() as netns:
         proc, port = start_server(env=env, bind=None, prefix=netns)
         try:
-            check = subprocess.run([*netns, *fastext, *image.healthcheck[1:]], capture_output=True,
-                                   text=True, timeout=60)
-            main = subprocess.run([*netns, *fastext, "health", "--target", f"127.0.0.1:{port}",
-                                   "--timeout", "2"], capture_output=True, text=True, timeout=60)
+            check = subprocess.run(
+                [*netns, *fastext, *image.healthcheck[1:]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            main = subprocess.run(
+                [*netns, *fastext, "health", "--target", f"127.0.0.1:{port}", "--timeout", "2"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         finally:
             log = stop_server(proc)
     assert port == parse_bind(env["FASTEXT_BIND"])[1]
@@ -153,8 +185,14 @@ async def _on_health_port(directory: Path) -> dict[str, object]:
     seen: dict[str, object] = {}
     cert, key = make_leaf(directory, make_ca(directory, "ca"), "localhost", server=True)
     backend = SlowBackend()
-    config = Config(bind="127.0.0.1:0", workers=0, health_port=free_port(), tls_cert=str(cert),
-                    tls_key=str(key), tls_client_ca=str(make_ca(directory, "clients")[2]))
+    config = Config(
+        bind="127.0.0.1:0",
+        workers=0,
+        health_port=free_port(),
+        tls_cert=str(cert),
+        tls_key=str(key),
+        tls_client_ca=str(make_ca(directory, "clients")[2]),
+    )
     server = ExtensionServer(config, backend=backend)
     starting = asyncio.create_task(server.start())
     for _ in range(500):  # bound, not yet warm
@@ -167,8 +205,10 @@ async def _on_health_port(directory: Path) -> dict[str, object]:
         await asyncio.sleep(0.01)
     backend.release.set()
     await starting
-    seen["serving"] = (await status(server.health_port), await status(server.health_port,
-                                                                       SERVICE_NAME))
+    seen["serving"] = (
+        await status(server.health_port),
+        await status(server.health_port, SERVICE_NAME),
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
         call = channel.stream_stream(METHOD_PATH)(metadata=None)
         try:
@@ -194,9 +234,13 @@ async def _on_health_port(directory: Path) -> dict[str, object]:
 
 def test_health_port_is_plaintext_health_only_and_follows_the_server(tmp_path: Path) -> None:
     seen = asyncio.run(_on_health_port(tmp_path))
-    assert seen == {"warming": "NOT_SERVING", "serving": ("SERVING", "SERVING"),
-                    "media": "UNIMPLEMENTED",  # the extension never without the main port's TLS
-                    "draining": "NOT_SERVING", "stopped": "UNAVAILABLE"}
+    assert seen == {
+        "warming": "NOT_SERVING",
+        "serving": ("SERVING", "SERVING"),
+        "media": "UNIMPLEMENTED",  # the extension never without the main port's TLS
+        "draining": "NOT_SERVING",
+        "stopped": "UNAVAILABLE",
+    }
 
 
 def test_health_port_must_differ_from_the_bind_port_and_be_free() -> None:
@@ -208,8 +252,9 @@ def test_health_port_must_differ_from_the_bind_port_and_be_free() -> None:
     async def taken() -> str:
         first = ExtensionServer(Config(bind="127.0.0.1:0", workers=0, health_port=free_port()))
         await first.start()
-        second = ExtensionServer(Config(bind="127.0.0.1:0", workers=0,
-                                        health_port=first.health_port))
+        second = ExtensionServer(
+            Config(bind="127.0.0.1:0", workers=0, health_port=first.health_port)
+        )
         try:
             await second.start()
         except ConfigError as exc:

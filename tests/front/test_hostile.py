@@ -37,23 +37,33 @@ def assert_alive(server) -> None:
     assert code == grpc.StatusCode.OK and tags(replies[1]) == ["light"]
 
 
-@pytest.mark.parametrize(("msg", "code", "needle"), [
-    (descriptor(0, 48), "OUT_OF_RANGE", "width"),
-    (descriptor(64, 0), "OUT_OF_RANGE", "height"),
-    (descriptor(16385, 48), "OUT_OF_RANGE", "16384"),
-    (descriptor(64, 2**31), "OUT_OF_RANGE", "height"),
-    (descriptor(64, 48, stride=100), "INVALID_ARGUMENT", "stride_bytes 100"),
-    (descriptor(64, 48, pixel_format=VF.NONE), "INVALID_ARGUMENT", "pixel_format"),
-    (descriptor(64, 48, pixel_format=59), "INVALID_ARGUMENT", "unknown pixel_format value 59"),
-    (descriptor(64, 48, encoding=9), "INVALID_ARGUMENT", "unknown encoding value 9"),
-    (descriptor(64, 48, config='{"processor": "nope"}'), "INVALID_ARGUMENT", "unknown processor 'nope'"),
-    (descriptor(64, 48, config="{broken"), "INVALID_ARGUMENT", "not JSON"),
-    (descriptor(64, 48, config='{"threshold": "x"}'), "INVALID_ARGUMENT", "threshold"),
-    (Msg(sequence_number=1, media_stream_descriptor=extension_pb2.MediaStreamDescriptor()),
-     "INVALID_ARGUMENT", "video_frame_sample_format"),
-    (embedded(1, b"x" * FRAME), "INVALID_ARGUMENT", "first message"),
-    (Msg(sequence_number=1), "INVALID_ARGUMENT", "first message"),
-])
+@pytest.mark.parametrize(
+    ("msg", "code", "needle"),
+    [
+        (descriptor(0, 48), "OUT_OF_RANGE", "width"),
+        (descriptor(64, 0), "OUT_OF_RANGE", "height"),
+        (descriptor(16385, 48), "OUT_OF_RANGE", "16384"),
+        (descriptor(64, 2**31), "OUT_OF_RANGE", "height"),
+        (descriptor(64, 48, stride=100), "INVALID_ARGUMENT", "stride_bytes 100"),
+        (descriptor(64, 48, pixel_format=VF.NONE), "INVALID_ARGUMENT", "pixel_format"),
+        (descriptor(64, 48, pixel_format=59), "INVALID_ARGUMENT", "unknown pixel_format value 59"),
+        (descriptor(64, 48, encoding=9), "INVALID_ARGUMENT", "unknown encoding value 9"),
+        (
+            descriptor(64, 48, config='{"processor": "nope"}'),
+            "INVALID_ARGUMENT",
+            "unknown processor 'nope'",
+        ),
+        (descriptor(64, 48, config="{broken"), "INVALID_ARGUMENT", "not JSON"),
+        (descriptor(64, 48, config='{"threshold": "x"}'), "INVALID_ARGUMENT", "threshold"),
+        (
+            Msg(sequence_number=1, media_stream_descriptor=extension_pb2.MediaStreamDescriptor()),
+            "INVALID_ARGUMENT",
+            "video_frame_sample_format",
+        ),
+        (embedded(1, b"x" * FRAME), "INVALID_ARGUMENT", "first message"),
+        (Msg(sequence_number=1), "INVALID_ARGUMENT", "first message"),
+    ],
+)
 def test_bad_descriptor_status(server, msg, code, needle):
     replies, status, details = exchange(server.target, [msg])
     assert status.name == code and needle in details
@@ -61,13 +71,16 @@ def test_bad_descriptor_status(server, msg, code, needle):
     assert_alive(server)
 
 
-@pytest.mark.parametrize(("handle", "needle"), [
-    ("../etc/passwd", "plain file name"),
-    ("a/b", "plain file name"),
-    ("..", "plain file name"),
-    ("", "empty"),
-    ("fastext_test_missing_handle", "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("handle", "needle"),
+    [
+        ("../etc/passwd", "plain file name"),
+        ("a/b", "plain file name"),
+        ("..", "plain file name"),
+        ("", "empty"),
+        ("fastext_test_missing_handle", "does not exist"),
+    ],
+)
 def test_bad_handle_names(server, handle, needle):
     msg = descriptor(W, H, shm=(handle, 1 << 20))
     _, status, details = exchange(server.target, [msg])
@@ -172,7 +185,9 @@ def test_second_descriptor_mid_stream(server):
     frame = to_pixel_format(solid(AZURE, W, H), VF.RGB24)
     msgs = [descriptor(W, H), embedded(2, frame), descriptor(W, H, seq=3), embedded(4, frame)]
     replies, status, details = exchange(server.target, msgs)
-    assert status == grpc.StatusCode.INVALID_ARGUMENT and "second media_stream_descriptor" in details
+    assert (
+        status == grpc.StatusCode.INVALID_ARGUMENT and "second media_stream_descriptor" in details
+    )
     # what was read before the violation is still acknowledged
     assert [r.ack_sequence_number for r in replies] == [1, 2] and tags(replies[1]) == ["dark"]
 
@@ -230,8 +245,9 @@ def _mapped(path: str) -> bool:
 
 def test_shared_memory_unmapped_after_session(server, shm_file):
     name, path = shm_file(FRAME, to_pixel_format(solid(ORANGE, W, H), VF.RGB24))
-    replies, status, _ = exchange(server.target, [descriptor(W, H, shm=(name, FRAME)),
-                                                  referenced(2, 0, FRAME)])
+    replies, status, _ = exchange(
+        server.target, [descriptor(W, H, shm=(name, FRAME)), referenced(2, 0, FRAME)]
+    )
     assert status == grpc.StatusCode.OK and tags(replies[1]) == ["light"]
     assert asyncio.run(_wait_until(lambda: not _mapped(path), 5.0))
 
@@ -247,8 +263,9 @@ def test_huge_embedded_message_is_refused_not_crashing(make_server):
 def test_invalid_sample_logged_once_with_reason(server, caplog):
     caplog.set_level("WARNING", logger="fastext.front.session")
     light = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
-    replies, status, _ = exchange(server.target, [descriptor(W, H), embedded(2, light[:100]),
-                                                  embedded(3, light)])
+    replies, status, _ = exchange(
+        server.target, [descriptor(W, H), embedded(2, light[:100]), embedded(3, light)]
+    )
     assert status == grpc.StatusCode.OK
     records = [r for r in caplog.records if "acknowledged without inference" in r.getMessage()]
     assert len(records) == 1

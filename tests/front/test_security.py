@@ -42,9 +42,11 @@ def test_auth_right_credentials_pass(auth_server):
     assert code == grpc.StatusCode.OK and tags(replies[1]) == ["light"]
 
 
-@pytest.mark.parametrize("metadata", [None, basic("lva", "wrong"), basic("other", SECRET),
-                                      (("x-ms-authentication", "Bearer abc"),)],
-                         ids=["missing", "wrong-password", "wrong-user", "not-basic"])
+@pytest.mark.parametrize(
+    "metadata",
+    [None, basic("lva", "wrong"), basic("other", SECRET), (("x-ms-authentication", "Bearer abc"),)],
+    ids=["missing", "wrong-password", "wrong-user", "not-basic"],
+)
 def test_auth_refused_before_any_frame(auth_server, metadata, caplog):
     caplog.set_level("DEBUG")
     replies, code, details = exchange(auth_server.target, MESSAGES, metadata=metadata)
@@ -58,9 +60,11 @@ async def _refused_codes(target: str, calls: int, send_first: bool) -> collectio
     """Open ``calls`` calls with a wrong password, as the stream client does: write, then read."""
     codes: collections.Counter = collections.Counter()
     async with grpc.aio.insecure_channel(target) as channel:
-        method = channel.stream_stream(METHOD_PATH,
-                                       request_serializer=MediaStreamMessage.SerializeToString,
-                                       response_deserializer=MediaStreamMessage.FromString)
+        method = channel.stream_stream(
+            METHOD_PATH,
+            request_serializer=MediaStreamMessage.SerializeToString,
+            response_deserializer=MediaStreamMessage.FromString,
+        )
         for _ in range(calls):
             call = method(metadata=basic("lva", "wrong"))
             try:
@@ -100,8 +104,14 @@ def pki(tmp_path_factory):
     other = make_ca(d, "other-ca")
     server_cert, server_key = make_leaf(d, ca, "localhost", server=True)
     client_cert, client_key = make_leaf(d, ca, "lva-client", server=False)
-    return {"ca": ca[2], "other_ca": other[2], "server_cert": server_cert,
-            "server_key": server_key, "client_cert": client_cert, "client_key": client_key}
+    return {
+        "ca": ca[2],
+        "other_ca": other[2],
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
 
 
 def creds(pki, ca="ca", client=False) -> grpc.ChannelCredentials:
@@ -122,8 +132,11 @@ def test_tls_handshake_and_wrong_ca(make_server, pki):
 
 
 def test_mutual_tls_requires_a_client_certificate(make_server, pki):
-    srv = make_server(tls_cert=str(pki["server_cert"]), tls_key=str(pki["server_key"]),
-                      tls_client_ca=str(pki["ca"]))
+    srv = make_server(
+        tls_cert=str(pki["server_cert"]),
+        tls_key=str(pki["server_key"]),
+        tls_client_ca=str(pki["ca"]),
+    )
     target = f"localhost:{srv.port}"
     replies, code, _ = exchange(target, MESSAGES, credentials=creds(pki, client=True))
     assert code == grpc.StatusCode.OK and len(replies) == 2
@@ -132,19 +145,51 @@ def test_mutual_tls_requires_a_client_certificate(make_server, pki):
 
 
 def test_stream_command_over_tls_with_auth(make_server, pki):
-    srv = make_server(tls_cert=str(pki["server_cert"]), tls_key=str(pki["server_key"]),
-                      tls_client_ca=str(pki["ca"]), auth_username="lva", auth_password=SECRET)
-    base = [sys.executable, "-m", "fastext", "stream", "synthetic:dark-light", "--target",
-            f"localhost:{srv.port}", "--max-frames", "10", "--tls-ca", str(pki["ca"]),
-            "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])]
-    ok = subprocess.run([*base, "--auth", f"lva:{SECRET}"], capture_output=True, text=True,
-                        timeout=120)
+    srv = make_server(
+        tls_cert=str(pki["server_cert"]),
+        tls_key=str(pki["server_key"]),
+        tls_client_ca=str(pki["ca"]),
+        auth_username="lva",
+        auth_password=SECRET,
+    )
+    base = [
+        sys.executable,
+        "-m",
+        "fastext",
+        "stream",
+        "synthetic:dark-light",
+        "--target",
+        f"localhost:{srv.port}",
+        "--max-frames",
+        "10",
+        "--tls-ca",
+        str(pki["ca"]),
+        "--tls-cert",
+        str(pki["client_cert"]),
+        "--tls-key",
+        str(pki["client_key"]),
+    ]
+    ok = subprocess.run(
+        [*base, "--auth", f"lva:{SECRET}"], capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     assert "acked 10" in ok.stdout
-    refused = subprocess.run([*base, "--auth", "lva:nope"], capture_output=True, text=True,
-                             timeout=120)
+    refused = subprocess.run(
+        [*base, "--auth", "lva:nope"], capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
-    wrong_ca = subprocess.run([*base[:-6], "--tls-ca", str(pki["other_ca"]), "--ack-timeout", "5",
-                               "--auth", f"lva:{SECRET}"], capture_output=True, text=True,
-                              timeout=120)
+    wrong_ca = subprocess.run(
+        [
+            *base[:-6],
+            "--tls-ca",
+            str(pki["other_ca"]),
+            "--ack-timeout",
+            "5",
+            "--auth",
+            f"lva:{SECRET}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert wrong_ca.returncode == 1 and "UNAVAILABLE" in wrong_ca.stderr

@@ -115,13 +115,15 @@ def test_json_logs_one_object_per_line_with_session_fields():
     assert any(r.get("worker") == 0 for r in records)  # worker lines are JSON too
 
 
-async def _second_signal_scenario(sig: signal.Signals) -> tuple[subprocess.Popen, float, str,
-                                                                  list[int]]:
+async def _second_signal_scenario(
+    sig: signal.Signals,
+) -> tuple[subprocess.Popen, float, str, list[int]]:
     """A real server with one worker that is stopped (SIGSTOP), so three frames it was
     handed can never be acknowledged; the drain then waits for them (up to 60 s)."""
     metrics_port = free_port()
-    proc, port = start_server("--workers", "1", "--drain-s", "60",
-                              "--metrics-port", str(metrics_port))
+    proc, port = start_server(
+        "--workers", "1", "--drain-s", "60", "--metrics-port", str(metrics_port)
+    )
     startup = "".join(proc.startup_lines)  # type: ignore[attr-defined]
     workers = [int(p) for p in re.findall(r"worker \d+ started \(pid (\d+)\)", startup)]
     assert proc.stderr is not None and len(workers) == 1

@@ -71,8 +71,12 @@ class Call:
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.written: list[Msg] = []
         self.wrote = asyncio.Event()
-        self.session = Session(self.config, self.backend, peer="ipv4:127.0.0.1:5555",  # type: ignore[arg-type]
-                               metrics=metrics)
+        self.session = Session(
+            self.config,
+            self.backend,
+            peer="ipv4:127.0.0.1:5555",  # type: ignore[arg-type]
+            metrics=metrics,
+        )
         self.task = asyncio.create_task(self.session.serve(self._requests(), self._write))
 
     async def _requests(self) -> AsyncIterator[Any]:
@@ -86,8 +90,11 @@ class Call:
     def send(self, *messages: Any) -> None:
         """Queue requests as the call receives them: serialized (bytes stay as they are)."""
         for message in messages:
-            raw = message if isinstance(message, bytes) or message is END else (
-                message.SerializeToString())
+            raw = (
+                message
+                if isinstance(message, bytes) or message is END
+                else (message.SerializeToString())
+            )
             self.inbox.put_nowait(raw)
 
     @property
@@ -103,8 +110,7 @@ class Call:
             while not predicate():
                 self.wrote.clear()
                 self.lane.submitted.clear()
-                waits = [asyncio.ensure_future(e.wait())
-                         for e in (self.wrote, self.lane.submitted)]
+                waits = [asyncio.ensure_future(e.wait()) for e in (self.wrote, self.lane.submitted)]
                 try:
                     await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -119,9 +125,11 @@ class Call:
 
 def on_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """Run an async test on a fresh event loop, under a hard deadline."""
+
     @functools.wraps(test)
     def run(*args: Any, **kwargs: Any) -> None:
         asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30.0))
+
     return run
 
 
@@ -255,12 +263,16 @@ async def test_session_unparsed_message_names_its_position() -> None:
     assert call.acks() == [2]
 
 
-@pytest.mark.parametrize(("first", "code"), [
-    (b"\xff\xff\xff", "INVALID_ARGUMENT"),
-    (embedded(1, FRAME), "INVALID_ARGUMENT"),
-    (descriptor(8, 8, shm=("no-such-fastext-file", 4096)), "FAILED_PRECONDITION"),
-    (descriptor(8, 8, config='{"processor": "brightness", '), "INVALID_ARGUMENT"),
-], ids=["not-a-message", "sample-first", "missing-shm", "bad-configuration-json"])
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        (b"\xff\xff\xff", "INVALID_ARGUMENT"),
+        (embedded(1, FRAME), "INVALID_ARGUMENT"),
+        (descriptor(8, 8, shm=("no-such-fastext-file", 4096)), "FAILED_PRECONDITION"),
+        (descriptor(8, 8, config='{"processor": "brightness", '), "INVALID_ARGUMENT"),
+    ],
+    ids=["not-a-message", "sample-first", "missing-shm", "bad-configuration-json"],
+)
 @on_loop
 async def test_session_bad_first_message_maps_to_its_status(first: Any, code: str) -> None:
     call = Call()
@@ -288,26 +300,52 @@ async def test_session_counts_and_logs_each_kind_of_frame_by_whose_fault_it_is(c
     caplog.set_level(logging.DEBUG, logger="fastext.front.session")
     metrics = Metrics()  # counted, not served
     call = await opened(batch_size=1, metrics=metrics)
-    ok = MediaSample(inferences=[Inference(type=Inference.CLASSIFICATION, classification=(
-        Classification(tag=Tag(value="ok"))))]).SerializeToString()
+    ok = MediaSample(
+        inferences=[
+            Inference(
+                type=Inference.CLASSIFICATION, classification=(Classification(tag=Tag(value="ok")))
+            )
+        ]
+    ).SerializeToString()
     answers: list[Result] = [ok, b""] + [
-        Unprocessed(kind, f"why {kind.label}") for kind in (
-            Outcome.ERROR, Outcome.LOST, Outcome.SHUTDOWN, Outcome.SHUTDOWN, Outcome.SHUTDOWN)]
+        Unprocessed(kind, f"why {kind.label}")
+        for kind in (
+            Outcome.ERROR,
+            Outcome.LOST,
+            Outcome.SHUTDOWN,
+            Outcome.SHUTDOWN,
+            Outcome.SHUTDOWN,
+        )
+    ]
     call.send(embedded(2, FRAME[:10]), *frames(3, len(answers)))  # the first: too short
     await call.until(lambda: len(call.lane.batches) == len(answers))
     for (token, _), answer in zip(call.lane.batches, answers, strict=True):
         call.lane.answer(token, [answer])
     await call.finish()
     assert call.acks() == list(range(2, 10))
-    assert metrics.outcomes == {"inferred": 1, "empty": 1, "invalid": 1, "error": 1, "lost": 1,
-                                "shutdown": 3, "dropped": 0}
+    assert metrics.outcomes == {
+        "inferred": 1,
+        "empty": 1,
+        "invalid": 1,
+        "error": 1,
+        "lost": 1,
+        "shutdown": 3,
+        "dropped": 0,
+    }
     session = call.session
     assert (session.invalid, session.failed, session.lost, session.stopped) == (1, 1, 1, 3)
-    logged = [(r.levelname, r.outcome, r.sequence_number) for r in caplog.records
-              if getattr(r, "event", "") == "frame_unprocessed"]
+    logged = [
+        (r.levelname, r.outcome, r.sequence_number)
+        for r in caplog.records
+        if getattr(r, "event", "") == "frame_unprocessed"
+    ]
     # The client's fault a warning, the server's an error, the server stopping once.
-    assert logged == [("WARNING", "invalid", 2), ("ERROR", "error", 5), ("ERROR", "lost", 6),
-                      ("WARNING", "shutdown", 7)]
+    assert logged == [
+        ("WARNING", "invalid", 2),
+        ("ERROR", "error", 5),
+        ("ERROR", "lost", 6),
+        ("WARNING", "shutdown", 7),
+    ]
     line = next(r.getMessage() for r in caplog.records if getattr(r, "outcome", "") == "lost")
     assert "peer=ipv4:127.0.0.1:5555 stream=" in line and "why lost" in line
     end = next(r for r in caplog.records if getattr(r, "event", "") == "session_end")
@@ -325,8 +363,9 @@ async def test_session_logs_the_first_errors_loud_and_the_rest_at_debug(caplog) 
     await call.finish()
     levels = [r.levelname for r in caplog.records if getattr(r, "event", "") == "frame_unprocessed"]
     assert levels == ["ERROR"] * 10 + ["DEBUG"] * 2
-    assert any(r.levelname == "ERROR" and "further samples" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelname == "ERROR" and "further samples" in r.getMessage() for r in caplog.records
+    )
 
 
 @on_loop
@@ -420,12 +459,14 @@ def _raw_references(draw: st.DrawFn) -> tuple[int, int, int, int, int]:
     return width, height, size, offset, length
 
 
-def _fast_then_general(shm: str, width: int, height: int, size: int, offset: int,
-                       length: int) -> tuple[ShmRef | None, bool, ShmRef | None]:
+def _fast_then_general(
+    shm: str, width: int, height: int, size: int, offset: int, length: int
+) -> tuple[ShmRef | None, bool, ShmRef | None]:
     """Accept one RAW content_reference in a session opened on ``shm`` (announced as
     ``size`` bytes): (the reference its inlined check put in a batch, or None; whether
     it fell back to the general path), and what ClientMemory.frame says of the same
     reference (its ShmRef, or None when it refuses it)."""
+
     async def accept() -> tuple[ShmRef | None, bool, ShmRef | None]:
         backend = FakeBackend()
         session = Session(Config(workers=0), backend)  # type: ignore[arg-type]
@@ -472,7 +513,8 @@ def raw_file() -> Any:
 @settings(max_examples=300, deadline=None, database=None)
 @given(case=_raw_references())
 def test_session_inlined_raw_bounds_check_agrees_with_client_memory(
-        raw_file: str, case: tuple[int, int, int, int, int]) -> None:
+    raw_file: str, case: tuple[int, int, int, int, int]
+) -> None:
     """The per-frame compare against _last_offset accepts exactly the references that
     ClientMemory.frame accepts, as the same region; everything it refuses goes the
     general way (and is refused there)."""
@@ -490,6 +532,7 @@ def _submitted_and_acked(sizes: list[int], general: bool) -> tuple[list[Any], li
     --batch-size 1, the general path forced or not: (each batch the lane got, as
     (token, frame bytes)), (each ack, as (ack number, sequence number, inference count)),
     every batch answered with one classification per frame."""
+
     async def stream() -> tuple[list[Any], list[Any]]:
         call = await opened(batch_size=1)
         if general:  # _accept's "_batch_size == 1" shortcut fails; _dispatch runs per frame
@@ -497,16 +540,19 @@ def _submitted_and_acked(sizes: list[int], general: bool) -> tuple[list[Any], li
         longer = FRAME + bytes(5)
         call.send(*[embedded(2 + i, longer[:size]) for i, size in enumerate(sizes)])
         valid = sum(1 for size in sizes if size >= len(FRAME))
-        await call.until(lambda: len(call.lane.batches) == valid
-                         and call.session.frames == len(sizes))
+        await call.until(
+            lambda: len(call.lane.batches) == valid and call.session.frames == len(sizes)
+        )
         found = [Inference(classification=Classification(tag=Tag(value="x")))]
         for token, payloads in call.lane.batches:
             call.lane.answer(token, [found] * len(payloads))
         await call.until(lambda: len(call.written) == 1 + len(sizes))
         await call.finish()
         batches = [(token, [bytes(p) for p in payloads]) for token, payloads in call.lane.batches]
-        acks = [(m.sequence_number, m.ack_sequence_number, len(m.media_sample.inferences))
-                for m in call.written]
+        acks = [
+            (m.sequence_number, m.ack_sequence_number, len(m.media_sample.inferences))
+            for m in call.written
+        ]
         return batches, acks
 
     return asyncio.run(asyncio.wait_for(stream(), 30.0))
@@ -514,10 +560,12 @@ def _submitted_and_acked(sizes: list[int], general: bool) -> tuple[list[Any], li
 
 # database=None: no .hypothesis/ folder in the tree (as in tests/contract/test_wire.py).
 @settings(max_examples=40, deadline=None, database=None)
-@given(sizes=st.lists(st.sampled_from([0, len(FRAME) - 1, len(FRAME), len(FRAME) + 5]),
-                      min_size=1, max_size=8))
-def test_session_inlined_one_frame_submit_matches_the_general_batch_path(
-        sizes: list[int]) -> None:
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, len(FRAME) - 1, len(FRAME), len(FRAME) + 5]), min_size=1, max_size=8
+    )
+)
+def test_session_inlined_one_frame_submit_matches_the_general_batch_path(sizes: list[int]) -> None:
     """Valid and invalid frames in any order: the shortcut submits the same batches (same
     tokens, same frames) and the call writes the same acks as the general path does."""
     fast = _submitted_and_acked(sizes, general=False)

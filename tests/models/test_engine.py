@@ -37,7 +37,7 @@ def _scene(cells: dict[tuple[int, int], tuple[int, int, int]], size: int = 32) -
     """A size x size frame: black, with whole 8x8 cells (column, row) of a colour."""
     rgb = np.zeros((size, size, 3), np.uint8)
     for (gx, gy), colour in cells.items():
-        rgb[gy * 8:gy * 8 + 8, gx * 8:gx * 8 + 8] = colour
+        rgb[gy * 8 : gy * 8 + 8, gx * 8 : gx * 8 + 8] = colour
     return rgb
 
 
@@ -46,8 +46,14 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 def _tags(outcome: object) -> list[tuple[str, float, tuple[float, ...]]]:
     assert isinstance(outcome, list)
-    return [(i.entity.tag.value, round(i.entity.tag.confidence, 5),
-             (i.entity.box.l, i.entity.box.t, i.entity.box.w, i.entity.box.h)) for i in outcome]
+    return [
+        (
+            i.entity.tag.value,
+            round(i.entity.tag.confidence, 5),
+            (i.entity.box.l, i.entity.box.t, i.entity.box.w, i.entity.box.h),
+        )
+        for i in outcome
+    ]
 
 
 def test_sessions_share_one_runtime_call_and_keep_their_parameters(tmp_path):
@@ -64,7 +70,10 @@ def test_sessions_share_one_runtime_call_and_keep_their_parameters(tmp_path):
     green = ("green", 1.0, (0.75, 0.25, 0.25, 0.25))
     blue = ("blue", 1.0, (0.5, 0.75, 0.25, 0.25))
     assert [[_tags(o) for o in job] for job in results] == [
-        [[red, green, blue]] * 2, [[green]], [[red]]]
+        [[red, green, blue]] * 2,
+        [[green]],
+        [[red]],
+    ]
 
 
 def test_a_bad_frame_is_invalid_alone_and_unfetched_frames_pass_through(tmp_path):
@@ -90,7 +99,8 @@ def test_more_frames_than_the_batch_run_in_several_calls(tmp_path):
     (outcomes,) = engine.infer([(params, frames)])
     assert [n for n, _ in engine.take_runs()] == [2, 2, 1]  # the last call padded to 2
     assert [_tags(o) for o in outcomes] == [
-        [("green", 1.0, ((i % 4) * 0.25, 0.5, 0.25, 0.25))] for i in range(5)]
+        [("green", 1.0, ((i % 4) * 0.25, 0.5, 0.25, 0.25))] for i in range(5)
+    ]
 
 
 @pytest.mark.parametrize("batch", [None, 2], ids=["dynamic", "fixed"])
@@ -120,22 +130,27 @@ def test_a_classifier_reports_its_top_k(tmp_path):
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[..., 2] = 255  # blue: logit 4
     rgb[:16, :, 0] = 255  # red on half: logit 2
-    (outcomes,) = engine.infer([(validate_params(info, {"top_k": 2, "threshold": 0.0}),
-                                 [_frame(rgb)])])
-    assert [(i.classification.tag.value, round(i.classification.tag.confidence, 5))
-            for i in outcomes[0]] == [("blue", 4.0), ("red", 2.0)]
+    (outcomes,) = engine.infer(
+        [(validate_params(info, {"top_k": 2, "threshold": 0.0}), [_frame(rgb)])]
+    )
+    assert [
+        (i.classification.tag.value, round(i.classification.tag.confidence, 5)) for i in outcomes[0]
+    ] == [("blue", 4.0), ("red", 2.0)]
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"threshold": 2}, "threshold must be a number in 0.0..1.0, got 2"),
-    ({"threshold": True}, "threshold must be a number"),
-    ({"iou": -0.1}, "iou must be a number in 0.0..1.0"),
-    ({"max_detections": 0}, "max_detections must be a whole number in 1..10000"),
-    ({"classes": ["red", "cat"]}, "has no class 'cat' (its labels: red, green, blue)"),
-    ({"classes": []}, "classes must be a non-empty list of label names"),
-    ({"top_k": 2}, "takes no parameter 'top_k'"),
-    ({"path": "/tmp/x.onnx"}, "takes no parameter 'path'"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"threshold": 2}, "threshold must be a number in 0.0..1.0, got 2"),
+        ({"threshold": True}, "threshold must be a number"),
+        ({"iou": -0.1}, "iou must be a number in 0.0..1.0"),
+        ({"max_detections": 0}, "max_detections must be a whole number in 1..10000"),
+        ({"classes": ["red", "cat"]}, "has no class 'cat' (its labels: red, green, blue)"),
+        ({"classes": []}, "classes must be a non-empty list of label names"),
+        ({"top_k": 2}, "takes no parameter 'top_k'"),
+        ({"path": "/tmp/x.onnx"}, "takes no parameter 'path'"),
+    ],
+)
 def test_bad_parameters_are_named(tmp_path, params, message):
     info = _info(tmp_path, colour_detector(Layout.END_TO_END, size=32, cell=8))
     with pytest.raises(ValueError) as caught:

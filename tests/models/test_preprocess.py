@@ -45,8 +45,9 @@ def _warm() -> None:
 # -- the reference ---------------------------------------------------------------------
 
 
-def raw_frame(rgb: np.ndarray, pixel_format: int, extra: int = EXTRA,
-              seed: int = 0) -> tuple[bytes, int]:
+def raw_frame(
+    rgb: np.ndarray, pixel_format: int, extra: int = EXTRA, seed: int = 0
+) -> tuple[bytes, int]:
     """A RAW frame of ``rgb`` (YUV420P: random planes instead) with padded rows, and
     its stride."""
     h, w, _ = rgb.shape
@@ -58,7 +59,7 @@ def raw_frame(rgb: np.ndarray, pixel_format: int, extra: int = EXTRA,
         buf[: stride * h].reshape(h, stride)[:, :w] = rng.integers(0, 256, (h, w))
         for plane in range(2):
             start = stride * h + plane * cs * ch
-            buf[start:start + cs * ch].reshape(ch, cs)[:, :cw] = rng.integers(16, 240, (ch, cw))
+            buf[start : start + cs * ch].reshape(ch, cs)[:, :cw] = rng.integers(16, 240, (ch, cw))
         return buf.tobytes(), stride
     rows, _ = pack(rgb, pixel_format)
     stride = default_stride(pixel_format, w) + extra
@@ -107,7 +108,7 @@ def reference(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     else:
         new_w, new_h, left, top = letterbox_geometry(w, h, spec.width, spec.height)
     canvas = np.full((spec.height, spec.width, 3), float(spec.pad_value))
-    canvas[top:top + new_h, left:left + new_w] = resample(rgb, new_w, new_h)
+    canvas[top : top + new_h, left : left + new_w] = resample(rgb, new_w, new_h)
     if spec.channels == "BGR":
         canvas = canvas[:, :, ::-1]
     tensor: np.ndarray
@@ -137,8 +138,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, spec: InputSpec) -> None:
         assert np.abs(got - want).max() <= TOL / scale
 
 
-def check(buf: bytes, pixel_format: int, w: int, h: int, stride: int,
-          spec: InputSpec) -> Transform:
+def check(buf: bytes, pixel_format: int, w: int, h: int, stride: int, spec: InputSpec) -> Transform:
     rgb = frame_from_raw(buf, pixel_format, w, h, stride).rgb()
     out = slot(spec)
     transform = prepare_raw(buf, pixel_format, w, h, stride, out, spec)
@@ -161,10 +161,14 @@ def test_reference_matches_pillow_bilinear_upscale_and_box_whole_shrink() -> Non
 
 
 @pytest.mark.parametrize("pixel_format", ALL_FORMATS, ids=lambda f: LAYOUTS[f].name)
-@pytest.mark.parametrize(("w", "h", "size"), [(97, 61, 64), (53, 31, 128), (301, 97, 64)],
-                         ids=["shrink-1.5x", "grow", "shrink-4.7x"])
+@pytest.mark.parametrize(
+    ("w", "h", "size"),
+    [(97, 61, 64), (53, 31, 128), (301, 97, 64)],
+    ids=["shrink-1.5x", "grow", "shrink-4.7x"],
+)
 def test_prepare_every_raw_format_with_padded_rows_matches_reference(
-        pixel_format: int, w: int, h: int, size: int) -> None:
+    pixel_format: int, w: int, h: int, size: int
+) -> None:
     buf, stride = raw_frame(random_rgb(h, w, seed=pixel_format), pixel_format)
     check(buf, pixel_format, w, h, stride, InputSpec(size, size))
 
@@ -173,7 +177,8 @@ def test_prepare_every_raw_format_with_padded_rows_matches_reference(
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])
 def test_prepare_frame_of_the_model_size_is_converted_exactly(
-        pixel_format: int, layout: str, dtype: str) -> None:
+    pixel_format: int, layout: str, dtype: str
+) -> None:
     w, h = 37, 23
     buf, stride = raw_frame(random_rgb(h, w, seed=5), pixel_format)
     rgb = frame_from_raw(buf, pixel_format, w, h, stride).rgb()
@@ -214,8 +219,14 @@ def test_prepare_yuv420p_reads_chroma_per_2x2_block_at_odd_sizes() -> None:
 @pytest.mark.parametrize("channels", ["RGB", "BGR"])
 def test_prepare_layouts_dtypes_and_channel_orders(layout: str, dtype: str, channels: str) -> None:
     buf, stride = raw_frame(random_rgb(90, 160, seed=1), PixelFormat.BGRA)
-    check(buf, PixelFormat.BGRA, 160, 90, stride,
-          InputSpec(96, 64, layout=layout, dtype=dtype, channels=channels))
+    check(
+        buf,
+        PixelFormat.BGRA,
+        160,
+        90,
+        stride,
+        InputSpec(96, 64, layout=layout, dtype=dtype, channels=channels),
+    )
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -250,16 +261,20 @@ def test_prepare_pure_colours_keep_their_channels() -> None:
 # -- geometry ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("w", "h", "size", "want"), [
-    (1920, 1080, 640, (640, 360, 0, 140)),
-    (1080, 1920, 640, (360, 640, 140, 0)),
-    (641, 480, 640, (640, 479, 0, 80)),  # 161 rows of pad: 80 above, 81 below
-    (1920, 1080, 320, (320, 180, 0, 70)),
-    (100, 50, 640, (640, 320, 0, 160)),
-    (333, 177, 416, (416, 221, 0, 97)),
-])
-def test_geometry_is_ultralytics_letterbox(w: int, h: int, size: int,
-                                           want: tuple[int, int, int, int]) -> None:
+@pytest.mark.parametrize(
+    ("w", "h", "size", "want"),
+    [
+        (1920, 1080, 640, (640, 360, 0, 140)),
+        (1080, 1920, 640, (360, 640, 140, 0)),
+        (641, 480, 640, (640, 479, 0, 80)),  # 161 rows of pad: 80 above, 81 below
+        (1920, 1080, 320, (320, 180, 0, 70)),
+        (100, 50, 640, (640, 320, 0, 160)),
+        (333, 177, 416, (416, 221, 0, 97)),
+    ],
+)
+def test_geometry_is_ultralytics_letterbox(
+    w: int, h: int, size: int, want: tuple[int, int, int, int]
+) -> None:
     assert geometry(w, h, InputSpec(size, size)) == want
     assert letterbox_geometry(w, h, size, size) == want
     assert geometry(w, h, InputSpec(size, size, resize="stretch")) == (size, size, 0, 0)
@@ -276,8 +291,9 @@ def test_prepare_1080p_letterboxed_matches_reference(size: int) -> None:
 def test_prepare_1080p_stretched_matches_reference() -> None:
     # Width shrinks 3x (area), height 1.69x (bilinear): each axis picks its own rule.
     buf, stride = raw_frame(random_rgb(1080, 1920, seed=4), PixelFormat.BGR24)
-    transform = check(buf, PixelFormat.BGR24, 1920, 1080, stride,
-                      InputSpec(640, 640, resize="stretch"))
+    transform = check(
+        buf, PixelFormat.BGR24, 1920, 1080, stride, InputSpec(640, 640, resize="stretch")
+    )
     assert (transform.scale_x, transform.scale_y) == (640 / 1920, 640 / 1080)
     assert (transform.pad_x, transform.pad_y) == (0, 0)
 
@@ -292,8 +308,10 @@ def test_prepare_area_averages_a_large_shrink_instead_of_skipping_pixels() -> No
     assert np.abs(out.astype(int) - 128).max() <= 1
 
 
-@pytest.mark.parametrize(("w", "h", "size"), [(100, 50, 640), (7, 5, 64), (1, 1, 8), (1, 300, 32),
-                                              (333, 177, 416), (1001, 37, 96)])
+@pytest.mark.parametrize(
+    ("w", "h", "size"),
+    [(100, 50, 640), (7, 5, 64), (1, 1, 8), (1, 300, 32), (333, 177, 416), (1001, 37, 96)],
+)
 def test_prepare_odd_small_and_extreme_sizes(w: int, h: int, size: int) -> None:
     buf, stride = raw_frame(random_rgb(h, w, seed=w), PixelFormat.RGBA)
     for resize in ("letterbox", "stretch"):
@@ -358,14 +376,21 @@ def test_prepare_luma_frame_is_grey_in_every_channel(h: int, w: int) -> None:
 # -- the transform -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("w", "h", "resize"), [(1920, 1080, "letterbox"), (480, 640, "letterbox"),
-                                                 (1920, 1080, "stretch"), (200, 100, "letterbox")])
+@pytest.mark.parametrize(
+    ("w", "h", "resize"),
+    [
+        (1920, 1080, "letterbox"),
+        (480, 640, "letterbox"),
+        (1920, 1080, "stretch"),
+        (200, 100, "letterbox"),
+    ],
+)
 def test_transform_maps_a_frame_point_to_the_tensor_and_back(w: int, h: int, resize: str) -> None:
     # A white 24x24 square on the pad's grey: its centre in the tensor, mapped back, is
     # its centre in the frame.
     cx, cy = w * 0.7, h * 0.3
     rgb = np.full((h, w, 3), 114, np.uint8)
-    rgb[int(cy) - 12:int(cy) + 12, int(cx) - 12:int(cx) + 12] = 255
+    rgb[int(cy) - 12 : int(cy) + 12, int(cx) - 12 : int(cx) + 12] = 255
     spec = InputSpec(320, 320, layout="NHWC", dtype="uint8", resize=resize)
     out = slot(spec)
     transform = prepare(rgb, out, spec)
@@ -376,9 +401,17 @@ def test_transform_maps_a_frame_point_to_the_tensor_and_back(w: int, h: int, res
     fx, fy = transform.to_frame(tx, ty)
     assert abs(fx - int(cx)) < 1 and abs(fy - int(cy)) < 1
     assert transform.to_tensor(*transform.to_frame(tx, ty)) == pytest.approx((tx, ty))
-    box = transform.boxes_to_frame(np.array([[tx - 1, ty - 1, tx + 1, ty + 1], [-50, -50, 1e4, 1e4]]))
-    assert box[0] == pytest.approx([fx - 1 / transform.scale_x, fy - 1 / transform.scale_y,
-                                    fx + 1 / transform.scale_x, fy + 1 / transform.scale_y])
+    box = transform.boxes_to_frame(
+        np.array([[tx - 1, ty - 1, tx + 1, ty + 1], [-50, -50, 1e4, 1e4]])
+    )
+    assert box[0] == pytest.approx(
+        [
+            fx - 1 / transform.scale_x,
+            fy - 1 / transform.scale_y,
+            fx + 1 / transform.scale_x,
+            fy + 1 / transform.scale_y,
+        ]
+    )
     assert box[1].tolist() == [0, 0, w, h]
 
 
@@ -388,8 +421,12 @@ def test_transform_maps_a_frame_point_to_the_tensor_and_back(w: int, h: int, res
 def test_prepare_refuses_a_wrong_slot() -> None:
     rgb = random_rgb(10, 10)
     spec = InputSpec(8, 8)
-    for bad in (np.zeros((8, 8, 3), np.float32), np.zeros((3, 8, 8), np.float64),
-                np.zeros((3, 8, 16), np.float32)[:, :, ::2], np.zeros((3, 8, 8), np.uint8)):
+    for bad in (
+        np.zeros((8, 8, 3), np.float32),
+        np.zeros((3, 8, 8), np.float64),
+        np.zeros((3, 8, 16), np.float32)[:, :, ::2],
+        np.zeros((3, 8, 8), np.uint8),
+    ):
         with pytest.raises(ValueError, match="out must"):
             prepare(rgb, bad, spec)
     readonly = np.zeros((3, 8, 8), np.float32)
@@ -416,27 +453,77 @@ def test_kernel_checks_every_bound_before_reading() -> None:
     lut, mul, add, pad = preprocess._tables(InputSpec(4, 4))
     out = np.zeros((3, 4, 4), np.float32)
 
-    def call(kind: int = 0, bpp: int = 3, width: int = 4, height: int = 4, stride: int = 12,
-             cstride: int = 2, left: int = 0, new_w: int = 4, chroma: np.ndarray = buf) -> None:
-        preprocess._prepare(buf, stride, chroma, chroma, cstride, kind, bpp, 0, 1, 2, False, True,
-                            width, height, out, True, False, False, lut, mul, add, pad,
-                            left, 0, new_w, 4)
+    def call(
+        kind: int = 0,
+        bpp: int = 3,
+        width: int = 4,
+        height: int = 4,
+        stride: int = 12,
+        cstride: int = 2,
+        left: int = 0,
+        new_w: int = 4,
+        chroma: np.ndarray = buf,
+    ) -> None:
+        preprocess._prepare(
+            buf,
+            stride,
+            chroma,
+            chroma,
+            cstride,
+            kind,
+            bpp,
+            0,
+            1,
+            2,
+            False,
+            True,
+            width,
+            height,
+            out,
+            True,
+            False,
+            False,
+            lut,
+            mul,
+            add,
+            pad,
+            left,
+            0,
+            new_w,
+            4,
+        )
 
     yuv = {"kind": 2, "width": 4, "stride": 4, "cstride": 2}
     call()  # 4 rows of 12 bytes fit in 100
     call(**yuv, chroma=buf[:4])  # 2 chroma rows of 2 bytes fit in 4
-    for bad in ({"height": 9}, {"stride": 11}, {"bpp": 2}, {"width": 0}, {"left": 1},
-                {"new_w": 5}, {**yuv, "chroma": buf[:3]}, {**yuv, "cstride": 1}):
+    for bad in (
+        {"height": 9},
+        {"stride": 11},
+        {"bpp": 2},
+        {"width": 0},
+        {"left": 1},
+        {"new_w": 5},
+        {**yuv, "chroma": buf[:3]},
+        {**yuv, "cstride": 1},
+    ):
         with pytest.raises(ValueError):
             call(**bad)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"layout": "NCWH"}, {"dtype": "float16"}, {"channels": "RGBA"}, {"resize": "crop"},
-    {"mean": (0.5, 0.5, 0.5)}, {"mean": (0.5,) * 3, "std": (0.0, 1.0, 1.0)},
-    {"mean": (0.5,) * 3, "std": (1.0,) * 3, "dtype": "uint8"}, {"pad_value": 256},
-    {"width": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"layout": "NCWH"},
+        {"dtype": "float16"},
+        {"channels": "RGBA"},
+        {"resize": "crop"},
+        {"mean": (0.5, 0.5, 0.5)},
+        {"mean": (0.5,) * 3, "std": (0.0, 1.0, 1.0)},
+        {"mean": (0.5,) * 3, "std": (1.0,) * 3, "dtype": "uint8"},
+        {"pad_value": 256},
+        {"width": 0},
+    ],
+)
 def test_input_spec_refuses_what_it_cannot_do(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = {"width": 8, "height": 8, **kwargs}
     with pytest.raises(ValueError):
@@ -445,7 +532,15 @@ def test_input_spec_refuses_what_it_cannot_do(kwargs: dict[str, object]) -> None
 
 def test_warm_units_name_every_jitted_function_of_the_kernel() -> None:
     (unit,) = preprocess.warm_units()
-    assert {"_prepare", "_pp_taps", "_pp_vsum", "_pp_hsum", "_pp_emit", "_pp_yuv_row",
-            "_pp_packed_row", "_pp_emit_lut"} <= unit.functions
+    assert {
+        "_prepare",
+        "_pp_taps",
+        "_pp_vsum",
+        "_pp_hsum",
+        "_pp_emit",
+        "_pp_yuv_row",
+        "_pp_packed_row",
+        "_pp_emit_lut",
+    } <= unit.functions
     unit.run()
     assert len(preprocess._prepare.signatures) >= 2  # float32 and uint8 slots

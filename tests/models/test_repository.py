@@ -36,37 +36,61 @@ def test_a_detector_is_read_in_every_layout(tmp_path, layout):
     path = _file(tmp_path, "d", colour_detector(layout, size=64, cell=8))
     info = inspect_spec(ModelSpec("d", path))
     assert (info.kind, info.width, info.height, info.layout, info.dtype) == (
-        DETECT, 64, 64, "NCHW", "float32")
+        DETECT,
+        64,
+        64,
+        "NCHW",
+        "float32",
+    )
     assert info.output_layout == layout.value
     assert info.labels == COLOURS and info.num_classes == 3
     assert (info.fixed_batch, info.max_batch) == (None, MAX_BATCH_CAP)
-    assert dict(info.defaults) == {"threshold": 0.25, "iou": 0.45, "max_detections": 100,
-                                   "top_k": 1, "softmax": False}
+    assert dict(info.defaults) == {
+        "threshold": 0.25,
+        "iou": 0.45,
+        "max_detections": 100,
+        "top_k": 1,
+        "softmax": False,
+    }
     assert ModelInfo.from_json(info.to_json()) == info
 
 
 def test_a_classifier_and_a_fixed_batch_and_settings(tmp_path):
-    info = inspect_spec(ModelSpec("c", _file(tmp_path, "c", colour_classifier(size=32, batch=2)),
-                                  (("threshold", 0.1), ("top_k", 2))))
+    info = inspect_spec(
+        ModelSpec(
+            "c",
+            _file(tmp_path, "c", colour_classifier(size=32, batch=2)),
+            (("threshold", 0.1), ("top_k", 2)),
+        )
+    )
     assert (info.kind, info.output_layout, info.fixed_batch, info.max_batch) == (
-        CLASSIFY, None, 2, 2)
+        CLASSIFY,
+        None,
+        2,
+        2,
+    )
     assert (info.default("threshold"), info.default("top_k")) == (0.1, 2)
 
 
 def test_models_are_read_in_a_child_process(tmp_path):
     # (this process may have the runtime loaded by other tests: the child's answer is
     # what is checked, equal to reading the file here)
-    specs = [ModelSpec("a", _file(tmp_path, "a", colour_detector(Layout.YOLOV5))),
-             ModelSpec("b", _file(tmp_path, "b", colour_classifier()))]
+    specs = [
+        ModelSpec("a", _file(tmp_path, "a", colour_detector(Layout.YOLOV5))),
+        ModelSpec("b", _file(tmp_path, "b", colour_classifier())),
+    ]
     assert load_infos(specs) == [inspect_spec(s) for s in specs]
     assert load_infos([]) == []
 
 
-@pytest.mark.parametrize(("case", "reason"), [
-    ("missing", "no such file"),
-    ("corrupt", "ONNX Runtime cannot load it"),
-    ("empty", "ONNX Runtime cannot load it"),
-])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing", "no such file"),
+        ("corrupt", "ONNX Runtime cannot load it"),
+        ("empty", "ONNX Runtime cannot load it"),
+    ],
+)
 def test_a_file_that_cannot_be_read_is_named_with_its_reason(tmp_path, case, reason):
     path = str(tmp_path / "m.onnx")
     if case == "corrupt":
@@ -87,7 +111,10 @@ def test_bad_settings_and_names_are_refused(tmp_path):
         (ModelSpec("d", path, (("threshold", 2),)), "setting 'threshold' must be a number"),
         (ModelSpec("d", path, (("colour", 1),)), "setting 'colour' is not one of"),
         (ModelSpec("d", path, (("output_layout", "yolov5"),)), "yolov5"),
-        (ModelSpec("d", path, (("labels", ["a", "b"]),)), "with 2 classes does not fit any supported layout"),
+        (
+            ModelSpec("d", path, (("labels", ["a", "b"]),)),
+            "with 2 classes does not fit any supported layout",
+        ),
         (ModelSpec("motion", path), "the name is a built-in processor's"),
     ]
     for spec, message in cases:

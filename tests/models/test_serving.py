@@ -54,8 +54,12 @@ from tests.helpers import (  # noqa: E402
 )
 
 SIZE, CELL = 64, 8
-LAYOUTS = {"v8": Layout.YOLOV8, "v8t": Layout.YOLOV8_TRANSPOSED, "v5": Layout.YOLOV5,
-           "e2e": Layout.END_TO_END}
+LAYOUTS = {
+    "v8": Layout.YOLOV8,
+    "v8t": Layout.YOLOV8_TRANSPOSED,
+    "v5": Layout.YOLOV5,
+    "e2e": Layout.END_TO_END,
+}
 RED, GREEN = (255, 0, 0), (0, 255, 0)
 # The scene, in the tensor's pixels (x0, y0, x1, y1): a cell filled with red (scores 1.0
 # as red) and the top half of another filled with green (0.5 as green; YOLOV5 squares
@@ -99,8 +103,10 @@ def overlapping_detector() -> bytes:
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("models")
-    files = {name: _write(folder / f"{name}.onnx", colour_detector(layout, size=SIZE, cell=CELL))
-             for name, layout in LAYOUTS.items()}
+    files = {
+        name: _write(folder / f"{name}.onnx", colour_detector(layout, size=SIZE, cell=CELL))
+        for name, layout in LAYOUTS.items()
+    }
     files["overlap"] = _write(folder / "overlap.onnx", overlapping_detector())
     files["failing"] = _write(folder / "failing.onnx", failing_detector(SIZE, CELL))
     return files
@@ -111,11 +117,14 @@ def specs(files: dict[str, str]) -> tuple[ModelSpec, ...]:
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["inline", "workers"])
-def served(request: pytest.FixtureRequest, model_files: dict[str, str]
-           ) -> Iterator[RunningServer]:
+def served(request: pytest.FixtureRequest, model_files: dict[str, str]) -> Iterator[RunningServer]:
     """One server per module and backend, serving every model of ``model_files``."""
-    with running_server(workers=request.param, models=specs(model_files),
-                        metrics_port=free_port(), log_level="WARNING") as srv:
+    with running_server(
+        workers=request.param,
+        models=specs(model_files),
+        metrics_port=free_port(),
+        log_level="WARNING",
+    ) as srv:
         yield srv
 
 
@@ -130,20 +139,26 @@ def scene_frame(geometry: str, scene: Any = SCENE) -> np.ndarray:
         fx0, fx1 = ((x0 - px) / scale, (x1 - px) / scale)
         fy0, fy1 = ((y0 - py) / scale, (y1 - py) / scale)
         assert all(v.denominator == 1 for v in (fx0, fx1, fy0, fy1))
-        rgb[int(fy0):int(fy1), int(fx0):int(fx1)] = colour
+        rgb[int(fy0) : int(fy1), int(fx0) : int(fx1)] = colour
     return rgb
 
 
-def expected(geometry: str, layout: Layout, cells: Any = EXPECTED_CELLS
-             ) -> list[tuple[str, float, tuple[float, float, float, float]]]:
+def expected(
+    geometry: str, layout: Layout, cells: Any = EXPECTED_CELLS
+) -> list[tuple[str, float, tuple[float, float, float, float]]]:
     """(tag, score, (l, t, w, h)) of each detection of the scene, best first."""
     w, h, scale, px, py = GEOMETRIES[geometry]
     out = []
     for tag, score, (x0, y0, x1, y1) in cells:
         left, top = (x0 - px) / scale / w, (y0 - py) / scale / h
         width, height = (x1 - x0) / scale / w, (y1 - y0) / scale / h
-        out.append((tag, score * score if layout is Layout.YOLOV5 else score,
-                    (float(left), float(top), float(width), float(height))))
+        out.append(
+            (
+                tag,
+                score * score if layout is Layout.YOLOV5 else score,
+                (float(left), float(top), float(width), float(height)),
+            )
+        )
     return out
 
 
@@ -153,13 +168,19 @@ def detections(sample: Any) -> list[tuple[str, float, tuple[float, float, float,
         assert inference.type == inference.InferenceType.ENTITY
         assert inference.subtype == "objectDetection"
         box = inference.entity.box
-        found.append((inference.entity.tag.value, inference.entity.tag.confidence,
-                      (box.l, box.t, box.w, box.h)))
+        found.append(
+            (
+                inference.entity.tag.value,
+                inference.entity.tag.confidence,
+                (box.l, box.t, box.w, box.h),
+            )
+        )
     return found
 
 
-def assert_matches(found: list[Any], wanted: list[Any], score_tol: float = 1e-5,
-                   box_tol: float = 1e-6) -> None:
+def assert_matches(
+    found: list[Any], wanted: list[Any], score_tol: float = 1e-5, box_tol: float = 1e-6
+) -> None:
     assert [f[0] for f in found] == [w[0] for w in wanted], (found, wanted)
     for (_, score, box), (_, want_score, want_box) in zip(found, wanted, strict=True):
         assert score == pytest.approx(want_score, abs=score_tol), (found, wanted)
@@ -180,8 +201,13 @@ def config(model: str, **params: Any) -> str:
 def test_known_answer_in_every_layout_and_letterbox(served, model, geometry):
     w, h = GEOMETRIES[geometry][:2]
     frame = to_pixel_format(scene_frame(geometry), VF.RGB24)
-    opts = StreamOptions(target=served.target, width=w, height=h, window=2,
-                         extension_configuration=config(model, threshold=0.2))
+    opts = StreamOptions(
+        target=served.target,
+        width=w,
+        height=h,
+        window=2,
+        extension_configuration=config(model, threshold=0.2),
+    )
     result = run_stream(opts, [frame] * 3)
     assert result.acked == result.sent == 3 and result.code == grpc.StatusCode.OK
     for seq in (2, 3, 4):
@@ -203,21 +229,30 @@ def _raw_frame(rgb: np.ndarray, pixel_format: int) -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("shm", [False, True], ids=["embedded", "shm"])
-@pytest.mark.parametrize("pixel_format", RAW_FORMATS, ids=[VF.PixelFormat.Name(f)
-                                                          for f in RAW_FORMATS])
+@pytest.mark.parametrize(
+    "pixel_format", RAW_FORMATS, ids=[VF.PixelFormat.Name(f) for f in RAW_FORMATS]
+)
 def test_known_answer_in_every_raw_pixel_format_with_padded_rows(served, pixel_format, shm):
     geometry = "128x96"
     data, stride = _raw_frame(scene_frame(geometry), pixel_format)
-    opts = StreamOptions(target=served.target, width=128, height=96, pixel_format=pixel_format,
-                         stride=stride, shm=shm, window=2,
-                         extension_configuration=config("v8", threshold=0.2))
+    opts = StreamOptions(
+        target=served.target,
+        width=128,
+        height=96,
+        pixel_format=pixel_format,
+        stride=stride,
+        shm=shm,
+        window=2,
+        extension_configuration=config("v8", threshold=0.2),
+    )
     result = run_stream(opts, [data] * 2)
     assert result.acked == result.sent == 2 and result.code == grpc.StatusCode.OK
     # YUV420P's round trip (BT.601, integer planes) leaves red at 254/255.
     tol = 0.01 if pixel_format == VF.YUV420P else 1e-5
     for seq in (2, 3):
-        assert_matches(detections(result.samples[seq]), expected(geometry, Layout.YOLOV8),
-                       score_tol=tol)
+        assert_matches(
+            detections(result.samples[seq]), expected(geometry, Layout.YOLOV8), score_tol=tol
+        )
 
 
 @pytest.mark.parametrize("shm", [False, True], ids=["embedded", "shm"])
@@ -225,9 +260,16 @@ def test_known_answer_through_jpeg(served, shm):
     # One red block filling a whole 16x16 MCU of the frame (one 8x8 cell of the tensor),
     # on black: JPEG's loss moves its score a little and never its box.
     rgb = scene_frame("128x96", (((24, 16, 32, 24), RED),))
-    opts = StreamOptions(target=served.target, width=128, height=96, encoding=VF.JPG,
-                         pixel_format=VF.NONE, shm=shm, window=2,
-                         extension_configuration=config("v8", threshold=0.5))
+    opts = StreamOptions(
+        target=served.target,
+        width=128,
+        height=96,
+        encoding=VF.JPG,
+        pixel_format=VF.NONE,
+        shm=shm,
+        window=2,
+        extension_configuration=config("v8", threshold=0.5),
+    )
     result = run_stream(opts, [encode(rgb, VF.JPG, quality=95)] * 2)
     assert result.acked == result.sent == 2 and result.code == grpc.StatusCode.OK
     wanted = expected("128x96", Layout.YOLOV8, (("red", 1.0, (24, 16, 32, 24)),))
@@ -260,8 +302,7 @@ def _resample_weights(src: int, dst: int) -> np.ndarray:
     return weights
 
 
-def reference_letterbox(rgb: np.ndarray
-                        ) -> tuple[np.ndarray, tuple[float, float, int, int]]:
+def reference_letterbox(rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float, int, int]]:
     """The model's input (3, SIZE, SIZE) float64 in 0..1 and (scale x, scale y, pad x,
     pad y): each axis' scale is its content's size over the frame's (the content is
     rounded to whole pixels, so the two differ a little from the gain and each other)."""
@@ -269,15 +310,20 @@ def reference_letterbox(rgb: np.ndarray
     r = min(SIZE / h, SIZE / w)
     new_w, new_h = max(1, min(SIZE, round(w * r))), max(1, min(SIZE, round(h * r)))
     left, top = round((SIZE - new_w) / 2 - 0.1), round((SIZE - new_h) / 2 - 0.1)
-    content = np.einsum("ys,xt,stc->yxc", _resample_weights(h, new_h),
-                        _resample_weights(w, new_w), rgb.astype(np.float64))
+    content = np.einsum(
+        "ys,xt,stc->yxc",
+        _resample_weights(h, new_h),
+        _resample_weights(w, new_w),
+        rgb.astype(np.float64),
+    )
     canvas = np.full((SIZE, SIZE, 3), 114.0)
-    canvas[top:top + new_h, left:left + new_w] = content
+    canvas[top : top + new_h, left : left + new_w] = content
     return (canvas / 255.0).transpose(2, 0, 1), (new_w / w, new_h / h, left, top)
 
 
-def reference_nms(output: np.ndarray, threshold: float, iou: float, max_det: int
-                  ) -> list[tuple[int, float, np.ndarray]]:
+def reference_nms(
+    output: np.ndarray, threshold: float, iou: float, max_det: int
+) -> list[tuple[int, float, np.ndarray]]:
     """Greedy class-aware NMS of one YOLOV8 output ``[4+C, A]``: (class, score, x0 y0 x1
     y1) kept, best first."""
     rows = output.T.astype(np.float64)
@@ -307,8 +353,9 @@ def reference_nms(output: np.ndarray, threshold: float, iou: float, max_det: int
     return [(int(classes[k]), float(scores[k]), corners[k]) for k in kept]
 
 
-def reference_detections(session: Any, rgb: np.ndarray, threshold: float, iou: float,
-                         max_det: int) -> list[tuple[str, float, tuple[float, ...]]]:
+def reference_detections(
+    session: Any, rgb: np.ndarray, threshold: float, iou: float, max_det: int
+) -> list[tuple[str, float, tuple[float, ...]]]:
     tensor, (sx, sy, left, top) = reference_letterbox(rgb)
     output = session.run(None, {"images": tensor[None].astype(np.float32)})[0][0]
     h, w, _ = rgb.shape
@@ -317,8 +364,9 @@ def reference_detections(session: Any, rgb: np.ndarray, threshold: float, iou: f
     for c, score, (x0, y0, x1, y1) in reference_nms(output, threshold, iou, max_det):
         fx0, fx1 = (np.clip((x - left) / sx / w, 0, 1) for x in (x0, x1))
         fy0, fy1 = (np.clip((y - top) / sy / h, 0, 1) for y in (y0, y1))
-        found.append((labels[c], score, (float(fx0), float(fy0), float(fx1 - fx0),
-                                         float(fy1 - fy0))))
+        found.append(
+            (labels[c], score, (float(fx0), float(fy0), float(fx1 - fx0), float(fy1 - fy0)))
+        )
     return found
 
 
@@ -335,19 +383,28 @@ def test_detections_equal_a_reference_on_random_frames(served, model_files, size
     w, h = size
     rng = np.random.default_rng(w * 1000 + h)
     # Noise in blocks of 5x5 pixels: after shrinking, cells still differ in colour.
-    frames = [np.repeat(np.repeat(rng.integers(0, 256, (h // 5 + 1, w // 5 + 1, 3),
-                                               dtype=np.uint8), 5, 0), 5, 1)[:h, :w]
-              for _ in range(3)]
+    frames = [
+        np.repeat(
+            np.repeat(rng.integers(0, 256, (h // 5 + 1, w // 5 + 1, 3), dtype=np.uint8), 5, 0), 5, 1
+        )[:h, :w]
+        for _ in range(3)
+    ]
     params = {"threshold": 0.02, "iou": 0.3, "max_detections": 12}
-    opts = StreamOptions(target=served.target, width=w, height=h, window=3,
-                         extension_configuration=config("overlap", **params))
+    opts = StreamOptions(
+        target=served.target,
+        width=w,
+        height=h,
+        window=3,
+        extension_configuration=config("overlap", **params),
+    )
     result = run_stream(opts, [to_pixel_format(f, VF.RGB24) for f in frames])
     assert result.acked == 3
     suppressed = 0
     for i, rgb in enumerate(frames):
         found = detections(result.samples[i + 2])
-        wanted = reference_detections(session, rgb, params["threshold"], params["iou"],
-                                      params["max_detections"])
+        wanted = reference_detections(
+            session, rgb, params["threshold"], params["iou"], params["max_detections"]
+        )
         assert len(wanted) >= 3  # the case has content
         assert_matches(found, wanted, score_tol=1e-3, box_tol=1e-3)
         everything = reference_detections(session, rgb, params["threshold"], 1.0, 1000)
@@ -367,8 +424,12 @@ def _stream_scene(k: int) -> tuple[Any, tuple[Any, ...]]:
 
 def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_files):
     streams, frames_each, window = 4, 8, 4
-    with running_server(workers=1, models=(ModelSpec("v8", model_files["v8"]),),
-                        metrics_port=free_port(), log_level="WARNING") as srv:
+    with running_server(
+        workers=1,
+        models=(ModelSpec("v8", model_files["v8"]),),
+        metrics_port=free_port(),
+        log_level="WARNING",
+    ) as srv:
         backend = srv.server.backend
         (pid,) = backend.worker_pids()
         metrics = srv.server.metrics
@@ -380,19 +441,32 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
             outcome: list[Any] = []
 
             async def all_streams() -> list[Any]:
-                return await asyncio.gather(*(stream_frames(
-                    StreamOptions(target=srv.target, width=64, height=64, window=window,
-                                  shm=k % 2 == 1, graph_instance=f"batch-{k}",
-                                  extension_configuration=config("v8", threshold=0.5),
-                                  on_ack=lambda seq, _, k=k: acks[k].append(seq)),
-                    [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
-                    * frames_each) for k in range(streams)))
+                return await asyncio.gather(
+                    *(
+                        stream_frames(
+                            StreamOptions(
+                                target=srv.target,
+                                width=64,
+                                height=64,
+                                window=window,
+                                shm=k % 2 == 1,
+                                graph_instance=f"batch-{k}",
+                                extension_configuration=config("v8", threshold=0.5),
+                                on_ack=lambda seq, _, k=k: acks[k].append(seq),
+                            ),
+                            [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
+                            * frames_each,
+                        )
+                        for k in range(streams)
+                    )
+                )
 
             runner = threading.Thread(target=lambda: outcome.append(asyncio.run(all_streams())))
             runner.start()
             deadline = time.monotonic() + 60
-            while ((metrics.value("fastext_frames_in_flight") < streams * window
-                    or backend.queued()) and time.monotonic() < deadline):
+            while (
+                metrics.value("fastext_frames_in_flight") < streams * window or backend.queued()
+            ) and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert metrics.value("fastext_frames_in_flight") == streams * window
             assert backend.queued() == 0  # every batch is in the worker's ring
@@ -421,17 +495,30 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
 # -- bad sessions -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("configuration", "message"), [
-    ('{"model": "nope"}', "unknown model 'nope': this server has e2e, failing, overlap, v5, "
-                          "v8, v8t"),
-    ('{"model": "/tmp/x.onnx"}', "unknown model '/tmp/x.onnx'"),
-    ('{"model": "v8", "threshold": 2}', "model 'v8': threshold must be a number in 0.0..1.0, "
-                                        "got 2"),
-    ('{"model": "v8", "classes": ["red", "cat"]}', "model 'v8' has no class 'cat' (its "
-                                                   "labels: red, green, blue)"),
-    ('{"model": "v8", "speed": 3}', "model 'v8' (detect) takes no parameter 'speed' (it "
-                                    "takes threshold, iou, max_detections, classes)"),
-], ids=["unknown-name", "path", "threshold", "unknown-class", "unknown-key"])
+@pytest.mark.parametrize(
+    ("configuration", "message"),
+    [
+        (
+            '{"model": "nope"}',
+            "unknown model 'nope': this server has e2e, failing, overlap, v5, v8, v8t",
+        ),
+        ('{"model": "/tmp/x.onnx"}', "unknown model '/tmp/x.onnx'"),
+        (
+            '{"model": "v8", "threshold": 2}',
+            "model 'v8': threshold must be a number in 0.0..1.0, got 2",
+        ),
+        (
+            '{"model": "v8", "classes": ["red", "cat"]}',
+            "model 'v8' has no class 'cat' (its labels: red, green, blue)",
+        ),
+        (
+            '{"model": "v8", "speed": 3}',
+            "model 'v8' (detect) takes no parameter 'speed' (it "
+            "takes threshold, iou, max_detections, classes)",
+        ),
+    ],
+    ids=["unknown-name", "path", "threshold", "unknown-class", "unknown-key"],
+)
 def test_bad_sessions_are_refused_with_the_reason(served, configuration, message):
     replies, code, details = exchange(served.target, [descriptor(config=configuration)])
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -440,9 +527,13 @@ def test_bad_sessions_are_refused_with_the_reason(served, configuration, message
 
 
 def _serve_once(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0",
-                           *args], capture_output=True, text=True, timeout=120,
-                          env=subprocess_env())
+    return subprocess.run(
+        [sys.executable, "-m", "fastext", "serve", "--bind", "127.0.0.1:0", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
 
 
 def _rank4_model() -> bytes:
@@ -451,9 +542,11 @@ def _rank4_model() -> bytes:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["images"], ["output0"])], "rank4",
+        [helper.make_node("Identity", ["images"], ["output0"])],
+        "rank4",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 3, 32, 32])])
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 3, 32, 32])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -475,8 +568,11 @@ def test_a_model_that_cannot_be_served_stops_the_start_with_one_line(tmp_path, c
     assert errors == [lines[-1]] and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith(f"fastext: error: model 'x' ({path}): ")
     reason = errors[0].split(f"({path}): ", 1)[1]
-    assert {"missing": "no such file", "corrupt": "ONNX Runtime cannot load it",
-            "layout": "output"}[case] in reason
+    assert {
+        "missing": "no such file",
+        "corrupt": "ONNX Runtime cannot load it",
+        "layout": "output",
+    }[case] in reason
 
 
 # -- failures while serving ---------------------------------------------------------------
@@ -484,8 +580,10 @@ def test_a_model_that_cannot_be_served_stops_the_start_with_one_line(tmp_path, c
 
 def test_a_model_that_raises_on_some_frames_fails_only_those(served):
     metrics = served.server.metrics
-    before = {o: metrics.value("fastext_frames_total", {"outcome": o})
-              for o in ("inferred", "error", "invalid")}
+    before = {
+        o: metrics.value("fastext_frames_total", {"outcome": o})
+        for o in ("inferred", "error", "invalid")
+    }
     good = scene_frame("64x64")
     bad = good.copy()
     bad[0, 0] = RED  # the top-left pixel the failing model reads: its Reshape fails
@@ -493,8 +591,13 @@ def test_a_model_that_raises_on_some_frames_fails_only_those(served):
     frames = [to_pixel_format(bad if i in poisoned else good, VF.RGB24) for i in range(8)]
     # Several frames in flight: a worker runs them in one call, which fails; then it
     # runs each alone, and only the bad ones fail.
-    opts = StreamOptions(target=served.target, width=64, height=64, window=4,
-                         extension_configuration=config("failing", threshold=0.2))
+    opts = StreamOptions(
+        target=served.target,
+        width=64,
+        height=64,
+        window=4,
+        extension_configuration=config("failing", threshold=0.2),
+    )
     result = run_stream(opts, frames)
     assert result.acked == result.sent == 8 and result.code == grpc.StatusCode.OK
     for i in range(8):
@@ -509,8 +612,12 @@ def test_a_model_that_raises_on_some_frames_fails_only_those(served):
 
 def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files):
     streams, frames_each, window = 4, 6, 3
-    with running_server(workers=2, models=(ModelSpec("v8", model_files["v8"]),),
-                        metrics_port=free_port(), log_level="WARNING") as srv:
+    with running_server(
+        workers=2,
+        models=(ModelSpec("v8", model_files["v8"]),),
+        metrics_port=free_port(),
+        log_level="WARNING",
+    ) as srv:
         backend = srv.server.backend
         metrics = srv.server.metrics
         victim = backend._supervisor.slots[0].process.pid
@@ -528,13 +635,26 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
         outcome: list[Any] = []
 
         async def all_streams() -> list[Any]:
-            return await asyncio.gather(*(stream_frames(
-                StreamOptions(target=srv.target, width=64, height=64, window=window,
-                              shm=k % 2 == 0, graph_instance=f"kill-{k}", ack_timeout_s=120,
-                              extension_configuration=config("v8", threshold=0.5),
-                              on_ack=lambda seq, _, k=k: acks[k].append(seq)),
-                [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
-                * frames_each) for k in range(streams)))
+            return await asyncio.gather(
+                *(
+                    stream_frames(
+                        StreamOptions(
+                            target=srv.target,
+                            width=64,
+                            height=64,
+                            window=window,
+                            shm=k % 2 == 0,
+                            graph_instance=f"kill-{k}",
+                            ack_timeout_s=120,
+                            extension_configuration=config("v8", threshold=0.5),
+                            on_ack=lambda seq, _, k=k: acks[k].append(seq),
+                        ),
+                        [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
+                        * frames_each,
+                    )
+                    for k in range(streams)
+                )
+            )
 
         runner = threading.Thread(target=lambda: outcome.append(asyncio.run(all_streams())))
         runner.start()
@@ -562,8 +682,9 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
         labels = {"model": "v8"}
         assert metrics.value("fastext_model_batch_frames_sum", labels) == streams * frames_each
         assert backend.retried == batches_held and backend.abandoned == 0
-        assert metrics.value("fastext_frames_total", {"outcome": "inferred"}) == \
-            streams * frames_each
+        assert (
+            metrics.value("fastext_frames_total", {"outcome": "inferred"}) == streams * frames_each
+        )
         assert metrics.value("fastext_frames_total", {"outcome": "lost"}) == 0
 
 
@@ -586,8 +707,12 @@ def _maps_of_children(pid: int) -> str:
 def test_the_front_never_loads_onnxruntime_while_its_worker_does(model_files):
     proc, port = start_server("--workers", "1", "--model", f"v8={model_files['v8']}")
     try:
-        opts = StreamOptions(target=f"127.0.0.1:{port}", width=128, height=96,
-                             extension_configuration=config("v8", threshold=0.2))
+        opts = StreamOptions(
+            target=f"127.0.0.1:{port}",
+            width=128,
+            height=96,
+            extension_configuration=config("v8", threshold=0.2),
+        )
         result = run_stream(opts, [to_pixel_format(scene_frame("128x96"), VF.RGB24)] * 3)
         assert result.acked == 3
         assert_matches(detections(result.samples[2]), expected("128x96", Layout.YOLOV8))

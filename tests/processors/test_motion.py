@@ -22,7 +22,12 @@ Box = tuple[float, float, float, float]
 
 
 def scene(
-    squares: list[tuple[int, int]], size: int = 40, w: int = W, h: int = H, bg: int = 20, fg: int = 230
+    squares: list[tuple[int, int]],
+    size: int = 40,
+    w: int = W,
+    h: int = H,
+    bg: int = 20,
+    fg: int = 230,
 ) -> np.ndarray:
     """A dark frame with bright squares at the given top-left corners (clipped at edges)."""
     frame = np.full((h, w), bg, np.uint8)
@@ -83,7 +88,9 @@ def test_motion_none_on_a_static_scene() -> None:
 def test_motion_none_on_noise_below_the_threshold_but_some_above() -> None:
     rng = np.random.default_rng(5)
     threshold = threshold_for(0.75)  # 28 levels
-    quiet = [np.clip(128 + rng.integers(-12, 13, (H, W)), 0, 255).astype(np.uint8) for _ in range(10)]
+    quiet = [
+        np.clip(128 + rng.integers(-12, 13, (H, W)), 0, 255).astype(np.uint8) for _ in range(10)
+    ]
     # Any two quiet frames differ by at most 24 levels per pixel: never more than the threshold.
     assert 24 < threshold
     assert run(MotionDetector(sensitivity=0.75), quiet) == [[]] * 10
@@ -172,7 +179,9 @@ def test_motion_matches_its_reference_on_random_scenes() -> None:
         squares = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(3)]
         frames = []
         for _ in range(6):
-            squares = [(x + int(rng.integers(-25, 26)), y + int(rng.integers(-25, 26))) for x, y in squares]
+            squares = [
+                (x + int(rng.integers(-25, 26)), y + int(rng.integers(-25, 26))) for x, y in squares
+            ]
             noise = rng.integers(0, 8, (h, w), dtype=np.uint8)
             frames.append(scene([(max(0, x), max(0, y)) for x, y in squares], 50, w, h) + noise)
         fast = run(MotionDetector(alpha=alpha), frames)
@@ -271,8 +280,13 @@ def test_motion_sessions_through_the_server_keep_order_and_state(server: Any) ->
             acks[name][seq] = None if sample is None else list(sample.inferences)
 
         return StreamOptions(
-            target=server.target, width=W, height=H, window=8, on_ack=on_ack,
-            pixel_format=media_pb2.VideoFrameSampleFormat.YUV420P, extension_configuration=config,
+            target=server.target,
+            width=W,
+            height=H,
+            window=8,
+            on_ack=on_ack,
+            pixel_format=media_pb2.VideoFrameSampleFormat.YUV420P,
+            extension_configuration=config,
         )
 
     async def both() -> None:
@@ -286,11 +300,16 @@ def test_motion_sessions_through_the_server_keep_order_and_state(server: Any) ->
     got = [acks["motion"][seq] for seq in sorted(acks["motion"])]
     assert len(got) == len(expected)
     for inferences, want in zip(got, expected, strict=True):
-        boxes = [(i.motion.box.l, i.motion.box.t, i.motion.box.w, i.motion.box.h)
-                 for i in inferences or []]
+        boxes = [
+            (i.motion.box.l, i.motion.box.t, i.motion.box.w, i.motion.box.h)
+            for i in inferences or []
+        ]
         assert len(boxes) == len(want)
         for box, box_wanted in zip(boxes, want, strict=True):
             assert box == pytest.approx(box_wanted, abs=1e-6)  # float32 on the wire
-    tags = {i.classification.tag.value for seq in acks["brightness"]
-            for i in acks["brightness"][seq] or []}
+    tags = {
+        i.classification.tag.value
+        for seq in acks["brightness"]
+        for i in acks["brightness"][seq] or []
+    }
     assert tags == {"light"}  # every frame's mean is above the threshold of 10

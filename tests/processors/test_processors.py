@@ -50,7 +50,10 @@ def test_create_passes_parameters() -> None:
     motion = create("motion", {"sensitivity": 0.5, "min_area": 0.01, "alpha": 0.2})
     assert isinstance(motion, MotionDetector)
     assert (motion.sensitivity, motion.min_area, motion.alpha, motion.threshold) == (
-        0.5, 0.01, 0.2, 52.0
+        0.5,
+        0.01,
+        0.2,
+        52.0,
     )
     assert create("motion") is not create("motion")  # one instance per session
 
@@ -192,7 +195,10 @@ def test_a_failing_plugin_init_becomes_a_value_error(
 
 def test_processor_declarations_have_defaults() -> None:
     assert (Processor.needs, Processor.luma_scale, Processor.rgb_size, Processor.stateful) == (
-        "luma", 1, None, False
+        "luma",
+        1,
+        None,
+        False,
     )
     assert (Brightness.needs, Brightness.luma_scale, Brightness.stateful) == ("luma", 8, False)
 
@@ -400,8 +406,9 @@ def test_jpeg_for_rgb_decodes_at_the_smallest_big_enough_scale() -> None:
     assert quarter.rgb((64, 48)).shape == (48, 64, 3)
     assert_close(quarter.rgb(), quarter.data.astype(np.float64), 0)
     # Luma of an RGB-decoded frame is still BT.601.
-    assert full.luma_mean() == pytest.approx(frame_from_encoded(jpeg, Encoding.JPG).luma_mean(),
-                                             abs=1.0)
+    assert full.luma_mean() == pytest.approx(
+        frame_from_encoded(jpeg, Encoding.JPG).luma_mean(), abs=1.0
+    )
 
 
 def test_raw_needs_get_the_encoded_bytes_decoded_on_demand() -> None:
@@ -413,8 +420,9 @@ def test_raw_needs_get_the_encoded_bytes_decoded_on_demand() -> None:
     np.testing.assert_array_equal(frame.rgb(), rgb)
     np.testing.assert_array_equal(frame.luma(), np.asarray(Image.fromarray(rgb).convert("L")))
     assert frame.rgb((20, 15)).shape == (15, 20, 3)
-    raw = make_frame(FrameFormat(Encoding.RAW, PixelFormat.RGB24, 40, 30, 0), rgb.tobytes(),
-                     needs="raw")
+    raw = make_frame(
+        FrameFormat(Encoding.RAW, PixelFormat.RGB24, 40, 30, 0), rgb.tobytes(), needs="raw"
+    )
     assert raw.layout is not None and raw.data.shape == (30, 120)  # RAW stays a view
 
 
@@ -493,14 +501,19 @@ def test_onnx_classifier_plugin_classifies_frames(
     model.write_bytes(MEAN_RGB_ONNX)
     plugins.append(plugin("onnx-classifier", "fastext_onnx_classifier:OnnxClassifier"))
     params = {
-        "model": str(model), "labels": ["red", "green", "blue"], "top_k": 2,
-        "mean": [0, 0, 0], "std": [1, 1, 1],
+        "model": str(model),
+        "labels": ["red", "green", "blue"],
+        "top_k": 2,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
     }
     classifier = create("onnx-classifier", params)
     assert isinstance(classifier, onnx_classifier)
     assert (classifier.needs, classifier.rgb_size) == ("rgb", (16, 12))  # from the model
-    images = [np.full((48, 64, 3), colour, np.uint8)
-              for colour in [(250, 10, 10), (10, 200, 100), (0, 60, 120)]]
+    images = [
+        np.full((48, 64, 3), colour, np.uint8)
+        for colour in [(250, 10, 10), (10, 200, 100), (0, 60, 120)]
+    ]
     jpegs = [simplejpeg.encode_jpeg(i, quality=95, colorspace="RGB") for i in images]
     outcomes = run_batch(classifier, FrameFormat(Encoding.JPG, 0, 64, 48, 0), jpegs)
     best = []

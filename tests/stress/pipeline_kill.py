@@ -41,11 +41,14 @@ async def killer(server: ExtensionServer, rng: random.Random, done: asyncio.Even
 
 async def main(seed: int) -> int:
     rng = random.Random(seed)
-    server = ExtensionServer(Config(bind="127.0.0.1:0", workers=2, batch_size=4,
-                                    batch_delay_ms=2.0, log_level="ERROR"))
+    server = ExtensionServer(
+        Config(bind="127.0.0.1:0", workers=2, batch_size=4, batch_delay_ms=2.0, log_level="ERROR")
+    )
     port = await server.start()
-    frames = {tag: to_pixel_format(__import__("numpy").full((48, 64, 3), rgb, "uint8"), VF.RGB24)
-              for tag, rgb in (("light", LIGHT), ("dark", DARK))}
+    frames = {
+        tag: to_pixel_format(__import__("numpy").full((48, 64, 3), rgb, "uint8"), VF.RGB24)
+        for tag, rgb in (("light", LIGHT), ("dark", DARK))
+    }
     done = asyncio.Event()
     kill_task = asyncio.create_task(killer(server, rng, done))
 
@@ -53,24 +56,42 @@ async def main(seed: int) -> int:
         for i in range(FRAMES):
             yield frames[expected(i + 2)]
 
-    opts = [StreamOptions(target=f"127.0.0.1:{port}", width=64, height=48, shm=k % 2 == 0,
-                          window=24, graph_instance=f"stress-{k}", ack_timeout_s=60)
-            for k in range(STREAMS)]
-    results = await asyncio.gather(*(stream_frames(o, source()) for o in opts),
-                                   return_exceptions=True)
+    opts = [
+        StreamOptions(
+            target=f"127.0.0.1:{port}",
+            width=64,
+            height=48,
+            shm=k % 2 == 0,
+            window=24,
+            graph_instance=f"stress-{k}",
+            ack_timeout_s=60,
+        )
+        for k in range(STREAMS)
+    ]
+    results = await asyncio.gather(
+        *(stream_frames(o, source()) for o in opts), return_exceptions=True
+    )
     done.set()
     kills = await kill_task
     backend = server.backend
-    report = {"seed": seed, "kills": kills, "retried_batches": backend.retried,  # type: ignore
-              "abandoned_frames": backend.abandoned, "streams": []}  # type: ignore
+    report = {
+        "seed": seed,
+        "kills": kills,
+        "retried_batches": backend.retried,  # type: ignore
+        "abandoned_frames": backend.abandoned,
+        "streams": [],
+    }  # type: ignore
     ok = True
     for r in results:
         if isinstance(r, BaseException):
             report["streams"].append({"error": repr(r)})
             ok = False
             continue
-        wrong = sum(1 for seq, s in r.samples.items()
-                    if [i.classification.tag.value for i in s.inferences] != [expected(seq)])
+        wrong = sum(
+            1
+            for seq, s in r.samples.items()
+            if [i.classification.tag.value for i in s.inferences] != [expected(seq)]
+        )
         exact = sorted(r.samples) == list(range(2, FRAMES + 2))
         report["streams"].append({"sent": r.sent, "acked": r.acked, "wrong": wrong, "exact": exact})
         ok &= r.sent == r.acked == FRAMES and wrong == 0 and exact

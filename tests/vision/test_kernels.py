@@ -159,7 +159,11 @@ def run_python(code: str) -> str:
     done = subprocess.run(
         # 600 s: a bound for a hang, not a speed test; under qemu-user on a busy host the
         # warm-coverage run took over 120 s.
-        [sys.executable, "-c", code], check=True, timeout=600, env=env, capture_output=True
+        [sys.executable, "-c", code],
+        check=True,
+        timeout=600,
+        env=env,
+        capture_output=True,
     )
     return done.stdout.decode()
 
@@ -221,7 +225,9 @@ print(before == after, {n: (before[n], after[n]) for n in before if before[n] !=
 
 def _fastext_warm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fastext", "warm", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "fastext", "warm", *args],
+        capture_output=True,
+        text=True,
         env=subprocess_env(**env),
         timeout=600,  # a bound for a hang: a cold compile under qemu takes minutes
     )

@@ -48,8 +48,10 @@ def _load_or_compile(cache: Path, functions: set[str], log: Path) -> None:
 
 
 def _warm(cache: str, logs: str, index: int, barrier: multiprocessing.synchronize.Barrier) -> None:
-    units = [Unit(n, lambda f=f: _load_or_compile(Path(cache), f, Path(logs) / str(index)),
-                  frozenset(f)) for n, f in FUNCTIONS.items()]
+    units = [
+        Unit(n, lambda f=f: _load_or_compile(Path(cache), f, Path(logs) / str(index)), frozenset(f))
+        for n, f in FUNCTIONS.items()
+    ]
     barrier.wait(60)
     ran = run_units(units, cache)
     Path(logs, f"{index}.ran").write_text(",".join(ran))
@@ -67,8 +69,9 @@ def test_run_units_compiles_each_function_in_one_process_only(tmp_path: Path) ->
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    compiled = [(logs / str(i)).read_text().split() if (logs / str(i)).exists() else []
-                for i in (0, 1)]
+    compiled = [
+        (logs / str(i)).read_text().split() if (logs / str(i)).exists() else [] for i in (0, 1)
+    ]
     every = sorted(set().union(*FUNCTIONS.values()))
     assert sorted(compiled[0] + compiled[1]) == every  # once each, no DUPLICATE line
     for i in (0, 1):  # and each process ran every unit
@@ -86,8 +89,10 @@ def test_run_units_runs_what_it_can_lock_before_waiting(tmp_path: Path) -> None:
         order.append("free")
         free_ran.set()
 
-    units = [Unit("blocked", lambda: order.append("blocked"), frozenset({"shared", "own"})),
-             Unit("free", free, frozenset({"other"}))]
+    units = [
+        Unit("blocked", lambda: order.append("blocked"), frozenset({"shared", "own"})),
+        Unit("free", free, frozenset({"other"})),
+    ]
     result: list[list[str]] = []
     worker = threading.Thread(target=lambda: result.append(run_units(units, str(tmp_path), "k.")))
     worker.start()
@@ -162,9 +167,14 @@ def test_run_children_reads_every_child_at_once(tmp_path: Path) -> None:
     commands = [[sys.executable, "-c", code, lock, held] for code in (_WAITER, _WRITER)]
     # In a process of its own, its children in its session: a deadlock fails the test
     # (killed after the bound) instead of hanging it.
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(commands)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=subprocess_env(), start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, json.dumps(commands)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
     try:
         out, err = driver.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -172,8 +182,10 @@ def test_run_children_reads_every_child_at_once(tmp_path: Path) -> None:
         driver.communicate()
         raise AssertionError("the children deadlocked: a full stderr pipe was not read") from None
     assert driver.returncode == 0, err
-    assert json.loads(out) == [[0, "got the lock\n", 0, ""],
-                               [0, "wrote\n", KEEP_BYTES, "xxend"]]  # the last 64 KiB kept
+    assert json.loads(out) == [
+        [0, "got the lock\n", 0, ""],
+        [0, "wrote\n", KEEP_BYTES, "xxend"],
+    ]  # the last 64 KiB kept
 
 
 def _children_with(marker: str) -> list[int]:

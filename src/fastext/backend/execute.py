@@ -25,8 +25,15 @@ from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors.base import Processor
 from fastext.vision.frames import Encoding, Frame, frame_from_encoded, frame_from_raw
 
-__all__ = ["FrameFormat", "FrameResult", "fetch_payload", "frames_of", "make_frame", "run_batch",
-           "serialized"]
+__all__ = [
+    "FrameFormat",
+    "FrameResult",
+    "fetch_payload",
+    "frames_of",
+    "make_frame",
+    "run_batch",
+    "serialized",
+]
 
 log = logging.getLogger("fastext.backend.execute")
 _NOT_PROCESSED = Unprocessed(Outcome.ERROR, "not processed")  # every slot is set below
@@ -65,8 +72,9 @@ def make_frame(
     )
 
 
-def frames_of(fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview | Unprocessed]
-              ) -> list[Frame | Unprocessed]:
+def frames_of(
+    fmt: FrameFormat, payloads: Sequence[np.ndarray | bytes | memoryview | Unprocessed]
+) -> list[Frame | Unprocessed]:
     """Each payload as it arrived (a zero-copy view of RAW pixels, or the still encoded
     bytes), or why it cannot be read: what a model's one-pass preprocessing takes."""
     frames: list[Frame | Unprocessed] = []
@@ -128,12 +136,15 @@ def run_batch(
 def serialized(outcomes: Sequence[FrameResult]) -> list[bytes | Unprocessed]:
     """Each frame's inferences as the bytes of a MediaSample holding only them (field 10,
     what the front splices into the ack; b"" for none), or how it ended without them."""
-    return [o if isinstance(o, Unprocessed) else MediaSample(inferences=o).SerializeToString()
-            for o in outcomes]
+    return [
+        o if isinstance(o, Unprocessed) else MediaSample(inferences=o).SerializeToString()
+        for o in outcomes
+    ]
 
 
-def fetch_payload(payload: ShmRef | ArenaRef | memoryview, memory: ClientMemory | None,
-                  arena: Arena | None = None) -> np.ndarray | memoryview | Unprocessed:
+def fetch_payload(
+    payload: ShmRef | ArenaRef | memoryview, memory: ClientMemory | None, arena: Arena | None = None
+) -> np.ndarray | memoryview | Unprocessed:
     """One frame's bytes where a batch runs, in place (no copy), or why they cannot be had:
     an INVALID :class:`Unprocessed`, which :func:`run_batch` makes that frame's result.  ``payload`` is embedded
     bytes, a region of the session's client file, or (in a worker) of the server's arena.

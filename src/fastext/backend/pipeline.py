@@ -50,8 +50,15 @@ from fastext.outcomes import Outcome, Unprocessed
 from fastext.processors import ModelProcessor, create
 from fastext.processors.base import Processor
 
-__all__ = ["Backend", "Deliver", "InlineBackend", "Lane", "Payload", "WorkerBackend",
-           "make_backend"]
+__all__ = [
+    "Backend",
+    "Deliver",
+    "InlineBackend",
+    "Lane",
+    "Payload",
+    "WorkerBackend",
+    "make_backend",
+]
 
 log = logging.getLogger("fastext.backend.pipeline")
 
@@ -121,8 +128,14 @@ def make_backend(config: Config, metrics: MetricsSink | None = None) -> Backend:
 
 
 class _InlineLane:
-    def __init__(self, pool: ThreadPoolExecutor, spec: LaneSpec, memory: ClientMemory | None,
-                 deliver: Deliver, metrics: MetricsSink) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        spec: LaneSpec,
+        memory: ClientMemory | None,
+        deliver: Deliver,
+        metrics: MetricsSink,
+    ) -> None:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
@@ -162,12 +175,14 @@ class _InlineLane:
             results: list[Result] = done.result()
         except BaseException as exc:  # noqa: BLE001 - a processor's failure is the frames' outcome
             if done.cancelled():  # the pool shut down (close) before the batch ran
-                failed = Unprocessed(Outcome.SHUTDOWN,
-                                     "server stopped before the frame was processed")
+                failed = Unprocessed(
+                    Outcome.SHUTDOWN, "server stopped before the frame was processed"
+                )
             else:
                 log.error("batch failed in the server process: %s", exc, exc_info=exc)
-                failed = Unprocessed(Outcome.ERROR,
-                                     f"processing failed: {exc or type(exc).__name__}")
+                failed = Unprocessed(
+                    Outcome.ERROR, f"processing failed: {exc or type(exc).__name__}"
+                )
             results = [failed] * count
         self._deliver(token, results)
         if self._ordered:
@@ -194,8 +209,9 @@ class _InlineLane:
 class InlineBackend:
     """Runs batches on a thread pool of the server process."""
 
-    def __init__(self, threads: int | None = None, metrics: MetricsSink | None = None,
-                 model_threads: int = 1) -> None:
+    def __init__(
+        self, threads: int | None = None, metrics: MetricsSink | None = None, model_threads: int = 1
+    ) -> None:
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._model_threads = model_threads
         self._pool = ThreadPoolExecutor(
@@ -237,8 +253,9 @@ _READY_TIMEOUT_S = 600.0
 
 
 class _WorkerLane:
-    def __init__(self, backend: WorkerBackend, session: int, spec: LaneSpec,
-                 deliver: Deliver) -> None:
+    def __init__(
+        self, backend: WorkerBackend, session: int, spec: LaneSpec, deliver: Deliver
+    ) -> None:
         # Reject bad parameters now, at descriptor time; workers make their own instances.
         processor = create(spec.processor, spec.params)
         self.backend = backend
@@ -251,13 +268,24 @@ class _WorkerLane:
         self.closed = False  # the session is over (placement's)
         config = json.dumps({"processor": spec.processor, **spec.params})
         f = spec.format
-        self.open_record = records.pack_open(records.Open(
-            session, f.encoding, f.pixel_format, f.width, f.height, f.stride, spec.shm_name,
-            spec.shm_length, config))
+        self.open_record = records.pack_open(
+            records.Open(
+                session,
+                f.encoding,
+                f.pixel_format,
+                f.width,
+                f.height,
+                f.stride,
+                spec.shm_name,
+                spec.shm_length,
+                config,
+            )
+        )
 
         # submit(token, payloads) is the backend's, bound to this lane: no frame in between.
         self.submit: Callable[[int, Sequence[Payload]], None] = functools.partial(
-            backend.submit, self)
+            backend.submit, self
+        )
 
     def close(self) -> None:
         self.backend.close_lane(self)
@@ -291,8 +319,13 @@ class WorkerBackend:
     (tests/fake_worker.py) drives this wiring through deaths and re-runs without one.
     """
 
-    def __init__(self, config: Config, metrics: MetricsSink | None = None, *,
-                 target: Callable[[WorkerSpec], object] = worker_main) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: MetricsSink | None = None,
+        *,
+        target: Callable[[WorkerSpec], object] = worker_main,
+    ) -> None:
         self.config = config
         self._target = target
         self._metrics = metrics if metrics is not None else NullMetrics()
@@ -340,13 +373,20 @@ class WorkerBackend:
         free = shm_free()
         try:
             self._arena = arena = Arena.create(segment_name("arena"), size)
-            self._placement = Placement[_WorkerLane](self.config.workers, ArenaAllocator(size),
-                                                     arena.write)
+            self._placement = Placement[_WorkerLane](
+                self.config.workers, ArenaAllocator(size), arena.write
+            )
             self._all_ready = asyncio.Event()
-            self._supervisor = Supervisor(self.config.workers, self._launch, self._target,
-                                          self._on_completions, self._on_exit, self._release,
-                                          on_launch_failure=self._on_launch_failure,
-                                          serving=self._serving)
+            self._supervisor = Supervisor(
+                self.config.workers,
+                self._launch,
+                self._target,
+                self._on_completions,
+                self._on_exit,
+                self._release,
+                on_launch_failure=self._on_launch_failure,
+                serving=self._serving,
+            )
             self._metrics.count_unsignalled_wakeups(self.unsignalled_wakeups)
             self._supervisor.start()
         except ShmFullError:
@@ -363,12 +403,14 @@ class WorkerBackend:
         """The one line for a start that found ``/dev/shm`` too small (``free`` bytes)."""
         workers, arena = self.config.workers, self.config.shm_size_mb << 20
         rings = _RING_PAIR_BYTES * workers
-        return (f"/dev/shm has {mib(free)} free, too little for the {mib(arena + rings)} "
-                f"fastext needs: a {mib(arena)} arena (--shm-size-mb "
-                f"{self.config.shm_size_mb}) and {mib(_RING_PAIR_BYTES)} of rings per worker "
-                f"(--workers {workers}); lower --shm-size-mb, run fewer "
-                "workers, or give the device a larger /dev/shm (docker run --shm-size, "
-                "HostConfig.ShmSize)")
+        return (
+            f"/dev/shm has {mib(free)} free, too little for the {mib(arena + rings)} "
+            f"fastext needs: a {mib(arena)} arena (--shm-size-mb "
+            f"{self.config.shm_size_mb}) and {mib(_RING_PAIR_BYTES)} of rings per worker "
+            f"(--workers {workers}); lower --shm-size-mb, run fewer "
+            "workers, or give the device a larger /dev/shm (docker run --shm-size, "
+            "HostConfig.ShmSize)"
+        )
 
     def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
         return _WorkerLane(self, next(self._lanes), spec, deliver)
@@ -382,8 +424,9 @@ class WorkerBackend:
         """Place a batch of ``lane``; its results go to ``lane.deliver(token, ...)``."""
         placement = self._placement
         assert placement is not None and self._loop is not None, "WorkerBackend.start() first"
-        worker = placement.add(lane, token, payloads,
-                               time.perf_counter() if self._metrics.enabled else 0.0)
+        worker = placement.add(
+            lane, token, payloads, time.perf_counter() if self._metrics.enabled else 0.0
+        )
         if worker is not None:  # placed at once (nothing waited before it): into its ring
             self._flush(worker)
             if self._metrics.enabled:
@@ -450,8 +493,7 @@ class WorkerBackend:
                     continue  # a batch it no longer holds (re-run elsewhere after a death)
                 if metrics.enabled:
                     processing = processing_us / 1e6
-                    metrics.batch_done(time.perf_counter() - job.submitted - processing,
-                                       processing)
+                    metrics.batch_done(time.perf_counter() - job.submitted - processing, processing)
                 job.lane.deliver(job.token, outcomes)
             elif kind == records.MODEL_RUN:
                 model, frames, inference_us = records.unpack_model_run(record)
@@ -496,14 +538,25 @@ class WorkerBackend:
                 f"/dev/shm has {mib(exc.free)} free, too little for worker {slot.index}'s "
                 f"rings ({mib(_RING_PAIR_BYTES)}): free space in /dev/shm (another program's "
                 "files?), give the device a larger /dev/shm (docker run --shm-size), lower "
-                "--shm-size-mb or run fewer --workers", exc.need, exc.free) from None
+                "--shm-size-mb or run fewer --workers",
+                exc.need,
+                exc.free,
+            ) from None
         self._links[slot.index] = _WorkerLink(rings, slot.doorbell, placement.workers[slot.index])
         config = self.config
-        return WorkerSpec(index=slot.index, rings=rings.names, arena_name=arena.name,
-                          arena_size=arena.size, log_level=config.log_level,
-                          log_format=config.log_format, parent_pid=os.getpid(),
-                          heartbeat=slot.heartbeat, doorbell=slot.doorbell.ringer,
-                          models=repository.installed(), model_threads=config.model_threads)
+        return WorkerSpec(
+            index=slot.index,
+            rings=rings.names,
+            arena_name=arena.name,
+            arena_size=arena.size,
+            log_level=config.log_level,
+            log_format=config.log_format,
+            parent_pid=os.getpid(),
+            heartbeat=slot.heartbeat,
+            doorbell=slot.doorbell.ringer,
+            models=repository.installed(),
+            model_threads=config.model_threads,
+        )
 
     def _release(self, slot: Slot, aborting: bool) -> None:
         """The slot's process is gone (after :meth:`_on_exit`): close its rings, which
@@ -546,12 +599,14 @@ class WorkerBackend:
         held = len(worker.jobs)
         was_ready = worker.ready
         for job in placement.worker_died(worker):
-            lost = Unprocessed(Outcome.LOST,
-                               f"worker died while processing this frame ({job.runs} times)")
+            lost = Unprocessed(
+                Outcome.LOST, f"worker died while processing this frame ({job.runs} times)"
+            )
             job.lane.deliver(job.token, [lost] * len(job.refs or ()))
         if held:
-            log.warning("worker %d died holding %d batches: running them again elsewhere",
-                        slot.index, held)
+            log.warning(
+                "worker %d died holding %d batches: running them again elsewhere", slot.index, held
+            )
         stopping = self._supervisor is None or self._supervisor.stopping
         if was_ready and not placement.ready and not stopping and self._readiness is not None:
             self._readiness(False)  # no worker left: batches wait for the next one

@@ -49,8 +49,9 @@ class Job(Generic[L]):
 
     __slots__ = ("lane", "token", "payloads", "batch_id", "refs", "blocks", "runs", "submitted")
 
-    def __init__(self, lane: L, token: int, payloads: Sequence[Payload],
-                 batch_id: int, submitted: float) -> None:
+    def __init__(
+        self, lane: L, token: int, payloads: Sequence[Payload], batch_id: int, submitted: float
+    ) -> None:
         self.lane = lane
         self.token = token  # the session's name for the batch
         self.batch_id = batch_id
@@ -85,8 +86,9 @@ class Placement(Generic[L]):
     """Backlog, arena copy-in, worker choice and re-runs for ``count`` workers, whose
     lanes are ``L``s: ``Placement[MyLane](...)``, and every job's ``lane`` is a ``MyLane``."""
 
-    def __init__(self, count: int, alloc: ArenaAllocator,
-                 write: Callable[[int, memoryview], None]) -> None:
+    def __init__(
+        self, count: int, alloc: ArenaAllocator, write: Callable[[int, memoryview], None]
+    ) -> None:
         self.workers: list[Worker[L]] = [Worker(i) for i in range(count)]
         self.ready: list[Worker[L]] = []  # the ready workers, by index
         self.backlog: deque[Job[L]] = deque()  # waiting for arena space or a ready worker
@@ -101,8 +103,9 @@ class Placement(Generic[L]):
         worker.ready = ready
         self.ready = [w for w in self.workers if w.ready]
 
-    def add(self, lane: L, token: int, payloads: Sequence[Payload],
-            submitted: float) -> Worker[L] | None:
+    def add(
+        self, lane: L, token: int, payloads: Sequence[Payload], submitted: float
+    ) -> Worker[L] | None:
         """Take a batch.  With nothing waiting before it, it is placed at once if it can
         go, and the worker whose outbox got its records is returned; otherwise it joins
         the backlog (for :meth:`place`) and None is returned."""

@@ -27,17 +27,39 @@ from typing import NamedTuple
 from fastext.outcomes import Outcome, Unprocessed
 
 __all__ = [
-    "BATCH", "CLOSE", "DONE", "MODEL_RUN", "OPEN", "READY", "SRC_ARENA", "SRC_CLIENT", "STOP",
-    "batch_session", "pack_model_run", "unpack_model_run",
-    "Open", "pack_batch", "pack_close", "pack_done", "pack_open", "pack_ready", "pack_stop",
-    "unpack_batch", "unpack_close", "unpack_done", "unpack_open", "unpack_ready",
+    "BATCH",
+    "CLOSE",
+    "DONE",
+    "MODEL_RUN",
+    "OPEN",
+    "READY",
+    "SRC_ARENA",
+    "SRC_CLIENT",
+    "STOP",
+    "batch_session",
+    "pack_model_run",
+    "unpack_model_run",
+    "Open",
+    "pack_batch",
+    "pack_close",
+    "pack_done",
+    "pack_open",
+    "pack_ready",
+    "pack_stop",
+    "unpack_batch",
+    "unpack_close",
+    "unpack_done",
+    "unpack_open",
+    "unpack_ready",
 ]
 
 OPEN, BATCH, CLOSE, STOP = 1, 2, 3, 4
 READY, DONE, MODEL_RUN = 10, 11, 12
 SRC_CLIENT, SRC_ARENA = 0, 1
 
-_OPEN = struct.Struct("<BxxxIBBxxIIIQHxxI")  # kind session enc pf w h stride shm_len name_len cfg_len
+_OPEN = struct.Struct(
+    "<BxxxIBBxxIIIQHxxI"
+)  # kind session enc pf w h stride shm_len name_len cfg_len
 _BATCH = struct.Struct("<BxxxIQI")  # kind session batch_id count
 _REF = struct.Struct("<BxxxxxxxQQ")  # source offset size
 _BATCH1 = struct.Struct(_BATCH.format + _REF.format[1:])  # a batch of one frame
@@ -74,8 +96,18 @@ def _check_length(buf: bytes, need: int, kind: str) -> None:
 def pack_open(o: Open) -> bytes:
     name = (o.shm_name or "").encode()
     cfg = o.processor.encode()
-    head = _OPEN.pack(OPEN, o.session, o.encoding, o.pixel_format, o.width, o.height, o.stride,
-                      o.shm_length, len(name), len(cfg))
+    head = _OPEN.pack(
+        OPEN,
+        o.session,
+        o.encoding,
+        o.pixel_format,
+        o.width,
+        o.height,
+        o.stride,
+        o.shm_length,
+        len(name),
+        len(cfg),
+    )
     return head + name + cfg
 
 
@@ -124,8 +156,9 @@ def unpack_ready(buf: bytes) -> int:
     return _SESSION.unpack_from(buf)[1]
 
 
-def pack_done(batch_id: int, outcomes: Sequence[bytes | Unprocessed],
-              processing_us: int = 0) -> bytes:
+def pack_done(
+    batch_id: int, outcomes: Sequence[bytes | Unprocessed], processing_us: int = 0
+) -> bytes:
     """bytes: serialized inferences (a MediaSample's field 10); Unprocessed: how the
     frame ended without them, and why."""
     parts = [_DONE.pack(DONE, min(processing_us, 0xFFFFFFFF), batch_id, len(outcomes))]
@@ -172,6 +205,8 @@ def unpack_model_run(buf: bytes) -> tuple[int, int, int]:
     """(model number, frames, inference time in microseconds)."""
     _, model, frames, inference_us = _MODEL_RUN.unpack_from(buf)
     return model, frames, inference_us
+
+
 def _unprocessed_code(kind: Outcome) -> int:
     if kind not in _UNPROCESSED:  # INFERRED or EMPTY with a reason: a caller's bug
         raise struct.error(f"{kind!r} is not an outcome without inferences")

@@ -22,8 +22,7 @@ import posix_ipc
 
 from fastext.errors import ShmFullError
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "cleanup_stale_segments", "mib", "segment_name",
-           "shm_free"]
+__all__ = ["SEGMENT_PREFIX", "Segment", "cleanup_stale_segments", "mib", "segment_name", "shm_free"]
 
 log = logging.getLogger("fastext.backend.segments")
 
@@ -146,8 +145,9 @@ def _reserve(fd: int, size: int) -> None:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
             raise
         free = shm_free()
-        raise ShmFullError(f"{_SHM_DIR} has {mib(free)} free, too little for a "
-                           f"{mib(size)} segment", size, free) from None
+        raise ShmFullError(
+            f"{_SHM_DIR} has {mib(free)} free, too little for a {mib(size)} segment", size, free
+        ) from None
 
 
 def _map(shm: posix_ipc.SharedMemory, size: int, writable: bool) -> mmap.mmap:

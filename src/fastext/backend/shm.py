@@ -55,7 +55,9 @@ class ClientMemory:
         self._view = self._open(os.path.join(directory, name), length)
 
     def _open(self, path: str, length: int) -> np.ndarray:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
+        flags = (
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        )  # NONBLOCK: a FIFO must not hang us
         try:
             fd = os.open(path, flags)
         except OSError as exc:
@@ -82,8 +84,10 @@ class ClientMemory:
     @staticmethod
     def _open_error(path: str, exc: OSError) -> str:
         if exc.errno == errno.ENOENT:
-            return (f"shared memory file {path} does not exist (is the IPC namespace shared "
-                    "with the client, e.g. IpcMode container:<client> or host?)")
+            return (
+                f"shared memory file {path} does not exist (is the IPC namespace shared "
+                "with the client, e.g. IpcMode container:<client> or host?)"
+            )
         if exc.errno in (errno.EACCES, errno.EPERM):
             return f"shared memory file {path}: permission denied opening it read-only"
         if exc.errno == errno.ELOOP:
@@ -129,8 +133,10 @@ class ClientMemory:
         self._check(ref.offset, ref.size, ref.size)
         size = os.fstat(self._fd).st_size
         if ref.offset + ref.size > size:
-            raise SampleError(f"shared memory {self.name} was cut to {size} bytes after the "
-                              f"handshake: the frame at {ref.offset}+{ref.size} is gone")
+            raise SampleError(
+                f"shared memory {self.name} was cut to {size} bytes after the "
+                f"handshake: the frame at {ref.offset}+{ref.size} is gone"
+            )
         return self._view[ref.offset : ref.offset + ref.size]
 
     def close(self) -> None:
@@ -152,8 +158,9 @@ class ClientMemory:
                 mapping.close()
             except BufferError:
                 # The mapping is released when the last view is collected; reading stays safe.
-                log.warning("shared memory %s: a frame view is still alive; unmap deferred",
-                            self.name)
+                log.warning(
+                    "shared memory %s: a frame view is still alive; unmap deferred", self.name
+                )
 
     @property
     def closed(self) -> bool:

@@ -142,8 +142,12 @@ class Supervisor:
         try:
             spec = self._launch(slot)
             slot.launched = True
-            slot.process = _CTX.Process(target=self._target, args=(spec,), daemon=True,
-                                        name=f"fastext-{self._name}-{slot.index}")
+            slot.process = _CTX.Process(
+                target=self._target,
+                args=(spec,),
+                daemon=True,
+                name=f"fastext-{self._name}-{slot.index}",
+            )
             slot.process.start()
         except BaseException:
             slot.process = None
@@ -160,16 +164,22 @@ class Supervisor:
         self._loop.remove_reader(process.sentinel)
         process.join(1.0)  # the sentinel closes a moment before the process can be reaped
         if not self._stopping:
-            log.error("%s %d (pid %d) exited with code %s", self._name, slot.index, process.pid,
-                      process.exitcode)
+            log.error(
+                "%s %d (pid %d) exited with code %s",
+                self._name,
+                slot.index,
+                process.pid,
+                process.exitcode,
+            )
         self._on_exit(slot)  # completions are taken and frames re-queued before the slot resets
         self._release(slot)
         if self._stopping:
             return
         slot.restarts += 1
         delay = self._respawn_later(slot)
-        log.warning("restarting %s %d in %.1f s (restart %d)", self._name, slot.index, delay,
-                    slot.restarts)
+        log.warning(
+            "restarting %s %d in %.1f s (restart %d)", self._name, slot.index, delay, slot.restarts
+        )
 
     def _respawn_later(self, slot: Slot) -> float:
         """Schedule the slot's next launch after the backoff its recent failures earn."""
@@ -190,9 +200,14 @@ class Supervisor:
             # empty would leave its frames waiting for a process that never comes.
             slot.launch_failures += 1
             delay = self._respawn_later(slot)
-            log.error("%s %d could not be started: %s; trying again in %.1f s (launch "
-                      "failure %d)", self._name, slot.index, _cause(exc), delay,
-                      slot.launch_failures)
+            log.error(
+                "%s %d could not be started: %s; trying again in %.1f s (launch failure %d)",
+                self._name,
+                slot.index,
+                _cause(exc),
+                delay,
+                slot.launch_failures,
+            )
             if self._on_launch_failure is not None:
                 self._on_launch_failure(slot, exc)
 
@@ -225,8 +240,12 @@ class Supervisor:
         serving = self._serving
         for slot in self.slots:
             if serving(slot) and slot.alive and now - slot.heartbeat.value > self._hang_s:
-                log.error("%s %d has not beaten for %.0f s: killing it", self._name, slot.index,
-                          now - slot.heartbeat.value)
+                log.error(
+                    "%s %d has not beaten for %.0f s: killing it",
+                    self._name,
+                    slot.index,
+                    now - slot.heartbeat.value,
+                )
                 slot.process.kill()  # its sentinel reports the exit: handled as a crash
         if not self._stopping:
             self._watch = self._loop.call_later(self._watch_s, self._check_heartbeats)
@@ -246,8 +265,12 @@ class Supervisor:
         for process in killed:
             process.join(max(0.0, end - time.monotonic()))
             if process.exitcode is None:
-                log.error("%s pid %d not reaped within %.1f s of SIGKILL", self._name,
-                          process.pid, deadline_s)
+                log.error(
+                    "%s pid %d not reaped within %.1f s of SIGKILL",
+                    self._name,
+                    process.pid,
+                    deadline_s,
+                )
         for slot in self.slots:
             self._release_resources(slot, aborting=True)
             # Should the loop run on, no on_exit and no restart follow: watch nothing more.

@@ -113,11 +113,14 @@ class Worker:
         # function compiled in one process, loaded from numba's cache by the rest), not
         # repeated in each: see fastext.vision.warmup and docs/architecture.md, "Warm-up".
         report = kernels.warm_shared()
-        log.info("kernels warm in %.2f s: %d functions compiled here, %d loaded from the cache "
-                 "(pid %d)", time.perf_counter() - started, len(report.compiled),
-                 len(report.loaded), os.getpid(),
-                 extra={"event": "worker_ready", "compiled": report.compiled,
-                        "loaded": report.loaded})
+        log.info(
+            "kernels warm in %.2f s: %d functions compiled here, %d loaded from the cache (pid %d)",
+            time.perf_counter() - started,
+            len(report.compiled),
+            len(report.loaded),
+            os.getpid(),
+            extra={"event": "worker_ready", "compiled": report.compiled, "loaded": report.loaded},
+        )
         if self.spec.models:  # every model loaded (and run once) before READY
             from fastext.models import engine
 
@@ -183,8 +186,14 @@ class Worker:
             info = lane.processor.info  # type: ignore[union-attr]
             frames[info.name] = frames.get(info.name, 0) + len(refs)
             infos[info.name] = info
-        return max((infos[n].max_queue_delay_ms / 1000.0 for n, count in frames.items()
-                    if count < infos[n].max_batch), default=0.0)
+        return max(
+            (
+                infos[n].max_queue_delay_ms / 1000.0
+                for n, count in frames.items()
+                if count < infos[n].max_batch
+            ),
+            default=0.0,
+        )
 
     def _run_models(self, waiting: list[tuple[_Lane, int, list[tuple[int, int, int]]]]) -> None:
         by_model: dict[str, list[tuple[_Lane, int, list[tuple[int, int, int]]]]] = {}
@@ -203,8 +212,12 @@ class Worker:
             try:
                 results = engine.infer(jobs)
             except Exception as exc:  # the runtime failed the batch: every frame says so
-                log.exception("model %r failed on a batch of %d frames from %d sessions", name,
-                              sum(len(f) for _, f in jobs), len(jobs))
+                log.exception(
+                    "model %r failed on a batch of %d frames from %d sessions",
+                    name,
+                    sum(len(f) for _, f in jobs),
+                    len(jobs),
+                )
                 failed = Unprocessed(Outcome.ERROR, f"model {name!r} failed: {exc}")
                 results = [[failed] * len(frames) for _, frames in jobs]
             del jobs  # views of shared memory: gone before the front learns a batch is done
@@ -236,8 +249,11 @@ class Worker:
         session_id, batch_id, refs = records.unpack_batch(record)
         lane = self.lanes.get(session_id)
         if lane is None or lane.processor is None:
-            failed = (lane.error if lane is not None and lane.error is not None else Unprocessed(
-                Outcome.ERROR, f"session {session_id} is not open in this worker"))
+            failed = (
+                lane.error
+                if lane is not None and lane.error is not None
+                else Unprocessed(Outcome.ERROR, f"session {session_id} is not open in this worker")
+            )
             return records.pack_done(batch_id, [failed] * len(refs))
         payloads = self._payloads(lane, refs)
         started = time.perf_counter()
@@ -246,16 +262,21 @@ class Worker:
         del payloads  # views of shared memory: gone before the front learns the batch is done
         return self._done(batch_id, serialized(outcomes), processing_us)
 
-    def _payloads(self, lane: _Lane, refs: list[tuple[int, int, int]]
-                  ) -> list[np.ndarray | memoryview | Unprocessed]:
+    def _payloads(
+        self, lane: _Lane, refs: list[tuple[int, int, int]]
+    ) -> list[np.ndarray | memoryview | Unprocessed]:
         """A batch's frames in place: views of the client's file or of the arena."""
         memory, arena = lane.memory, self.arena
-        return [fetch_payload(ArenaRef(offset, size) if source == records.SRC_ARENA
-                              else ShmRef(offset, size), memory, arena)
-                for source, offset, size in refs]
+        return [
+            fetch_payload(
+                ArenaRef(offset, size) if source == records.SRC_ARENA else ShmRef(offset, size),
+                memory,
+                arena,
+            )
+            for source, offset, size in refs
+        ]
 
-    def _done(self, batch_id: int, encoded: list[bytes | Unprocessed], processing_us: int
-              ) -> bytes:
+    def _done(self, batch_id: int, encoded: list[bytes | Unprocessed], processing_us: int) -> bytes:
         """The DONE record of a batch, or one saying its results do not fit the ring."""
         done = records.pack_done(batch_id, encoded, processing_us)
         if len(done) > self.completion.max_record:
@@ -300,8 +321,9 @@ def main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front's to handle
     logs.setup(spec.log_level, spec.log_format, worker=spec.index)
     spec.heartbeat.value = time.monotonic()
-    threading.Thread(target=_heartbeat, args=(spec.heartbeat,), daemon=True,
-                     name="fastext-heartbeat").start()
+    threading.Thread(
+        target=_heartbeat, args=(spec.heartbeat,), daemon=True, name="fastext-heartbeat"
+    ).start()
     worker = Worker(spec)
     try:
         worker.run()

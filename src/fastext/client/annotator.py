@@ -117,20 +117,32 @@ class _Painter:
 class Annotator:
     """Draws acknowledged frames for an ``--annotate`` path and/or a live view."""
 
-    def __init__(self, streams: int, *, window: int, annotate: str = "", rate: float = 30.0,
-                 view: LiveView | None = None, timescale: int = 90000,
-                 sinks: Sequence[FrameSink] | None = None) -> None:
+    def __init__(
+        self,
+        streams: int,
+        *,
+        window: int,
+        annotate: str = "",
+        rate: float = 30.0,
+        view: LiveView | None = None,
+        timescale: int = 90000,
+        sinks: Sequence[FrameSink] | None = None,
+    ) -> None:
         """``sinks`` (one per stream) replaces the files ``annotate`` would open."""
         self.view, self.timescale = view, timescale
         if sinks is None:
-            sinks = [open_sink(annotate, k, streams, rate) for k in range(streams)] if annotate else []
+            sinks = (
+                [open_sink(annotate, k, streams, rate) for k in range(streams)] if annotate else []
+            )
         self.sinks = list(sinks)
         self._broken: dict[int, str] = {}  # stream -> why its sink failed
         self._states = [_StreamState() for _ in range(streams)]
         if self.sinks:
             for state in self._states:
                 state.credits = asyncio.Semaphore(max(1, window) + BACKLOG)
-        self._painters = [_Painter(self, f"fastext-draw-{i}") for i in range(min(streams, PAINTERS))]
+        self._painters = [
+            _Painter(self, f"fastext-draw-{i}") for i in range(min(streams, PAINTERS))
+        ]
         self._view_due = [0.0] * streams
         self._loop: asyncio.AbstractEventLoop | None = None
         self.written = [0] * streams
@@ -160,6 +172,7 @@ class Annotator:
             if self.sinks:
                 state.order.append(seq)
             state.sent += 1
+
         return sent
 
     def send_gate(self, stream: int) -> Callable[[], Awaitable[object]] | None:
@@ -175,8 +188,10 @@ class Annotator:
         index, timestamp, rgb, sent_at = entry
         inferences = list(sample.inferences) if sample is not None else []
         if self.view is not None:
-            types = [inf.WhichOneof("value") or Inference.InferenceType.Name(inf.type).lower()
-                     for inf in inferences]
+            types = [
+                inf.WhichOneof("value") or Inference.InferenceType.Name(inf.type).lower()
+                for inf in inferences
+            ]
             self.view.figures[stream].record(time.monotonic() - sent_at, types)
         job = _Job(stream, index, timestamp, rgb, inferences, keep=bool(self.sinks))
         if not job.keep:
@@ -216,8 +231,13 @@ class Annotator:
             show = self.view is not None and now >= self._view_due[job.stream]
             if job.keep and job.stream in self._broken and not show:
                 return
-            image = draw_frame(job.rgb, job.inferences, stream=job.stream,
-                               timestamp=job.timestamp, timescale=self.timescale)
+            image = draw_frame(
+                job.rgb,
+                job.inferences,
+                stream=job.stream,
+                timestamp=job.timestamp,
+                timescale=self.timescale,
+            )
             if job.keep and job.stream not in self._broken:
                 try:
                     self.sinks[job.stream].write(job.index, image)

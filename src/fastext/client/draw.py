@@ -100,8 +100,13 @@ def _ink(background: Color) -> Color:
     return (0, 0, 0) if luma > 140 else (255, 255, 255)
 
 
-def _tab(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, fill: Color,
-         font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+def _tab(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    text: str,
+    fill: Color,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> int:
     """Text on a filled tab whose top-left is ``xy``; returns the tab's height."""
     left, _, right, bottom = (math.ceil(v) for v in draw.textbbox(xy, text, font=font))
     pad = 2
@@ -110,8 +115,9 @@ def _tab(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, fill: Color,
     return bottom + pad - xy[1] + 1
 
 
-def _text_height(draw: ImageDraw.ImageDraw, text: str,
-                 font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+def _text_height(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+) -> int:
     return math.ceil(draw.textbbox((0, 0), text, font=font)[3])
 
 
@@ -130,8 +136,14 @@ def _notes(inferences: Iterable[Inference]) -> list[str]:
     return notes
 
 
-def draw_frame(rgb: np.ndarray, inferences: Iterable[Inference], *, stream: int,
-               timestamp: int, timescale: int = 90000) -> Image.Image:
+def draw_frame(
+    rgb: np.ndarray,
+    inferences: Iterable[Inference],
+    *,
+    stream: int,
+    timestamp: int,
+    timescale: int = 90000,
+) -> Image.Image:
     """A new RGB image: ``rgb`` (height, width, 3) with ``inferences`` drawn on it.
     ``rgb`` itself is left as it is (Pillow copies 24-bit pixels into its own layout)."""
     image = Image.fromarray(np.asarray(rgb, np.uint8))

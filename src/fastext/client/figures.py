@@ -20,8 +20,9 @@ __all__ = ["StreamFigures"]
 class StreamFigures:
     """Figures of one stream over the last ``span_s`` seconds (at most ``cap`` acks)."""
 
-    def __init__(self, span_s: float = 5.0, cap: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, span_s: float = 5.0, cap: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.span_s, self._clock = span_s, clock
         self._acks: deque[tuple[float, float, tuple[str, ...]]] = deque(maxlen=cap)
         self._lock = threading.Lock()

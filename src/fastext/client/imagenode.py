@@ -19,8 +19,9 @@ __all__ = ["ENCODINGS", "PIXEL_FORMATS", "SCALE_MODES", "ImageNode"]
 
 SCALE_MODES = ("pad", "preserveAspectRatio", "stretch")
 ENCODINGS = {"raw": VF.RAW, "jpg": VF.JPG, "png": VF.PNG, "bmp": VF.BMP}
-PIXEL_FORMATS = {name.lower(): VF.PixelFormat.Value(name) for name in VF.PixelFormat.keys()
-                 if name != "NONE"}
+PIXEL_FORMATS = {
+    name.lower(): VF.PixelFormat.Value(name) for name in VF.PixelFormat.keys() if name != "NONE"
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ class ImageNode:
         inner = (max(1, round(src_w * factor)), max(1, round(src_h * factor)))
         canvas = np.zeros((out_h, out_w, 3), np.uint8)  # black bars
         x, y = (out_w - inner[0]) // 2, (out_h - inner[1]) // 2
-        canvas[y : y + inner[1], x : x + inner[0]] = np.asarray(image.resize(inner, Image.Resampling.BILINEAR))
+        canvas[y : y + inner[1], x : x + inner[0]] = np.asarray(
+            image.resize(inner, Image.Resampling.BILINEAR)
+        )
         return canvas
 
     def encode_frame(self, rgb: np.ndarray) -> bytes:

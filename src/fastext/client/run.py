@@ -112,8 +112,9 @@ def _encoded(cmd: StreamCommand, stream: int) -> tuple[Frames, int, int]:
     return _scaled_and_encoded(cmd.node, frames), width, height
 
 
-def _scaled_and_encoded(node: ImageNode,
-                        frames: Iterator[tuple[np.ndarray, Fraction | None]]) -> Frames:
+def _scaled_and_encoded(
+    node: ImageNode, frames: Iterator[tuple[np.ndarray, Fraction | None]]
+) -> Frames:
     for frame, seconds in frames:
         scaled = node.scale_frame(frame)
         data = node.encode_scaled(scaled)
@@ -152,6 +153,7 @@ class _Report:
                 if self.cmd.streams > 1:
                     line["stream"] = stream
                 self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
+
         return record
 
     def progress_line(self) -> str:
@@ -169,17 +171,27 @@ class _Report:
         def pct(p: float) -> float | None:
             if not lat:
                 return None
-            return round(statistics.quantiles(lat, n=100)[int(p) - 1] * 1e3, 3) if len(lat) > 1 \
+            return (
+                round(statistics.quantiles(lat, n=100)[int(p) - 1] * 1e3, 3)
+                if len(lat) > 1
                 else round(lat[0] * 1e3, 3)
+            )
 
-        return {"target": self.cmd.target, "streams": self.cmd.streams, "sent": sent,
-                "acked": acked, "without_inference": self.empty, "errors": errors,
-                "seconds": round(elapsed, 3), "fps": round(acked / elapsed, 1) if elapsed else 0.0,
-                "ack_latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99)},
-                "reconnects": sum(r.reconnects for r in self.results),
-                "resent": sum(r.resent for r in self.results),
-                "instances": self.instances(),
-                "per_stream": [_stream_summary(k, r) for k, r in enumerate(self.results)]}
+        return {
+            "target": self.cmd.target,
+            "streams": self.cmd.streams,
+            "sent": sent,
+            "acked": acked,
+            "without_inference": self.empty,
+            "errors": errors,
+            "seconds": round(elapsed, 3),
+            "fps": round(acked / elapsed, 1) if elapsed else 0.0,
+            "ack_latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99)},
+            "reconnects": sum(r.reconnects for r in self.results),
+            "resent": sum(r.resent for r in self.results),
+            "instances": self.instances(),
+            "per_stream": [_stream_summary(k, r) for k, r in enumerate(self.results)],
+        }
 
     def instances(self) -> dict[str, int]:
         """Calls per serving instance (named by the server's x-fastext-instance)."""
@@ -192,10 +204,17 @@ class _Report:
 
 
 def _stream_summary(k: int, result: StreamResult) -> dict[str, Any]:
-    return {"stream": k, "sent": result.sent, "acked": result.acked,
-            "reconnects": result.reconnects, "resent": result.resent,
-            "calls": [{"instance": c.instance, "acked": c.acked, "resent": c.resent,
-                       "status": c.status} for c in result.calls]}
+    return {
+        "stream": k,
+        "sent": result.sent,
+        "acked": result.acked,
+        "reconnects": result.reconnects,
+        "resent": result.resent,
+        "calls": [
+            {"instance": c.instance, "acked": c.acked, "resent": c.resent, "status": c.status}
+            for c in result.calls
+        ],
+    }
 
 
 def _served_by(result: StreamResult) -> str:
@@ -215,16 +234,26 @@ async def _run(cmd: StreamCommand, report: _Report, annotator: Annotator | None)
         if cmd.shm and cmd.node.encoding != VF.RAW:  # encoded images vary in size
             slot = max(1, cmd.shm_size_mb * 1024 * 1024 // window)
         opts = StreamOptions(
-            target=cmd.target, width=width, height=height, encoding=cmd.node.encoding,
+            target=cmd.target,
+            width=width,
+            height=height,
+            encoding=cmd.node.encoding,
             pixel_format=cmd.node.pixel_format if cmd.node.encoding == VF.RAW else VF.NONE,
-            shm=cmd.shm, shm_slot_bytes=slot, window=window, fps=cmd.fps or 0.0,
+            shm=cmd.shm,
+            shm_slot_bytes=slot,
+            window=window,
+            fps=cmd.fps or 0.0,
             extension_configuration=cmd.ext_config,
             graph_instance=cmd.graph_instance if cmd.streams == 1 else f"{cmd.graph_instance}-{k}",
-            ack_timeout_s=cmd.ack_timeout_s, metadata=metadata, credentials=credentials,
-            tls_server_name=cmd.tls_server_name, on_ack=report.on_ack(k, annotator),
+            ack_timeout_s=cmd.ack_timeout_s,
+            metadata=metadata,
+            credentials=credentials,
+            tls_server_name=cmd.tls_server_name,
+            on_ack=report.on_ack(k, annotator),
             on_send=annotator.on_send(k) if annotator else None,
             send_gate=annotator.send_gate(k) if annotator else None,
-            reconnect=cmd.reconnect)
+            reconnect=cmd.reconnect,
+        )
         result = StreamResult()
         report.results.append(result)
         sessions.append(stream_frames(opts, frames, result))
@@ -238,9 +267,14 @@ async def _run(cmd: StreamCommand, report: _Report, annotator: Annotator | None)
     for k, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             prefix = f"stream {k}: " if cmd.streams > 1 else ""
-            errors.append(prefix + (str(outcome) if isinstance(outcome, StreamError | SourceError
-                                                                  | ShmSpaceError)
-                                    else repr(outcome)))
+            errors.append(
+                prefix
+                + (
+                    str(outcome)
+                    if isinstance(outcome, StreamError | SourceError | ShmSpaceError)
+                    else repr(outcome)
+                )
+            )
     return errors
 
 
@@ -272,8 +306,11 @@ def run_stream_command(cmd: StreamCommand) -> int:
     view = None
     try:
         if cmd.view:
-            view = LiveView(*parse_address(cmd.view), streams=cmd.streams,
-                            title=f"fastext stream {cmd.source} → {cmd.target}")
+            view = LiveView(
+                *parse_address(cmd.view),
+                streams=cmd.streams,
+                title=f"fastext stream {cmd.source} → {cmd.target}",
+            )
             print(f"live view: {view.url} (until the run ends)", file=sys.stderr, flush=True)
         errors = asyncio.run(_main(cmd, report, view))
     except (SourceError, SinkError, ViewError, ValueError, OSError) as exc:
@@ -285,14 +322,18 @@ def run_stream_command(cmd: StreamCommand) -> int:
             view.close()
     summary = report.summary(errors)
     lat = summary["ack_latency_ms"]
-    print(f"sent {summary['sent']}, acked {summary['acked']} "
-          f"({summary['without_inference']} without inference), {summary['fps']} frames/s, "
-          f"ack latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms")
+    print(
+        f"sent {summary['sent']}, acked {summary['acked']} "
+        f"({summary['without_inference']} without inference), {summary['fps']} frames/s, "
+        f"ack latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms"
+    )
     if summary["reconnects"] or cmd.reconnect:
         print(f"reconnects {summary['reconnects']}, frames resent {summary['resent']}")
     if summary["instances"]:
-        print("calls per instance: " + ", ".join(f"{name} {n}"
-                                                  for name, n in summary["instances"].items()))
+        print(
+            "calls per instance: "
+            + ", ".join(f"{name} {n}" for name, n in summary["instances"].items())
+        )
         if len(report.results) <= _STREAMS_LISTED:
             for k, result in enumerate(report.results):
                 print(f"stream {k}: {_served_by(result)}")
@@ -316,8 +357,9 @@ async def _main(cmd: StreamCommand, report: _Report, view: LiveView | None) -> l
     if cmd.annotate or view is not None:
         video = Path(cmd.annotate).suffix.lower() in VIDEO_SUFFIXES
         rate = (frame_rate(cmd.source) if video else None) or cmd.fps or 30.0
-        annotator = Annotator(cmd.streams, window=cmd.window, annotate=cmd.annotate, rate=rate,
-                              view=view)
+        annotator = Annotator(
+            cmd.streams, window=cmd.window, annotate=cmd.annotate, rate=rate, view=view
+        )
         annotator.start()
     try:
         errors = await _run(cmd, report, annotator)

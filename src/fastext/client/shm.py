@@ -26,8 +26,9 @@ class SlotWriter:
     writes each slot once and then costs one message per frame.
     """
 
-    def __init__(self, slot_bytes: int, slots: int, directory: str = "/dev/shm",
-                 reuse: bool = False) -> None:
+    def __init__(
+        self, slot_bytes: int, slots: int, directory: str = "/dev/shm", reuse: bool = False
+    ) -> None:
         if slot_bytes <= 0 or slots <= 0:
             raise ValueError("slot size and slot count must be positive")
         self.slot_bytes = slot_bytes
@@ -42,7 +43,9 @@ class SlotWriter:
         try:
             os.ftruncate(fd, self.length)
             self._reserve(fd, directory, slot_bytes, slots)
-            self._map = mmap.mmap(fd, self.length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._map = mmap.mmap(
+                fd, self.length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
         except BaseException:
             os.unlink(self.path)
             raise
@@ -68,7 +71,8 @@ class SlotWriter:
                 f"MiB shared-memory file ({slots} slots of {slot_bytes} bytes: --window x "
                 "the frame size, --shm-size-mb for encoded images); give it more room (docker "
                 "run --shm-size), lower --window or --shm-size-mb, or send frames embedded "
-                "(without --shm)") from None
+                "(without --shm)"
+            ) from None
 
     @property
     def free_slots(self) -> int:
@@ -79,7 +83,9 @@ class SlotWriter:
         if len(data) > self.slot_bytes:
             raise ValueError(f"frame of {len(data)} bytes exceeds the {self.slot_bytes}-byte slot")
         if not self._free:
-            raise RuntimeError("no free shared-memory slot (a frame is being written before an ack)")
+            raise RuntimeError(
+                "no free shared-memory slot (a frame is being written before an ack)"
+            )
         if self.reuse:
             slot = self._reuse_slot(data)
             if slot >= 0:

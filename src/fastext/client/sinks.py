@@ -16,8 +16,15 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-__all__ = ["VIDEO_SUFFIXES", "FrameSink", "PngFolder", "SinkError", "VideoFile", "open_sink",
-           "sink_path"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "FrameSink",
+    "PngFolder",
+    "SinkError",
+    "VideoFile",
+    "open_sink",
+    "sink_path",
+]
 
 log = logging.getLogger("fastext.client")
 
@@ -71,7 +78,9 @@ class VideoFile:
         try:
             import av
         except ImportError:
-            raise SinkError("--annotate to a video needs PyAV: pip install 'fastext[video]'") from None
+            raise SinkError(
+                "--annotate to a video needs PyAV: pip install 'fastext[video]'"
+            ) from None
         self._av = av
         self.path = path
         self.rate = Fraction(rate).limit_denominator(1001) if rate > 0 else Fraction(30)

@@ -17,8 +17,14 @@ import numpy as np
 
 from fastext.client.synthetic import scene
 
-__all__ = ["IMAGE_SUFFIXES", "PATTERNS", "SourceError", "frame_rate", "frames_from",
-           "timed_frames_from"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PATTERNS",
+    "SourceError",
+    "frame_rate",
+    "frames_from",
+    "timed_frames_from",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PATTERNS = ("dark-light", "gradient", "noise", "scene")
@@ -61,8 +67,11 @@ def timed_frames_from(source: str, loop: int = 1, seed: int = 0) -> Iterator[Tim
 def frame_rate(source: str) -> float | None:
     """A video source's frame rate (frames/s, as its container states it); None for other
     sources, or when it cannot be read (the caller picks a default)."""
-    if source.startswith("synthetic:") or Path(source).is_dir() \
-            or Path(source).suffix.lower() in IMAGE_SUFFIXES:
+    if (
+        source.startswith("synthetic:")
+        or Path(source).is_dir()
+        or Path(source).suffix.lower() in IMAGE_SUFFIXES
+    ):
         return None
     try:
         import av

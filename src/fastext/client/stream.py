@@ -24,8 +24,15 @@ from fastext._proto import extension_pb2, media_pb2
 from fastext.client.shm import SlotWriter
 from fastext.contract.wire import sample_message
 
-__all__ = ["CallRecord", "FrameSource", "StreamError", "StreamOptions", "StreamResult", "Timed",
-           "stream_frames"]
+__all__ = [
+    "CallRecord",
+    "FrameSource",
+    "StreamError",
+    "StreamOptions",
+    "StreamResult",
+    "Timed",
+    "stream_frames",
+]
 
 log = logging.getLogger("fastext.client")
 
@@ -119,16 +126,21 @@ class StreamResult:
 def _descriptor(opts: StreamOptions, shm: SlotWriter | None) -> Msg:
     desc = extension_pb2.MediaStreamDescriptor(
         graph_identifier=extension_pb2.GraphIdentifier(
-            media_services_arm_id="", graph_instance_name=opts.graph_instance,
-            graph_node_name=opts.graph_node),
+            media_services_arm_id="",
+            graph_instance_name=opts.graph_instance,
+            graph_node_name=opts.graph_node,
+        ),
         extension_configuration=opts.extension_configuration,
         media_descriptor=media_pb2.MediaDescriptor(
             timescale=opts.timescale,
             video_frame_sample_format=media_pb2.VideoFrameSampleFormat(
                 # the stubs want enum members; any int is valid on the wire
-                encoding=opts.encoding, pixel_format=opts.pixel_format,  # type: ignore[arg-type]
+                encoding=opts.encoding,  # type: ignore[arg-type]
+                pixel_format=opts.pixel_format,  # type: ignore[arg-type]
                 dimensions=media_pb2.Dimensions(width=opts.width, height=opts.height),
-                stride_bytes=opts.stride)),
+                stride_bytes=opts.stride,
+            ),
+        ),
     )
     if shm is not None:
         desc.shared_memory_buffer_transfer_properties.handle_name = shm.name
@@ -158,8 +170,9 @@ class _Stream:
     call is resent from its slot, never written again.
     """
 
-    def __init__(self, opts: StreamOptions, frames: FrameSource, shm: SlotWriter | None,
-                 result: StreamResult) -> None:
+    def __init__(
+        self, opts: StreamOptions, frames: FrameSource, shm: SlotWriter | None, result: StreamResult
+    ) -> None:
         self.opts, self.shm, self.result = opts, shm, result
         self.source: Iterator[bytes | Timed] = iter(frames)
         self.taken = 0
@@ -199,8 +212,9 @@ class _Stream:
 class _Call:
     """One ProcessMediaStream call of a stream: sequence numbers restart at 1 on each."""
 
-    def __init__(self, stream: _Stream, call: grpc.aio.StreamStreamCall,
-                 record: CallRecord) -> None:
+    def __init__(
+        self, stream: _Stream, call: grpc.aio.StreamStreamCall, record: CallRecord
+    ) -> None:
         self.stream, self.call, self.record = stream, call, record
         self.opts, self.result = stream.opts, stream.result
         self.by_seq: dict[int, _Frame] = {}
@@ -271,8 +285,10 @@ class _Call:
                     msg = await self.call.read()
             except TimeoutError:
                 self.call.cancel()
-                raise StreamError(f"no message from the server for {self.opts.ack_timeout_s:g} s "
-                                  f"with {len(self.by_seq)} frames unacknowledged") from None
+                raise StreamError(
+                    f"no message from the server for {self.opts.ack_timeout_s:g} s "
+                    f"with {len(self.by_seq)} frames unacknowledged"
+                ) from None
             if msg is grpc.aio.EOF:
                 return
             self._ack(msg)
@@ -281,8 +297,10 @@ class _Call:
         ack = msg.ack_sequence_number
         frame = self.by_seq.pop(ack, None)
         if frame is None:
-            raise StreamError(f"server acknowledged sequence {ack}, which is not in flight "
-                              "(duplicate or unknown ack)")
+            raise StreamError(
+                f"server acknowledged sequence {ack}, which is not in flight "
+                "(duplicate or unknown ack)"
+            )
         del self.stream.unacked[frame.key]
         if self.stream.shm is not None:
             self.stream.shm.release(frame.slot)
@@ -312,7 +330,8 @@ def _lost(code: grpc.StatusCode, details: str) -> bool:
     if code == grpc.StatusCode.UNAVAILABLE:
         return True
     return code == grpc.StatusCode.INTERNAL and (
-        details == _FirstStatus.STAND_IN[1] or "RST_STREAM" in details)
+        details == _FirstStatus.STAND_IN[1] or "RST_STREAM" in details
+    )
 
 
 def _ended(code: grpc.StatusCode, details: str, text: str | None = None) -> StreamError:
@@ -320,8 +339,9 @@ def _ended(code: grpc.StatusCode, details: str, text: str | None = None) -> Stre
     return _CallLost(text) if _lost(code, details) else StreamError(text)
 
 
-async def stream_frames(opts: StreamOptions, frames: FrameSource,
-                        result: StreamResult | None = None) -> StreamResult:
+async def stream_frames(
+    opts: StreamOptions, frames: FrameSource, result: StreamResult | None = None
+) -> StreamResult:
     """Run one session; raises :class:`StreamError` unless every frame was acked once.
 
     With ``opts.reconnect`` > 0, a call that ends UNAVAILABLE or loses its connection
@@ -340,8 +360,10 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
         if first is not None:
             frames = _chain(first, frames)
     limit = opts.max_message_mb * 1024 * 1024
-    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
-                                      ("grpc.max_receive_message_length", limit)]
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
     try:
         if opts.tls_server_name:
             options.append(("grpc.ssl_target_name_override", opts.tls_server_name))
@@ -350,8 +372,9 @@ async def stream_frames(opts: StreamOptions, frames: FrameSource,
         else:
             channel = grpc.aio.insecure_channel(opts.target, options=options)
         async with channel:
-            method = channel.stream_stream(METHOD_PATH, request_serializer=_serialize,
-                                           response_deserializer=Msg.FromString)
+            method = channel.stream_stream(
+                METHOD_PATH, request_serializer=_serialize, response_deserializer=Msg.FromString
+            )
             stream = _Stream(opts, frames, shm, result)
             await _calls(method, opts, stream)
             result.elapsed_s = time.monotonic() - stream.started
@@ -378,15 +401,22 @@ async def _calls(method: Any, opts: StreamOptions, stream: _Stream) -> None:
             call.cancel()
             if result.reconnects >= opts.reconnect:
                 if opts.reconnect:
-                    raise StreamError(f"{exc} (no reconnect left of {opts.reconnect}; "
-                                      f"{len(stream.unacked)} frames unacknowledged)") from None
+                    raise StreamError(
+                        f"{exc} (no reconnect left of {opts.reconnect}; "
+                        f"{len(stream.unacked)} frames unacknowledged)"
+                    ) from None
                 raise StreamError(str(exc)) from None
         except StreamError as exc:
             record.status = str(exc)
             raise
         idle = 0 if record.acked else idle + 1
-        log.info("stream %s: call %d ended (%s); reconnecting with %d frames to resend",
-                 opts.graph_instance, len(result.calls), record.status, len(stream.unacked))
+        log.info(
+            "stream %s: call %d ended (%s); reconnecting with %d frames to resend",
+            opts.graph_instance,
+            len(result.calls),
+            record.status,
+            len(stream.unacked),
+        )
         await asyncio.sleep(min(_BACKOFF_MAX_S, opts.reconnect_backoff_s * 2 ** max(0, idle - 1)))
         result.reconnects += 1
 
@@ -394,8 +424,9 @@ async def _calls(method: Any, opts: StreamOptions, stream: _Stream) -> None:
 _BACKOFF_MAX_S = 5.0
 
 
-async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _Stream,
-               record: CallRecord) -> None:
+async def _run(
+    call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _Stream, record: CallRecord
+) -> None:
     status = _FirstStatus(call)
     try:
         await call.write(_descriptor(opts, stream.shm))
@@ -422,15 +453,20 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _St
         if sender.done() and not sender.cancelled() and sender.exception() is not None:
             failure = sender.exception()
             call.cancel()
-            raise StreamError(f"sending stopped after {result.sent} frames: "
-                              f"{type(failure).__name__}: {failure}") from failure
+            raise StreamError(
+                f"sending stopped after {result.sent} frames: {type(failure).__name__}: {failure}"
+            ) from failure
         await receiver
     except grpc.aio.AioRpcError as exc:
         code, details = await status.final(call, exc.code(), exc.details())
         if (code, details) == _FirstStatus.STAND_IN and session.cut_short:
-            raise _ended(code, details, f"the server ended the call while frame "
-                         f"{result.sent + 1} was being sent ({result.acked} acks received); "
-                         f"grpc gives no status but {code.name}: {details}") from None
+            raise _ended(
+                code,
+                details,
+                f"the server ended the call while frame "
+                f"{result.sent + 1} was being sent ({result.acked} acks received); "
+                f"grpc gives no status but {code.name}: {details}",
+            ) from None
         if code != grpc.StatusCode.OK:
             raise _ended(code, details) from None
     finally:
@@ -444,8 +480,10 @@ async def _run(call: grpc.aio.StreamStreamCall, opts: StreamOptions, stream: _St
     if session.by_seq:
         raise StreamError(f"{len(session.by_seq)} frames were never acknowledged")
     if session.cut_short:
-        raise StreamError(f"server ended the call (OK) after {result.sent} frames, "
-                          "before the client had sent them all")
+        raise StreamError(
+            f"server ended the call (OK) after {result.sent} frames, "
+            "before the client had sent them all"
+        )
 
 
 def _instance(metadata: Any) -> str:
@@ -501,8 +539,12 @@ class _FirstStatus:
                 self.status = code, details or ""
                 self._seen.set()
 
-    async def final(self, call: grpc.aio.StreamStreamCall, code: grpc.StatusCode | None = None,
-                    details: str | None = None) -> tuple[grpc.StatusCode, str]:
+    async def final(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        code: grpc.StatusCode | None = None,
+        details: str | None = None,
+    ) -> tuple[grpc.StatusCode, str]:
         if code is None:
             code, details = await call.code(), await call.details()
         if (code, details) != self.STAND_IN:

@@ -15,8 +15,12 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 __all__ = ["car_box", "encode", "scene", "scenes", "to_pixel_format"]
 
 _CHANNELS: dict[int, str] = {  # pixel format -> order of R, G, B, A ("x") bytes
-    VF.RGB24: "rgb", VF.BGR24: "bgr", VF.ARGB: "xrgb", VF.RGBA: "rgbx",
-    VF.ABGR: "xbgr", VF.BGRA: "bgrx",
+    VF.RGB24: "rgb",
+    VF.BGR24: "bgr",
+    VF.ARGB: "xrgb",
+    VF.RGBA: "rgbx",
+    VF.ABGR: "xbgr",
+    VF.BGRA: "bgrx",
 }
 
 
@@ -51,22 +55,30 @@ def scene(width: int, height: int, index: int, light: bool, seed: int = 0) -> np
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def scenes(width: int, height: int, count: int, period: int = 10) -> Iterator[tuple[np.ndarray, bool]]:
+def scenes(
+    width: int, height: int, count: int, period: int = 10
+) -> Iterator[tuple[np.ndarray, bool]]:
     """``count`` scenes alternating day and night every ``period`` frames: (rgb, is_light)."""
     for index in range(count):
         light = (index // period) % 2 == 0
         yield scene(width, height, index, light), light
 
 
-def to_pixel_format(rgb: np.ndarray, pixel_format: int, stride: int = 0, pad_value: int = 255) -> bytes:
+def to_pixel_format(
+    rgb: np.ndarray, pixel_format: int, stride: int = 0, pad_value: int = 255
+) -> bytes:
     """RGB (h, w, 3) uint8 → the bytes of one RAW frame in ``pixel_format``, rows ``stride`` apart."""
     h, w, _ = rgb.shape
     if pixel_format == VF.YUV420P:
         return _yuv420p(rgb, stride)
     if pixel_format in _CHANNELS:
         order = _CHANNELS[pixel_format]
-        planes = {"r": rgb[..., 0], "g": rgb[..., 1], "b": rgb[..., 2],
-                  "x": np.full((h, w), 255, np.uint8)}
+        planes = {
+            "r": rgb[..., 0],
+            "g": rgb[..., 1],
+            "b": rgb[..., 2],
+            "x": np.full((h, w), 255, np.uint8),
+        }
         pixels = np.stack([planes[c] for c in order], axis=-1).reshape(h, w * len(order))
     elif pixel_format in (VF.RGB565LE, VF.RGB565BE, VF.RGB555LE, VF.RGB555BE):
         r, g, b = (rgb[..., i].astype(np.uint16) for i in range(3))

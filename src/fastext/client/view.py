@@ -73,8 +73,9 @@ def _is_loopback(host: str) -> bool:
 def _placeholder() -> bytes:
     """The frame shown before a stream's first acknowledged frame is drawn."""
     image = Image.new("RGB", (320, 180), (40, 40, 40))
-    ImageDraw.Draw(image).text((12, 80), "waiting for the first acknowledged frame",
-                               fill=(220, 220, 220))
+    ImageDraw.Draw(image).text(
+        (12, 80), "waiting for the first acknowledged frame", fill=(220, 220, 220)
+    )
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=80)
     return buf.getvalue()
@@ -107,11 +108,17 @@ class LiveView:
         try:
             self._server: _Server = server_class((host, port), _Handler)
         except OSError as exc:
-            raise ViewError(f"--view {host}:{port}: cannot listen ({exc.strerror or exc})") from None
+            raise ViewError(
+                f"--view {host}:{port}: cannot listen ({exc.strerror or exc})"
+            ) from None
         self._server.view = self
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="fastext-view", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="fastext-view",
+            daemon=True,
+        )
         self._thread.start()
         if not _is_loopback(host):
             log.warning("the live view listens on %s: anyone who can reach it can watch", host)
@@ -208,8 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
     def _part(self, jpeg: bytes) -> None:
-        head = (f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                f"Content-Length: {len(jpeg)}\r\n\r\n").encode()
+        head = (
+            f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+        ).encode()
         self.wfile.write(head + jpeg + b"\r\n")
         self.wfile.flush()
 
@@ -270,12 +278,15 @@ def _figures_rows(k: int, f: dict[str, Any]) -> str:
 
     lat = f["latency_ms"]
     inf = ", ".join(f"{t} {n}" for t, n in f["inferences_per_s"].items()) or "–"
-    rows = [("frames/s", "fps", fmt(f["fps"])),
-            ("ack latency p50 / p99 ms", "lat", f"{fmt(lat['p50'])} / {fmt(lat['p99'])}"),
-            ("inferences/s", "inf", html.escape(inf)),
-            ("frames acked", "acked", fmt(f["acked"]))]
-    return "".join(f'<tr><td>{name}</td><td id="{key}{k}">{value}</td></tr>'
-                   for name, key, value in rows)
+    rows = [
+        ("frames/s", "fps", fmt(f["fps"])),
+        ("ack latency p50 / p99 ms", "lat", f"{fmt(lat['p50'])} / {fmt(lat['p99'])}"),
+        ("inferences/s", "inf", html.escape(inf)),
+        ("frames acked", "acked", fmt(f["acked"])),
+    ]
+    return "".join(
+        f'<tr><td>{name}</td><td id="{key}{k}">{value}</td></tr>' for name, key, value in rows
+    )
 
 
 def _page(view: LiveView) -> str:
@@ -284,12 +295,18 @@ def _page(view: LiveView) -> str:
     for k, fig in enumerate(view.figures):
         size = view.sizes[k]
         dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-        source = f'src="stream/{k}.mjpg"' if mjpeg else f'src="frame/{k}.jpg" data-still="frame/{k}.jpg"'
-        cards.append(f'<div class="card"><div>stream {k}</div>'
-                     f'<img {source} alt="stream {k}"{dims}>'
-                     f'<table class="figs">{_figures_rows(k, fig.snapshot())}</table></div>')
+        source = (
+            f'src="stream/{k}.mjpg"' if mjpeg else f'src="frame/{k}.jpg" data-still="frame/{k}.jpg"'
+        )
+        cards.append(
+            f'<div class="card"><div>stream {k}</div>'
+            f'<img {source} alt="stream {k}"{dims}>'
+            f'<table class="figs">{_figures_rows(k, fig.snapshot())}</table></div>'
+        )
     title = html.escape(view.title)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{title}</h1>"
-            f"<div class='grid'>{''.join(cards)}</div>"
-            f"<script>const STILL_MS = {_STILL_MS};{_SCRIPT}</script></body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{title}</h1>"
+        f"<div class='grid'>{''.join(cards)}</div>"
+        f"<script>const STILL_MS = {_STILL_MS};{_SCRIPT}</script></body></html>"
+    )

@@ -86,10 +86,15 @@ def _length(number: int, size: int) -> bytes:
     return varint(number << 3 | _LEN) + varint(size)
 
 
-def sample_message(sequence_number: int, ack: int, timestamp: int, *,
-                   content: bytes | memoryview | None = None,
-                   reference: tuple[int, int] | None = None,
-                   inferences: bytes = b"") -> bytes:
+def sample_message(
+    sequence_number: int,
+    ack: int,
+    timestamp: int,
+    *,
+    content: bytes | memoryview | None = None,
+    reference: tuple[int, int] | None = None,
+    inferences: bytes = b"",
+) -> bytes:
     """A MediaStreamMessage carrying one MediaSample.
 
     ``content``: embedded frame bytes; ``reference``: (address_offset, length_bytes)
@@ -137,8 +142,9 @@ def _read_varint(data: memoryview, pos: int, end: int) -> tuple[int, int] | None
     return None
 
 
-def _walk(data: memoryview, pos: int, end: int, descriptor: Any, path: str,
-          depth: int) -> str | None:
+def _walk(
+    data: memoryview, pos: int, end: int, descriptor: Any, path: str, depth: int
+) -> str | None:
     while pos < end:
         start = pos
         key = _read_varint(data, pos, end)
@@ -162,8 +168,7 @@ def _walk(data: memoryview, pos: int, end: int, descriptor: Any, path: str,
                 return f"the length of {name} (byte {start}) is cut short"
             length, pos = size
             if length > end - pos:
-                return (f"{name} (byte {start}) claims {length} bytes but only "
-                        f"{end - pos} follow")
+                return f"{name} (byte {start}) claims {length} bytes but only {end - pos} follow"
             inner = getattr(field, "message_type", None)
             if inner is not None and depth < _MAX_DEPTH:
                 found = _walk(data, pos, pos + length, inner, f"{name}.", depth + 1)
@@ -176,5 +181,7 @@ def _walk(data: memoryview, pos: int, end: int, descriptor: Any, path: str,
                     return f"{name} (byte {start}) is not valid UTF-8"
             pos += length
         else:  # 3 and 4 (groups) are not part of this contract; 6 and 7 do not exist
-            return f"{name} (byte {start}) has wire type {wire_type}, which this contract never uses"
+            return (
+                f"{name} (byte {start}) has wire type {wire_type}, which this contract never uses"
+            )
     return None

@@ -63,7 +63,11 @@ class StreamSpec:
         fmt = Encoding(self.encoding).name
         if self.raw:
             fmt = f"RAW {PixelFormat(self.pixel_format).name} stride {self.stride}"
-        mode = f"shared memory {self.shm_name} ({self.shm_length} bytes)" if self.shm_name else "embedded"
+        mode = (
+            f"shared memory {self.shm_name} ({self.shm_length} bytes)"
+            if self.shm_name
+            else "embedded"
+        )
         return f"{fmt} {self.width}x{self.height}, {mode}"
 
 
@@ -77,8 +81,10 @@ class Unparsed:
 
     def describe(self, position: int) -> str:
         """The status text for the ``position``-th message (1-based) of a call."""
-        return (f"message {position} of this call is not a valid MediaStreamMessage "
-                f"({self.reason}; {self.size} bytes)")
+        return (
+            f"message {position} of this call is not a valid MediaStreamMessage "
+            f"({self.reason}; {self.size} bytes)"
+        )
 
 
 def parse_request(data: bytes) -> MediaStreamMessage | Unparsed:
@@ -105,7 +111,9 @@ def validate_handle_name(name: str) -> str:
             "(no '/', no '..')",
         )
     if len(name.encode("utf-8", "surrogatepass")) > 255:
-        raise DescriptorError("INVALID_ARGUMENT", "shared memory handle_name is longer than 255 bytes")
+        raise DescriptorError(
+            "INVALID_ARGUMENT", "shared memory handle_name is longer than 255 bytes"
+        )
     return name
 
 
@@ -159,7 +167,9 @@ def validate_descriptor(message: extension_pb2.MediaStreamMessage) -> StreamSpec
         raise DescriptorError(
             "INVALID_ARGUMENT", "media_descriptor.video_frame_sample_format is missing"
         )
-    encoding, pixel_format, width, height, stride = _validate_format(media.video_frame_sample_format)
+    encoding, pixel_format, width, height, stride = _validate_format(
+        media.video_frame_sample_format
+    )
     frame_bytes = raw_frame_size(pixel_format, width, height, stride) if stride else 0
     shm_name, shm_length = None, 0
     if desc.WhichOneof("data_transfer_properties") == "shared_memory_buffer_transfer_properties":

@@ -35,8 +35,13 @@ REJECT_WAIT_S = 1.0  # longest a refused call waits for the first message it dis
 class BasicAuth(grpc.aio.ServerInterceptor):
     """Admits a call only with the configured Basic credentials."""
 
-    def __init__(self, username: str, password: str, exempt: tuple[str, ...] = (),
-                 on_failure: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        exempt: tuple[str, ...] = (),
+        on_failure: Callable[[], None] = lambda: None,
+    ) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self._expected = f"Basic {token}".encode()
         self._exempt = exempt  # method path prefixes open to all (health checks)
@@ -58,8 +63,11 @@ class BasicAuth(grpc.aio.ServerInterceptor):
             return await continuation(details)
         self.failures += 1
         self._on_failure()
-        log.warning("call to %s refused: %s x-ms-authentication header", details.method,
-                    "wrong" if given else "no")
+        log.warning(
+            "call to %s refused: %s x-ms-authentication header",
+            details.method,
+            "wrong" if given else "no",
+        )
         return self._deny
 
     @staticmethod
@@ -70,12 +78,14 @@ class BasicAuth(grpc.aio.ServerInterceptor):
         # overrides the status that follows): 7 calls in 300 on loopback.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(anext(aiter(requests), None), REJECT_WAIT_S)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "missing or invalid x-ms-authentication credentials")
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "missing or invalid x-ms-authentication credentials"
+        )
 
 
-def interceptors(config: Config, exempt: tuple[str, ...] = (),
-                 on_failure: Callable[[], None] = lambda: None) -> list[grpc.aio.ServerInterceptor]:
+def interceptors(
+    config: Config, exempt: tuple[str, ...] = (), on_failure: Callable[[], None] = lambda: None
+) -> list[grpc.aio.ServerInterceptor]:
     if not config.auth_username:
         return []
     return [BasicAuth(config.auth_username, config.auth_password, exempt, on_failure)]
@@ -88,5 +98,6 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
     cert = read_file(config.tls_cert, "--tls-cert")
     key = read_file(config.tls_key, "--tls-key")
     client_ca = read_file(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -42,8 +42,9 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 class ExtensionServer:
     """The MediaGraphExtension service on a grpc.aio server."""
 
-    def __init__(self, config: Config, backend: Backend | None = None,
-                 metrics: MetricsSink | None = None) -> None:
+    def __init__(
+        self, config: Config, backend: Backend | None = None, metrics: MetricsSink | None = None
+    ) -> None:
         self.config = config
         if metrics is None:
             metrics = make_metrics(config.metrics_port, host=config.metrics_host)
@@ -68,8 +69,9 @@ class ExtensionServer:
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=None,
-            interceptors=security.interceptors(config, exempt=(HEALTH_PREFIX,),
-                                               on_failure=self.metrics.auth_failed),
+            interceptors=security.interceptors(
+                config, exempt=(HEALTH_PREFIX,), on_failure=self.metrics.auth_failed
+            ),
         )
         # grpc.health.v1 on the same port: NOT_SERVING until the backend is warm,
         # SERVING after, NOT_SERVING while the backend has no worker up (a crash, a
@@ -120,19 +122,25 @@ class ExtensionServer:
         # The models' facts (kind, input, labels) read in a child process: the runtime never
         # loads here, and a model that cannot be served stops the start with its reason.
         if self.config.models:
-            repository.install(await asyncio.to_thread(
-                repository.load_infos, self.config.models, builtin_names()))
+            repository.install(
+                await asyncio.to_thread(repository.load_infos, self.config.models, builtin_names())
+            )
         await self.backend.start()  # sessions arriving meanwhile wait for the workers
         self._started = True
         await self._update_health()
-        log.info("fastext serving on %s (port %d, instance %s, workers=%d, batch_size=%d, "
-                 "models=%s, tls=%s, auth=%s, health port %s)", self.config.bind, self.port,
-                 self.instance,
-                 self.config.workers, self.config.batch_size,
-                 ",".join(repository.names()) or "none",
-                 "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
-                 "on" if self.config.auth_username else "off",
-                 f"{self.config.health_host}:{self.health_port}" if self.health_port else "off")
+        log.info(
+            "fastext serving on %s (port %d, instance %s, workers=%d, batch_size=%d, "
+            "models=%s, tls=%s, auth=%s, health port %s)",
+            self.config.bind,
+            self.port,
+            self.instance,
+            self.config.workers,
+            self.config.batch_size,
+            ",".join(repository.names()) or "none",
+            "mutual" if self.config.tls_client_ca else "on" if self.config.tls_cert else "off",
+            "on" if self.config.auth_username else "off",
+            f"{self.config.health_host}:{self.health_port}" if self.health_port else "off",
+        )
         return self.port
 
     def _bind_health(self, server: grpc.aio.Server) -> int:
@@ -157,7 +165,9 @@ class ExtensionServer:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=drain)
             except TimeoutError:
-                log.warning("%d sessions still open after draining %.1f s", len(self._sessions), drain)
+                log.warning(
+                    "%d sessions still open after draining %.1f s", len(self._sessions), drain
+                )
         await self._server.stop(grace=_STOP_GRACE_S)
         if self._health_server is not None:
             await self._health_server.stop(grace=None)
@@ -170,9 +180,12 @@ class ExtensionServer:
         follows (on the loop; the update is a task, as setting health is a coroutine)."""
         self._backend_ready = ready
         if self._started and not self._draining:
-            log.log(logging.INFO if ready else logging.WARNING, "health: %s (%s)",
-                    "SERVING" if ready else "NOT_SERVING",
-                    "a worker is ready again" if ready else "no worker is up; frames wait")
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "health: %s (%s)",
+                "SERVING" if ready else "NOT_SERVING",
+                "a worker is ready again" if ready else "no worker is up; frames wait",
+            )
         task = asyncio.ensure_future(self._update_health())
         self._health_updates.add(task)  # (held: a task only weakly referenced may vanish)
         task.add_done_callback(self._health_updates.discard)
@@ -182,8 +195,11 @@ class ExtensionServer:
         other, the last one written is the latest state."""
         async with self._health_lock:
             serving = self._started and self._backend_ready and not self._draining
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING if serving
-                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._set_health(
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):  # "" is the server as a whole
@@ -204,7 +220,8 @@ class ExtensionServer:
         self.backend.abort()
 
     async def _process_media_stream(
-        self, requests: AsyncIterator[bytes],
+        self,
+        requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> None:
         if self._draining:
@@ -250,16 +267,22 @@ async def _serve(config: Config, on_ready: Callable[[int], None] | None) -> None
     if on_ready is not None:
         on_ready(port)
     first = await signals.get()
-    log.info("%s received: draining (up to %.1f s; a second signal stops at once)",
-             first.name, config.drain_s)
+    log.info(
+        "%s received: draining (up to %.1f s; a second signal stops at once)",
+        first.name,
+        config.drain_s,
+    )
     stopping = asyncio.ensure_future(server.stop())
     second = asyncio.ensure_future(signals.get())
     await asyncio.wait((stopping, second), return_when=asyncio.FIRST_COMPLETED)
     if stopping.done():  # drained (a signal arriving with the end changes nothing)
         second.cancel()
         return stopping.result()
-    log.warning("second signal (%s): stopping now, %d frames not acknowledged",
-                second.result().name, server.unacknowledged)
+    log.warning(
+        "second signal (%s): stopping now, %d frames not acknowledged",
+        second.result().name,
+        server.unacknowledged,
+    )
     server.abort()
     _exit_now(128 + second.result())
 

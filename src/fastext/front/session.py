@@ -64,7 +64,9 @@ class SessionEnd(FastextError):
 
     def __init__(self, code: str, message: str) -> None:
         if len(message) > _STATUS_CHARS:
-            message = f"{message[:_STATUS_CHARS]}... ({len(message) - _STATUS_CHARS} more characters)"
+            message = (
+                f"{message[:_STATUS_CHARS]}... ({len(message) - _STATUS_CHARS} more characters)"
+            )
         super().__init__(message)
         self.code = code
 
@@ -94,8 +96,9 @@ _shm_ref: Callable[[tuple[int, int]], ShmRef] = functools.partial(tuple.__new__,
 class Session:
     """The state of one call; :meth:`serve` runs it to the end."""
 
-    def __init__(self, config: Config, backend: Backend, peer: str = "",
-                 metrics: MetricsSink | None = None) -> None:
+    def __init__(
+        self, config: Config, backend: Backend, peer: str = "", metrics: MetricsSink | None = None
+    ) -> None:
         self.config = config
         self._metrics = metrics if metrics is not None else NullMetrics()
         self.peer = peer
@@ -156,12 +159,21 @@ class Session:
             await write(reply.SerializeToString())
             self._metrics.stream_started(spec.shm_length)
             counted = spec.shm_length
-            log.info("session start peer=%s stream=%s %s processor=%s", self.peer,
-                     spec.stream_name, spec.describe(), self._processor_name,
-                     extra={"event": "session_start", "peer": self.peer,
-                            "stream": spec.stream_name, "format": spec.describe(),
-                            "transfer": "shared_memory" if spec.shm_name else "embedded",
-                            "processor": self._processor_name})
+            log.info(
+                "session start peer=%s stream=%s %s processor=%s",
+                self.peer,
+                spec.stream_name,
+                spec.describe(),
+                self._processor_name,
+                extra={
+                    "event": "session_start",
+                    "peer": self.peer,
+                    "stream": spec.stream_name,
+                    "format": spec.describe(),
+                    "transfer": "shared_memory" if spec.shm_name else "embedded",
+                    "processor": self._processor_name,
+                },
+            )
             reason = await self._run(requests, write)
         except SessionEnd as exc:
             reason = f"{exc.code}: {exc}"
@@ -178,16 +190,33 @@ class Session:
                 self._metrics.stream_ended(counted)
             if self._spec is not None:
                 seconds = time.monotonic() - started
-                log.info("session end peer=%s stream=%s frames=%d invalid=%d dropped=%d "
-                         "error=%d lost=%d shutdown=%d seconds=%.1f reason=%s", self.peer,
-                         self._spec.stream_name, self.frames, self.invalid, self.dropped,
-                         self.failed, self.lost, self.stopped, seconds, reason,
-                         extra={"event": "session_end", "peer": self.peer,
-                                "stream": self._spec.stream_name, "frames": self.frames,
-                                "invalid": self.invalid, "dropped": self.dropped,
-                                "error": self.failed, "lost": self.lost,
-                                "shutdown": self.stopped,
-                                "seconds": round(seconds, 3), "reason": reason})
+                log.info(
+                    "session end peer=%s stream=%s frames=%d invalid=%d dropped=%d "
+                    "error=%d lost=%d shutdown=%d seconds=%.1f reason=%s",
+                    self.peer,
+                    self._spec.stream_name,
+                    self.frames,
+                    self.invalid,
+                    self.dropped,
+                    self.failed,
+                    self.lost,
+                    self.stopped,
+                    seconds,
+                    reason,
+                    extra={
+                        "event": "session_end",
+                        "peer": self.peer,
+                        "stream": self._spec.stream_name,
+                        "frames": self.frames,
+                        "invalid": self.invalid,
+                        "dropped": self.dropped,
+                        "error": self.failed,
+                        "lost": self.lost,
+                        "shutdown": self.stopped,
+                        "seconds": round(seconds, 3),
+                        "reason": reason,
+                    },
+                )
 
     @property
     def unacknowledged(self) -> int:
@@ -208,10 +237,14 @@ class Session:
             name, params = from_configuration(spec.extension_configuration, self.config.processor)
             if spec.shm_name is not None:
                 self._memory = ClientMemory(spec.shm_name, spec.shm_length)
-            fmt = FrameFormat(spec.encoding, spec.pixel_format, spec.width, spec.height, spec.stride)
+            fmt = FrameFormat(
+                spec.encoding, spec.pixel_format, spec.width, spec.height, spec.stride
+            )
             self._lane = self._backend.open(
-                LaneSpec(fmt, name, params, spec.shm_name, spec.shm_length), self._memory,
-                self._deliver)
+                LaneSpec(fmt, name, params, spec.shm_name, spec.shm_length),
+                self._memory,
+                self._deliver,
+            )
         except DescriptorError as exc:
             raise SessionEnd(exc.code, str(exc)) from None
         except ValueError as exc:
@@ -233,8 +266,11 @@ class Session:
             reader.cancel()
         if reader.cancelled() or (self._draining and not self._client_done):
             # (The second: a drain that began before the reader ran, during the handshake.)
-            raise SessionEnd("UNAVAILABLE", "server is shutting down; every frame "
-                             "received was acknowledged, reconnect to continue")
+            raise SessionEnd(
+                "UNAVAILABLE",
+                "server is shutting down; every frame "
+                "received was acknowledged, reconnect to continue",
+            )
         error = reader.exception()
         if isinstance(error, ProtocolViolation):
             raise SessionEnd(error.code, str(error))
@@ -279,9 +315,12 @@ class Session:
         else:
             seq, timestamp, kind, a, b = parsed
         if seq <= self._last_in_seq:
-            raise ProtocolViolation("INVALID_ARGUMENT", f"sample sequence_number {seq} (message "
-                                    f"{self._received} of this call) does not increase (the "
-                                    f"previous message was {self._last_in_seq})")
+            raise ProtocolViolation(
+                "INVALID_ARGUMENT",
+                f"sample sequence_number {seq} (message "
+                f"{self._received} of this call) does not increase (the "
+                f"previous message was {self._last_in_seq})",
+            )
         self._last_in_seq = seq
         self.frames += 1
         metrics = self._metrics
@@ -324,8 +363,7 @@ class Session:
         if len(self._pending) >= self._batch_size:
             self._dispatch()
         elif self._timer is None:
-            self._timer = self._loop.call_later(self.config.batch_delay_ms / 1000.0,
-                                                self._dispatch)
+            self._timer = self._loop.call_later(self.config.batch_delay_ms / 1000.0, self._dispatch)
 
     def _parse_other(self, data: bytes) -> tuple[int, int, int, int, int, bytes]:
         """A message the native parser left to protobuf: a sample with more in it
@@ -338,10 +376,13 @@ class Session:
         if kind != "media_sample":
             where = f"message {self._received} of this call (sequence_number {seq})"
             if kind == "media_stream_descriptor":
-                raise ProtocolViolation("INVALID_ARGUMENT", f"{where} is a second "
-                                        "media_stream_descriptor; a stream has exactly one, first")
-            raise ProtocolViolation("INVALID_ARGUMENT",
-                                    f"{where} carries neither a descriptor nor a sample")
+                raise ProtocolViolation(
+                    "INVALID_ARGUMENT",
+                    f"{where} is a second media_stream_descriptor; a stream has exactly one, first",
+                )
+            raise ProtocolViolation(
+                "INVALID_ARGUMENT", f"{where} carries neither a descriptor nor a sample"
+            )
         sample = message.media_sample
         content = sample.WhichOneof("content")
         if content == "content_bytes":
@@ -349,8 +390,14 @@ class Session:
             return seq, sample.timestamp, CONTENT_BYTES, 0, len(frame), frame
         if content == "content_reference":
             ref = sample.content_reference
-            return (seq, sample.timestamp, CONTENT_REFERENCE, ref.address_offset,
-                    ref.length_bytes, b"")
+            return (
+                seq,
+                sample.timestamp,
+                CONTENT_REFERENCE,
+                ref.address_offset,
+                ref.length_bytes,
+                b"",
+            )
         return seq, sample.timestamp, 0, 0, 0, b""
 
     def _payload(self, kind: int, a: int, b: int, data: bytes) -> Payload:
@@ -368,8 +415,10 @@ class Session:
                 if b < need:
                     spec = self._spec
                     assert spec is not None
-                    raise SampleError(f"embedded frame has {b} bytes; a "
-                                      f"{spec.width}x{spec.height} frame needs {need}")
+                    raise SampleError(
+                        f"embedded frame has {b} bytes; a "
+                        f"{spec.width}x{spec.height} frame needs {need}"
+                    )
                 return memoryview(data)[a : a + need]
             if not b:
                 raise SampleError("embedded image is empty")
@@ -425,8 +474,7 @@ class Session:
         while True:
             while order and (results := order[0][_RESULTS]) is not None:
                 samples = order.popleft()[_SAMPLES]
-                if (len(samples) == 1 and samples[0][_OUTCOME] is None
-                        and type(results[0]) is bytes):
+                if len(samples) == 1 and samples[0][_OUTCOME] is None and type(results[0]) is bytes:
                     # One frame with its serialized result (--batch-size 1, workers): the
                     # common case, written here without a coroutine per batch.
                     seq, timestamp, _, _, arrived = samples[0]
@@ -435,8 +483,9 @@ class Session:
                     await write(encode_ack(self._out_seq, seq, timestamp, inferences))
                     self.acked += 1
                     if metrics.enabled:
-                        metrics.frame_acked("inferred" if inferences else "empty",
-                                            time.monotonic() - arrived, True)
+                        metrics.frame_acked(
+                            "inferred" if inferences else "empty", time.monotonic() - arrived, True
+                        )
                     self._inflight -= 1  # _release_permit, inlined (per frame)
                     if (window := self._window) is not None and not window.done():
                         window.set_result(None)
@@ -450,8 +499,9 @@ class Session:
             finally:
                 self._wake = None
 
-    async def _write_batch(self, samples: list[_Sample], outcomes: Sequence[Result],
-                           write: Write) -> None:
+    async def _write_batch(
+        self, samples: list[_Sample], outcomes: Sequence[Result], write: Write
+    ) -> None:
         results = iter(outcomes)
         acks: list[tuple[int, int, bytes]] = []
         kinds: list[str] = []
@@ -475,8 +525,7 @@ class Session:
         messages = encode_acks(self._out_seq + 1, acks)
         self._out_seq += len(messages)
         metrics = self._metrics
-        for (_, _, _, permit, arrived), message, kind in zip(samples, messages, kinds,
-                                                             strict=True):
+        for (_, _, _, permit, arrived), message, kind in zip(samples, messages, kinds, strict=True):
             await write(message)
             self.acked += 1
             if metrics.enabled:
@@ -515,14 +564,32 @@ class Session:
             return
         stream = self._spec.stream_name if self._spec else "?"
         label = _LABELS[kind]
-        log.log(loud if count <= _LOUD else logging.DEBUG,
-                "peer=%s stream=%s: sample %d acknowledged without inference (%s): %s",
-                self.peer, stream, seq, label, outcome.reason,
-                extra={"event": "frame_unprocessed", "peer": self.peer, "stream": stream,
-                       "sequence_number": seq, "outcome": label, "reason": outcome.reason})
+        log.log(
+            loud if count <= _LOUD else logging.DEBUG,
+            "peer=%s stream=%s: sample %d acknowledged without inference (%s): %s",
+            self.peer,
+            stream,
+            seq,
+            label,
+            outcome.reason,
+            extra={
+                "event": "frame_unprocessed",
+                "peer": self.peer,
+                "stream": stream,
+                "sequence_number": seq,
+                "outcome": label,
+                "reason": outcome.reason,
+            },
+        )
         if count == _LOUD:
-            log.log(loud, "peer=%s stream=%s: further samples acknowledged without inference "
-                    "(%s) are logged at DEBUG", self.peer, stream, label)
+            log.log(
+                loud,
+                "peer=%s stream=%s: further samples acknowledged without inference "
+                "(%s) are logged at DEBUG",
+                self.peer,
+                stream,
+                label,
+            )
 
     def _next_seq(self) -> int:
         self._out_seq += 1
@@ -546,11 +613,15 @@ class Session:
             deadline = self._loop.time() + _CLEANUP_WAIT_S
             while not idle.done():
                 try:
-                    await asyncio.wait_for(asyncio.shield(idle),
-                                           max(0.0, deadline - self._loop.time()))
+                    await asyncio.wait_for(
+                        asyncio.shield(idle), max(0.0, deadline - self._loop.time())
+                    )
                 except TimeoutError:
-                    log.error("%d batches still running after %.0f s at session end",
-                              len(self._running), _CLEANUP_WAIT_S)
+                    log.error(
+                        "%d batches still running after %.0f s at session end",
+                        len(self._running),
+                        _CLEANUP_WAIT_S,
+                    )
                     break
                 except asyncio.CancelledError:
                     cancelled = True  # cancelled again: finish the cleanup, then go

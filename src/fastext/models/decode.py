@@ -167,12 +167,15 @@ def detect_layout(
     )
     if not fits:
         wanted = f"a {layout.value} layout" if layout is not None else "any supported layout"
-        raise LayoutError(f"{what} does not fit {wanted} ([N, 4+C, A], [N, A, 4+C], "
-                          "[N, A, 5+C] or [N, K, 6])")
+        raise LayoutError(
+            f"{what} does not fit {wanted} ([N, 4+C, A], [N, A, 4+C], [N, A, 5+C] or [N, K, 6])"
+        )
     if len(fits) > 1:
         names = " or ".join(lay.value for lay in fits)
-        raise LayoutError(f"{what} is ambiguous ({names}): give the model's labels "
-                          "(the class count) or name its layout")
+        raise LayoutError(
+            f"{what} is ambiguous ({names}): give the model's labels "
+            "(the class count) or name its layout"
+        )
     chosen = fits[0]
     classes = num_classes if num_classes is not None else _classes_in(chosen, a, b)
     return OutputSpec(chosen, classes)
@@ -234,8 +237,18 @@ def _best_class_columns(o, best, best_c):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def _candidates(o, kind, num_classes, threshold, allowed, best, best_c, cand_score,  # type: ignore[no-untyped-def]
-                cand_class, cand_box):
+def _candidates(  # type: ignore[no-untyped-def]
+    o,
+    kind,
+    num_classes,
+    threshold,
+    allowed,
+    best,
+    best_c,
+    cand_score,
+    cand_class,
+    cand_box,
+):
     """Fill the candidate arrays from one image's output ``o``; return their count."""
     m = 0
     if kind == 0:  # [4+C, A]
@@ -244,7 +257,8 @@ def _candidates(o, kind, num_classes, threshold, allowed, best, best_c, cand_sco
             s = best[i]
             c = best_c[i]
             if _keep(s, c, threshold, allowed) and _put_cxcywh(
-                    cand_box, m, o[0, i], o[1, i], o[2, i], o[3, i]):
+                cand_box, m, o[0, i], o[1, i], o[2, i], o[3, i]
+            ):
                 cand_score[m] = s
                 cand_class[m] = c
                 m += 1
@@ -268,7 +282,8 @@ def _candidates(o, kind, num_classes, threshold, allowed, best, best_c, cand_sco
                         s = v
                         c = k
             if _keep(s, c, threshold, allowed) and _put_cxcywh(
-                    cand_box, m, row[0], row[1], row[2], row[3]):
+                cand_box, m, row[0], row[1], row[2], row[3]
+            ):
                 cand_score[m] = s
                 cand_class[m] = c
                 m += 1
@@ -279,14 +294,26 @@ def _candidates(o, kind, num_classes, threshold, allowed, best, best_c, cand_sco
             if not s > threshold:
                 continue
             cv = row[5]
-            if not (math.isfinite(cv) and cv >= 0 and cv == np.floor(cv) and cv < _MAX_CLASS
-                    and (num_classes < 0 or cv < num_classes)):
-                raise ValueError("an end-to-end output row holds a class index that is "
-                                 "not one of the model's classes")
+            if not (
+                math.isfinite(cv)
+                and cv >= 0
+                and cv == np.floor(cv)
+                and cv < _MAX_CLASS
+                and (num_classes < 0 or cv < num_classes)
+            ):
+                raise ValueError(
+                    "an end-to-end output row holds a class index that is "
+                    "not one of the model's classes"
+                )
             c = np.int64(cv)
             if _keep(s, c, threshold, allowed) and _put_corners(
-                    cand_box, m, np.float64(row[0]), np.float64(row[1]),
-                    np.float64(row[2]), np.float64(row[3])):
+                cand_box,
+                m,
+                np.float64(row[0]),
+                np.float64(row[1]),
+                np.float64(row[2]),
+                np.float64(row[3]),
+            ):
                 cand_score[m] = s
                 cand_class[m] = c
                 m += 1
@@ -313,8 +340,20 @@ def _clip01(v):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def _decode_batch(out, kind, num_classes, threshold, iou, allowed, transforms, sizes,  # type: ignore[no-untyped-def]
-                  labels, scores, boxes, counts):
+def _decode_batch(  # type: ignore[no-untyped-def]
+    out,
+    kind,
+    num_classes,
+    threshold,
+    iou,
+    allowed,
+    transforms,
+    sizes,
+    labels,
+    scores,
+    boxes,
+    counts,
+):
     """Decode ``out`` (``[N, ., .]`` float32) into ``labels``/``scores``/``boxes``
     (``[N, M]``, ``[N, M]``, ``[N, M, 4]``) and ``counts`` (``[N]``); M is the most
     detections kept per image."""
@@ -327,8 +366,18 @@ def _decode_batch(out, kind, num_classes, threshold, iou, allowed, transforms, s
     cand_box = np.empty((n_rows, 4), np.float64)
     kept = np.empty(max_det, np.int64)
     for n in range(out.shape[0]):
-        m = _candidates(out[n], kind, num_classes, threshold, allowed, best, best_c,
-                        cand_score, cand_class, cand_box)
+        m = _candidates(
+            out[n],
+            kind,
+            num_classes,
+            threshold,
+            allowed,
+            best,
+            best_c,
+            cand_score,
+            cand_class,
+            cand_box,
+        )
         # Stable: equal scores keep their anchor order, as the reference's does.
         order = np.argsort(-cand_score[:m], kind="mergesort")
         n_kept = 0
@@ -378,8 +427,10 @@ class Detections(NamedTuple):
 
     def rows(self) -> list[tuple[int, float, float, float, float, float]]:
         """``(label index, score, left, top, width, height)`` per detection."""
-        return [(int(c), float(s), *(float(v) for v in box))  # type: ignore[misc]
-                for c, s, box in zip(self.labels, self.scores, self.boxes, strict=True)]
+        return [
+            (int(c), float(s), *(float(v) for v in box))  # type: ignore[misc]
+            for c, s, box in zip(self.labels, self.scores, self.boxes, strict=True)
+        ]
 
 
 MAX_DETECTIONS_LIMIT = 100_000
@@ -427,8 +478,20 @@ def decode_detections(
     boxes = np.zeros((n, max_detections, 4), np.float32)
     counts = np.zeros(n, np.int64)
     num_classes = -1 if spec.num_classes is None else spec.num_classes
-    _decode_batch(out, _KIND[spec.layout], num_classes, float(threshold), float(iou), allowed,
-                  trans, sizes, labels, scores, boxes, counts)
+    _decode_batch(
+        out,
+        _KIND[spec.layout],
+        num_classes,
+        float(threshold),
+        float(iou),
+        allowed,
+        trans,
+        sizes,
+        labels,
+        scores,
+        boxes,
+        counts,
+    )
     return [Detections(labels[i, :k], scores[i, :k], boxes[i, :k]) for i, k in enumerate(counts)]
 
 
@@ -448,8 +511,7 @@ def _per_image(values: Any, n: int, width: int, name: str) -> np.ndarray:
     if arr.shape == (width,):
         arr = np.broadcast_to(arr, (n, width))
     if arr.shape != (n, width):
-        raise ValueError(f"{name} must have shape ({width},) or ({n}, {width}), "
-                         f"not {arr.shape}")
+        raise ValueError(f"{name} must have shape ({width},) or ({n}, {width}), not {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite")
     return np.array(arr, dtype=np.float64, order="C")
@@ -461,8 +523,12 @@ def _class_mask(classes: Collection[int] | None, num_classes: int | None) -> np.
         return np.zeros(0, np.uint8)
     picked = list(classes)
     for c in picked:
-        if isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 0 or (
-                num_classes is not None and c >= num_classes):
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, int | np.integer)
+            or c < 0
+            or (num_classes is not None and c >= num_classes)
+        ):
             limit = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
             raise ValueError(f"class filter: {c!r} is not a class index ({limit})")
     size = num_classes if num_classes is not None else max(picked, default=-1) + 1
@@ -500,21 +566,25 @@ def parse_names(text: str) -> list[str]:
     if not isinstance(text, str):
         raise LabelsError(f"names metadata must be a string, not {type(text).__name__}")
     if len(text) > MAX_NAMES_CHARS:
-        raise LabelsError(f"names metadata is {len(text)} characters long; the limit is "
-                          f"{MAX_NAMES_CHARS}")
+        raise LabelsError(
+            f"names metadata is {len(text)} characters long; the limit is {MAX_NAMES_CHARS}"
+        )
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise LabelsError(f"names metadata is not a literal dict of labels ({type(exc).__name__}): "
-                          f"{text[:80]!r}") from None
+        raise LabelsError(
+            f"names metadata is not a literal dict of labels ({type(exc).__name__}): {text[:80]!r}"
+        ) from None
     if isinstance(value, list | tuple):
         value = dict(enumerate(value))
     if not isinstance(value, dict) or not value:
-        raise LabelsError(f"names metadata must be a non-empty dict of index: label, "
-                          f"not {text[:80]!r}")
+        raise LabelsError(
+            f"names metadata must be a non-empty dict of index: label, not {text[:80]!r}"
+        )
     keys = list(value)
     if any(isinstance(k, bool) or not isinstance(k, int) for k in keys) or sorted(keys) != list(
-            range(len(keys))):
+        range(len(keys))
+    ):
         raise LabelsError("names metadata must number its classes 0..n-1")
     labels = [value[i] for i in range(len(keys))]
     if not all(isinstance(label, str) for label in labels):
@@ -539,8 +609,9 @@ def labels_from_metadata(
         return None if num_classes is None else default_labels(num_classes)
     labels = parse_names(text)
     if num_classes is not None and len(labels) != num_classes:
-        raise LabelsError(f"names metadata has {len(labels)} labels; the model has "
-                          f"{num_classes} classes")
+        raise LabelsError(
+            f"names metadata has {len(labels)} labels; the model has {num_classes} classes"
+        )
     return labels
 
 
@@ -554,8 +625,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def top_k(scores: np.ndarray, k: int = 5, *, apply_softmax: bool = False
-          ) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    scores: np.ndarray, k: int = 5, *, apply_softmax: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best classes of each row of a ``[N, C]`` classifier output.
 
     Returns ``(indices, values)``, both ``[N, min(k, C)]``, best first (equal scores

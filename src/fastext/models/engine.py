@@ -60,37 +60,49 @@ def validate_params(info: ModelInfo, params: dict[str, Any]) -> Params:
     allowed = _CLASSIFY_KEYS if info.kind == CLASSIFY else _DETECT_KEYS
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"model {info.name!r} ({info.kind}) takes no parameter {unknown[0]!r} "
-                         f"(it takes {', '.join(allowed)})")
+        raise ValueError(
+            f"model {info.name!r} ({info.kind}) takes no parameter {unknown[0]!r} "
+            f"(it takes {', '.join(allowed)})"
+        )
 
     def number(key: str, low: float, high: float) -> float:
         value = params.get(key, info.default(key))
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                math.isfinite(value) and low <= value <= high):
-            raise ValueError(f"model {info.name!r}: {key} must be a number in {low}..{high}, "
-                             f"got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and low <= value <= high)
+        ):
+            raise ValueError(
+                f"model {info.name!r}: {key} must be a number in {low}..{high}, got {value!r}"
+            )
         return float(value)
 
     def whole(key: str, low: int, high: int) -> int:
         value = params.get(key, info.default(key))
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"model {info.name!r}: {key} must be a whole number in "
-                             f"{low}..{high}, got {value!r}")
+            raise ValueError(
+                f"model {info.name!r}: {key} must be a whole number in {low}..{high}, got {value!r}"
+            )
         return value
 
     classes = params.get("classes")
     picked: tuple[int, ...] | None = None
     if classes is not None:
-        if not isinstance(classes, list) or not classes or not all(
-                isinstance(c, str) for c in classes):
-            raise ValueError(f"model {info.name!r}: classes must be a non-empty list of label "
-                             "names")
+        if (
+            not isinstance(classes, list)
+            or not classes
+            or not all(isinstance(c, str) for c in classes)
+        ):
+            raise ValueError(
+                f"model {info.name!r}: classes must be a non-empty list of label names"
+            )
         index = {label: i for i, label in enumerate(info.labels)}
         missing = [c for c in classes if c not in index]
         if missing:
             shown = ", ".join(info.labels[:20]) + (", ..." if len(info.labels) > 20 else "")
-            raise ValueError(f"model {info.name!r} has no class {missing[0]!r} (its labels: "
-                             f"{shown})")
+            raise ValueError(
+                f"model {info.name!r} has no class {missing[0]!r} (its labels: {shown})"
+            )
         picked = tuple(sorted({index[c] for c in classes}))
     softmax = params.get("softmax", info.default("softmax"))
     if not isinstance(softmax, bool):
@@ -98,11 +110,13 @@ def validate_params(info: ModelInfo, params: dict[str, Any]) -> Params:
     return Params(
         threshold=number("threshold", 0.0, 1.0),
         iou=number("iou", 0.0, 1.0) if info.kind != CLASSIFY else info.default("iou"),
-        max_detections=whole("max_detections", 1, 10_000) if info.kind != CLASSIFY
+        max_detections=whole("max_detections", 1, 10_000)
+        if info.kind != CLASSIFY
         else info.default("max_detections"),
         classes=picked,
         top_k=whole("top_k", 1, max(1, info.num_classes)) if info.kind == CLASSIFY else 1,
-        softmax=softmax)
+        softmax=softmax,
+    )
 
 
 class Engine:
@@ -129,14 +143,30 @@ class Engine:
         providers = [p for p in info.providers if p in available] or ["CPUExecutionProvider"]
         missing = [p for p in info.providers if p not in available]
         if missing:
-            log.warning("model %s: execution provider(s) %s not in this ONNX Runtime (it has "
-                        "%s): running on %s", info.name, ", ".join(missing),
-                        ", ".join(sorted(available)), ", ".join(providers))
+            log.warning(
+                "model %s: execution provider(s) %s not in this ONNX Runtime (it has "
+                "%s): running on %s",
+                info.name,
+                ", ".join(missing),
+                ", ".join(sorted(available)),
+                ", ".join(providers),
+            )
         self.session = ort.InferenceSession(info.path, options, providers=providers)
-        self.input = InputSpec(info.width, info.height, info.layout, info.dtype, info.channels,
-                               info.resize, info.mean, info.std)
-        self.output = (OutputSpec(Layout(info.output_layout), info.num_classes or None)
-                       if info.output_layout else None)
+        self.input = InputSpec(
+            info.width,
+            info.height,
+            info.layout,
+            info.dtype,
+            info.channels,
+            info.resize,
+            info.mean,
+            info.std,
+        )
+        self.output = (
+            OutputSpec(Layout(info.output_layout), info.num_classes or None)
+            if info.output_layout
+            else None
+        )
         self.slots = info.fixed_batch or info.max_batch
         self._tensor = np.zeros((self.slots, *self.input.slot_shape), info.dtype)
         #: (frames, seconds) of every runtime call since the caller last took them
@@ -167,12 +197,15 @@ class Engine:
                     pending.append((j, i, frame))
         with self._lock:
             for start in range(0, len(pending), self.slots):
-                self._run_isolating(jobs, pending[start:start + self.slots], results)
+                self._run_isolating(jobs, pending[start : start + self.slots], results)
         return results
 
-    def _run_isolating(self, jobs: Sequence[tuple[Params, Sequence[Any]]],
-                       chunk: Sequence[tuple[int, int, Any]], results: list[list[Outcome]]
-                       ) -> None:
+    def _run_isolating(
+        self,
+        jobs: Sequence[tuple[Params, Sequence[Any]]],
+        chunk: Sequence[tuple[int, int, Any]],
+        results: list[list[Outcome]],
+    ) -> None:
         """Run ``chunk``; if the runtime (or decoding) fails on it, run its frames one at
         a time, so that a frame the model cannot take fails alone."""
         try:
@@ -182,8 +215,12 @@ class Engine:
             if len(chunk) == 1:
                 self._failed(chunk[0], exc, results)
                 return
-            log.warning("model %s failed on a call of %d frames (%s); running each alone",
-                        self.info.name, len(chunk), exc)
+            log.warning(
+                "model %s failed on a call of %d frames (%s); running each alone",
+                self.info.name,
+                len(chunk),
+                exc,
+            )
         self._tensor[...] = 0  # a fixed batch's idle slots must not hold the failing frame
         for item in chunk:
             try:
@@ -191,14 +228,20 @@ class Engine:
             except Exception as exc:
                 self._failed(item, exc, results)
 
-    def _failed(self, item: tuple[int, int, Any], exc: Exception,
-                results: list[list[Outcome]]) -> None:
+    def _failed(
+        self, item: tuple[int, int, Any], exc: Exception, results: list[list[Outcome]]
+    ) -> None:
         log.error("model %s failed on a frame: %s", self.info.name, exc)
-        results[item[0]][item[1]] = Unprocessed(Kind.ERROR,
-                                                f"model {self.info.name!r} failed: {exc}")
+        results[item[0]][item[1]] = Unprocessed(
+            Kind.ERROR, f"model {self.info.name!r} failed: {exc}"
+        )
 
-    def _run_chunk(self, jobs: Sequence[tuple[Params, Sequence[Any]]],
-                   chunk: Sequence[tuple[int, int, Any]], results: list[list[Outcome]]) -> None:
+    def _run_chunk(
+        self,
+        jobs: Sequence[tuple[Params, Sequence[Any]]],
+        chunk: Sequence[tuple[int, int, Any]],
+        results: list[list[Outcome]],
+    ) -> None:
         from fastext.models.preprocess import prepare
 
         tensor = self._tensor
@@ -227,9 +270,15 @@ class Engine:
         else:
             self._detect(jobs, output, placed, transforms, sizes, results)
 
-    def _detect(self, jobs: Sequence[tuple[Params, Sequence[Any]]], output: np.ndarray,
-                placed: list[tuple[int, int, int]], transforms: list[Any], sizes: list[Any],
-                results: list[list[Outcome]]) -> None:
+    def _detect(
+        self,
+        jobs: Sequence[tuple[Params, Sequence[Any]]],
+        output: np.ndarray,
+        placed: list[tuple[int, int, int]],
+        transforms: list[Any],
+        sizes: list[Any],
+        results: list[list[Outcome]],
+    ) -> None:
         from fastext.models.decode import decode_detections
 
         assert self.output is not None
@@ -240,32 +289,53 @@ class Engine:
         for j, rows in by_job.items():
             params = jobs[j][0]
             found = decode_detections(
-                output[[placed[k][0] for k in rows]], self.output,
-                np.asarray([transforms[k] for k in rows]), np.asarray([sizes[k] for k in rows]),
-                threshold=params.threshold, iou=params.iou,
-                max_detections=params.max_detections, classes=params.classes)
+                output[[placed[k][0] for k in rows]],
+                self.output,
+                np.asarray([transforms[k] for k in rows]),
+                np.asarray([sizes[k] for k in rows]),
+                threshold=params.threshold,
+                iou=params.iou,
+                max_detections=params.max_detections,
+                classes=params.classes,
+            )
             for k, detections in zip(rows, found, strict=True):
                 results[j][placed[k][2]] = [
-                    Inference(type=Inference.InferenceType.ENTITY, subtype="objectDetection",
-                              entity=Entity(tag=Tag(value=_label(labels, c), confidence=s),
-                                            box=Rectangle(l=left, t=top, w=w, h=h)))
-                    for c, s, left, top, w, h in detections.rows()]
+                    Inference(
+                        type=Inference.InferenceType.ENTITY,
+                        subtype="objectDetection",
+                        entity=Entity(
+                            tag=Tag(value=_label(labels, c), confidence=s),
+                            box=Rectangle(l=left, t=top, w=w, h=h),
+                        ),
+                    )
+                    for c, s, left, top, w, h in detections.rows()
+                ]
 
-    def _classify(self, jobs: Sequence[tuple[Params, Sequence[Any]]], output: np.ndarray,
-                  placed: list[tuple[int, int, int]], results: list[list[Outcome]]) -> None:
+    def _classify(
+        self,
+        jobs: Sequence[tuple[Params, Sequence[Any]]],
+        output: np.ndarray,
+        placed: list[tuple[int, int, int]],
+        results: list[list[Outcome]],
+    ) -> None:
         from fastext.models.decode import top_k
 
         labels = self.info.labels
         for slot, j, i in placed:
             params = jobs[j][0]
-            index, values = top_k(output[slot:slot + 1], params.top_k,
-                                  apply_softmax=params.softmax)
+            index, values = top_k(
+                output[slot : slot + 1], params.top_k, apply_softmax=params.softmax
+            )
             results[j][i] = [
-                Inference(type=Inference.InferenceType.CLASSIFICATION,
-                          classification=Classification(
-                              tag=Tag(value=_label(labels, int(c)), confidence=float(v))))
+                Inference(
+                    type=Inference.InferenceType.CLASSIFICATION,
+                    classification=Classification(
+                        tag=Tag(value=_label(labels, int(c)), confidence=float(v))
+                    ),
+                )
                 for c, v in zip(index[0], values[0], strict=True)
-                if float(v) >= params.threshold]
+                if float(v) >= params.threshold
+            ]
 
 
 def _label(labels: Sequence[str], index: int) -> str:
@@ -282,8 +352,10 @@ def warm_units() -> list[Any]:
     from fastext.vision.kernels import _jitted_closure
     from fastext.vision.warmup import Unit
 
-    return [*preprocess.warm_units(),
-            Unit("decode", decode.warm, _jitted_closure(decode._decode_batch))]
+    return [
+        *preprocess.warm_units(),
+        Unit("decode", decode.warm, _jitted_closure(decode._decode_batch)),
+    ]
 
 
 def warm_shared() -> tuple[list[str], list[str]]:
@@ -298,8 +370,11 @@ def warm_shared() -> tuple[list[str], list[str]]:
     run_units(units, path if isinstance(path, str) and path else None, prefix="models.")
     functions = sorted(set().union(*(u.functions for u in units)))
     found = {**vars(preprocess), **vars(decode)}
-    compiled = [n for n in functions if n in found and hasattr(found[n], "stats")
-                and sum(found[n].stats.cache_misses.values())]
+    compiled = [
+        n
+        for n in functions
+        if n in found and hasattr(found[n], "stats") and sum(found[n].stats.cache_misses.values())
+    ]
     return functions, compiled
 
 
@@ -316,12 +391,21 @@ def load(infos: Sequence[ModelInfo], threads: int = 1) -> list[str]:
             continue
         started = time.perf_counter()
         engine = Engine(info, threads)
-        engine.session.run(None, {info.input_name: engine._tensor[:1] if not info.fixed_batch
-                                  else engine._tensor})
+        engine.session.run(
+            None, {info.input_name: engine._tensor[:1] if not info.fixed_batch else engine._tensor}
+        )
         _engines[info.name] = engine
-        log.info("model %s loaded in %.2f s (%s, input %dx%d %s %s, batch up to %d)", info.name,
-                 time.perf_counter() - started, info.kind, info.width, info.height, info.layout,
-                 info.dtype, engine.slots)
+        log.info(
+            "model %s loaded in %.2f s (%s, input %dx%d %s %s, batch up to %d)",
+            info.name,
+            time.perf_counter() - started,
+            info.kind,
+            info.width,
+            info.height,
+            info.layout,
+            info.dtype,
+            engine.slots,
+        )
     return sorted(_engines)
 
 

@@ -60,8 +60,7 @@ def parse_settings(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"--settings is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError("--settings must be a JSON object of settings "
-                         f"({', '.join(SETTINGS)})")
+        raise ValueError(f"--settings must be a JSON object of settings ({', '.join(SETTINGS)})")
     return data
 
 
@@ -93,8 +92,9 @@ def _open(path: str, where: str) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ModelError(f"{where}: ONNX Runtime is not installed "
-                         "(pip install 'fastext[onnx]')") from None
+        raise ModelError(
+            f"{where}: ONNX Runtime is not installed (pip install 'fastext[onnx]')"
+        ) from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -109,8 +109,13 @@ def _open(path: str, where: str) -> Any:
         raise ModelError(f"{where}: ONNX Runtime cannot load it: {reason}") from None
 
 
-def inspect_model(path: str, name: str = "", settings: Mapping[str, Any] | None = None,
-                  batch: int = 1, runs: int = 10) -> Report:
+def inspect_model(
+    path: str,
+    name: str = "",
+    settings: Mapping[str, Any] | None = None,
+    batch: int = 1,
+    runs: int = 10,
+) -> Report:
     """Inspect the model at ``path`` with ``settings`` (those of the ``--config`` file's
     ``models`` object); ``batch`` zeros are run ``runs`` times (after one untimed run)."""
     if not 1 <= batch <= MAX_BATCH:
@@ -142,14 +147,20 @@ def inspect_model(path: str, name: str = "", settings: Mapping[str, Any] | None 
     try:
         # The largest batch a worker will run, once: an export that hard-codes a batch of
         # 1 inside a dynamic one fails here, not on a busy server.
-        session.run(None, {info.input_name: np.zeros((slots, *_input_spec(info).slot_shape),
-                                                     info.dtype)})
+        session.run(
+            None, {info.input_name: np.zeros((slots, *_input_spec(info).slot_shape), info.dtype)}
+        )
     except Exception as exc:  # the runtime's error running the graph: a worker would fail too
         reason = " ".join(str(exc).split())[:300]
-        hint = (f" (a worker runs up to {slots} frames per call; the setting max_batch "
-                "lowers that)" if slots > 1 and not info.fixed_batch else "")
-        return report.fail(f"model {name!r} ({path}): ONNX Runtime cannot run a batch of "
-                           f"{slots} zeros{hint}: {reason}")
+        hint = (
+            f" (a worker runs up to {slots} frames per call; the setting max_batch lowers that)"
+            if slots > 1 and not info.fixed_batch
+            else ""
+        )
+        return report.fail(
+            f"model {name!r} ({path}): ONNX Runtime cannot run a batch of "
+            f"{slots} zeros{hint}: {reason}"
+        )
     _time_inference(report, info, session, batch, runs)
     _time_preprocessing(report, info, runs)
     report.add("servable: yes")
@@ -162,33 +173,50 @@ def _describe(report: Report, info: ModelInfo) -> None:
     else:
         classes = f", {info.num_classes} classes" if info.num_classes else ""
         report.add(f"  recognised: a detector, output layout {info.output_layout}{classes}")
-    shown = ", ".join(info.labels[:LABELS_SHOWN]) + (", ..." if len(info.labels) > LABELS_SHOWN
-                                                      else "")
+    shown = ", ".join(info.labels[:LABELS_SHOWN]) + (
+        ", ..." if len(info.labels) > LABELS_SHOWN else ""
+    )
     report.add(f"  labels ({len(info.labels)}): {shown or 'none (named class 0, class 1, ...)'}")
     scale = "x/255" if info.dtype == "float32" else "pixel values 0..255"
     if info.mean is not None:
         scale = f"(x/255 - mean {list(info.mean)}) / std {list(info.std or ())}"
-    report.add(f"  fed: {info.width}x{info.height} {info.layout} {info.dtype} {info.channels}, "
-               f"{scale}, resize {info.resize} (input {info.input_name!r})")
+    report.add(
+        f"  fed: {info.width}x{info.height} {info.layout} {info.dtype} {info.channels}, "
+        f"{scale}, resize {info.resize} (input {info.input_name!r})"
+    )
     if info.fixed_batch:
         report.add(f"  batch: fixed at {info.fixed_batch} by the model")
     else:
         report.add(f"  batch: dynamic; up to {info.max_batch} frames per runtime call")
-    defaults = ", ".join(f"{k} {v}" for k, v in info.defaults
-                         if k in (("threshold", "top_k", "softmax") if info.kind == CLASSIFY
-                                  else ("threshold", "iou", "max_detections")))
+    defaults = ", ".join(
+        f"{k} {v}"
+        for k, v in info.defaults
+        if k
+        in (
+            ("threshold", "top_k", "softmax")
+            if info.kind == CLASSIFY
+            else ("threshold", "iou", "max_detections")
+        )
+    )
     report.add(f"  session defaults: {defaults}")
 
 
 def _input_spec(info: ModelInfo) -> Any:
     from fastext.models.preprocess import InputSpec
 
-    return InputSpec(info.width, info.height, info.layout, info.dtype, info.channels,
-                     info.resize, info.mean, info.std)
+    return InputSpec(
+        info.width,
+        info.height,
+        info.layout,
+        info.dtype,
+        info.channels,
+        info.resize,
+        info.mean,
+        info.std,
+    )
 
 
-def _time_inference(report: Report, info: ModelInfo, session: Any, batch: int,
-                    runs: int) -> None:
+def _time_inference(report: Report, info: ModelInfo, session: Any, batch: int, runs: int) -> None:
     note = ""
     if info.fixed_batch and batch != info.fixed_batch:
         note = f" (the model fixes the batch at {info.fixed_batch})"
@@ -199,8 +227,10 @@ def _time_inference(report: Report, info: ModelInfo, session: Any, batch: int,
     tensor = np.zeros((batch, *_input_spec(info).slot_shape), info.dtype)
     feed = {info.input_name: tensor}
     took = _median_time(lambda: session.run(None, feed), runs)
-    report.add(f"  inference: {_ms(took)} per batch of {batch} ({_ms(took / batch)} a frame), "
-               f"median of {runs} runs, ONNX Runtime on 1 thread{note}")
+    report.add(
+        f"  inference: {_ms(took)} per batch of {batch} ({_ms(took / batch)} a frame), "
+        f"median of {runs} runs, ONNX Runtime on 1 thread{note}"
+    )
 
 
 def _time_preprocessing(report: Report, info: ModelInfo, runs: int) -> None:
@@ -214,6 +244,8 @@ def _time_preprocessing(report: Report, info: ModelInfo, runs: int) -> None:
     frame[::7] = 200  # not all one value
     slot = np.zeros(spec.slot_shape, info.dtype)
     took = _median_time(lambda: prepare_raw(frame, VF.RGB24, width, height, 0, slot, spec), runs)
-    report.add(f"  preprocessing: {_ms(took)} a frame ({width}x{height} RGB24 into "
-               f"{info.width}x{info.height} {info.layout} {info.dtype}, {info.resize}), "
-               f"median of {runs} runs")
+    report.add(
+        f"  preprocessing: {_ms(took)} a frame ({width}x{height} RGB24 into "
+        f"{info.width}x{info.height} {info.layout} {info.dtype}, {info.resize}), "
+        f"median of {runs} runs"
+    )

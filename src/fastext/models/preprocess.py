@@ -230,8 +230,9 @@ def prepare(frame: Frame | np.ndarray, out: np.ndarray, spec: InputSpec) -> Tran
     _check_out(out, spec)
     if isinstance(frame, np.ndarray):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
-            raise FrameError(f"an image must be (height, width, 3) uint8; got {frame.dtype} "
-                             f"{frame.shape}")
+            raise FrameError(
+                f"an image must be (height, width, 3) uint8; got {frame.dtype} {frame.shape}"
+            )
         frame = Frame(frame.shape[1], frame.shape[0], None, frame, None, Encoding.BMP)
     width, height = frame.width, frame.height
     new_w, new_h, left, top = geometry(width, height, spec)
@@ -268,10 +269,34 @@ def prepare(frame: Frame | np.ndarray, out: np.ndarray, spec: InputSpec) -> Tran
     ybuf, ystride = _flat(rows)
     lut, mul, add, pad = _tables(spec)
     try:
-        _prepare(ybuf, ystride, ybuf if ubuf is None else ubuf, ybuf if vbuf is None else vbuf,
-                 cstride, kind, bpp, r, g, b, big_endian, is565, src_w, src_h, out,
-                 spec.layout == "NCHW", spec.dtype == "uint8", spec.channels == "BGR",
-                 lut, mul, add, pad, left, top, new_w, new_h)
+        _prepare(
+            ybuf,
+            ystride,
+            ybuf if ubuf is None else ubuf,
+            ybuf if vbuf is None else vbuf,
+            cstride,
+            kind,
+            bpp,
+            r,
+            g,
+            b,
+            big_endian,
+            is565,
+            src_w,
+            src_h,
+            out,
+            spec.layout == "NCHW",
+            spec.dtype == "uint8",
+            spec.channels == "BGR",
+            lut,
+            mul,
+            add,
+            pad,
+            left,
+            top,
+            new_w,
+            new_h,
+        )
     except ValueError as exc:  # the kernel's own bounds checks: a frame it will not read
         raise FrameError(f"frame cannot be preprocessed: {exc}") from None
     return Transform(new_w / width, new_h / height, left, top, width, height)
@@ -282,12 +307,20 @@ def _rgb_rows(image: np.ndarray) -> np.ndarray:
     h, w, _ = image.shape
     if image.strides[2] == 1 and image.strides[1] == 3 and image.strides[0] >= 3 * w:
         return np.lib.stride_tricks.as_strided(
-            image, shape=(h, 3 * w), strides=(image.strides[0], 1), writeable=False)
+            image, shape=(h, 3 * w), strides=(image.strides[0], 1), writeable=False
+        )
     return np.ascontiguousarray(image).reshape(h, 3 * w)
 
 
-def prepare_raw(buf: Any, pixel_format: int, width: int, height: int, stride: int,
-                out: np.ndarray, spec: InputSpec) -> Transform:
+def prepare_raw(
+    buf: Any,
+    pixel_format: int,
+    width: int,
+    height: int,
+    stride: int,
+    out: np.ndarray,
+    spec: InputSpec,
+) -> Transform:
     """:func:`prepare` of a RAW frame in ``buf`` (bytes-like, from index 0), as
     :func:`fastext.vision.frames.raw_view` reads it; stride 0 means unpadded rows."""
     return prepare(frame_from_raw(buf, pixel_format, width, height, stride), out, spec)
@@ -302,8 +335,12 @@ def prepare_raw(buf: Any, pixel_format: int, width: int, height: int, stride: in
 # fastext.vision.kernels.rgb_yuv420p, so a frame at the model's size converts exactly as
 # Frame.rgb() does (tests/test_models_preprocess.py compares them).
 _FIX = 1 << 16
-_KR, _KGU, _KGV, _KB = (round(1.402 * _FIX), round(0.344136 * _FIX), round(0.714136 * _FIX),
-                        round(1.772 * _FIX))
+_KR, _KGU, _KGV, _KB = (
+    round(1.402 * _FIX),
+    round(0.344136 * _FIX),
+    round(0.714136 * _FIX),
+    round(1.772 * _FIX),
+)
 
 
 @_jit
@@ -314,9 +351,9 @@ def _pp_clamp_u8(v):  # type: ignore[no-untyped-def]
 @_jit
 def _pp_yuv_row(ybuf, yoff, ubuf, vbuf, coff, width, dst):  # type: ignore[no-untyped-def]
     """One row of RGB bytes (``dst``, 3 * width) from its Y row and its chroma rows."""
-    yrow = ybuf[yoff:yoff + width]
-    urow = ubuf[coff:coff + (width + 1) // 2]
-    vrow = vbuf[coff:coff + (width + 1) // 2]
+    yrow = ybuf[yoff : yoff + width]
+    urow = ubuf[coff : coff + (width + 1) // 2]
+    vrow = vbuf[coff : coff + (width + 1) // 2]
     half = np.int32(1 << 15)
     for x in range(width):
         luma = np.int32(np.int32(yrow[x]) << 16)
@@ -411,14 +448,14 @@ def _pp_taps(src, dst):  # type: ignore[no-untyped-def]
 @_jit
 def _pp_vsum(buf, starts, weights, n, acc):  # type: ignore[no-untyped-def]
     """``acc[:n]`` = the sum over taps k of ``weights[k] * buf[starts[k]:starts[k] + n]``."""
-    first = buf[starts[0]:starts[0] + n]
+    first = buf[starts[0] : starts[0] + n]
     w0 = weights[0]
     taps = starts.shape[0]
     if taps == 1:
         for i in range(n):
             acc[i] = np.float32(first[i]) * w0
         return
-    second = buf[starts[1]:starts[1] + n]
+    second = buf[starts[1] : starts[1] + n]
     w1 = weights[1]
     for i in range(n):
         acc[i] = np.float32(first[i]) * w0 + np.float32(second[i]) * w1
@@ -426,7 +463,7 @@ def _pp_vsum(buf, starts, weights, n, acc):  # type: ignore[no-untyped-def]
         wk = weights[k]
         if wk == 0:
             continue
-        row = buf[starts[k]:starts[k] + n]
+        row = buf[starts[k] : starts[k] + n]
         for i in range(n):
             acc[i] += np.float32(row[i]) * wk
 
@@ -516,13 +553,13 @@ def _pp_hsum_regular(acc, tmp, x0, step, weights, bpp, offs, line):  # type: ign
         tmp[i] = head[i] * w0
     for k in range(1, taps):
         wk = weights[k]
-        shifted = acc[k * bpp:k * bpp + n]
+        shifted = acc[k * bpp : k * bpp + n]
         for i in range(n):
             tmp[i] += shifted[i] * wk
     stride = step * bpp
     for t in range(3):
         dst = line[t]
-        src = tmp[x0 * bpp + offs[t]:]
+        src = tmp[x0 * bpp + offs[t] :]
         for x in range(dst.shape[0]):
             dst[x] = src[x * stride]
 
@@ -540,16 +577,16 @@ def _pp_equal(w):  # type: ignore[no-untyped-def]
 def _pp_vsum_whole(buf, starts, n, acc):  # type: ignore[no-untyped-def]
     """:func:`_pp_vsum` with equal weights: the exact uint16 sum of the rows (16 lanes
     a vector where float32 has 8)."""
-    first = buf[starts[0]:starts[0] + n]
+    first = buf[starts[0] : starts[0] + n]
     if starts.shape[0] == 1:
         for i in range(n):
             acc[i] = np.uint16(first[i])
         return
-    second = buf[starts[1]:starts[1] + n]
+    second = buf[starts[1] : starts[1] + n]
     for i in range(n):
         acc[i] = np.uint16(np.uint16(first[i]) + np.uint16(second[i]))
     for k in range(2, starts.shape[0]):
-        row = buf[starts[k]:starts[k] + n]
+        row = buf[starts[k] : starts[k] + n]
         for i in range(n):
             acc[i] = np.uint16(acc[i] + np.uint16(row[i]))
 
@@ -614,7 +651,7 @@ def _pp_emit(line, out, y, left, nchw, to_u8, mul, add):  # type: ignore[no-unty
     if nchw:
         for t in range(3):
             src = line[t]
-            dst = out[t, y][left:left + n]
+            dst = out[t, y][left : left + n]
             if to_u8:
                 for x in range(n):
                     dst[x] = np.uint8(min(np.int32(src[x] + np.float32(0.5)), 255))
@@ -624,7 +661,7 @@ def _pp_emit(line, out, y, left, nchw, to_u8, mul, add):  # type: ignore[no-unty
                 for x in range(n):
                     dst[x] = src[x] * m + a
         return
-    dst = out[y].reshape(-1)[3 * left:3 * (left + n)]
+    dst = out[y].reshape(-1)[3 * left : 3 * (left + n)]
     if to_u8:
         for x in range(n):
             for t in range(3):
@@ -645,11 +682,11 @@ def _pp_emit_lut(row, bpp, offs, out, y, left, width, nchw, lut):  # type: ignor
         for t in range(3):
             o = offs[t]
             table = lut[t]
-            dst = out[t, y][left:left + width]
+            dst = out[t, y][left : left + width]
             for x in range(width):
                 dst[x] = table[row[x * bpp + o]]
         return
-    dst = out[y].reshape(-1)[3 * left:3 * (left + width)]
+    dst = out[y].reshape(-1)[3 * left : 3 * (left + width)]
     t0, t1, t2 = lut[0], lut[1], lut[2]
     o0, o1, o2 = offs[0], offs[1], offs[2]
     for x in range(width):
@@ -670,7 +707,7 @@ def _pp_fill(out, nchw, pad, left, top, new_w, new_h):  # type: ignore[no-untype
                 row = plane[y]
                 if top <= y < top + new_h:
                     row[:left] = v
-                    row[left + new_w:] = v
+                    row[left + new_w :] = v
                 else:
                     row[:] = v
         return
@@ -694,8 +731,26 @@ def _pp_fill(out, nchw, pad, left, top, new_w, new_h):  # type: ignore[no-untype
 
 
 @_jit
-def _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, height,  # type: ignore[no-untyped-def]
-              out, nchw, left, top, new_w, new_h):
+def _pp_check(  # type: ignore[no-untyped-def]
+    ybuf,
+    ystride,
+    ubuf,
+    vbuf,
+    cstride,
+    kind,
+    bpp,
+    r,
+    g,
+    b,
+    width,
+    height,
+    out,
+    nchw,
+    left,
+    top,
+    new_w,
+    new_h,
+):
     """Every check made before a byte is read or written: nothing outside a buffer."""
     if width < 1 or height < 1:
         raise ValueError("frame size is not positive")
@@ -725,16 +780,60 @@ def _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, hei
 
 
 @_jit
-def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian, is565,  # type: ignore[no-untyped-def]
-             width, height, out, nchw, to_u8, bgr, lut, mul, add, pad, left, top, new_w, new_h):
+def _prepare(  # type: ignore[no-untyped-def]
+    ybuf,
+    ystride,
+    ubuf,
+    vbuf,
+    cstride,
+    kind,
+    bpp,
+    r,
+    g,
+    b,
+    big_endian,
+    is565,
+    width,
+    height,
+    out,
+    nchw,
+    to_u8,
+    bgr,
+    lut,
+    mul,
+    add,
+    pad,
+    left,
+    top,
+    new_w,
+    new_h,
+):
     """The whole pass: pad, then each content row resampled (or converted) and written.
 
     ``kind`` 0: byte channels at offsets r, g, b of ``bpp``-byte pixels; 1: RGB565
     (``is565``) or RGB555 words; 2: YUV420P (chroma in ``ubuf``/``vbuf``, rows
     ``cstride`` apart). Rows of ``ybuf`` are ``ystride`` apart.
     """
-    _pp_check(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, width, height,
-              out, nchw, left, top, new_w, new_h)
+    _pp_check(
+        ybuf,
+        ystride,
+        ubuf,
+        vbuf,
+        cstride,
+        kind,
+        bpp,
+        r,
+        g,
+        b,
+        width,
+        height,
+        out,
+        nchw,
+        left,
+        top,
+        new_w,
+        new_h,
+    )
     offs = np.empty(3, np.int64)
     if kind == 0:
         ebpp = bpp
@@ -750,12 +849,13 @@ def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian,
     if new_w == width and new_h == height:
         for y in range(height):
             if kind == 0:
-                src = ybuf[y * ystride:y * ystride + row_bytes]
+                src = ybuf[y * ystride : y * ystride + row_bytes]
                 _pp_emit_lut(src, ebpp, offs, out, top + y, left, width, nchw, lut)
                 continue
             if kind == 1:
-                _pp_packed_row(ybuf[y * ystride:y * ystride + 2 * width], rgb_row, width,
-                               big_endian, is565)
+                _pp_packed_row(
+                    ybuf[y * ystride : y * ystride + 2 * width], rgb_row, width, big_endian, is565
+                )
             else:
                 _pp_yuv_row(ybuf, y * ystride, ubuf, vbuf, (y // 2) * cstride, width, rgb_row)
             _pp_emit_lut(rgb_row, ebpp, offs, out, top + y, left, width, nchw, lut)
@@ -770,8 +870,14 @@ def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian,
     taps_y = yw.shape[1]
     # Whole-number shrinks (area 2x, 3x, 6x..., bilinear exactly 2x) are plain means of
     # windows at a fixed step on both axes: summed exactly in uint16 (255 * 257 fits).
-    whole = (step > 0 and step == taps_x and _pp_equal(xw) and _pp_step(ystart, yw) > 0 and _pp_equal(yw)
-             and taps_x * taps_y <= 257)
+    whole = (
+        step > 0
+        and step == taps_x
+        and _pp_equal(xw)
+        and _pp_step(ystart, yw) > 0
+        and _pp_equal(yw)
+        and taps_x * taps_y <= 257
+    )
     inv = np.float32(1.0 / (taps_x * taps_y))
     tmp = np.empty(row_bytes, np.float32)
     acc = np.empty(row_bytes, np.float32)
@@ -800,11 +906,15 @@ def _prepare(ybuf, ystride, ubuf, vbuf, cstride, kind, bpp, r, g, b, big_endian,
                 if tags[slot] != sy:
                     dst = ring[slot]
                     if kind == 1:
-                        _pp_packed_row(ybuf[sy * ystride:sy * ystride + 2 * width], dst, width,
-                                       big_endian, is565)
+                        _pp_packed_row(
+                            ybuf[sy * ystride : sy * ystride + 2 * width],
+                            dst,
+                            width,
+                            big_endian,
+                            is565,
+                        )
                     else:
-                        _pp_yuv_row(ybuf, sy * ystride, ubuf, vbuf, (sy // 2) * cstride,
-                                    width, dst)
+                        _pp_yuv_row(ybuf, sy * ystride, ubuf, vbuf, (sy // 2) * cstride, width, dst)
                     tags[slot] = sy
                 starts[k] = slot * row_bytes
             if whole:
@@ -844,4 +954,3 @@ def warm() -> None:
     """Compile, or load from numba's cache, every kernel :func:`prepare` runs."""
     for unit in warm_units():
         unit.run()
-

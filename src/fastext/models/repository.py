@@ -30,8 +30,16 @@ from fastext.config import ModelSpec
 from fastext.errors import ConfigError
 
 __all__ = [
-    "DETECT", "CLASSIFY", "ModelInfo", "ModelError", "get", "inspect_spec", "install",
-    "installed", "load_infos", "names",
+    "DETECT",
+    "CLASSIFY",
+    "ModelInfo",
+    "ModelError",
+    "get",
+    "inspect_spec",
+    "install",
+    "installed",
+    "load_infos",
+    "names",
 ]
 
 DETECT, CLASSIFY = "detect", "classify"
@@ -39,9 +47,25 @@ MAX_BATCH_CAP = 16  # a dynamic batch axis runs at most this many frames per cal
 _INSPECT_TIMEOUT_S = 300.0  # a large model on a slow ARM board takes a while to open
 
 #: Settings a model may have in the ``--config`` file's ``models`` object, with a check each.
-SETTINGS = ("kind", "labels", "layout", "output_layout", "resize", "channels", "mean", "std",
-            "max_batch", "max_queue_delay_ms", "threshold", "iou", "max_detections", "top_k",
-            "softmax", "providers", "arena")
+SETTINGS = (
+    "kind",
+    "labels",
+    "layout",
+    "output_layout",
+    "resize",
+    "channels",
+    "mean",
+    "std",
+    "max_batch",
+    "max_queue_delay_ms",
+    "threshold",
+    "iou",
+    "max_detections",
+    "top_k",
+    "softmax",
+    "providers",
+    "arena",
+)
 
 
 class ModelError(ConfigError):
@@ -143,23 +167,36 @@ def _check_settings(spec: ModelSpec) -> dict[str, Any]:
     choice("channels", ("RGB", "BGR"))
     for key in ("mean", "std"):
         value = settings.get(key)
-        if value is not None and not (isinstance(value, list) and len(value) == 3 and all(
-                _number(v) for v in value)):
+        if value is not None and not (
+            isinstance(value, list) and len(value) == 3 and all(_number(v) for v in value)
+        ):
             raise _setting_error(spec, key, "must be a list of 3 numbers (0..1 scale)")
-    if "labels" in settings and not (isinstance(settings["labels"], list) and settings["labels"]
-                                     and all(isinstance(v, str) for v in settings["labels"])):
+    if "labels" in settings and not (
+        isinstance(settings["labels"], list)
+        and settings["labels"]
+        and all(isinstance(v, str) for v in settings["labels"])
+    ):
         raise _setting_error(spec, "labels", "must be a non-empty list of names")
-    if "providers" in settings and not (isinstance(settings["providers"], list) and all(
-            isinstance(v, str) for v in settings["providers"])):
+    if "providers" in settings and not (
+        isinstance(settings["providers"], list)
+        and all(isinstance(v, str) for v in settings["providers"])
+    ):
         raise _setting_error(spec, "providers", "must be a list of execution provider names")
-    for key, low, high in (("max_batch", 1, 256), ("max_detections", 1, 10_000),
-                           ("top_k", 1, 1000)):
+    for key, low, high in (
+        ("max_batch", 1, 256),
+        ("max_detections", 1, 10_000),
+        ("top_k", 1, 1000),
+    ):
         value = settings.get(key)
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
-                                      and low <= value <= high):
+        if value is not None and not (
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        ):
             raise _setting_error(spec, key, f"must be a whole number in {low}..{high}")
-    for key, lowest, highest in (("threshold", 0.0, 1.0), ("iou", 0.0, 1.0),
-                                 ("max_queue_delay_ms", 0.0, 1000.0)):
+    for key, lowest, highest in (
+        ("threshold", 0.0, 1.0),
+        ("iou", 0.0, 1.0),
+        ("max_queue_delay_ms", 0.0, 1000.0),
+    ):
         value = settings.get(key)
         if value is not None and not (_number(value) and lowest <= value <= highest):
             raise _setting_error(spec, key, f"must be a number in {lowest}..{highest}")
@@ -196,8 +233,9 @@ def inspect_spec(spec: ModelSpec, session: Any = None) -> ModelInfo:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ModelError(f"{where}: ONNX Runtime is not installed "
-                             "(pip install 'fastext[onnx]')") from None
+            raise ModelError(
+                f"{where}: ONNX Runtime is not installed (pip install 'fastext[onnx]')"
+            ) from None
         try:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
@@ -208,45 +246,57 @@ def inspect_spec(spec: ModelSpec, session: Any = None) -> ModelInfo:
             raise ModelError(f"{where}: ONNX Runtime cannot load it: {reason}") from None
     inputs = session.get_inputs()
     outputs = session.get_outputs()
-    shapes = tuple((o.name, tuple(d if isinstance(d, int) else None for d in o.shape))
-                   for o in outputs)
+    shapes = tuple(
+        (o.name, tuple(d if isinstance(d, int) else None for d in o.shape)) for o in outputs
+    )
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         found = ", ".join(f"{i.name} {list(i.shape)}" for i in inputs) or "none"
-        raise ModelError(f"{where}: expected one image input of rank 4 (NCHW or NHWC); "
-                         f"found {found}")
+        raise ModelError(
+            f"{where}: expected one image input of rank 4 (NCHW or NHWC); found {found}"
+        )
     tensor = inputs[0]
     dtype = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}.get(tensor.type)
     if dtype is None:
-        raise ModelError(f"{where}: input {tensor.name} is {tensor.type}; fastext feeds "
-                         "float32 or uint8")
+        raise ModelError(
+            f"{where}: input {tensor.name} is {tensor.type}; fastext feeds float32 or uint8"
+        )
     n, a, b, c = tensor.shape
     layout = settings.get("layout")
     if layout is None:
         layout = "NCHW" if a == 3 else "NHWC" if c == 3 else None
     if layout is None:
-        raise ModelError(f"{where}: input {tensor.name} {list(tensor.shape)} has no axis of 3 "
-                         "channels; name its layout in the model's settings")
+        raise ModelError(
+            f"{where}: input {tensor.name} {list(tensor.shape)} has no axis of 3 "
+            "channels; name its layout in the model's settings"
+        )
     height, width = (_dim(b), _dim(c)) if layout == "NCHW" else (_dim(a), _dim(b))
     if height is None or width is None:
-        raise ModelError(f"{where}: input {tensor.name} {list(tensor.shape)} has no fixed "
-                         "height and width")
+        raise ModelError(
+            f"{where}: input {tensor.name} {list(tensor.shape)} has no fixed height and width"
+        )
     fixed = _dim(n)
     max_batch = fixed or min(settings.get("max_batch", MAX_BATCH_CAP), MAX_BATCH_CAP)
     if fixed and settings.get("max_batch", fixed) != fixed:
-        raise _setting_error(spec, "max_batch", f"cannot differ from the model's fixed batch {fixed}")
+        raise _setting_error(
+            spec, "max_batch", f"cannot differ from the model's fixed batch {fixed}"
+        )
     metadata = session.get_modelmeta().custom_metadata_map
-    kind = settings.get("kind") or (CLASSIFY if len(outputs) == 1 and len(outputs[0].shape) == 2
-                                    else DETECT)
+    kind = settings.get("kind") or (
+        CLASSIFY if len(outputs) == 1 and len(outputs[0].shape) == 2 else DETECT
+    )
     labels = settings.get("labels")
     try:
         if kind == CLASSIFY:
             if len(outputs) != 1 or len(outputs[0].shape) != 2:
-                raise LayoutError("a classifier must have one output of shape [N, C]; found "
-                                  + ", ".join(str(list(o.shape)) for o in outputs))
+                raise LayoutError(
+                    "a classifier must have one output of shape [N, C]; found "
+                    + ", ".join(str(list(o.shape)) for o in outputs)
+                )
             num_classes = _dim(outputs[0].shape[1])
             if num_classes is None:
-                raise LayoutError(f"classifier output {list(outputs[0].shape)} has no fixed "
-                                  "class count")
+                raise LayoutError(
+                    f"classifier output {list(outputs[0].shape)} has no fixed class count"
+                )
             output_layout = None
         else:
             known = len(labels) if labels else None
@@ -262,27 +312,43 @@ def inspect_spec(spec: ModelSpec, session: Any = None) -> ModelInfo:
             raise LabelsError(f"{len(labels)} labels for {num_classes} classes")
     except (LayoutError, LabelsError) as exc:
         raise ModelError(f"{where}: {exc}") from None
-    defaults = {"threshold": settings.get("threshold", 0.25), "iou": settings.get("iou", 0.45),
-                "max_detections": settings.get("max_detections", 100),
-                "top_k": settings.get("top_k", 1), "softmax": settings.get("softmax", False)}
+    defaults = {
+        "threshold": settings.get("threshold", 0.25),
+        "iou": settings.get("iou", 0.45),
+        "max_detections": settings.get("max_detections", 100),
+        "top_k": settings.get("top_k", 1),
+        "softmax": settings.get("softmax", False),
+    }
     mean, std = settings.get("mean"), settings.get("std")
     if (mean is None) != (std is None):
         raise _setting_error(spec, "mean", "and 'std' go together")
     if mean is not None and dtype == "uint8":
         raise _setting_error(spec, "mean", "applies to float32 inputs only")
     return ModelInfo(
-        name=spec.name, path=os.path.abspath(spec.path), kind=kind, input_name=tensor.name,
-        width=width, height=height, layout=layout, dtype=dtype,
-        channels=settings.get("channels", "RGB"), resize=settings.get("resize", "letterbox"),
-        mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
-        output_layout=output_layout, num_classes=num_classes or 0, labels=tuple(labels),
-        fixed_batch=fixed, max_batch=max_batch,
+        name=spec.name,
+        path=os.path.abspath(spec.path),
+        kind=kind,
+        input_name=tensor.name,
+        width=width,
+        height=height,
+        layout=layout,
+        dtype=dtype,
+        channels=settings.get("channels", "RGB"),
+        resize=settings.get("resize", "letterbox"),
+        mean=tuple(mean) if mean else None,
+        std=tuple(std) if std else None,
+        output_layout=output_layout,
+        num_classes=num_classes or 0,
+        labels=tuple(labels),
+        fixed_batch=fixed,
+        max_batch=max_batch,
         max_queue_delay_ms=float(settings.get("max_queue_delay_ms", 0.0)),
         defaults=tuple(sorted(defaults.items())),
         providers=tuple(settings.get("providers", ["CPUExecutionProvider"])),
         arena=settings.get("arena", True),
         file_bytes=os.path.getsize(spec.path) if os.path.isfile(spec.path) else 0,
-        outputs=shapes)
+        outputs=shapes,
+    )
 
 
 def load_infos(specs: Sequence[ModelSpec], reserved: Sequence[str] = ()) -> list[ModelInfo]:
@@ -291,19 +357,28 @@ def load_infos(specs: Sequence[ModelSpec], reserved: Sequence[str] = ()) -> list
     served; ``reserved``: names already taken (the built-in processors)."""
     for spec in specs:
         if spec.name in reserved:
-            raise ModelError(f"model {spec.name!r}: the name is a built-in processor's; "
-                             "choose another")
+            raise ModelError(
+                f"model {spec.name!r}: the name is a built-in processor's; choose another"
+            )
     if not specs:
         return []
     request = json.dumps([dataclasses.asdict(s) for s in specs])
     try:
-        proc = subprocess.run([sys.executable, "-m", "fastext.models.repository"], input=request,
-                              capture_output=True, text=True, timeout=_INSPECT_TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastext.models.repository"],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=_INSPECT_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         raise ModelError(f"reading the models took over {_INSPECT_TIMEOUT_S:.0f} s") from None
     if proc.returncode == 2:
-        raise ModelError(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip()
-                         else "a model could not be read")
+        raise ModelError(
+            proc.stdout.strip().splitlines()[-1]
+            if proc.stdout.strip()
+            else "a model could not be read"
+        )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelError(f"reading the models failed (exit {proc.returncode}): {tail}")
@@ -311,8 +386,10 @@ def load_infos(specs: Sequence[ModelSpec], reserved: Sequence[str] = ()) -> list
 
 
 def _child() -> int:
-    specs = [ModelSpec(d["name"], d["path"], tuple((k, v) for k, v in d["settings"]))
-             for d in json.loads(sys.stdin.read())]
+    specs = [
+        ModelSpec(d["name"], d["path"], tuple((k, v) for k, v in d["settings"]))
+        for d in json.loads(sys.stdin.read())
+    ]
     try:
         infos = [inspect_spec(spec) for spec in specs]
     except ModelError as exc:

@@ -33,14 +33,21 @@ def _names(labels: tuple[str, ...]) -> str:
     return repr(dict(enumerate(labels)))
 
 
-def _model(nodes: list[Any], name: str, inputs: list[Any], outputs: list[Any],
-           initializers: list[Any], metadata: dict[str, str]) -> bytes:
+def _model(
+    nodes: list[Any],
+    name: str,
+    inputs: list[Any],
+    outputs: list[Any],
+    initializers: list[Any],
+    metadata: dict[str, str],
+) -> bytes:
     import onnx
     from onnx import helper
 
     graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],
-                              producer_name="fastext-toy")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="fastext-toy"
+    )
     model.ir_version = _IR_VERSION
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
@@ -53,8 +60,9 @@ def _const(name: str, value: np.ndarray) -> Any:
     return numpy_helper.from_array(value, name)
 
 
-def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
-                    batch: int | None = None, max_boxes: int = 10) -> bytes:
+def colour_detector(
+    layout: Layout, size: int = 32, cell: int = 8, batch: int | None = None, max_boxes: int = 10
+) -> bytes:
     """A detector of red, green and blue objects, its output in ``layout``.
 
     Input ``images``: float32 ``[N, 3, size, size]``, RGB in 0..1. The image is cut
@@ -97,8 +105,13 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
         _const("ones2", np.array([1, 1], np.int64)),
     ]
     nodes = [
-        helper.make_node("Conv", ["images", "colour_weight"], ["cells"],
-                         kernel_shape=[cell, cell], strides=[cell, cell]),
+        helper.make_node(
+            "Conv",
+            ["images", "colour_weight"],
+            ["cells"],
+            kernel_shape=[cell, cell],
+            strides=[cell, cell],
+        ),
         helper.make_node("Relu", ["cells"], ["cell_scores"]),
         helper.make_node("Reshape", ["cell_scores", "score_shape"], ["scores"]),  # [N, C, A]
         helper.make_node("Shape", ["images"], ["image_shape"]),
@@ -108,9 +121,12 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
     n_dim: int | str = "N" if batch is None else batch
     if layout is Layout.END_TO_END:
         k = min(max_boxes, anchors)
-        inits += [_const("corners", corners.astype(np.float32)),
-                  _const("k", np.array([k], np.int64)), _const("axis2", np.array([2], np.int64)),
-                  _const("tile4", np.array([1, 1, 4], np.int64))]
+        inits += [
+            _const("corners", corners.astype(np.float32)),
+            _const("k", np.array([k], np.int64)),
+            _const("axis2", np.array([2], np.int64)),
+            _const("tile4", np.array([1, 1, 4], np.int64)),
+        ]
         nodes += [
             helper.make_node("ReduceMax", ["scores"], ["best"], axes=[1], keepdims=0),
             helper.make_node("ArgMax", ["scores"], ["best_class"], axis=1, keepdims=0),
@@ -119,14 +135,17 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
             helper.make_node("Expand", ["corners", "n11"], ["all_corners"]),
             helper.make_node("Unsqueeze", ["top_index", "axis2"], ["top_index3"]),
             helper.make_node("Tile", ["top_index3", "tile4"], ["top_index4"]),
-            helper.make_node("GatherElements", ["all_corners", "top_index4"], ["top_corners"],
-                             axis=1),
-            helper.make_node("GatherElements", ["best_class_f", "top_index"], ["top_class"],
-                             axis=1),
+            helper.make_node(
+                "GatherElements", ["all_corners", "top_index4"], ["top_corners"], axis=1
+            ),
+            helper.make_node(
+                "GatherElements", ["best_class_f", "top_index"], ["top_class"], axis=1
+            ),
             helper.make_node("Unsqueeze", ["top_scores", "axis2"], ["top_scores3"]),
             helper.make_node("Unsqueeze", ["top_class", "axis2"], ["top_class3"]),
-            helper.make_node("Concat", ["top_corners", "top_scores3", "top_class3"], ["output0"],
-                             axis=2),
+            helper.make_node(
+                "Concat", ["top_corners", "top_scores3", "top_class3"], ["output0"], axis=2
+            ),
         ]
         out_shape: list[int | str] = [n_dim, k, 6]
     else:
@@ -134,8 +153,9 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
         nodes.append(helper.make_node("Expand", ["cxcywh", "n11"], ["boxes"]))  # [N, 4, A]
         parts = ["boxes", "scores"]
         if layout is Layout.YOLOV5:
-            nodes.append(helper.make_node("ReduceMax", ["scores"], ["objectness"], axes=[1],
-                                          keepdims=1))
+            nodes.append(
+                helper.make_node("ReduceMax", ["scores"], ["objectness"], axes=[1], keepdims=1)
+            )
             parts = ["boxes", "objectness", "scores"]
         rows = 4 + n_cls + (layout is Layout.YOLOV5)
         if layout is Layout.YOLOV8:
@@ -147,11 +167,16 @@ def colour_detector(layout: Layout, size: int = 32, cell: int = 8,
                 helper.make_node("Transpose", ["channels_first"], ["output0"], perm=[0, 2, 1]),
             ]
             out_shape = [n_dim, anchors, rows]
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                            [n_dim, 3, size, size])]
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [n_dim, 3, size, size])]
     outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)]
-    return _model(nodes, "colour_detector", inputs, outputs, inits,
-                  {"names": _names(COLOURS), "imgsz": repr([size, size])})
+    return _model(
+        nodes,
+        "colour_detector",
+        inputs,
+        outputs,
+        inits,
+        {"names": _names(COLOURS), "imgsz": repr([size, size])},
+    )
 
 
 def colour_classifier(size: int = 32, batch: int | None = None) -> bytes:
@@ -165,8 +190,10 @@ def colour_classifier(size: int = 32, batch: int | None = None) -> bytes:
         helper.make_node("Flatten", ["pooled"], ["means"], axis=1),
         helper.make_node("Gemm", ["means", "weight", "bias"], ["logits"]),
     ]
-    inits = [_const("weight", 4 * np.eye(3, dtype=np.float32)),
-             _const("bias", np.zeros(3, np.float32))]
+    inits = [
+        _const("weight", 4 * np.eye(3, dtype=np.float32)),
+        _const("bias", np.zeros(3, np.float32)),
+    ]
     inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [n_dim, 3, size, size])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n_dim, 3])]
     return _model(nodes, "colour_classifier", inputs, outputs, inits, {"names": _names(COLOURS)})
@@ -196,8 +223,9 @@ def _yolo_like_convs(size: int, classes: int) -> list[tuple[str, int, int, int, 
         convs += [("", ch, ch, 3, 1, side)] * repeats
         if i >= 2:  # this stage's last output feeds a head
             convs[-1] = (f"p{i + 1}", *convs[-1][1:])
-    for p, (head_ch, head_side) in enumerate(((64, size // 8), (128, size // 16),
-                                              (256, size // 32))):
+    for p, (head_ch, head_side) in enumerate(
+        ((64, size // 8), (128, size // 16), (256, size // 32))
+    ):
         convs.append((f"head{p + 3}", head_ch, _HEAD_CHANNELS, 3, 1, head_side))
         convs.append(("", _HEAD_CHANNELS, 4 + classes, 1, 1, head_side))
     return convs
@@ -205,8 +233,12 @@ def _yolo_like_convs(size: int, classes: int) -> list[tuple[str, int, int, int, 
 
 def yolo_like_flops(size: int, classes: int = 80) -> float:
     """The convolutions' FLOPs of :func:`yolo_like` (2 per multiply-add)."""
-    return float(sum(2 * side * side * cout * cin * k * k
-                     for _, cin, cout, k, _, side in _yolo_like_convs(size, classes)))
+    return float(
+        sum(
+            2 * side * side * cout * cin * k * k
+            for _, cin, cout, k, _, side in _yolo_like_convs(size, classes)
+        )
+    )
 
 
 def yolo_like(size: int = 640, classes: int = 80, seed: int = 0) -> bytes:
@@ -225,12 +257,22 @@ def yolo_like(size: int = 640, classes: int = 80, seed: int = 0) -> bytes:
     for i, (tag, cin, cout, k, stride, side) in enumerate(_yolo_like_convs(size, classes)):
         if tag.startswith("head"):
             current = "p" + tag[4:]
-        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k)))
-        inits += [_const(f"w{i}", w.astype(np.float32)), _const(f"b{i}", np.zeros(cout, np.float32))]
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))
+        inits += [
+            _const(f"w{i}", w.astype(np.float32)),
+            _const(f"b{i}", np.zeros(cout, np.float32)),
+        ]
         conv = f"conv{i}"
-        nodes.append(helper.make_node("Conv", [current, f"w{i}", f"b{i}"], [conv],
-                                      kernel_shape=[k, k], strides=[stride, stride],
-                                      pads=[k // 2] * 4))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [current, f"w{i}", f"b{i}"],
+                [conv],
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[k // 2] * 4,
+            )
+        )
         if k == 1:  # a head's prediction: [1, 4+C, side * side]
             flat = f"flat{i}"
             inits.append(_const(f"shape{i}", np.array([1, 4 + classes, side * side], np.int64)))
@@ -238,14 +280,19 @@ def yolo_like(size: int = 640, classes: int = 80, seed: int = 0) -> bytes:
             head_outputs.append(flat)
             continue
         out = tag if tag.startswith("p") else f"act{i}"
-        nodes += [helper.make_node("Sigmoid", [conv], [f"sig{i}"]),
-                  helper.make_node("Mul", [conv, f"sig{i}"], [out])]
+        nodes += [
+            helper.make_node("Sigmoid", [conv], [f"sig{i}"]),
+            helper.make_node("Mul", [conv, f"sig{i}"], [out]),
+        ]
         current = out
-    nodes += [helper.make_node("Concat", head_outputs, ["raw"], axis=2),
-              helper.make_node("Sigmoid", ["raw"], ["output0"])]
+    nodes += [
+        helper.make_node("Concat", head_outputs, ["raw"], axis=2),
+        helper.make_node("Sigmoid", ["raw"], ["output0"]),
+    ]
     anchors = sum((size // s) ** 2 for s in (8, 16, 32))
     inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])]
-    outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT,
-                                             [1, 4 + classes, anchors])]
+    outputs = [
+        helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + classes, anchors])
+    ]
     labels = tuple(f"class{i}" for i in range(classes))
     return _model(nodes, "yolo_like", inputs, outputs, inits, {"names": _names(labels)})

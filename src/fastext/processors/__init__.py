@@ -52,7 +52,10 @@ __all__ = [
 log = logging.getLogger("fastext.processors")
 
 ENTRY_POINT_GROUP = "fastext.processors"
-_BUILTINS: dict[str, type[Processor]] = {Brightness.name: Brightness, MotionDetector.name: MotionDetector}
+_BUILTINS: dict[str, type[Processor]] = {
+    Brightness.name: Brightness,
+    MotionDetector.name: MotionDetector,
+}
 
 
 def available() -> dict[str, type[Processor]]:
@@ -136,7 +139,9 @@ def from_configuration(text: str, default: str) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"extension_configuration is not JSON: {exc.msg} at column {exc.colno}") from None
+        raise ValueError(
+            f"extension_configuration is not JSON: {exc.msg} at column {exc.colno}"
+        ) from None
     except RecursionError:  # json recurses once per nested array or object
         raise ValueError("extension_configuration is nested too deeply") from None
     except ValueError as exc:  # an integer past Python's digit limit, say
@@ -145,16 +150,18 @@ def from_configuration(text: str, default: str) -> tuple[str, dict[str, Any]]:
         raise ValueError("extension_configuration must be a JSON object")
     if "model" in data:
         if "processor" in data:
-            raise ValueError("extension_configuration: give \"model\" or \"processor\", not both")
+            raise ValueError('extension_configuration: give "model" or "processor", not both')
         model = data.pop("model")
         have = ", ".join(repository.names()) or "none"
         if not isinstance(model, str) or repository.get(model) is None:
             shown = model if isinstance(model, str) else json.dumps(model)
-            raise ValueError(f"extension_configuration: unknown model {shown[:200]!r}: this server "
-                             f"has {have} (a session names one of the server's models; the "
-                             "server never opens a file a client names)")
+            raise ValueError(
+                f"extension_configuration: unknown model {shown[:200]!r}: this server "
+                f"has {have} (a session names one of the server's models; the "
+                "server never opens a file a client names)"
+            )
         return model, data
     name = data.pop("processor", default)
     if not isinstance(name, str):
-        raise ValueError("extension_configuration: \"processor\" must be a string")
+        raise ValueError('extension_configuration: "processor" must be a string')
     return name, data

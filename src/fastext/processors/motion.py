@@ -126,8 +126,15 @@ class MotionDetector(Processor):
             self._allocate(height, width)
         fresh, self._fresh = self._fresh, False
         kernels.motion_cells(
-            luma, self._scale, self._cell, self._background, self.threshold, self.alpha,
-            fresh, self._counts, self._extents,
+            luma,
+            self._scale,
+            self._cell,
+            self._background,
+            self.threshold,
+            self.alpha,
+            fresh,
+            self._counts,
+            self._extents,
         )
         if fresh:
             return []

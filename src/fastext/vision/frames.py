@@ -222,7 +222,9 @@ def check_size(size: Any, what: str = "size") -> tuple[int, int]:
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
         or not all(0 < v <= MAX_DIMENSION for v in size)
     ):
-        raise ValueError(f"{what} must be (width, height), each within 1..{MAX_DIMENSION}; got {size!r}")
+        raise ValueError(
+            f"{what} must be (width, height), each within 1..{MAX_DIMENSION}; got {size!r}"
+        )
     return int(size[0]), int(size[1])
 
 
@@ -371,7 +373,10 @@ def _chroma_planes(buf: Any, width: int, height: int, stride: int) -> tuple[np.n
     for index in range(2):
         offset = stride * height + index * c_stride * c_height
         plane = np.ndarray(
-            shape=(c_height, c_width), dtype=np.uint8, buffer=data, offset=offset,
+            shape=(c_height, c_width),
+            dtype=np.uint8,
+            buffer=data,
+            offset=offset,
             strides=(c_stride, 1),
         )
         planes.append(_read_only(plane))
@@ -421,7 +426,10 @@ def _decode_jpeg(
     size_hint = {}
     if rgb:
         if rgb_size is not None:
-            size_hint = {"min_height": min(rgb_size[1], height), "min_width": min(rgb_size[0], width)}
+            size_hint = {
+                "min_height": min(rgb_size[1], height),
+                "min_width": min(rgb_size[0], width),
+            }
     elif luma_scale > 1:
         scale = min(luma_scale, _MAX_JPEG_SCALE)
         size_hint = {"min_height": -(-height // scale), "min_width": -(-width // scale)}
@@ -491,7 +499,9 @@ def _pillow_size(data: np.ndarray, kind: str, max_dimension: int) -> tuple[int, 
     return width, height
 
 
-def _decode_pillow(data: np.ndarray, kind: str, max_dimension: int, rgb: bool = False) -> np.ndarray:
+def _decode_pillow(
+    data: np.ndarray, kind: str, max_dimension: int, rgb: bool = False
+) -> np.ndarray:
     """Gray (h, w), or with ``rgb`` (h, w, 3)."""
     from PIL import Image  # PNG and BMP only: Pillow is not loaded for RAW or JPEG
 

@@ -404,8 +404,11 @@ def warm_units() -> list[Unit]:
         return Unit(name, run, functions)
 
     return [
-        unit("luma_mean_packed16", (luma_mean_packed16,),
-             lambda v: luma_mean_packed16(v, 2, False, True)),
+        unit(
+            "luma_mean_packed16",
+            (luma_mean_packed16,),
+            lambda v: luma_mean_packed16(v, 2, False, True),
+        ),
         unit("luma_packed16", (luma_packed16,), lambda v: luma_packed16(v, 2, False, True, out)),
         unit("motion", (motion_cells, motion_regions), _warm_motion),
         unit("rgb_packed16", (rgb_packed16,), lambda v: rgb_packed16(v, 2, False, True, rgb)),
@@ -413,8 +416,9 @@ def warm_units() -> list[Unit]:
         unit("luma_rgb", (luma_rgb,), lambda v: luma_rgb(v, 4, 0, 1, 2, 2, out)),
         unit("rgb_bytes", (rgb_bytes,), lambda v: rgb_bytes(v, 4, 0, 1, 2, 2, rgb)),
         unit("luma_mean_rgb", (luma_mean_rgb,), lambda v: luma_mean_rgb(v, 4, 0, 1, 2, 2)),
-        unit("resize_bilinear", (resize_bilinear,),
-             lambda v: resize_bilinear(v, 4, 0, 1, 2, 2, rgb)),
+        unit(
+            "resize_bilinear", (resize_bilinear,), lambda v: resize_bilinear(v, 4, 0, 1, 2, 2, rgb)
+        ),
         unit("mean_u8", (mean_u8,), mean_u8),
     ]
 
@@ -442,8 +446,11 @@ def _jitted_closure(kernel: Any) -> frozenset[str]:
             continue
         found.add(fn.__name__)
         module_globals = fn.py_func.__globals__
-        todo += [module_globals[n] for n in fn.py_func.__code__.co_names
-                 if isinstance(module_globals.get(n), Dispatcher)]
+        todo += [
+            module_globals[n]
+            for n in fn.py_func.__code__.co_names
+            if isinstance(module_globals.get(n), Dispatcher)
+        ]
     return frozenset(found)
 
 
@@ -529,12 +536,17 @@ def rgb_packed16(view2d, width, big_endian, is565, out):  # type: ignore[no-unty
 _FIX = 1 << 16
 _FULL_KY, _FULL_Y0 = _FIX, 0
 _FULL_KR, _FULL_KGU, _FULL_KGV, _FULL_KB = (
-    round(1.402 * _FIX), round(0.344136 * _FIX), round(0.714136 * _FIX), round(1.772 * _FIX)
+    round(1.402 * _FIX),
+    round(0.344136 * _FIX),
+    round(0.714136 * _FIX),
+    round(1.772 * _FIX),
 )
 _LIM_KY, _LIM_Y0 = round(255 / 219 * _FIX), 16
 _LIM_KR, _LIM_KGU, _LIM_KGV, _LIM_KB = (
-    round(1.402 * 255 / 224 * _FIX), round(0.344136 * 255 / 224 * _FIX),
-    round(0.714136 * 255 / 224 * _FIX), round(1.772 * 255 / 224 * _FIX),
+    round(1.402 * 255 / 224 * _FIX),
+    round(0.344136 * 255 / 224 * _FIX),
+    round(0.714136 * 255 / 224 * _FIX),
+    round(1.772 * 255 / 224 * _FIX),
 )
 
 
@@ -558,15 +570,30 @@ def rgb_yuv420p(y_plane, u_plane, v_plane, full_range, out):  # type: ignore[no-
         raise ValueError("Y plane smaller than the image")
     ch = (height + 1) // 2
     cw = (width + 1) // 2
-    if u_plane.shape[0] < ch or u_plane.shape[1] < cw or v_plane.shape[0] < ch or v_plane.shape[1] < cw:
+    if (
+        u_plane.shape[0] < ch
+        or u_plane.shape[1] < cw
+        or v_plane.shape[0] < ch
+        or v_plane.shape[1] < cw
+    ):
         raise ValueError("chroma plane smaller than half the image")
     _check_rgb_out(out, height, width)
     if full_range:
         ky, y0 = np.int32(_FULL_KY), np.int32(_FULL_Y0)
-        kr, kgu, kgv, kb = np.int32(_FULL_KR), np.int32(_FULL_KGU), np.int32(_FULL_KGV), np.int32(_FULL_KB)
+        kr, kgu, kgv, kb = (
+            np.int32(_FULL_KR),
+            np.int32(_FULL_KGU),
+            np.int32(_FULL_KGV),
+            np.int32(_FULL_KB),
+        )
     else:
         ky, y0 = np.int32(_LIM_KY), np.int32(_LIM_Y0)
-        kr, kgu, kgv, kb = np.int32(_LIM_KR), np.int32(_LIM_KGU), np.int32(_LIM_KGV), np.int32(_LIM_KB)
+        kr, kgu, kgv, kb = (
+            np.int32(_LIM_KR),
+            np.int32(_LIM_KGU),
+            np.int32(_LIM_KGV),
+            np.int32(_LIM_KB),
+        )
     half = np.int32(1 << 15)
     # Chroma terms of a row pair, spread to every pixel; then R, G, B rows; then interleave:
     # three simple loops LLVM vectorises, where one fused loop would not be.
@@ -687,8 +714,12 @@ def _block_row_sums(acc, s, out_w, sums):  # type: ignore[no-untyped-def]
             sums[j] = np.uint32(acc[2 * j]) + np.uint32(acc[2 * j + 1])
     elif s == 4:
         for j in range(full):
-            sums[j] = (np.uint32(acc[4 * j]) + np.uint32(acc[4 * j + 1])
-                       + np.uint32(acc[4 * j + 2]) + np.uint32(acc[4 * j + 3]))
+            sums[j] = (
+                np.uint32(acc[4 * j])
+                + np.uint32(acc[4 * j + 1])
+                + np.uint32(acc[4 * j + 2])
+                + np.uint32(acc[4 * j + 3])
+            )
     else:
         for j in range(full):
             t = np.uint32(0)

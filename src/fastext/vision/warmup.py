@@ -67,8 +67,11 @@ class _Locks:
             return []
         held: list[int] = []
         for name in sorted(names):
-            fd = os.open(os.path.join(self._dir, f"{self._prefix}{name}.lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = os.open(
+                os.path.join(self._dir, f"{self._prefix}{name}.lock"),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                0o666,
+            )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -93,8 +96,9 @@ def _usable(lock_dir: str | None) -> str | None:
         os.close(os.open(probe, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         os.unlink(probe)
     except OSError as exc:
-        log.warning("cannot lock in %s (%s): this process compiles what it misses on its own",
-                    lock_dir, exc)
+        log.warning(
+            "cannot lock in %s (%s): this process compiles what it misses on its own", lock_dir, exc
+        )
         return None
     return lock_dir
 
@@ -170,8 +174,12 @@ def run_children(commands: Sequence[Sequence[str]], keep: int = KEEP_BYTES) -> l
     try:
         with selectors.DefaultSelector() as selector:
             for number, command in enumerate(commands):
-                proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                proc = subprocess.Popen(
+                    list(command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
                 procs.append(proc)
                 assert proc.stdout is not None and proc.stderr is not None  # both PIPE
                 for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
@@ -186,9 +194,14 @@ def run_children(commands: Sequence[Sequence[str]], keep: int = KEEP_BYTES) -> l
                     tail = tails[key.data]
                     tail += chunk
                     del tail[:-keep]
-        return [Finished(proc.wait(), tails[n, "stdout"].decode(errors="replace"),
-                         tails[n, "stderr"].decode(errors="replace"))
-                for n, proc in enumerate(procs)]
+        return [
+            Finished(
+                proc.wait(),
+                tails[n, "stdout"].decode(errors="replace"),
+                tails[n, "stderr"].decode(errors="replace"),
+            )
+            for n, proc in enumerate(procs)
+        ]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -219,8 +232,12 @@ def warm_child(more: dict[str, Callable[[], tuple[list[str], list[str]]]] | None
             readied, compiled_here = warm()
             functions += [f"{prefix}.{name}" for name in readied]
             compiled += [f"{prefix}.{name}" for name in compiled_here]
-        print(json.dumps({"compiled": compiled, "functions": functions,
-                          "cache": kernels.cache_dir()}), flush=True)
+        print(
+            json.dumps(
+                {"compiled": compiled, "functions": functions, "cache": kernels.cache_dir()}
+            ),
+            flush=True,
+        )
     except Exception as exc:  # reported by the parent, named by its process number
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1

@@ -143,13 +143,17 @@ class OnnxClassifier(Processor):
         results = []
         for row in scores:
             best = np.argsort(-row, kind="stable")[: self.top_k]
-            results.append([
-                Inference(
-                    type=Inference.InferenceType.CLASSIFICATION,
-                    classification=Classification(
-                        tag=Tag(value=self._label(int(i)), confidence=float(np.clip(row[i], 0, 1)))
-                    ),
-                )
-                for i in best
-            ])
+            results.append(
+                [
+                    Inference(
+                        type=Inference.InferenceType.CLASSIFICATION,
+                        classification=Classification(
+                            tag=Tag(
+                                value=self._label(int(i)), confidence=float(np.clip(row[i], 0, 1))
+                            )
+                        ),
+                    )
+                    for i in best
+                ]
+            )
         return results
