@@ -549,3 +549,18 @@ def reference_motion(
             boxes.append((left, top, right - left, bottom - top))
         result.append(boxes)
     return result
+
+
+def maps_of_children(pid: int) -> str:
+    """The memory maps of every child of ``pid`` (a server's workers), as one text: what
+    libraries they loaded (a child gone meanwhile is skipped)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        children = fh.read().split()
+    text = ""
+    for child in children:
+        try:
+            with open(f"/proc/{child}/maps") as fh:
+                text += fh.read()
+        except OSError:
+            pass
+    return text

@@ -29,6 +29,7 @@ from tests.helpers import (
     descriptor,
     free_port,
     install_entry_points,
+    maps_of_children,
     open_call,
     referenced,
     run_stream,
@@ -69,22 +70,9 @@ def test_front_with_workers_never_loads_numba(tmp_path):
         with open(f"/proc/{proc.pid}/maps") as fh:
             maps = fh.read()
         assert "llvmlite" not in maps and "numba" not in maps
-        assert "llvmlite" in _maps_of_children(proc.pid)  # the workers did load it
+        assert "llvmlite" in maps_of_children(proc.pid)  # the workers did load it
     finally:
         stop_server(proc)
-
-
-def _maps_of_children(pid: int) -> str:
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        children = fh.read().split()
-    text = ""
-    for child in children:
-        try:
-            with open(f"/proc/{child}/maps") as fh:
-                text += fh.read()
-        except OSError:
-            pass
-    return text
 
 
 def test_embedded_back_pressure_through_a_small_arena(make_server):

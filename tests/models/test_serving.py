@@ -44,6 +44,7 @@ from tests.helpers import (  # noqa: E402
     exchange,
     failing_detector,
     free_port,
+    maps_of_children,
     pack,
     place,
     run_stream,
@@ -691,19 +692,6 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
 # -- where the runtime loads --------------------------------------------------------------
 
 
-def _maps_of_children(pid: int) -> str:
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        children = fh.read().split()
-    text = ""
-    for child in children:
-        try:
-            with open(f"/proc/{child}/maps") as fh:
-                text += fh.read()
-        except OSError:
-            pass
-    return text
-
-
 def test_the_front_never_loads_onnxruntime_while_its_worker_does(model_files):
     proc, port = start_server("--workers", "1", "--model", f"v8={model_files['v8']}")
     try:
@@ -719,6 +707,6 @@ def test_the_front_never_loads_onnxruntime_while_its_worker_does(model_files):
         with open(f"/proc/{proc.pid}/maps") as fh:
             maps = fh.read()
         assert "onnxruntime" not in maps
-        assert "onnxruntime" in _maps_of_children(proc.pid)
+        assert "onnxruntime" in maps_of_children(proc.pid)
     finally:
         stop_server(proc)
