@@ -434,6 +434,13 @@ def test_reconnect_exit_status_when_the_reconnects_run_out(tmp_path):
             str(summary),
         )
         calls = len(srv.calls)
+        # Frames the server read on more than one call: resent ones, as the server saw them.
+        # Each lost call read 4 samples and acked 2, so the next call starts with those 2.
+        stamps = [
+            [m.media_sample.timestamp for m in call if m.HasField("media_sample")]
+            for call in srv.calls
+        ]
+        again = sum(map(len, stamps)) - len({s for call in stamps for s in call})
     assert proc.returncode == 1
     # the last call's status: the server's, or grpc.aio's stand-in when a write raced it
     assert re.search(
@@ -442,7 +449,13 @@ def test_reconnect_exit_status_when_the_reconnects_run_out(tmp_path):
         proc.stderr,
     )
     report = json.loads(summary.read_text())
-    assert calls == 3 and report["reconnects"] == 2 and report["resent"] >= 4
+    assert calls == 3 and report["reconnects"] == 2
+    # The server read each lost call's 2 unacked frames again on the next call. The client
+    # counts a frame as resent when its earlier write succeeded; the write of the sample
+    # that made a call end can fail in the client after the server read it (the abort
+    # races the write's completion, as under qemu), and that frame then counts as sent
+    # the first time on the next call: at most one such frame per lost call.
+    assert again >= 4 and report["resent"] >= again - 2
     assert [len(s["calls"]) for s in report["per_stream"]] == [3]
     assert "reconnects 2, frames resent" in proc.stdout
 
