@@ -43,6 +43,12 @@ def main() -> None:
     parser.add_argument("model", nargs="?")
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--arena",
+        choices=("on", "off"),
+        default="on",
+        help="ONNX Runtime's CPU memory arena (the model setting `arena`)",
+    )
     args = parser.parse_args()
     last = pss_mib()
     print(f"{'start (numpy imported)':44s} {last:7.1f} MiB")
@@ -79,6 +85,7 @@ def main() -> None:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = args.arena == "on"
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         step("session opened")
         model_input = session.get_inputs()[0]
