@@ -480,6 +480,7 @@ def test_kernel_checks_every_bound_before_reading() -> None:
             width,
             height,
             out,
+            preprocess._EMPTY_U8,
             True,
             False,
             False,
@@ -543,4 +544,6 @@ def test_warm_units_name_every_jitted_function_of_the_kernel() -> None:
         "_pp_emit_lut",
     } <= unit.functions
     unit.run()
-    assert len(preprocess._prepare.signatures) >= 2  # float32 and uint8 slots
+    # One compile of the pass serves float32 and uint8 slots (only its small writers of
+    # the tensor are compiled twice): a third of the cold compile saved.
+    assert len(preprocess._prepare.signatures) == 1
