@@ -336,21 +336,23 @@ def reference_nms(
     for i in np.argsort(-scores, kind="stable"):
         if not scores[i] > threshold:
             break
-        overlaps = False
-        for k in kept:
-            if classes[k] != classes[i]:
+        # The candidate against every kept box of its class at once (the greedy rule
+        # itself is the loop: a box is kept when it overlaps none kept before it).
+        same = np.array([k for k in kept if classes[k] == classes[i]], dtype=np.int64)
+        if same.size:
+            iw = np.minimum(corners[i, 2], corners[same, 2]) - np.maximum(
+                corners[i, 0], corners[same, 0]
+            )
+            ih = np.minimum(corners[i, 3], corners[same, 3]) - np.maximum(
+                corners[i, 1], corners[same, 1]
+            )
+            inter = np.maximum(iw, 0) * np.maximum(ih, 0)
+            union = bw[i] * bh[i] + bw[same] * bh[same] - inter
+            if (inter / union > iou).any():
                 continue
-            iw = min(corners[i, 2], corners[k, 2]) - max(corners[i, 0], corners[k, 0])
-            ih = min(corners[i, 3], corners[k, 3]) - max(corners[i, 1], corners[k, 1])
-            inter = max(iw, 0) * max(ih, 0)
-            union = bw[i] * bh[i] + bw[k] * bh[k] - inter
-            if inter / union > iou:
-                overlaps = True
-                break
-        if not overlaps:
-            kept.append(int(i))
-            if len(kept) == max_det:
-                break
+        kept.append(int(i))
+        if len(kept) == max_det:
+            break
     return [(int(classes[k]), float(scores[k]), corners[k]) for k in kept]
 
 
