@@ -43,6 +43,18 @@ Msg = extension_pb2.MediaStreamMessage
 # -- contract messages ------------------------------------------------------------------
 
 # Swapping R and B flips these: a reader with the wrong channel order gets the wrong tag.
+# "qemu-user" in the ARM64 stage (scripts/arm64-check sets it): the suite runs emulated,
+# after the same suite ran natively on x86-64 in the same CI run.
+EMULATED = os.environ.get("FASTEXT_TEST_EMULATED", "")
+
+
+def proven_natively(why: str) -> pytest.MarkDecorator:
+    """Skip under emulation a test whose fact does not depend on the architecture and
+    that the native run (or the image build, earlier in the same stage) already paid
+    for: ``why`` says where. Only for work that costs the emulated stage minutes."""
+    return pytest.mark.skipif(bool(EMULATED), reason=f"proven natively: {why}")
+
+
 ORANGE = (255, 100, 0)  # BT.601 luma 134.9 -> light
 AZURE = (0, 100, 255)  # luma 87.8 -> dark
 

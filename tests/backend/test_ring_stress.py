@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import fastext
+from tests.helpers import proven_natively
 
 pytestmark = pytest.mark.stress
 
@@ -215,6 +216,10 @@ def test_ring_c_driver_moves_10m_records_with_matching_checksum(build_driver) ->
     assert facts["producer_unsignalled"] == facts["consumer_unsignalled"] == 0
 
 
+@proven_natively(
+    "ThreadSanitizer checks the ring's C11 atomics against the language's model, the same "
+    "on every target (ring.c's one target-specific line is a CPU pause hint)"
+)
 def test_ring_c_driver_is_clean_under_thread_sanitizer(build_driver) -> None:
     exe = build_driver("-fsanitize=thread", "-g")
     if not isinstance(exe, Path):

@@ -11,8 +11,13 @@ import time
 from pathlib import Path
 
 from fastext.vision import kernels
+from tests.helpers import proven_natively
 
 
+@proven_natively(
+    "the image's `fastext warm` step compiled these kernels cold on aarch64 minutes earlier, "
+    "split over processes by the same locks; the server's share of it is Python"
+)
 def test_workers_split_a_cold_compile_and_are_ready_before_serving(tmp_path: Path) -> None:
     # The suite's one cold compile (tens of CPU seconds): an empty NUMBA_CACHE_DIR, which
     # numba prefers to every other cache location.
