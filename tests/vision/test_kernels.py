@@ -269,7 +269,7 @@ def package_functions() -> dict[str, Any]:
     return found
 
 
-def test_jitted_closure_follows_helpers_into_other_modules_of_the_package() -> None:
+def test_a_kernels_closure_follows_helpers_into_other_modules_of_the_package() -> None:
     # luma_rgb's checks live in common and in luma, found through luma's globals (the
     # _row_as_c overload is not cached, so not listed); rgb_packed16's _unpack16 calls
     # _expand5/6, found through common's own globals.
@@ -298,7 +298,7 @@ def test_warm_units_cover_every_jitted_function_of_the_package() -> None:
     assert {"_unpack16", "_to_u8", "_bilinear_taps", "_find"} <= every
 
 
-def test_jitted_closure_refuses_two_functions_of_one_name() -> None:
+def test_a_closure_refuses_two_jitted_functions_of_one_name() -> None:
     # Locks and cache statistics go by name: two helpers named alike would share them.
     from numba import njit
 
