@@ -28,7 +28,7 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from fastext.vision import kernels
+from fastext.vision import kernels, warmup
 from fastext.vision.frames import Encoding, PixelFormat, frame_from_encoded, raw_view
 
 SIZES = [(416, 416), (1920, 1080)]
@@ -37,7 +37,7 @@ PAD = 64
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm_kernels() -> None:
-    kernels.warm()  # compile (or load) before timing, as workers do
+    warmup.warm()  # compile (or load) before timing, as workers do
 
 
 def rgb_frame(width: int, height: int, pad: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ import pytest
 
 from bench.numpy_motion import NumpyMotion
 from fastext.processors.motion import MotionDetector
-from fastext.vision import kernels
+from fastext.vision import warmup
 
 SIZES = [(416, 416), (1920, 1080)]
 FRAMES = 8
@@ -36,7 +36,7 @@ _means: dict[tuple[int, int, str], float] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm_kernels() -> None:
-    kernels.warm()
+    warmup.warm()
 
 
 def stream(width: int, height: int) -> list[np.ndarray]:

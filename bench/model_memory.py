@@ -68,9 +68,9 @@ def main() -> None:
                 [sys.executable, "-c", _BUILD, str(args.size), str(path)], check=True, timeout=300
             )
         step(f"(model file {path.stat().st_size / 2**20:.1f} MiB)")
-        from fastext.vision import kernels
+        from fastext.vision import warmup
 
-        kernels.warm_shared()
+        warmup.warm_shared()
         step("numba and the vision kernels (every worker)")
         import onnxruntime as ort
 

@@ -282,6 +282,12 @@ def test_architecture_worker_import_closure_has_no_grpc() -> None:
         "fastext.backend.execute",
         "fastext.vision.frames",
         "fastext.vision.kernels",
+        "fastext.vision.kernels.common",
+        "fastext.vision.kernels.luma",
+        "fastext.vision.kernels.rgb",
+        "fastext.vision.kernels.yuv",
+        "fastext.vision.kernels.motion",
+        "fastext.vision.warmup",
         "fastext.backend.shm",
         "fastext.processors.motion",
         "fastext.backend.ring",
@@ -302,12 +308,12 @@ import sys
 import numpy as np
 import fastext.backend.worker
 from fastext import logs, processors
-from fastext.vision import kernels
+from fastext.vision import warmup
 from fastext.backend.execute import FrameFormat, run_batch
 from fastext.vision.frames import Encoding, PixelFormat
 
 logs.setup("INFO", "json", worker=0)
-kernels.warm()
+warmup.warm()
 fmt = FrameFormat(Encoding.RAW, PixelFormat.RGB24, 8, 8, 0)
 frame = np.full(8 * 8 * 3, 200, np.uint8).tobytes()
 ran = []

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fastext.vision import kernels
+from fastext.vision import warmup
 from tests.helpers import proven_natively
 
 
@@ -64,7 +64,7 @@ def test_workers_split_a_cold_compile_and_are_ready_before_serving(tmp_path: Pat
     assert serving, "the server never reported SERVING"
     assert sorted(e["worker"] for e in ready) == [0, 1]  # both READY before SERVING
     compiled = [set(e["compiled"]) for e in ready]  # type: ignore[call-overload]
-    every = set().union(*(u.functions for u in kernels.warm_units()))
+    every = set().union(*(u.functions for u in warmup.warm_units()))
     assert not compiled[0] & compiled[1], "a function was compiled by both workers"
     assert compiled[0] | compiled[1] == every  # the cache was empty: all compiled, once
     assert compiled[0] and compiled[1], "one worker compiled everything: nothing was shared"

@@ -489,7 +489,7 @@ def test_mangled_images_only_ever_raise_frame_error(photo: np.ndarray, fmt: str)
 
 def test_frames_import_neither_grpc_nor_protobuf() -> None:
     code = (
-        "import sys, fastext.vision.frames, fastext.vision.kernels\n"
+        "import sys, fastext.vision.frames, fastext.vision.kernels, fastext.vision.warmup\n"
         "bad = [m for m in sys.modules if m.startswith(('grpc', 'google.protobuf'))]\n"
         "assert not bad, bad\n"
     )

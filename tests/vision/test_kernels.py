@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 
-from fastext.vision import kernels
+from fastext.vision import kernels, warmup
 from tests.helpers import subprocess_env
 
 WEIGHTS = np.array([299, 587, 114])
@@ -183,17 +186,23 @@ def test_warm_shared_leaves_nothing_to_compile_for_any_frame() -> None:
     # What a worker does before READY; then every kind of frame, every Frame method and
     # both built-in processors: no jitted function (helpers too) may gain a signature.
     code = """
+import importlib
 import io
+import pkgutil
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 from PIL import Image
-from fastext.vision import frames, kernels
+from fastext.vision import frames, kernels, warmup
 from fastext.backend.execute import FrameFormat, run_batch
 from fastext.processors import create
-kernels.warm_shared()
-def signatures():
-    return {n: len(d.signatures) for n, d in vars(kernels).items() if isinstance(d, Dispatcher)}
+warmup.warm_shared()
+modules = [importlib.import_module(f"{kernels.__name__}.{m.name}")
+           for m in pkgutil.iter_modules(kernels.__path__)]
+def signatures():  # every jitted function of the package, helpers too
+    return {n: len(d.signatures) for m in modules for n, d in vars(m).items()
+            if isinstance(d, Dispatcher)}
 before = signatures()
+assert {"_unpack16", "_check_rgb_out", "_to_u8", "_find"} <= set(before), sorted(before)
 processors = [create("brightness"), create("motion")]
 for fmt in frames.LAYOUTS:
     for width, pad in ((6, 0), (6, 8), (5, 0), (5, 1), (5, 2)):
@@ -236,7 +245,7 @@ def _fastext_warm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_warm_command_readies_every_kernel_in_each_process() -> None:
     # The cache this test's fastext uses (warm by now, or compiled here once, split):
     # every function ready in both processes, none compiled by more than one.
-    every = set().union(*(u.functions for u in kernels.warm_units()))
+    every = set().union(*(u.functions for u in warmup.warm_units()))
     done = _fastext_warm("--jobs", "2")
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
@@ -244,7 +253,61 @@ def test_warm_command_readies_every_kernel_in_each_process() -> None:
     assert "with 2 process(es)" in line, line
     split = line.split("compiled ", 1)[1].split(",", 1)[0]
     assert sum(int(n) for n in split.split(" + ")) <= len(every), line
-    assert f"cache: {kernels.cache_dir()}" in line, line
+    assert f"cache: {warmup.cache_dir()}" in line, line
+
+
+def package_functions() -> dict[str, Any]:
+    """Every jitted function defined in a module of fastext.vision.kernels, by name."""
+    from numba.core.dispatcher import Dispatcher
+
+    found: dict[str, Any] = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
+                found[name] = value
+    return found
+
+
+def test_a_kernels_closure_follows_helpers_into_other_modules_of_the_package() -> None:
+    # luma_rgb's checks live in common and in luma, found through luma's globals (the
+    # _row_as_c overload is not cached, so not listed); rgb_packed16's _unpack16 calls
+    # _expand5/6, found through common's own globals.
+    assert warmup.jitted_closure(kernels.luma_rgb) == {
+        "luma_rgb",
+        "_check_rgb_args",
+        "_check_out",
+        "_round_1000",
+    }
+    assert warmup.jitted_closure(kernels.rgb_packed16) == {
+        "rgb_packed16",
+        "_check_packed_args",
+        "_check_rgb_out",
+        "_packed_rgb_row",
+        "_unpack16",
+        "_expand5",
+        "_expand6",
+    }
+    helper = package_functions()["_check_rgb_args"]
+    assert helper.py_func.__module__ == "fastext.vision.kernels.common"
+
+
+def test_warm_units_cover_every_jitted_function_of_the_package() -> None:
+    every = set().union(*(u.functions for u in warmup.warm_units()))
+    assert every == set(package_functions())
+    assert {"_unpack16", "_to_u8", "_bilinear_taps", "_find"} <= every
+
+
+def test_a_closure_refuses_two_jitted_functions_of_one_name() -> None:
+    # Locks and cache statistics go by name: two helpers named alike would share them.
+    from numba import njit
+
+    first: dict[str, object] = {"__name__": "one"}
+    exec("def helper(x):\n    return x\n", first)
+    second: dict[str, object] = {"__name__": "two", "other": njit(first["helper"])}
+    exec("def helper(x):\n    return other(x)\n", second)
+    with pytest.raises(ValueError, match="two jitted functions named helper"):
+        warmup.jitted_closure(njit(second["helper"]))
 
 
 def test_warm_command_reports_each_process_that_failed() -> None:

@@ -221,9 +221,9 @@ class InlineBackend:
     async def start(self) -> None:
         # The first frame must not pay for numba's compilation (or cache load).  Imported
         # here: with workers, the front never loads numba.
-        from fastext.vision import kernels
+        from fastext.vision import warmup
 
-        await asyncio.to_thread(kernels.warm)
+        await asyncio.to_thread(warmup.warm)
         models = repository.installed()
         if models:  # this process is the worker: every model loaded before SERVING
             from fastext.models import engine

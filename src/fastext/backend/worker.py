@@ -105,14 +105,14 @@ class Worker:
 
     def run(self) -> None:
         started = time.perf_counter()
-        from fastext.vision import kernels  # here, not at the top: the front imports this module
+        from fastext.vision import warmup  # here, not at the top: the front imports this module
 
         # READY only once every kernel any frame may need is compiled or loaded here: a
         # frame never waits on a compile, and SERVING (all workers READY) means it. The
         # compile work is shared with the other workers warming at the same time (each
         # function compiled in one process, loaded from numba's cache by the rest), not
         # repeated in each: see fastext.vision.warmup and docs/architecture.md, "Warm-up".
-        report = kernels.warm_shared()
+        report = warmup.warm_shared()
         log.info(
             "kernels warm in %.2f s: %d functions compiled here, %d loaded from the cache (pid %d)",
             time.perf_counter() - started,

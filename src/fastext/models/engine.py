@@ -349,12 +349,11 @@ def warm_units() -> list[Any]:
     """The model kernels' warm-up units: preprocessing (every pixel format goes through
     one kernel) and decoding."""
     from fastext.models import decode, preprocess
-    from fastext.vision.kernels import _jitted_closure
-    from fastext.vision.warmup import Unit
+    from fastext.vision.warmup import Unit, jitted_closure
 
     return [
         *preprocess.warm_units(),
-        Unit("decode", decode.warm, _jitted_closure(decode._decode_batch)),
+        Unit("decode", decode.warm, jitted_closure(decode._decode_batch)),
     ]
 
 

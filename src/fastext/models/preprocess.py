@@ -46,8 +46,8 @@ from fastext.vision.frames import (
     frame_from_encoded,
     frame_from_raw,
 )
-from fastext.vision.kernels import _jit, _jitted_closure
-from fastext.vision.warmup import Unit
+from fastext.vision.kernels.common import jit
+from fastext.vision.warmup import Unit, jitted_closure
 
 __all__ = [
     "PAD_VALUE",
@@ -350,12 +350,12 @@ _KR, _KGU, _KGV, _KB = (
 )
 
 
-@_jit
+@jit
 def _pp_clamp_u8(v):  # type: ignore[no-untyped-def]
     return np.uint8(min(max(np.int32(v) >> 16, 0), 255))
 
 
-@_jit
+@jit
 def _pp_yuv_row(ybuf, yoff, ubuf, vbuf, coff, width, dst):  # type: ignore[no-untyped-def]
     """One row of RGB bytes (``dst``, 3 * width) from its Y row and its chroma rows."""
     yrow = ybuf[yoff : yoff + width]
@@ -371,7 +371,7 @@ def _pp_yuv_row(ybuf, yoff, ubuf, vbuf, coff, width, dst):  # type: ignore[no-un
         dst[3 * x + 2] = _pp_clamp_u8(luma + np.int32(_KB * cb + half))
 
 
-@_jit
+@jit
 def _pp_packed_row_order(src, dst, width, hi, lo, is565):  # type: ignore[no-untyped-def]
     for x in range(width):
         word = np.uint32(np.uint32(np.uint32(src[2 * x + hi]) << 8) | np.uint32(src[2 * x + lo]))
@@ -389,7 +389,7 @@ def _pp_packed_row_order(src, dst, width, hi, lo, is565):  # type: ignore[no-unt
         dst[3 * x + 2] = np.uint8(np.uint32(b5 << 3) | np.uint32(b5 >> 2))
 
 
-@_jit
+@jit
 def _pp_packed_row(src, dst, width, big_endian, is565):  # type: ignore[no-untyped-def]
     """One row of RGB bytes from RGB565/RGB555 words, channels widened by bit replication."""
     # Literal arguments in each branch let LLVM specialise the inlined loop.
@@ -404,13 +404,13 @@ def _pp_packed_row(src, dst, width, big_endian, is565):  # type: ignore[no-untyp
         _pp_packed_row_order(src, dst, width, 1, 0, False)
 
 
-@_jit
+@jit
 def _pp_window(start, w, d, src, i, weight):  # type: ignore[no-untyped-def]
     """Add ``weight`` for source index ``i`` to output ``d``'s window of taps."""
     w[d, min(max(i - start[d], 0), w.shape[1] - 1)] += np.float32(weight)
 
 
-@_jit
+@jit
 def _pp_taps(src, dst):  # type: ignore[no-untyped-def]
     """Resampling taps of one axis: per output index, the first source index of a window
     of k consecutive ones (within the source) and their k float32 weights.
@@ -452,7 +452,7 @@ def _pp_taps(src, dst):  # type: ignore[no-untyped-def]
     return start, w
 
 
-@_jit
+@jit
 def _pp_vsum(buf, starts, weights, n, acc):  # type: ignore[no-untyped-def]
     """``acc[:n]`` = the sum over taps k of ``weights[k] * buf[starts[k]:starts[k] + n]``."""
     first = buf[starts[0] : starts[0] + n]
@@ -475,7 +475,7 @@ def _pp_vsum(buf, starts, weights, n, acc):  # type: ignore[no-untyped-def]
             acc[i] += np.float32(row[i]) * wk
 
 
-@_jit
+@jit
 def _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, taps):  # type: ignore[no-untyped-def]
     for x in range(xbase.shape[0]):
         p = xbase[x]
@@ -493,7 +493,7 @@ def _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, taps):  # type: i
         l2[x] = s2
 
 
-@_jit
+@jit
 def _pp_hsum(acc, xbase, xw, bpp, offs, line):  # type: ignore[no-untyped-def]
     """``line[t, x]``: output pixel x of tensor channel t, from the taps of one summed
     row (``xbase``: byte offset of each window's first pixel)."""
@@ -527,7 +527,7 @@ def _pp_hsum(acc, xbase, xw, bpp, offs, line):  # type: ignore[no-untyped-def]
         _pp_hsum_taps(acc, xbase, xw, bpp, o0, o1, o2, l0, l1, l2, taps)
 
 
-@_jit
+@jit
 def _pp_step(start, w):  # type: ignore[no-untyped-def]
     """The step between windows when every window has the same weights and starts
     ``step`` source pixels after the one before (whole-number shrinks: area 3x, 6x,
@@ -547,7 +547,7 @@ def _pp_step(start, w):  # type: ignore[no-untyped-def]
     return step
 
 
-@_jit
+@jit
 def _pp_hsum_regular(acc, tmp, x0, step, weights, bpp, offs, line):  # type: ignore[no-untyped-def]
     """:func:`_pp_hsum` for windows ``step`` pixels apart with shared ``weights``: every
     window's sum at every byte first (shifted contiguous rows: vectorised), then every
@@ -571,7 +571,7 @@ def _pp_hsum_regular(acc, tmp, x0, step, weights, bpp, offs, line):  # type: ign
             dst[x] = src[x * stride]
 
 
-@_jit
+@jit
 def _pp_equal(w):  # type: ignore[no-untyped-def]
     """Whether every window's weights are the same one value (a plain mean of taps)."""
     for k in range(w.shape[1]):
@@ -580,7 +580,7 @@ def _pp_equal(w):  # type: ignore[no-untyped-def]
     return True
 
 
-@_jit
+@jit
 def _pp_vsum_whole(buf, starts, n, acc):  # type: ignore[no-untyped-def]
     """:func:`_pp_vsum` with equal weights: the exact uint16 sum of the rows (16 lanes
     a vector where float32 has 8)."""
@@ -598,7 +598,7 @@ def _pp_vsum_whole(buf, starts, n, acc):  # type: ignore[no-untyped-def]
             acc[i] = np.uint16(acc[i] + np.uint16(row[i]))
 
 
-@_jit
+@jit
 def _pp_hsum_whole_at(acc, planes, x0, step, bpp, offs, inv, line):  # type: ignore[no-untyped-def]
     width = planes.shape[1]
     for x in range(width):  # every byte channel: a literal bpp makes it a shuffle
@@ -614,7 +614,7 @@ def _pp_hsum_whole_at(acc, planes, x0, step, bpp, offs, inv, line):  # type: ign
             dst[x] = np.float32(s) * inv
 
 
-@_jit
+@jit
 def _pp_hsum_whole(acc, planes, x0, step, bpp, offs, inv, line):  # type: ignore[no-untyped-def]
     """:func:`_pp_hsum_regular` for windows of ``step`` pixels ``step`` apart with equal
     weights (area shrinks by a whole number, bilinear 2x), in exact uint16 sums: the
@@ -651,7 +651,7 @@ def _pp_hsum_whole(acc, planes, x0, step, bpp, offs, inv, line):  # type: ignore
         _pp_hsum_whole_at(acc, planes, x0, step, bpp, offs, inv, line)
 
 
-@_jit
+@jit
 def _pp_emit(line, out, y, left, nchw, to_u8, mul, add):  # type: ignore[no-untyped-def]
     """Write one row of resampled values (``line``, channels x width) into the tensor."""
     n = line.shape[1]
@@ -682,7 +682,7 @@ def _pp_emit(line, out, y, left, nchw, to_u8, mul, add):  # type: ignore[no-unty
             dst[3 * x + 2] = line[2, x] * m2 + a2
 
 
-@_jit
+@jit
 def _pp_emit_lut(row, bpp, offs, out, y, left, width, nchw, lut):  # type: ignore[no-untyped-def]
     """Write one row of source pixels, unresampled, through the lookup table."""
     if nchw:
@@ -702,7 +702,7 @@ def _pp_emit_lut(row, bpp, offs, out, y, left, width, nchw, lut):  # type: ignor
         dst[3 * x + 2] = t2[row[x * bpp + o2]]
 
 
-@_jit
+@jit
 def _pp_fill(out, nchw, pad, left, top, new_w, new_h):  # type: ignore[no-untyped-def]
     """Fill everything outside the content rectangle with the pad value."""
     if nchw:
@@ -737,7 +737,7 @@ def _pp_fill(out, nchw, pad, left, top, new_w, new_h):  # type: ignore[no-untype
                 row[x, 2] = pad[2]
 
 
-@_jit
+@jit
 def _pp_check(  # type: ignore[no-untyped-def]
     ybuf,
     ystride,
@@ -786,7 +786,7 @@ def _pp_check(  # type: ignore[no-untyped-def]
         raise ValueError("content rectangle outside the tensor")
 
 
-@_jit
+@jit
 def _prepare(  # type: ignore[no-untyped-def]
     ybuf,
     ystride,
@@ -972,7 +972,7 @@ def warm_units() -> list[Unit]:
             spec = InputSpec(1, 1, dtype=dtype)
             prepare(image, np.empty(spec.slot_shape, spec.dtype), spec)
 
-    return [Unit("preprocess", run, _jitted_closure(_prepare))]
+    return [Unit("preprocess", run, jitted_closure(_prepare))]
 
 
 def warm() -> None:

@@ -1,4 +1,12 @@
-"""Warm kernels in several processes at once, compiling each numba function in one only.
+"""Warm kernels in several processes at once, compiling each numba function in one only;
+the warm-up of :mod:`fastext.vision.kernels` (:func:`warm`, :func:`warm_shared`).
+
+The kernels compile nothing at import: :func:`warm` compiles (or loads from numba's cache,
+located by numba's own ``NUMBA_CACHE_DIR``) every kernel for the argument types
+:mod:`fastext.vision.frames` uses; :func:`warm_shared` does the same in several worker
+processes at once while compiling each function in one of them only (a cold compile
+of the whole set costs tens of CPU seconds; two workers doing it side by side each
+paid it in full).
 
 numba caches per function: one index file (``<fn>-<line>.pyXY.nbi``) mapping signatures
 to data files. Each file is written atomically (a temporary file, then ``os.replace``),
@@ -35,8 +43,23 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Finished", "Unit", "run_children", "run_units", "warm_child"]
+import numpy as np
+
+__all__ = [
+    "Finished",
+    "Unit",
+    "WarmReport",
+    "cache_dir",
+    "jitted_closure",
+    "run_children",
+    "run_units",
+    "warm",
+    "warm_child",
+    "warm_shared",
+    "warm_units",
+]
 
 log = logging.getLogger("fastext.vision.warmup")
 
@@ -144,6 +167,190 @@ def _run(unit: Unit, held: list[int], locks: _Locks, done: list[str], pending: l
     pending.remove(unit)
 
 
+# -- the vision kernels' warm-up --------------------------------------------------------
+#
+# fastext.vision.kernels (numba, llvmlite) is imported inside each function: the parent
+# of ``fastext warm`` imports this module and never runs a kernel.
+
+
+def warm() -> None:
+    """Compile, or load from numba's cache, every kernel for the types used at run time.
+
+    Those types: ``uint8`` 2-D read-only views, C-contiguous or strided; Python ints,
+    floats and bools; ``out`` and the motion state writable C-contiguous arrays.
+    """
+    for unit in warm_units():
+        unit.run()
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What one process's warm-up did: every cached function it made ready, and of those
+    the ones compiled here or loaded (a function may have signatures of each kind; a
+    helper compiled into its caller's cache entry is in neither)."""
+
+    functions: list[str]
+    compiled: list[str]
+    loaded: list[str]
+
+
+def warm_shared() -> WarmReport:
+    """:func:`warm`, sharing the compile work with other processes warming at once.
+
+    Every process still ends with every kernel (so any frame finds its kernel ready),
+    but each numba function is compiled by one process only; the others load it from
+    numba's cache once it is there (see this module's docstring for why and how).
+    Without a writable cache directory, each process compiles what it needs itself.
+    """
+    from fastext.vision import kernels
+
+    units = warm_units()
+    run_units(units, cache_dir(), prefix="kernels.")
+    functions = sorted(set().union(*(u.functions for u in units)))
+    found: dict[str, Any] = {}
+    for name in kernels.__all__:
+        found.update(_jitted(getattr(kernels, name)))
+    stats = {name: found[name].stats for name in functions}
+    return WarmReport(
+        functions=functions,
+        compiled=[n for n in functions if sum(stats[n].cache_misses.values())],
+        loaded=[n for n in functions if sum(stats[n].cache_hits.values())],
+    )
+
+
+def cache_dir() -> str | None:
+    """Where numba keeps the kernels' cache: NUMBA_CACHE_DIR, else ``__pycache__`` beside
+    them (one directory for every module of the package), else a per-user directory;
+    None when it found none writable."""
+    from fastext.vision import kernels
+
+    path = kernels.mean_u8.stats.cache_path
+    return path if isinstance(path, str) and path else None
+
+
+def warm_units() -> list[Unit]:
+    """The warm-up as independent units: one per public kernel (motion's two together).
+
+    Costliest first, by cold compile time measured on x86-64 (the RGB565/555 kernels,
+    four literal-specialised loops each, take longest). A unit's functions are the
+    kernel and every jitted helper it calls, found from the code itself.
+    """
+    from fastext.vision.kernels import (
+        luma_mean_packed16,
+        luma_mean_rgb,
+        luma_packed16,
+        luma_rgb,
+        mean_u8,
+        motion_cells,
+        motion_regions,
+        resize_bilinear,
+        rgb_bytes,
+        rgb_packed16,
+        rgb_yuv420p,
+    )
+
+    out = np.zeros((2, 2), np.uint8)
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    views = _warm_views()
+
+    def unit(name: str, kernels: tuple[Any, ...], call: Callable[[np.ndarray], object]) -> Unit:
+        def run() -> None:
+            for view in views:
+                call(view)
+
+        functions = frozenset().union(*(jitted_closure(k) for k in kernels))
+        return Unit(name, run, functions)
+
+    return [
+        unit(
+            "luma_mean_packed16",
+            (luma_mean_packed16,),
+            lambda v: luma_mean_packed16(v, 2, False, True),
+        ),
+        unit("luma_packed16", (luma_packed16,), lambda v: luma_packed16(v, 2, False, True, out)),
+        unit("motion", (motion_cells, motion_regions), _warm_motion),
+        unit("rgb_packed16", (rgb_packed16,), lambda v: rgb_packed16(v, 2, False, True, rgb)),
+        unit("rgb_yuv420p", (rgb_yuv420p,), _warm_yuv420p),
+        unit("luma_rgb", (luma_rgb,), lambda v: luma_rgb(v, 4, 0, 1, 2, 2, out)),
+        unit("rgb_bytes", (rgb_bytes,), lambda v: rgb_bytes(v, 4, 0, 1, 2, 2, rgb)),
+        unit("luma_mean_rgb", (luma_mean_rgb,), lambda v: luma_mean_rgb(v, 4, 0, 1, 2, 2)),
+        unit(
+            "resize_bilinear", (resize_bilinear,), lambda v: resize_bilinear(v, 4, 0, 1, 2, 2, rgb)
+        ),
+        unit("mean_u8", (mean_u8,), mean_u8),
+    ]
+
+
+def _warm_views() -> list[np.ndarray]:
+    """Tiny read-only views of both layouts frames hand to kernels: contiguous, padded."""
+    contiguous = np.zeros((2, 8), np.uint8)
+    padded = np.zeros((2, 12), np.uint8)[:, :8]
+    for view in (contiguous, padded):
+        view.flags.writeable = False
+    return [contiguous, padded]
+
+
+def _warm_yuv420p(y_plane: np.ndarray) -> None:
+    from fastext.vision.kernels import rgb_yuv420p
+
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb_yuv420p(y_plane, y_plane, y_plane, True, rgb)
+    # An odd width with one byte of padding pads the Y rows but not the half-width
+    # chroma rows (ceil(stride / 2) == ceil(width / 2)): padded Y, contiguous chroma.
+    contiguous = _warm_views()[0]
+    rgb_yuv420p(y_plane, contiguous, contiguous, True, rgb)
+
+
+def _warm_motion(luma: np.ndarray) -> None:
+    from fastext.vision.kernels import motion_cells, motion_regions
+
+    # The types fastext.processors.motion passes: see MotionDetector.
+    background = np.zeros((1, 4), np.float32)
+    counts = np.zeros((1, 1), np.int32)
+    extents = np.zeros((1, 1, 4), np.int32)
+    boxes = np.zeros((1, 5), np.int64)
+    motion_cells(luma, 2, 4, background, 10.0, 0.1, True, counts, extents)
+    motion_regions(counts, extents, 1, 2, boxes)
+
+
+def jitted_closure(kernel: Any) -> frozenset[str]:
+    """Names of ``kernel`` and of every cached jitted function it calls, transitively.
+
+    Those are the functions whose cache files compiling ``kernel`` may write (and whose
+    locks a unit takes). Overloads (``_row_as_c``) are not cached and so not listed.
+    """
+    return frozenset(_jitted(kernel))
+
+
+def _jitted(kernel: Any) -> dict[str, Any]:
+    """:func:`jitted_closure` with each function's dispatcher. A helper is found through
+    the globals of the module of the function that calls it, so one imported from
+    another module counts; two different functions of one name are an error (locks and
+    cache statistics go by name)."""
+    from numba.core.dispatcher import Dispatcher
+
+    found: dict[str, Any] = {}
+    todo = [kernel]
+    while todo:
+        fn = todo.pop()
+        seen = found.get(fn.__name__)
+        if seen is fn:
+            continue
+        if seen is not None:
+            raise ValueError(
+                f"two jitted functions named {fn.__name__} ({seen.py_func.__module__}, "
+                f"{fn.py_func.__module__}): warm-up units tell them apart by name"
+            )
+        found[fn.__name__] = fn
+        module_globals = fn.py_func.__globals__
+        todo += [
+            module_globals[n]
+            for n in fn.py_func.__code__.co_names
+            if isinstance(module_globals.get(n), Dispatcher)
+        ]
+    return found
+
+
 # -- the processes of ``fastext warm`` -------------------------------------------------
 
 KEEP_BYTES = 64 * 1024  # of each child's stdout and stderr, the last ones
@@ -214,7 +421,7 @@ def run_children(commands: Sequence[Sequence[str]], keep: int = KEEP_BYTES) -> l
 
 def warm_child(more: dict[str, Callable[[], tuple[list[str], list[str]]]] | None = None) -> int:
     """One process of ``fastext warm`` (``fastext warm --child``): ready every kernel
-    (:func:`fastext.vision.kernels.warm_shared`: this module's units, claimed by locks), then
+    (:func:`warm_shared`: this module's units, claimed by locks), then
     print its report as one JSON line on stdout, ``{"compiled", "functions", "cache"}``,
     or ``{"error"}`` and return 1. ``more``: by name prefix, further warm-ups run after
     (each returns the functions it readied and those it compiled), such as the model
@@ -224,18 +431,14 @@ def warm_child(more: dict[str, Callable[[], tuple[list[str], list[str]]]] | None
 
         if getattr(numba_config, "DISABLE_JIT", False):
             raise RuntimeError("NUMBA_DISABLE_JIT is set: there is nothing to compile or keep")
-        from fastext.vision import kernels
-
-        report = kernels.warm_shared()
+        report = warm_shared()
         functions, compiled = list(report.functions), list(report.compiled)
         for prefix, warm in (more or {}).items():  # other packages' kernels (the models')
             readied, compiled_here = warm()
             functions += [f"{prefix}.{name}" for name in readied]
             compiled += [f"{prefix}.{name}" for name in compiled_here]
         print(
-            json.dumps(
-                {"compiled": compiled, "functions": functions, "cache": kernels.cache_dir()}
-            ),
+            json.dumps({"compiled": compiled, "functions": functions, "cache": cache_dir()}),
             flush=True,
         )
     except Exception as exc:  # reported by the parent, named by its process number
