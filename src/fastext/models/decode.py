@@ -22,9 +22,9 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import njit
 
 from fastext.errors import FastextError
+from fastext.vision.kernels.common import jit
 
 __all__ = [
     "Detections",
@@ -42,7 +42,6 @@ __all__ = [
     "warm",
 ]
 
-_jit = njit(nogil=True, cache=True, boundscheck=False)
 # Class indices are int32 in the results.
 _MAX_CLASS = 2**31 - 1
 
@@ -188,7 +187,7 @@ def _shapes_text(shapes: Sequence[Sequence[Dim]]) -> str:
 # -- the kernel ---------------------------------------------------------------------------
 
 
-@_jit
+@jit
 def _keep(score, c, threshold, allowed):  # type: ignore[no-untyped-def]
     """Whether a candidate's score and class pass the threshold and the class filter."""
     if not score > threshold:  # NaN scores fail too
@@ -196,7 +195,7 @@ def _keep(score, c, threshold, allowed):  # type: ignore[no-untyped-def]
     return allowed.shape[0] == 0 or (c < allowed.shape[0] and allowed[c] != 0)
 
 
-@_jit
+@jit
 def _put_cxcywh(cand_box, m, cx, cy, w, h):  # type: ignore[no-untyped-def]
     """Store a cx, cy, w, h box as corners; False (nothing stored) unless finite."""
     x1 = np.float64(cx) - np.float64(w) / 2.0
@@ -206,7 +205,7 @@ def _put_cxcywh(cand_box, m, cx, cy, w, h):  # type: ignore[no-untyped-def]
     return _put_corners(cand_box, m, x1, y1, x2, y2)
 
 
-@_jit
+@jit
 def _put_corners(cand_box, m, x1, y1, x2, y2):  # type: ignore[no-untyped-def]
     if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
         return False
@@ -217,7 +216,7 @@ def _put_corners(cand_box, m, x1, y1, x2, y2):  # type: ignore[no-untyped-def]
     return True
 
 
-@_jit
+@jit
 def _best_class_columns(o, best, best_c):  # type: ignore[no-untyped-def]
     """Per anchor (column) of a ``[4+C, A]`` output: the best class score and its class.
 
@@ -236,7 +235,7 @@ def _best_class_columns(o, best, best_c):  # type: ignore[no-untyped-def]
                 best_c[i] = c
 
 
-@_jit
+@jit
 def _candidates(  # type: ignore[no-untyped-def]
     o,
     kind,
@@ -320,7 +319,7 @@ def _candidates(  # type: ignore[no-untyped-def]
     return m
 
 
-@_jit
+@jit
 def _iou(box, i, j):  # type: ignore[no-untyped-def]
     """Intersection over union of corner boxes ``box[i]`` and ``box[j]`` (0 when empty)."""
     iw = min(box[i, 2], box[j, 2]) - max(box[i, 0], box[j, 0])
@@ -334,12 +333,12 @@ def _iou(box, i, j):  # type: ignore[no-untyped-def]
     return inter / union if union > 0.0 else 0.0
 
 
-@_jit
+@jit
 def _clip01(v):  # type: ignore[no-untyped-def]
     return min(max(v, 0.0), 1.0)
 
 
-@_jit
+@jit
 def _decode_batch(  # type: ignore[no-untyped-def]
     out,
     kind,

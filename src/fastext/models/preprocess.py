@@ -962,7 +962,7 @@ def warm_units() -> list[Unit]:
     """The warm-up as one unit: :func:`prepare`'s kernel for both tensor dtypes (its
     other arguments have one type each: read-only 1-D buffers, ints, bools, tables).
 
-    Hook it in beside :func:`fastext.vision.kernels.warm_units`, with its own lock prefix
+    Hook it in beside :func:`fastext.vision.warmup.warm_units`, with its own lock prefix
     (``run_units(warm_units(), cache_dir, prefix="preprocess.")``).
     """
 
