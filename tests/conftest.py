@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import RunningServer, running_server
+from tests.helpers import RunningServer, inline_and_workers, running_server
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["inline", "workers"])
+@pytest.fixture(scope="module", params=inline_and_workers())
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """One server per module and mode: frames in the server process, or in 2 workers."""
     with running_server(workers=request.param) as srv:

@@ -55,6 +55,16 @@ def proven_natively(why: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(bool(EMULATED), reason=f"proven natively: {why}")
 
 
+def inline_and_workers(workers: int = 2) -> list[Any]:
+    """Parameters for a server with frames in its own process (0) or in ``workers``
+    processes. The in-process variant is ``portable``: its kernels are the ones the
+    workers run, and what it adds is Python."""
+    return [
+        pytest.param(0, id="inline", marks=pytest.mark.portable),
+        pytest.param(workers, id="workers"),
+    ]
+
+
 ORANGE = (255, 100, 0)  # BT.601 luma 134.9 -> light
 AZURE = (0, 100, 255)  # luma 87.8 -> dark
 

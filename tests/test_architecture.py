@@ -18,10 +18,15 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pytest
+
 from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client import StreamOptions
 from fastext.client.synthetic import encode, scenes, to_pixel_format
 from tests.helpers import run_stream, start_server, stop_server
+
+# portable: the rules of the source tree, read as text (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

@@ -11,6 +11,9 @@ import pytest
 from fastext.config import Config, load, option_table, parse_bind
 from fastext.errors import ConfigError
 
+# portable: parsing settings (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 
 def test_config_defaults():
     cfg = load({}, {})

@@ -93,6 +93,7 @@ def test_demo_detection_pass_finds_the_car() -> None:
         assert " red boxes covering " in line
 
 
+@pytest.mark.portable
 def test_demo_detection_pass_fails_when_the_boxes_are_not_on_the_car() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

@@ -19,6 +19,9 @@ import pytest
 from fastext import processors
 from fastext.config import OPTIONS, Config, parse_bind
 
+# portable: the deployment files' contents (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = [ROOT / "Dockerfile.amd64", ROOT / "Dockerfile.arm64"]
 DEPLOY = ROOT / "deploy"

@@ -11,7 +11,11 @@ from fastext.client import StreamOptions, stream_frames
 from fastext.malloc import KEEP_MB, keep_freed_memory
 from tests.helpers import start_server, stop_server
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+# portable: glibc's allocator settings, through ctypes, the same on every target (the ARM64 stage leaves it to the native run).
+pytestmark = [
+    pytest.mark.portable,
+    pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"),
+]
 SIDE = 416  # RAW RGB24 416x416: 519 KB a message, above glibc's first mmap threshold
 
 

@@ -23,6 +23,9 @@ from tests.helpers import (
     solid,
 )
 
+# portable: counting and exposition in Python (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
 def test_metrics_after_known_frames(make_server, workers):

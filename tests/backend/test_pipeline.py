@@ -28,6 +28,7 @@ from tests.helpers import (
     ORANGE,
     descriptor,
     free_port,
+    inline_and_workers,
     install_entry_points,
     maps_of_children,
     open_call,
@@ -46,6 +47,7 @@ def worker_pids(srv) -> list[int]:
     return srv.server.backend.worker_pids()
 
 
+@pytest.mark.portable
 def test_front_with_workers_never_loads_numba(tmp_path):
     # numba + llvmlite are ~57 MiB of a process: only processes that run kernels load
     # them.  Sessions of every kind (shm, embedded RAW and JPEG, motion) go through a
@@ -121,6 +123,7 @@ def test_worker_killed_mid_stream_loses_nothing(make_server):
     assert srv.server.metrics.value("fastext_worker_restarts_total") >= 1
 
 
+@pytest.mark.portable
 def test_failed_worker_launches_are_retried_while_health_and_frames_wait(make_server):
     # A restart whose launch raises (no fds, /dev/shm full, fork refused) is tried again
     # with the crash backoff; meanwhile health is NOT_SERVING and frames wait, then all
@@ -201,6 +204,7 @@ def _segments(pid: int) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"fastext_{pid}_")]
 
 
+@pytest.mark.portable
 def test_sigkilled_front_leaves_nothing_after_next_start():
     proc, _ = start_server("--workers", "2")
     pid = proc.pid
@@ -279,6 +283,7 @@ def test_many_streams_through_workers(make_server):
         )
 
 
+@pytest.mark.portable
 def test_sigterm_right_after_ready_still_cleans_up():
     for _ in range(3):  # the window this guards is small: try it a few times
         proc, _ = start_server("--workers", "1")
@@ -362,7 +367,8 @@ def frame_counts(srv) -> dict[str, float]:
     return {label: metrics.value("fastext_frames_total", {"outcome": label}) for label in LABELS}
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "workers"])
+@pytest.mark.portable
+@pytest.mark.parametrize("workers", inline_and_workers())
 def test_processor_errors_are_counted_and_logged_as_errors_not_bad_samples(
     make_server, test_processors, workers, caplog
 ):
@@ -465,6 +471,7 @@ def test_inline_close_acks_the_batches_it_never_ran_as_shutdown(monkeypatch):
         ]
 
 
+@pytest.mark.portable
 def test_worker_close_acks_the_batches_it_never_ran_as_shutdown():
     # A stopped worker holds the first batch; the second waits for arena space (two such
     # frames do not fit in 1 MiB).  Closing kills the worker: neither batch ever ran.

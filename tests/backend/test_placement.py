@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastext.backend import records
 from fastext.backend.placement import MAX_RUNS, Placement, Worker
 from fastext.backend.shm import ArenaAllocator, ShmRef
+
+# portable: placement logic (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
 
 
 @dataclass(eq=False)

@@ -35,6 +35,9 @@ from fastext.backend.records import (
 )
 from fastext.outcomes import Outcome, Unprocessed
 
+# portable: record layouts, little-endian and packed on every target (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 INVALID, ERROR = Unprocessed(Outcome.INVALID, "no frame"), Unprocessed(Outcome.ERROR, "")
 #: Every kind a frame without inferences can end as.
 UNPROCESSED_KINDS = [k for k in Outcome if k not in (Outcome.INFERRED, Outcome.EMPTY)]

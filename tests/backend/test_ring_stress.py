@@ -148,6 +148,7 @@ def test_ring_survives_a_killed_producer_without_torn_records() -> None:
     assert facts["heir"]["sent"] == facts["total"]
 
 
+@pytest.mark.alone  # a side that waits too long counts as a lost wake-up
 def test_ring_loses_no_wakeup_when_both_sides_block_constantly() -> None:
     facts = scenario("wakeups")
     prod, cons = facts["producer"], facts["consumer"]
@@ -203,6 +204,7 @@ def run_driver(
     return {k: int(v, 16) if k == "checksum" else int(v) for k, v in facts.items()}
 
 
+@pytest.mark.alone
 def test_ring_c_driver_moves_10m_records_with_matching_checksum(build_driver) -> None:
     exe = build_driver()
     assert isinstance(exe, Path), f"the stress driver does not compile:\n{exe}"
@@ -273,6 +275,7 @@ def forbidden_outcomes(exe: Path, mode: str) -> int:
     return int(facts["forbidden"])
 
 
+@pytest.mark.alone
 def test_store_buffering_is_forbidden_with_the_rings_fence(litmus: Path, capsys) -> None:
     """The ring's Dekker form (store; seq_cst fence; load) never lets both loads
     miss both stores, here and in the ARM64 stage under qemu-user."""
@@ -288,6 +291,7 @@ def test_store_buffering_is_forbidden_with_the_rings_fence(litmus: Path, capsys)
         )
 
 
+@pytest.mark.alone
 def test_store_buffering_litmus_sees_the_reordering_it_looks_for(litmus: Path) -> None:
     """The control: a release store then an acquire load may reorder on every
     target; a harness that never catches it could not catch the fenced form

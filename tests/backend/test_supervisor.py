@@ -21,6 +21,9 @@ import pytest
 from fastext.backend.supervisor import Slot, Supervisor
 from tests.supervised import CRASH_CODE, ChildSpec, child
 
+# portable: restart and backoff logic (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 CTX = multiprocessing.get_context("spawn")
 SCENARIO_S = 90.0  # a spawn on a busy 2-core machine can take a second or two
 WAIT_S = 60.0

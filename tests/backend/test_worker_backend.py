@@ -30,6 +30,9 @@ from fastext.vision.frames import Encoding, PixelFormat
 from tests.fake_worker import Plan, fake_worker
 from tests.helpers import owned_segments
 
+# portable: the backend with a fake worker (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 SCENARIO_S = 120.0  # spawns on a busy 2-core machine take a second or two each
 WAIT_S = 60.0
 SPEC = LaneSpec(

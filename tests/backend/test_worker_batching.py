@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fastext.backend import records
 from fastext.backend.worker import Worker, _Lane
 from fastext.models.repository import ModelInfo
 from fastext.processors import ModelProcessor
+
+# portable: batching logic without processes (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
 
 DEFAULTS = (
     ("iou", 0.45),

@@ -23,6 +23,9 @@ from fastext.client.imagenode import ImageNode
 from fastext.client.sinks import sink_path
 from fastext.client.synthetic import scene
 
+# portable: drawing results on frames (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 MOTION = json.dumps({"processor": "motion"})
 W, H = 320, 240
 

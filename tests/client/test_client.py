@@ -64,6 +64,9 @@ def frame_index(line: dict) -> int:
     return line["timestamp"] * 30 // 90000  # the client stamps frames at 30 fps, 90 kHz
 
 
+# Marked portable: the CLI's streaming, exit statuses and stamps are Python. Left to the ARM64
+# stage: shared-memory slots written and cleaned up, and video decoded (PyAV's aarch64 build).
+@pytest.mark.portable
 @pytest.mark.parametrize("shm", [True, False], ids=["shm", "embedded"])
 def test_stream_synthetic_dark_light_every_frame_tagged(make_server, tmp_path, shm):
     srv = make_server(workers=2)
@@ -101,6 +104,7 @@ def test_stream_synthetic_dark_light_every_frame_tagged(make_server, tmp_path, s
     assert client_segments(proc) == []
 
 
+@pytest.mark.portable
 def test_output_lines_match_the_metadata_schema(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     out = tmp_path / "r.jsonl"
@@ -123,6 +127,7 @@ def test_output_lines_match_the_metadata_schema(tmp_path):
     assert not validator.is_valid({"timestamp": 1, "inferences": []})
 
 
+@pytest.mark.portable
 def test_stream_against_an_independent_server_with_auth(tmp_path):
     with MinimalServer() as srv:
         proc = stream(
@@ -150,6 +155,7 @@ def test_stream_against_an_independent_server_with_auth(tmp_path):
     assert "sent 20, acked 20" in proc.stdout
 
 
+@pytest.mark.portable
 def test_exit_status_when_the_server_ends_the_call():
     with MinimalServer(abort_after=5) as srv:
         proc = stream(
@@ -159,6 +165,7 @@ def test_exit_status_when_the_server_ends_the_call():
     assert "ABORTED: minimal server: enough frames" in proc.stderr
 
 
+@pytest.mark.portable
 def test_an_immediate_refusal_is_reported_with_its_own_status():
     # A server that ends the call before reading races the client's first write; grpc.aio
     # then replaces the status with INTERNAL "Internal error from Core" (42 calls in 300
@@ -177,6 +184,7 @@ def test_an_immediate_refusal_is_reported_with_its_own_status():
     assert seen == {"server ended the call: UNAUTHENTICATED: minimal server: refused": 200}
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("window", ["1", "8"])
 def test_exit_status_when_the_server_ends_the_call_early_with_ok(window):
     with MinimalServer(end_after=5) as srv:
@@ -192,6 +200,7 @@ def test_exit_status_when_the_server_ends_the_call_early_with_ok(window):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.portable
 def test_exit_status_when_acks_stop():
     with MinimalServer(stall_after=3) as srv:
         started = time.monotonic()
@@ -311,6 +320,7 @@ def test_sources(tmp_path):
     assert next(noise).shape == (480, 640, 3)
 
 
+@pytest.mark.portable
 def test_progress_line_on_a_terminal_only():
     import pty
 
@@ -415,6 +425,7 @@ def test_reconnect_resends_unacked_frames_once(shm):
         assert len(names) == 1 and not os.path.exists(f"/dev/shm/{names.pop()}")
 
 
+@pytest.mark.portable
 def test_reconnect_exit_status_when_the_reconnects_run_out(tmp_path):
     summary = tmp_path / "s.json"
     with MinimalServer(lose_calls=9, lose_after=4) as srv:
@@ -518,6 +529,7 @@ def _sent_stamps(srv: MinimalServer) -> list[int]:
     return [m.media_sample.timestamp for call in srv.calls for m in call[1:]]
 
 
+@pytest.mark.portable
 def test_frames_are_stamped_at_fractional_rates_exactly():
     # 29.97 frames/s at 90 kHz: frame 1772 is at 1772 / 29.97 s = 59.1258 s
     opts = StreamOptions(target="", width=4, height=4, window=64, stamp_rate=29.97)
@@ -535,6 +547,7 @@ def test_frames_are_stamped_at_fractional_rates_exactly():
     "fps, stamps",
     [("29.97", [0, 3003, 6006]), ("30000/1001", [0, 3003, 6006]), ("0.5", [0, 180_000])],
 )
+@pytest.mark.portable
 def test_stream_command_stamps_at_its_fps(fps, stamps):
     with MinimalServer() as srv:
         done = stream(
@@ -619,6 +632,7 @@ def test_a_failing_source_ends_the_stream_with_its_error():
     assert str(failed.value) == "sending stopped after 5 frames: RuntimeError: camera unplugged"
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("shm", [False, True], ids=["embedded", "shm"])
 def test_stream_command_reports_a_source_failing_mid_stream(tmp_path, shm):
     from PIL import Image

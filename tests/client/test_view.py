@@ -28,6 +28,9 @@ from fastext.client.draw import label_color
 from fastext.client.view import MJPEG_STREAMS, LiveView, parse_address
 from tests.minimal_server import MinimalServer
 
+# portable: the live view's page and feeds (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 CHROMIUM = shutil.which("chromium")
 FIGURES_BG = (0x16, 0x32, 0x4F)  # the figures table's background in the page's style
 SKY = (150, 200, 250)  # synthetic:scene's sky (tests/../client/synthetic.py)

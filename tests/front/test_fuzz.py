@@ -36,7 +36,18 @@ from fastext._proto.media_pb2 import VideoFrameSampleFormat as VF
 from fastext.client.stream import _FirstStatus
 from fastext.client.synthetic import to_pixel_format
 from fastext.contract import wire
-from tests.helpers import ORANGE, RunningServer, descriptor, running_server, solid, tags
+from tests.helpers import (
+    ORANGE,
+    RunningServer,
+    descriptor,
+    inline_and_workers,
+    running_server,
+    solid,
+    tags,
+)
+
+# portable: the session's answers; the native decoder meets hostile bytes in tests/contract/test_wire.py on every target (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
 
 Msg = extension_pb2.MediaStreamMessage
 W, H = 16, 8
@@ -72,7 +83,7 @@ FUZZ = settings(
 # -- the server and its shared memory ----------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["inline", "workers"])
+@pytest.fixture(scope="module", params=inline_and_workers(1))
 def fuzz_server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     with running_server(workers=request.param, log_level="WARNING") as srv:
         yield srv

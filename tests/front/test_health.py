@@ -28,6 +28,9 @@ from tests.helpers import (
 pytest.importorskip("cryptography")
 from tests.certs import make_ca, make_leaf  # noqa: E402
 
+# portable: the health service's states (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = [ROOT / "Dockerfile.amd64", ROOT / "Dockerfile.arm64"]
 

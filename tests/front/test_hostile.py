@@ -17,6 +17,7 @@ from tests.helpers import (
     descriptor,
     embedded,
     exchange,
+    inline_and_workers,
     open_call,
     referenced,
     solid,
@@ -272,14 +273,14 @@ def test_invalid_sample_logged_once_with_reason(server, caplog):
     assert "sample 2" in records[0].getMessage() and "needs 9216" in records[0].getMessage()
 
 
-@pytest.mark.parametrize("workers", ["0", "2"], ids=["inline", "workers"])
+@pytest.mark.parametrize("workers", inline_and_workers())
 def test_client_file_cut_after_the_handshake(shm_file, workers):
     # Reading mapped pages past a shrunken file's end raises SIGBUS, which kills the
     # process that reads: the frame must be acked empty instead, the server stay up
     # and no worker die.  Subprocess servers: a regression must not take pytest down.
     light = to_pixel_format(solid(ORANGE, W, H), VF.RGB24)
     name, path = shm_file(4 * FRAME, light * 4)
-    proc, port = start_server("--workers", workers)
+    proc, port = start_server("--workers", str(workers))
     target = f"127.0.0.1:{port}"
 
     async def session() -> list[list[str]]:

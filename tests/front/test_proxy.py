@@ -26,6 +26,9 @@ import pytest
 
 from tests.helpers import free_port, scrape
 
+# portable: proxies in front of servers (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("fastext_proxy_script", ROOT / "scripts/proxy.py")
 assert _spec is not None and _spec.loader is not None

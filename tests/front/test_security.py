@@ -22,6 +22,9 @@ from tests.helpers import ORANGE, descriptor, embedded, exchange, solid, tags
 pytest.importorskip("cryptography")
 from tests.certs import make_ca, make_leaf  # noqa: E402
 
+# portable: TLS and credentials are grpc's and Python's (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 SECRET = "pa55-w0rd-never-logged"
 FRAME = to_pixel_format(solid(ORANGE, 32, 32), VF.RGB24)
 MESSAGES = [descriptor(32, 32), embedded(2, FRAME)]

@@ -29,6 +29,9 @@ from tests.helpers import (
     start_server,
 )
 
+# portable: signals, logs and draining (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 Msg = extension_pb2.MediaStreamMessage
 
 

@@ -27,6 +27,9 @@ from fastext.metrics import Metrics, MetricsSink
 from fastext.outcomes import Outcome, Unprocessed
 from tests.helpers import ORANGE, descriptor, embedded, referenced, solid
 
+# portable: the session's rules and its inlined checks against the general ones (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 Msg = MediaStreamMessage
 FRAME = solid(ORANGE, 8, 8).tobytes()
 END = object()  # the client half-closes the call

@@ -24,6 +24,9 @@ from fastext.models.repository import (  # noqa: E402
 )
 from fastext.models.toy import COLOURS, colour_classifier, colour_detector  # noqa: E402
 
+# portable: reading a model's facts with onnx's Python (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 
 def _file(tmp_path: Path, name: str, data: bytes) -> str:
     path = tmp_path / f"{name}.onnx"

@@ -44,6 +44,7 @@ from tests.helpers import (  # noqa: E402
     exchange,
     failing_detector,
     free_port,
+    inline_and_workers,
     maps_of_children,
     pack,
     place,
@@ -117,7 +118,7 @@ def specs(files: dict[str, str]) -> tuple[ModelSpec, ...]:
     return tuple(ModelSpec(name, path) for name, path in files.items())
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["inline", "workers"])
+@pytest.fixture(scope="module", params=inline_and_workers())
 def served(request: pytest.FixtureRequest, model_files: dict[str, str]) -> Iterator[RunningServer]:
     """One server per module and backend, serving every model of ``model_files``."""
     with running_server(
@@ -556,6 +557,7 @@ def _rank4_model() -> bytes:
     return model.SerializeToString()
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("case", ["missing", "corrupt", "layout"])
 def test_a_model_that_cannot_be_served_stops_the_start_with_one_line(tmp_path, case):
     path = tmp_path / f"{case}.onnx"
@@ -694,6 +696,7 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
 # -- where the runtime loads --------------------------------------------------------------
 
 
+@pytest.mark.portable
 def test_the_front_never_loads_onnxruntime_while_its_worker_does(model_files):
     proc, port = start_server("--workers", "1", "--model", f"v8={model_files['v8']}")
     try:

@@ -242,6 +242,7 @@ def _fastext_warm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.portable
 def test_warm_command_readies_every_kernel_in_each_process() -> None:
     # The cache this test's fastext uses (warm by now, or compiled here once, split):
     # every function ready in both processes, none compiled by more than one.

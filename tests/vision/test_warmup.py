@@ -18,6 +18,9 @@ import pytest
 from fastext.vision.warmup import KEEP_BYTES, Unit, run_children, run_units
 from tests.helpers import subprocess_env
 
+# portable: the warm-up's locks and children (the ARM64 stage leaves it to the native run).
+pytestmark = pytest.mark.portable
+
 # Units sharing helpers, as kernels do: "check" and "unpack" are each used by two units.
 FUNCTIONS = {
     "packed_a": {"packed_a", "check", "unpack"},
