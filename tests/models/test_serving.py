@@ -424,6 +424,49 @@ def _stream_scene(k: int) -> tuple[Any, tuple[Any, ...]]:
     return ((rect, RED),), (("red", 1.0, rect),)
 
 
+def _streams_in_a_thread(
+    target: str,
+    name: str,
+    streams: int,
+    frames_each: int,
+    window: int,
+    acks: dict[int, list[int]],
+    shm_parity: int,
+    **options: Any,
+) -> tuple[threading.Thread, list[Any]]:
+    """``streams`` streams of stream ``k``'s scene to model ``v8``, run in a thread (the
+    test's own thread watches the server meanwhile): by shared memory where ``k % 2 ==
+    shm_parity``, each ack's sequence number appended to ``acks[k]``. The list gets the
+    streams' results when they end."""
+    outcome: list[Any] = []
+
+    async def all_streams() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                stream_frames(
+                    StreamOptions(
+                        target=target,
+                        width=64,
+                        height=64,
+                        window=window,
+                        shm=k % 2 == shm_parity,
+                        graph_instance=f"{name}-{k}",
+                        extension_configuration=config("v8", threshold=0.5),
+                        on_ack=lambda seq, _, k=k: acks[k].append(seq),
+                        **options,
+                    ),
+                    [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
+                    * frames_each,
+                )
+                for k in range(streams)
+            )
+        )
+
+    runner = threading.Thread(target=lambda: outcome.append(asyncio.run(all_streams())))
+    runner.start()
+    return runner, outcome
+
+
 def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_files):
     streams, frames_each, window = 4, 8, 4
     with running_server(
@@ -440,31 +483,9 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
         # its ring together, and it runs them as one call when it goes on.
         os.kill(pid, signal.SIGSTOP)
         try:
-            outcome: list[Any] = []
-
-            async def all_streams() -> list[Any]:
-                return await asyncio.gather(
-                    *(
-                        stream_frames(
-                            StreamOptions(
-                                target=srv.target,
-                                width=64,
-                                height=64,
-                                window=window,
-                                shm=k % 2 == 1,
-                                graph_instance=f"batch-{k}",
-                                extension_configuration=config("v8", threshold=0.5),
-                                on_ack=lambda seq, _, k=k: acks[k].append(seq),
-                            ),
-                            [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
-                            * frames_each,
-                        )
-                        for k in range(streams)
-                    )
-                )
-
-            runner = threading.Thread(target=lambda: outcome.append(asyncio.run(all_streams())))
-            runner.start()
+            runner, outcome = _streams_in_a_thread(
+                srv.target, "batch", streams, frames_each, window, acks, shm_parity=1
+            )
             deadline = time.monotonic() + 240  # a hang catcher: qemu is slow
             while (
                 metrics.value("fastext_frames_in_flight") < streams * window or backend.queued()
@@ -635,32 +656,9 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
 
         os.kill(victim, signal.SIGSTOP)  # it takes batches and runs none
         acks: dict[int, list[int]] = {k: [] for k in range(streams)}
-        outcome: list[Any] = []
-
-        async def all_streams() -> list[Any]:
-            return await asyncio.gather(
-                *(
-                    stream_frames(
-                        StreamOptions(
-                            target=srv.target,
-                            width=64,
-                            height=64,
-                            window=window,
-                            shm=k % 2 == 0,
-                            graph_instance=f"kill-{k}",
-                            ack_timeout_s=120,
-                            extension_configuration=config("v8", threshold=0.5),
-                            on_ack=lambda seq, _, k=k: acks[k].append(seq),
-                        ),
-                        [to_pixel_format(scene_frame("64x64", _stream_scene(k)[0]), VF.RGB24)]
-                        * frames_each,
-                    )
-                    for k in range(streams)
-                )
-            )
-
-        runner = threading.Thread(target=lambda: outcome.append(asyncio.run(all_streams())))
-        runner.start()
+        runner, outcome = _streams_in_a_thread(
+            srv.target, "kill", streams, frames_each, window, acks, shm_parity=0, ack_timeout_s=120
+        )
         deadline = time.monotonic() + 240  # a hang catcher: qemu is slow
         batches_held, sessions = 0, set()
         try:
