@@ -644,7 +644,7 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
     ) as srv:
         backend = srv.server.backend
         metrics = srv.server.metrics
-        victim = backend._supervisor.slots[0].process.pid
+        victim, other = (slot.process.pid for slot in backend._supervisor.slots)
 
         async def kill_when_holding_several_sessions() -> tuple[int, set[int]]:
             """On the loop, so that no batch is placed between the look and the kill."""
@@ -654,7 +654,13 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
                 os.kill(victim, signal.SIGKILL)
             return len(jobs), sessions
 
-        os.kill(victim, signal.SIGSTOP)  # it takes batches and runs none
+        # Both workers take batches and run none: every window fills, and placement (the
+        # least loaded worker) deals the batches of all the streams to both in turn. With
+        # the other worker running, a quick one could take nearly every batch and leave
+        # the victim a single session's. It goes on once the death is handled, so the
+        # batches the victim held are the only ones run twice.
+        os.kill(victim, signal.SIGSTOP)
+        os.kill(other, signal.SIGSTOP)
         acks: dict[int, list[int]] = {k: [] for k in range(streams)}
         runner, outcome = _streams_in_a_thread(
             srv.target, "kill", streams, frames_each, window, acks, shm_parity=0, ack_timeout_s=120
@@ -666,10 +672,15 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
                 assert time.monotonic() < deadline, "the stopped worker never held 2 sessions"
                 time.sleep(0.02)
                 batches_held, sessions = srv.call(kill_when_holding_several_sessions())
+            while backend.retried < batches_held:
+                assert time.monotonic() < deadline, "the killed worker's batches were never re-run"
+                time.sleep(0.02)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
             raise
+        finally:
+            os.kill(other, signal.SIGCONT)
         runner.join(180)
         assert not runner.is_alive() and len(outcome) == 1
         for k, result in enumerate(outcome[0]):
