@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -634,14 +635,35 @@ def test_a_model_that_raises_on_some_frames_fails_only_those(served):
     assert {o: after[o] - before[o] for o in before} == {"inferred": 6, "error": 2, "invalid": 0}
 
 
+@contextlib.contextmanager
+def _batches_held_at_each_death() -> Iterator[list[int]]:
+    """How many batches a worker held when its death was handled, read from the log line."""
+    held: list[int] = []
+
+    class _Deaths(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith("worker %d died holding") and record.args:
+                held.append(int(record.args[1]))  # type: ignore[index]
+
+    handler, logger = _Deaths(), logging.getLogger("fastext.backend.pipeline")
+    logger.addHandler(handler)
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files):
     streams, frames_each, window = 4, 6, 3
-    with running_server(
-        workers=2,
-        models=(ModelSpec("v8", model_files["v8"]),),
-        metrics_port=free_port(),
-        log_level="WARNING",
-    ) as srv:
+    with (
+        _batches_held_at_each_death() as held_at_death,
+        running_server(
+            workers=2,
+            models=(ModelSpec("v8", model_files["v8"]),),
+            metrics_port=free_port(),
+            log_level="WARNING",
+        ) as srv,
+    ):
         backend = srv.server.backend
         metrics = srv.server.metrics
         victim, other = (slot.process.pid for slot in backend._supervisor.slots)
@@ -693,7 +715,10 @@ def test_a_worker_killed_holding_several_sessions_frames_loses_none(model_files)
         # once elsewhere, and none of the others twice.
         labels = {"model": "v8"}
         assert metrics.value("fastext_model_batch_frames_sum", labels) == streams * frames_each
-        assert backend.retried == batches_held and backend.abandoned == 0
+        # Between the kill and the handling of the death, placement may deal the victim more
+        # batches (it is not known dead yet): every batch it held then ran again, once.
+        assert len(held_at_death) == 1 and held_at_death[0] >= batches_held
+        assert backend.retried == held_at_death[0] and backend.abandoned == 0
         assert (
             metrics.value("fastext_frames_total", {"outcome": "inferred"}) == streams * frames_each
         )
