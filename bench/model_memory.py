@@ -6,9 +6,9 @@ Without a model, :func:`fastext.models.toy.yolo_like` at ``--size`` (batch axis 
 dynamic). Prints this process's PSS (``/proc/self/smaps_rollup``) after each step a
 worker takes: numba and the vision kernels (what every worker loads, model
 or not); import ONNX Runtime; load the model kernels (numba's preprocessing and
-decode, from its cache); open the session as the engine does; its warm-up run of one
-frame; then a run of ``--batch`` frames (ONNX Runtime's arena grows to the batch) and
-the input tensor's slots written. One process alone: shared pages count whole here,
+decode, from its cache); open the session as the engine does and hand the heap's
+free pages back; its warm-up run of one frame; then a run of ``--batch`` frames (ONNX
+Runtime's arena grows to the batch) and the input tensor's slots written. One process alone: shared pages count whole here,
 where two workers would each count half.
 """
 
@@ -88,10 +88,15 @@ def main() -> None:
         options.enable_cpu_mem_arena = args.arena == "on"
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         step("session opened")
+        from fastext.malloc import release_freed_memory
+
+        release_freed_memory()
+        step("the optimizer's freed originals handed back")
         model_input = session.get_inputs()[0]
         side = args.size
         tensor = np.zeros((16, 3, side, side), np.float32)  # the engine's 16 slots, untouched
         session.run(None, {model_input.name: tensor[:1]})
+        release_freed_memory()
         step("warm-up run, 1 frame (+ slot 0 written)")
         tensor[: args.batch] = 0.5
         session.run(None, {model_input.name: tensor[: args.batch]})
