@@ -16,7 +16,8 @@ every arena, with no arena cap, cost +40 MiB).
 Only the server process and the client call this; workers read frames from shared
 memory and do not churn their heap.  On a C library other than glibc it does nothing.
 
-A worker calls :func:`release_freed_memory` once, after loading its models: ONNX
+A process that opens a model (a worker; the server itself with ``--workers 0``) calls
+:func:`release_freed_memory` after opening it and after its warm-up run: ONNX
 Runtime's graph optimizer builds every transformed weight beside the original and
 frees the originals, and glibc keeps the holes.  Handing them back took a worker's
 PSS for the 640 bench model from +56 to +25 MiB over its runtime import
