@@ -9,7 +9,9 @@ frame is what this module is measured by.  A payload is a
 bounds-checked) or the embedded bytes.
 
 * :class:`InlineBackend` (``--workers 0``) runs batches on a thread pool of the
-  server process; numba kernels release the GIL, so streams run in parallel.
+  server process; numba kernels release the GIL, so streams run in parallel.  The
+  batches of a model, from every session, wait for its runtime together and run as
+  one call (as a worker runs them).
 * :class:`WorkerBackend` (``--workers N``) hands references to worker processes
   over per-worker SPSC rings in shared memory.  Embedded frames are copied once
   into the server's arena.  A batch is resolved only when its worker reports it
@@ -25,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,7 +37,14 @@ from typing import Any, Protocol
 
 from fastext.backend import records
 from fastext.backend.doorbell import Doorbell
-from fastext.backend.execute import FrameFormat, FrameResult, fetch_payload, run_batch, serialized
+from fastext.backend.execute import (
+    FrameFormat,
+    FrameResult,
+    fetch_payload,
+    frames_of,
+    run_batch,
+    serialized,
+)
 from fastext.backend.placement import Placement, Worker
 from fastext.backend.ring import Ring, RingPair, required_size
 from fastext.backend.segments import cleanup_stale_segments, mib, segment_name, shm_free
@@ -127,6 +137,100 @@ def make_backend(config: Config, metrics: MetricsSink | None = None) -> Backend:
 # -- in process -------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _ModelJob:
+    """One session's batch waiting for its model in this process."""
+
+    lane: _InlineLane
+    token: int
+    payloads: Sequence[Payload]
+    submitted: float
+
+
+class _ModelBatcher:
+    """The batches of one model from every in-process session, run together.
+
+    While the model runs, the batches submitted meanwhile wait here; the next call
+    takes all of them (one runtime call per ``max_batch`` frames, whichever sessions
+    they come from), as a worker takes every batch waiting in its ring. One pool
+    thread drains at a time, so the model's calls never queue on its lock with one
+    session's frames each. (``max_queue_delay_ms`` is the workers' only: here a batch
+    never waits for one that has not come.)
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, metrics: MetricsSink) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._waiting: list[_ModelJob] = []
+        self._draining = False
+
+    def submit(self, job: _ModelJob) -> None:
+        with self._lock:
+            self._waiting.append(job)
+            if self._draining:
+                return
+            self._draining = True
+        try:
+            self._pool.submit(self._drain).add_done_callback(self._drained)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._stopped()
+
+    def _drained(self, done: Any) -> None:
+        if done.cancelled():  # the pool shut down before the drain ran
+            self._stopped()
+
+    def _stopped(self) -> None:
+        with self._lock:
+            jobs, self._waiting = self._waiting, []
+            self._draining = False
+        stopped = Unprocessed(Outcome.SHUTDOWN, "server stopped before the frame was processed")
+        for job in jobs:
+            job.lane.deliver_from_thread(job.token, [stopped] * len(job.payloads))
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                jobs, self._waiting = self._waiting, []
+                if not jobs:
+                    self._draining = False
+                    return
+            self._run(jobs)
+
+    def _run(self, jobs: list[_ModelJob]) -> None:
+        started = time.perf_counter()
+        processor = jobs[0].lane.model
+        assert processor is not None
+        engine = processor.engine
+        try:
+            work = [
+                (
+                    job.lane.model.params,  # type: ignore[union-attr]
+                    frames_of(
+                        job.lane.format, [fetch_payload(p, job.lane.memory) for p in job.payloads]
+                    ),
+                )
+                for job in jobs
+            ]
+            outcomes = [serialized(o) for o in engine.infer(work)]
+        except Exception as exc:  # noqa: BLE001 - the runtime failed: every frame says so
+            log.exception(
+                "model %r failed on %d batches in the server process",
+                processor.info.name,
+                len(jobs),
+            )
+            failed = Unprocessed(Outcome.ERROR, f"model {processor.info.name!r} failed: {exc}")
+            outcomes = [[failed] * len(job.payloads) for job in jobs]
+        finally:
+            work = []  # views of client memory: gone before any frame is acked
+        processing = time.perf_counter() - started
+        for frames, seconds in engine.take_runs():
+            self._metrics.model_run(processor.info.name, frames, seconds)
+        for job, results in zip(jobs, outcomes, strict=True):
+            self._metrics.batch_done(started - job.submitted, processing)
+            job.lane.deliver_from_thread(job.token, list(results))
+
+
 class _InlineLane:
     def __init__(
         self,
@@ -135,14 +239,23 @@ class _InlineLane:
         memory: ClientMemory | None,
         deliver: Deliver,
         metrics: MetricsSink,
+        batchers: dict[str, _ModelBatcher],
     ) -> None:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
         self._metrics = metrics
-        self._format = spec.format
-        self._memory = memory
+        self.format = spec.format
+        self.memory = memory
         self._processor: Processor = create(spec.processor, spec.params)
+        # A model's batches wait for it with every other session's (see _ModelBatcher).
+        self.model = self._processor if isinstance(self._processor, ModelProcessor) else None
+        self._batcher: _ModelBatcher | None = None
+        if self.model is not None:
+            name = self.model.info.name
+            if name not in batchers:
+                batchers[name] = _ModelBatcher(pool, metrics)
+            self._batcher = batchers[name]
         # A stateful processor (per-stream background, tracks) sees its frames in order:
         # each batch waits for the one before it. Stateless ones run batches in parallel.
         self._ordered = bool(getattr(self._processor, "stateful", False))
@@ -150,6 +263,9 @@ class _InlineLane:
         self._busy = False
 
     def submit(self, token: int, payloads: Sequence[Payload]) -> None:
+        if self._batcher is not None:
+            self._batcher.submit(_ModelJob(self, token, payloads, time.perf_counter()))
+            return
         job = (token, payloads, time.perf_counter())
         if not self._ordered:
             self._start(job)
@@ -163,6 +279,13 @@ class _InlineLane:
         token, payloads, submitted = job
         done = self._pool.submit(self._run, payloads, submitted)
         done.add_done_callback(lambda f: self._from_thread(token, len(payloads), f))
+
+    def deliver_from_thread(self, token: int, results: list[Result]) -> None:
+        """Hand a batch's results to the session, from a pool thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, token, results)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
 
     def _from_thread(self, token: int, count: int, done: Any) -> None:
         try:
@@ -193,13 +316,10 @@ class _InlineLane:
 
     def _run(self, payloads: Sequence[Payload], submitted: float) -> list[Result]:
         started = time.perf_counter()
-        arrays = [fetch_payload(p, self._memory) for p in payloads]
+        arrays = [fetch_payload(p, self.memory) for p in payloads]
         # Serialized here, in the pool's thread, not on the event loop (as workers do).
-        outcomes: list[Result] = list(serialized(run_batch(self._processor, self._format, arrays)))
+        outcomes: list[Result] = list(serialized(run_batch(self._processor, self.format, arrays)))
         self._metrics.batch_done(started - submitted, time.perf_counter() - started)
-        if isinstance(self._processor, ModelProcessor):
-            for frames, seconds in self._processor.engine.take_runs():
-                self._metrics.model_run(self._processor.info.name, frames, seconds)
         return outcomes
 
     def close(self) -> None:
@@ -217,6 +337,7 @@ class InlineBackend:
         self._pool = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="fastext-batch"
         )
+        self._batchers: dict[str, _ModelBatcher] = {}  # by model name, made at first use
 
     async def start(self) -> None:
         # The first frame must not pay for numba's compilation (or cache load).  Imported
@@ -231,7 +352,7 @@ class InlineBackend:
             await asyncio.to_thread(engine.load, models, self._model_threads)
 
     def open(self, spec: LaneSpec, memory: ClientMemory | None, deliver: Deliver) -> Lane:
-        return _InlineLane(self._pool, spec, memory, deliver, self._metrics)
+        return _InlineLane(self._pool, spec, memory, deliver, self._metrics, self._batchers)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
