@@ -468,34 +468,52 @@ def _streams_in_a_thread(
     return runner, outcome
 
 
-def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_files):
+@contextlib.contextmanager
+def _model_held(srv: RunningServer, workers: int) -> Iterator[None]:
+    """Nothing runs the model meanwhile: its worker stopped, or (in process) its lock held."""
+    if workers:
+        (pid,) = srv.server.backend.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return
+    from fastext.models import engine as engines
+
+    engine = engines.get("v8")
+    assert engine is not None
+    with engine._lock:
+        yield
+
+
+@pytest.mark.parametrize("workers", inline_and_workers(1))
+def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_files, workers):
     streams, frames_each, window = 4, 8, 4
     with running_server(
-        workers=1,
+        workers=workers,
         models=(ModelSpec("v8", model_files["v8"]),),
         metrics_port=free_port(),
         log_level="WARNING",
     ) as srv:
         backend = srv.server.backend
-        (pid,) = backend.worker_pids()
         metrics = srv.server.metrics
         acks: dict[int, list[int]] = {k: [] for k in range(streams)}
-        # The worker stopped while every stream fills its window: their batches wait in
-        # its ring together, and it runs them as one call when it goes on.
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        # The model held while every stream fills its window: their batches wait together
+        # (in the worker's ring, or in process for the model), and run as one call when
+        # it goes on.
+        with _model_held(srv, workers):
             runner, outcome = _streams_in_a_thread(
                 srv.target, "batch", streams, frames_each, window, acks, shm_parity=1
             )
             deadline = time.monotonic() + 240  # a hang catcher: qemu is slow
             while (
-                metrics.value("fastext_frames_in_flight") < streams * window or backend.queued()
+                metrics.value("fastext_frames_in_flight") < streams * window
+                or (workers and backend.queued())
             ) and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert metrics.value("fastext_frames_in_flight") == streams * window
-            assert backend.queued() == 0  # every batch is in the worker's ring
-        finally:
-            os.kill(pid, signal.SIGCONT)
+            assert not workers or backend.queued() == 0  # every batch is in the worker's ring
         runner.join(120)
         assert not runner.is_alive() and len(outcome) == 1
         results = outcome[0]
@@ -508,59 +526,16 @@ def test_streams_are_batched_together_and_keep_their_own_results_in_order(model_
         labels = {"model": "v8"}
         calls = metrics.value("fastext_model_batch_frames_count", labels)
         assert metrics.value("fastext_model_batch_frames_sum", labels) == streams * frames_each
-        # The 16 frames waiting (4 per stream) ran as one call: more than any one
-        # stream's window, so of several streams.
         bucket = "fastext_model_batch_frames_bucket"
-        assert metrics.value(bucket, {**labels, "le": "16"}) == calls  # at most 16 a call
-        assert metrics.value(bucket, {**labels, "le": "12"}) < calls
-        assert metrics.value("fastext_model_inference_seconds_count", labels) == calls
-
-
-@pytest.mark.portable  # in-process: Python over the kernels and runtime the workers run
-def test_in_process_streams_are_batched_together_and_keep_their_own_results_in_order(
-    model_files,
-):
-    from fastext.models import engine as engines
-
-    streams, frames_each, window = 4, 8, 4
-    with running_server(
-        workers=0,
-        models=(ModelSpec("v8", model_files["v8"]),),
-        metrics_port=free_port(),
-        log_level="WARNING",
-    ) as srv:
-        metrics = srv.server.metrics
-        engine = engines.get("v8")
-        assert engine is not None
-        labels = {"model": "v8"}
-        acks: dict[int, list[int]] = {k: [] for k in range(streams)}
-        # The model held while every stream fills its window: the batches submitted
-        # meanwhile wait for it together, and run as one call when it is free.
-        with engine._lock:
-            runner, outcome = _streams_in_a_thread(
-                srv.target, "inline", streams, frames_each, window, acks, shm_parity=1
-            )
-            deadline = time.monotonic() + 240  # a hang catcher: qemu is slow
-            while (
-                metrics.value("fastext_frames_in_flight") < streams * window
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.02)
-            assert metrics.value("fastext_frames_in_flight") == streams * window
-        runner.join(120)
-        assert not runner.is_alive() and len(outcome) == 1
-        for k, result in enumerate(outcome[0]):
-            assert result.acked == result.sent == frames_each
-            assert acks[k] == list(range(2, 2 + frames_each))  # in order, each once
-            wanted = expected("64x64", Layout.YOLOV8, _stream_scene(k)[1])
-            for seq in acks[k]:
-                assert_matches(detections(result.samples[seq]), wanted)
-        calls = metrics.value("fastext_model_batch_frames_count", labels)
-        assert metrics.value("fastext_model_batch_frames_sum", labels) == streams * frames_each
-        # At most one stream's window ran before the model was held; the frames of the
-        # other windows waited together: one call took more than any one stream's window.
-        bucket = "fastext_model_batch_frames_bucket"
-        assert metrics.value(bucket, {**labels, "le": "4"}) < calls
+        if workers:
+            # The 16 frames waiting (4 per stream) ran as one call: more than any one
+            # stream's window, so of several streams.
+            assert metrics.value(bucket, {**labels, "le": "16"}) == calls  # at most 16 a call
+            assert metrics.value(bucket, {**labels, "le": "12"}) < calls
+        else:
+            # In process, the call that took the model's lock first may hold one stream's
+            # batch; the others waited together: a call larger than any stream's window.
+            assert metrics.value(bucket, {**labels, "le": "4"}) < calls
         assert metrics.value("fastext_model_inference_seconds_count", labels) == calls
 
 
