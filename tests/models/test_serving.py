@@ -626,6 +626,17 @@ def test_a_model_that_cannot_be_served_stops_the_start_with_one_line(tmp_path, c
 # -- failures while serving ---------------------------------------------------------------
 
 
+def _options_64(target: str, model: str, window: int) -> StreamOptions:
+    """A stream of 64x64 frames to ``model`` (threshold 0.2), ``window`` frames in flight."""
+    return StreamOptions(
+        target=target,
+        width=64,
+        height=64,
+        window=window,
+        extension_configuration=config(model, threshold=0.2),
+    )
+
+
 def test_a_model_that_raises_on_some_frames_fails_only_those(served):
     metrics = served.server.metrics
     before = {
@@ -639,14 +650,7 @@ def test_a_model_that_raises_on_some_frames_fails_only_those(served):
     frames = [to_pixel_format(bad if i in poisoned else good, VF.RGB24) for i in range(8)]
     # Several frames in flight: a worker runs them in one call, which fails; then it
     # runs each alone, and only the bad ones fail.
-    opts = StreamOptions(
-        target=served.target,
-        width=64,
-        height=64,
-        window=4,
-        extension_configuration=config("failing", threshold=0.2),
-    )
-    result = run_stream(opts, frames)
+    result = run_stream(_options_64(served.target, "failing", window=4), frames)
     assert result.acked == result.sent == 8 and result.code == grpc.StatusCode.OK
     for i in range(8):
         found = detections(result.samples[i + 2])
@@ -656,6 +660,42 @@ def test_a_model_that_raises_on_some_frames_fails_only_those(served):
             assert_matches(found, expected("64x64", Layout.YOLOV8))
     after = {o: metrics.value("fastext_frames_total", {"outcome": o}) for o in before}
     assert {o: after[o] - before[o] for o in before} == {"inferred": 6, "error": 2, "invalid": 0}
+
+
+@pytest.mark.portable  # in-process: Python over the kernels and runtime the workers run
+def test_an_in_process_fault_outside_the_model_answers_its_frames_and_the_queue_goes_on(
+    model_files, monkeypatch
+):
+    from fastext.models import engine as engines
+
+    with running_server(
+        workers=0,
+        models=(ModelSpec("v8", model_files["v8"]),),
+        metrics_port=free_port(),
+        log_level="CRITICAL",
+    ) as srv:
+        engine = engines.get("v8")
+        assert engine is not None
+        take_runs, calls = engine.take_runs, []
+
+        def fails_once() -> list[tuple[int, float]]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a fault after the model ran")
+            return take_runs()
+
+        monkeypatch.setattr(engine, "take_runs", fails_once)
+        frame = to_pixel_format(scene_frame("64x64"), VF.RGB24)
+        result = run_stream(_options_64(srv.target, "v8", window=1), [frame] * 3)
+        # The first frame's batch is answered (no inferences, an ERROR) rather than left
+        # waiting; the next ones run as usual.
+        assert result.acked == result.sent == 3 and result.code == grpc.StatusCode.OK
+        assert detections(result.samples[2]) == []
+        for seq in (3, 4):
+            assert_matches(detections(result.samples[seq]), expected("64x64", Layout.YOLOV8))
+        metrics = srv.server.metrics
+        assert metrics.value("fastext_frames_total", {"outcome": "error"}) == 1
+        assert metrics.value("fastext_frames_total", {"outcome": "inferred"}) == 2
 
 
 @contextlib.contextmanager

@@ -195,9 +195,17 @@ class _ModelBatcher:
                 if not jobs:
                     self._draining = False
                     return
-            self._run(jobs)
+            try:
+                results = self._run(jobs)
+            except Exception as exc:  # noqa: BLE001 - not the model's (see _run): still answered
+                log.exception("the in-process queue of a model failed on %d batches", len(jobs))
+                failed = Unprocessed(Outcome.ERROR, f"processing failed: {exc}")
+                results = [[failed] * len(job.payloads) for job in jobs]
+            for job, outcomes in zip(jobs, results, strict=True):
+                job.lane.deliver_from_thread(job.token, outcomes)
 
-    def _run(self, jobs: list[_ModelJob]) -> None:
+    def _run(self, jobs: list[_ModelJob]) -> list[list[Result]]:
+        """Every job's results: the model's, or ERROR for each frame when it raised."""
         started = time.perf_counter()
         processor = jobs[0].lane.model
         assert processor is not None
@@ -212,7 +220,7 @@ class _ModelBatcher:
                 )
                 for job in jobs
             ]
-            outcomes = [serialized(o) for o in engine.infer(work)]
+            results: list[list[Result]] = [list(serialized(o)) for o in engine.infer(work)]
         except Exception as exc:  # noqa: BLE001 - the runtime failed: every frame says so
             log.exception(
                 "model %r failed on %d batches in the server process",
@@ -220,15 +228,15 @@ class _ModelBatcher:
                 len(jobs),
             )
             failed = Unprocessed(Outcome.ERROR, f"model {processor.info.name!r} failed: {exc}")
-            outcomes = [[failed] * len(job.payloads) for job in jobs]
+            results = [[failed] * len(job.payloads) for job in jobs]
         finally:
             work = []  # views of client memory: gone before any frame is acked
         processing = time.perf_counter() - started
         for frames, seconds in engine.take_runs():
             self._metrics.model_run(processor.info.name, frames, seconds)
-        for job, results in zip(jobs, outcomes, strict=True):
+        for job in jobs:
             self._metrics.batch_done(started - job.submitted, processing)
-            job.lane.deliver_from_thread(job.token, list(results))
+        return results
 
 
 class _InlineLane:
