@@ -214,6 +214,23 @@ def test_prepare_whole_number_shrinks_match_reference(pixel_format: int, factor:
     check(buf, pixel_format, w, h, stride, InputSpec(14, 6, layout="NHWC", dtype="uint8"))
 
 
+@pytest.mark.parametrize("pixel_format", [PixelFormat.RGB24, PixelFormat.BGR24])
+@pytest.mark.parametrize("channels", ["RGB", "BGR"])
+@pytest.mark.parametrize(("w", "h", "size"), [(300, 150, 100), (192, 384, 128), (42, 18, 14)])
+def test_prepare_3x_shrink_of_3_byte_pixels_into_float32_nchw(
+    pixel_format: int, channels: str, w: int, h: int, size: int
+) -> None:
+    # The pass of its own for the commonest case (1080p RGB24 to 640): content 100 wide
+    # is a chunk of 64 output pixels and one of 36; 64 wide one whole chunk (pillarbox,
+    # so the content starts right of the pad); 14 only a part of one. Each channel
+    # order, normalised with a mean and std per channel, rows padded.
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    buf, stride = raw_frame(random_rgb(h, w, seed=w), pixel_format, extra=5)
+    spec = InputSpec(size, size, channels=channels, mean=mean, std=std)
+    transform = check(buf, pixel_format, w, h, stride, spec)
+    assert transform.scale_x == transform.scale_y == 1 / 3
+
+
 def test_prepare_yuv420p_reads_chroma_per_2x2_block_at_odd_sizes() -> None:
     w, h = 33, 19  # odd: the last chroma column and row cover one pixel
     buf, stride = raw_frame(random_rgb(h, w), PixelFormat.YUV420P, extra=3, seed=11)

@@ -45,11 +45,13 @@ from fastext.errors import FrameError
 from fastext.vision.frames import (
     Encoding,
     Frame,
+    PixelLayout,
     check_size,
     frame_from_encoded,
     frame_from_raw,
+    raw_bytes,
 )
-from fastext.vision.kernels.common import jit
+from fastext.vision.kernels.common import jit, jit_inline
 from fastext.vision.warmup import Unit, jitted_closure
 
 __all__ = [
@@ -252,37 +254,71 @@ def prepare(frame: Frame | np.ndarray, out: np.ndarray, spec: InputSpec) -> Tran
         data, src_w, src_h = decoded.data, decoded.width, decoded.height
     ubuf = vbuf = None
     cstride = 0
-    big_endian = is565 = False
-    bpp, r, g, b = 3, 0, 1, 2
     if layout is None:
-        kind = _BYTES
+        kind, bpp, r, g, b, big_endian, is565 = _BYTES, 3, 0, 1, 2, False, False
         if data.ndim == 2:  # luma: one byte per pixel, read as grey RGB
             bpp, r, g, b = 1, 0, 0, 0
         rows = data.reshape(data.shape[0], -1) if data.ndim == 2 else _rgb_rows(data)
     else:
         rows = data
-        if layout.kind == "rgb":
-            kind = _BYTES
-            bpp, r, g, b = layout.bytes_per_pixel, layout.r, layout.g, layout.b
-        elif layout.kind == "yuv420p":
-            kind = _YUV420P
+        kind, bpp, r, g, b, big_endian, is565 = _layout_args(layout)
+        if kind == _YUV420P:
             assert frame.chroma is not None
             ubuf, cstride = _flat(frame.chroma[0])
             vbuf, vstride = _flat(frame.chroma[1])
             if vstride != cstride:
                 raise FrameError("U and V planes have different strides")
-        else:
-            kind = _PACKED16
-            big_endian, is565 = layout.big_endian, layout.kind == "rgb565"
     ybuf, ystride = _flat(rows)
+    _run(
+        ybuf,
+        ystride,
+        ybuf if ubuf is None else ubuf,
+        ybuf if vbuf is None else vbuf,
+        cstride,
+        (kind, bpp, r, g, b, big_endian, is565),
+        src_w,
+        src_h,
+        (new_w, new_h, left, top),
+        out,
+        spec,
+    )
+    return Transform(new_w / width, new_h / height, left, top, width, height)
+
+
+def _layout_args(layout: PixelLayout) -> tuple[int, int, int, int, int, bool, bool]:
+    """The kernel's arguments for a RAW layout: kind, bytes per pixel, the R, G, B byte
+    offsets, and the two flags of 16-bit formats (big-endian, RGB565)."""
+    if layout.kind == "rgb":
+        return _BYTES, layout.bytes_per_pixel, layout.r, layout.g, layout.b, False, False
+    if layout.kind == "yuv420p":
+        return _YUV420P, 1, 0, 0, 0, False, False
+    return _PACKED16, 2, 0, 0, 0, layout.big_endian, layout.kind == "rgb565"
+
+
+def _run(
+    ybuf: np.ndarray,
+    ystride: int,
+    ubuf: np.ndarray,
+    vbuf: np.ndarray,
+    cstride: int,
+    args: tuple[int, int, int, int, int, bool, bool],
+    src_w: int,
+    src_h: int,
+    placed: tuple[int, int, int, int],
+    out: np.ndarray,
+    spec: InputSpec,
+) -> None:
+    """The kernel over a frame's bytes (``placed``: :func:`geometry`'s answer)."""
+    kind, bpp, r, g, b, big_endian, is565 = args
+    new_w, new_h, left, top = placed
     lut, mul, add, pad = _tables(spec)
     to_u8 = spec.dtype == "uint8"
     try:
         _prepare(
             ybuf,
             ystride,
-            ybuf if ubuf is None else ubuf,
-            ybuf if vbuf is None else vbuf,
+            ubuf,
+            vbuf,
             cstride,
             kind,
             bpp,
@@ -309,7 +345,6 @@ def prepare(frame: Frame | np.ndarray, out: np.ndarray, spec: InputSpec) -> Tran
         )
     except ValueError as exc:  # the kernel's own bounds checks: a frame it will not read
         raise FrameError(f"frame cannot be preprocessed: {exc}") from None
-    return Transform(new_w / width, new_h / height, left, top, width, height)
 
 
 def _rgb_rows(image: np.ndarray) -> np.ndarray:
@@ -332,8 +367,20 @@ def prepare_raw(
     spec: InputSpec,
 ) -> Transform:
     """:func:`prepare` of a RAW frame in ``buf`` (bytes-like, from index 0), as
-    :func:`fastext.vision.frames.raw_view` reads it; stride 0 means unpadded rows."""
-    return prepare(frame_from_raw(buf, pixel_format, width, height, stride), out, spec)
+    :func:`fastext.vision.frames.raw_view` reads it; stride 0 means unpadded rows.
+
+    Frames of one plane go to the kernel straight from their bytes, without a
+    :class:`Frame` (a worker's path: measured on a cold 1080p frame, about 40 µs of
+    Python less, a tenth of a cold read of it).
+    """
+    layout, span, ystride = raw_bytes(buf, pixel_format, width, height, stride)
+    if layout.kind == "yuv420p":
+        return prepare(frame_from_raw(buf, pixel_format, width, height, stride), out, spec)
+    _check_out(out, spec)
+    placed = geometry(width, height, spec)
+    _run(span, ystride, span, span, 0, _layout_args(layout), width, height, placed, out, spec)
+    new_w, new_h, left, top = placed
+    return Transform(new_w / width, new_h / height, left, top, width, height)
 
 
 # -- kernels ---------------------------------------------------------------------------
@@ -660,6 +707,91 @@ def _pp_hsum_planes(planes, x0, step, offs, scale, shift, d0, d1, d2):  # type: 
         _pp_hsum_planes_at(planes, x0, step, offs, scale, shift, d0, d1, d2)
 
 
+_CHUNK = 64  # output pixels a chunk in :func:`_pp_rgb_thirds`
+
+
+@jit_inline
+def _pp_sum3(a, b, c, dst):  # type: ignore[no-untyped-def]
+    """``dst = a + b + c``, bytes summed exactly in uint16."""
+    for i in range(dst.shape[0]):
+        dst[i] = np.uint16(np.uint16(a[i]) + np.uint16(b[i]) + np.uint16(c[i]))
+
+
+@jit_inline
+def _pp_planes3(src, p0, p1, p2):  # type: ignore[no-untyped-def]
+    """Each channel of 3-channel ``src`` in its plane."""
+    for x in range(p0.shape[0]):
+        p0[x] = src[3 * x]
+        p1[x] = src[3 * x + 1]
+        p2[x] = src[3 * x + 2]
+
+
+@jit_inline
+def _pp_thirds(p, dst, mul, add):  # type: ignore[no-untyped-def]
+    """Each ``dst[x]``: the sum of ``p[3x : 3x + 3]``, times ``mul``, plus ``add``."""
+    for x in range(dst.shape[0]):
+        total = np.uint16(np.uint16(p[3 * x] + p[3 * x + 1]) + p[3 * x + 2])
+        dst[x] = np.float32(total) * mul + add
+
+
+@jit
+def _pp_rgb_thirds(buf, ystride, y0, x0b, offs, new_w, new_h, scale, shift, out, top, left):  # type: ignore[no-untyped-def]
+    """A 3x area shrink of 3-byte pixels (RGB24/BGR24, 1080p to 640) into a float32 NCHW
+    tensor, the commonest case, with every size but the frame's fixed. Each output row
+    is made chunk by chunk (64 output pixels) while the next row's three source rows
+    are summed for the same chunk, so that the reads from memory overlap the
+    arithmetic. ``scale`` and ``shift`` are per tensor channel (``offs[t]`` is the byte
+    channel of tensor channel t).
+
+    Measured on cold 1080p frames from ``/dev/shm``, the whole kernel (padding
+    included) against the general whole-number path (sum whole rows, then split, then
+    window sums): 0.88-0.90x the time. The same loops written in this body instead of
+    the inlined helpers measured 1.2x slower (LLVM vectorised them less well).
+    """
+    sums = np.empty((2, new_w * 9), np.uint16)
+    planes = np.empty((3, _CHUNK * 3), np.uint16)
+    chan = np.empty(3, np.int64)  # the tensor channel of each byte channel
+    for t in range(3):
+        chan[offs[t]] = t
+    c0, c1, c2 = chan[0], chan[1], chan[2]
+    s = y0 * ystride + x0b
+    _pp_sum3(
+        buf[s : s + new_w * 9],
+        buf[s + ystride : s + ystride + new_w * 9],
+        buf[s + 2 * ystride : s + 2 * ystride + new_w * 9],
+        sums[0],
+    )
+    for oy in range(new_h):
+        cur = sums[oy & 1]
+        nxt = sums[(oy + 1) & 1]
+        more = oy + 1 < new_h
+        r = (y0 + 3 * (oy + 1)) * ystride + x0b
+        y = top + oy
+        d0 = out[c0, y][left : left + new_w]
+        d1 = out[c1, y][left : left + new_w]
+        d2 = out[c2, y][left : left + new_w]
+        m0, m1, m2 = scale[c0], scale[c1], scale[c2]
+        a0, a1, a2 = shift[c0], shift[c1], shift[c2]
+        for first in range(0, new_w, _CHUNK):
+            n = min(_CHUNK, new_w - first)
+            at = first * 9
+            nb = n * 9
+            if more:
+                q = r + at
+                _pp_sum3(
+                    buf[q : q + nb],
+                    buf[q + ystride : q + ystride + nb],
+                    buf[q + 2 * ystride : q + 2 * ystride + nb],
+                    nxt[at : at + nb],
+                )
+            _pp_planes3(
+                cur[at : at + nb], planes[0, : 3 * n], planes[1, : 3 * n], planes[2, : 3 * n]
+            )
+            _pp_thirds(planes[0, : 3 * n], d0[first : first + n], m0, a0)
+            _pp_thirds(planes[1, : 3 * n], d1[first : first + n], m1, a1)
+            _pp_thirds(planes[2, : 3 * n], d2[first : first + n], m2, a2)
+
+
 @jit
 def _pp_emit(line, out, y, left, nchw, to_u8, mul, add):  # type: ignore[no-untyped-def]
     """Write one row of resampled values (``line``, channels x width) into the tensor."""
@@ -915,6 +1047,12 @@ def _prepare(  # type: ignore[no-untyped-def]
     norm_scale = np.empty(3, np.float32)
     for t in range(3):
         norm_scale[t] = inv * mul[t]
+    thirds = whole and step == 3 and taps_y == 3 and _pp_step(ystart, yw) == 3
+    if kind == 0 and ebpp == 3 and thirds and nchw and not to_u8:  # 1080p RGB24 to 640
+        _pp_rgb_thirds(
+            ybuf, ystride, ystart[0], x0 * 3, offs, new_w, new_h, norm_scale, add, out_f, top, left
+        )
+        return
     tmp = np.empty(row_bytes, np.float32)
     acc = np.empty(row_bytes, np.float32)
     planes16 = np.empty((ebpp, width), np.uint16)

@@ -39,6 +39,7 @@ __all__ = [
     "default_stride",
     "frame_from_encoded",
     "frame_from_raw",
+    "raw_bytes",
     "raw_frame_size",
     "raw_view",
 ]
@@ -182,13 +183,14 @@ def _byte_array(buf: Any, *, copy_ok: bool) -> np.ndarray:
         raise FrameError(f"frame buffer is not a contiguous bytes-like object: {exc}") from None
 
 
-def raw_view(buf: Any, pixel_format: int, width: int, height: int, stride: int) -> np.ndarray:
-    """A read-only, zero-copy 2-D view of a RAW frame held in ``buf`` from index 0.
+def raw_bytes(
+    buf: Any, pixel_format: int, width: int, height: int, stride: int
+) -> tuple[PixelLayout, np.ndarray, int]:
+    """The bytes of a RAW frame held in ``buf`` from index 0: its layout, a read-only 1-D
+    uint8 view exactly :func:`raw_frame_size` long (no copy), and its row stride.
 
-    Shape ``(height, width * bytes_per_pixel)`` with rows ``stride`` bytes apart
-    (stride 0 means unpadded); for YUV420P, the Y plane ``(height, width)``.
-    Raises :class:`FrameError` when ``buf`` is shorter than the frame; never reads
-    past the frame's end.
+    Raises :class:`FrameError` for an unknown format, a bad size or stride, or a ``buf``
+    shorter than the frame.
     """
     layout, stride = _geometry(pixel_format, width, height, stride)
     need = _frame_size(layout, height, stride)
@@ -198,14 +200,28 @@ def raw_view(buf: Any, pixel_format: int, width: int, height: int, stride: int) 
             f"RAW {layout.name} {width}x{height} frame truncated: "
             f"got {data.shape[0]} bytes, need {need}"
         )
+    span = data[:need]
+    # Read-only always: frames are immutable and kernels are warmed for read-only views.
+    span.flags.writeable = False
+    return layout, span, stride
+
+
+def raw_view(buf: Any, pixel_format: int, width: int, height: int, stride: int) -> np.ndarray:
+    """A read-only, zero-copy 2-D view of a RAW frame held in ``buf`` from index 0.
+
+    Shape ``(height, width * bytes_per_pixel)`` with rows ``stride`` bytes apart
+    (stride 0 means unpadded); for YUV420P, the Y plane ``(height, width)``.
+    Raises :class:`FrameError` when ``buf`` is shorter than the frame; never reads
+    past the frame's end.
+    """
+    layout, span, stride = raw_bytes(buf, pixel_format, width, height, stride)
     view = np.ndarray(
         shape=(height, width * layout.bytes_per_pixel),
         dtype=np.uint8,
-        buffer=data,
+        buffer=span,
         offset=0,
         strides=(stride, 1),
     )
-    # Read-only always: frames are immutable and kernels are warmed for read-only views.
     view.flags.writeable = False
     return view
 

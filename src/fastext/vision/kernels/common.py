@@ -1,4 +1,4 @@
-"""What every kernel module shares: the jit decorator, the strided-row overload, the
+"""What every kernel module shares: the jit decorators, the strided-row overload, the
 RGB565/RGB555 unpacking and the argument checks of more than one module's kernels."""
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from numba import njit, types
 from numba.extending import overload
 
 jit = njit(nogil=True, cache=True, boundscheck=False)
+# For small loops a kernel calls in its own inner loop: numba inlines them where they
+# are called, so each call site keeps its constants (and pays no call per chunk).
+jit_inline = njit(nogil=True, cache=True, boundscheck=False, inline="always")
 # Typed as Any: numba's stub of jit_options lacks boundscheck, which it accepts.
 _OVERLOAD_OPTIONS: Any = {"nogil": True, "boundscheck": False}
 
