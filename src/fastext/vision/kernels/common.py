@@ -1,4 +1,5 @@
 """What every kernel module shares: the jit decorators, the strided-row overload, the
+cache prefetch hint, the
 RGB565/RGB555 unpacking and the argument checks of more than one module's kernels."""
 
 from __future__ import annotations
@@ -6,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 jit = njit(nogil=True, cache=True, boundscheck=False)
 # For small loops a kernel calls in its own inner loop: numba inlines them where they
@@ -34,6 +36,30 @@ def _row_as_c_impl(row, scratch):  # type: ignore[no-untyped-def]
         return scratch[:n]
 
     return copy
+
+
+@intrinsic
+def prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
+    """Ask for the cache line holding ``array[index]`` (1-D) to be read ahead: LLVM's
+    ``llvm.prefetch`` (x86-64 ``prefetcht0``, aarch64 ``prfm pldl1keep``). A hint only:
+    it never faults, changes no value, and is a no-op where the target has none."""
+    if not isinstance(array, types.Array) or array.ndim != 1:
+        return None
+    if not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr], fnty)
+        address = builder.bitcast(builder.gep(data, [args[1]]), byte_ptr)
+        # read (0), highest locality (3), data cache (1)
+        builder.call(fn, [address, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @jit
