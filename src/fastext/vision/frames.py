@@ -13,6 +13,7 @@ This module must not import grpc or protobuf: worker processes import it.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -183,6 +184,16 @@ def _byte_array(buf: Any, *, copy_ok: bool) -> np.ndarray:
         raise FrameError(f"frame buffer is not a contiguous bytes-like object: {exc}") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _raw_geometry(
+    pixel_format: int, width: int, height: int, stride: int
+) -> tuple[PixelLayout, int, int]:
+    """Layout, effective stride and size of a RAW frame, validated once per geometry (a
+    stream's frames all share one)."""
+    layout, stride = _geometry(pixel_format, width, height, stride)
+    return layout, stride, _frame_size(layout, height, stride)
+
+
 def raw_bytes(
     buf: Any, pixel_format: int, width: int, height: int, stride: int
 ) -> tuple[PixelLayout, np.ndarray, int]:
@@ -192,8 +203,7 @@ def raw_bytes(
     Raises :class:`FrameError` for an unknown format, a bad size or stride, or a ``buf``
     shorter than the frame.
     """
-    layout, stride = _geometry(pixel_format, width, height, stride)
-    need = _frame_size(layout, height, stride)
+    layout, stride, need = _raw_geometry(pixel_format, width, height, stride)
     data = _byte_array(buf, copy_ok=False)
     if data.shape[0] < need:
         raise FrameError(
